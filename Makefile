@@ -1,0 +1,53 @@
+# PruningBench harness. `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PBENCH := $(VENV)/bin/pbench-harness
+export HF_HUB_OFFLINE := 1
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := 0
+
+.PHONY: help venv demo test test-fast schema bench clean docker images
+
+help:
+	@echo "make demo    - the embedded default: 3 methods on digits at 2x and 4x (subprocess runner), leaderboard"
+	@echo "make test    - the test suite"
+	@echo "make schema  - regenerate specs/schema/*.json from the pydantic models"
+	@echo "make bench   - benchmarks/ (ratios against Torch-Pruning)"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The Docker Engine and the method images (tests/test_docker_*). On a machine where the
+# engine cannot be installed or started, docker tests skip - except in CI, where this fails.
+docker: venv
+	@if bash .ci/docker-setup.sh; then PYTHON=$(abspath $(PY)) docker/build-images.sh; \
+	elif [ -n "$$CI" ]; then echo "make docker: no Docker engine in CI" >&2; exit 1; \
+	else echo "make docker: no Docker engine here; docker tests will be skipped" >&2; fi
+
+images: docker
+
+demo: venv
+	$(PBENCH) sweep --track digits-resnet18 --methods magnitude_l1,magnitude_l2,random \
+		--speedups 2,4 --seeds 0 --runner subprocess --out results/demo --no-models
+
+test: venv docker
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+schema: venv
+	$(PY) -m specs.schema
+
+bench: venv
+	$(PY) benchmarks/prune_vs_torch_pruning.py
+
+clean:
+	rm -rf results .pytest_cache

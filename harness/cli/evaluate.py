@@ -1,0 +1,149 @@
+"""``evaluate`` (one run) and ``sweep`` (methods x speedups x seeds) commands."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+
+from harness import leaderboard
+from harness.cli.common import ProgressDisplay, console, friendly, out, parse_hp, parse_list
+from harness.errors import HarnessError
+from harness.methods import discover, find_method
+from harness.protocol import RunSpec, evaluate as run_protocol
+from harness.runners import RUNNERS
+from harness.tracks import load_track, track_for
+from specs.result import ResultRecord
+from specs.track import TrackConfig
+
+app = typer.Typer()
+
+Strategy = enum.Enum("Strategy", {s: s for s in ("local", "global", "protected_global")}, type=str)
+Runner = enum.Enum("Runner", {r: r for r in RUNNERS.names()}, type=str)
+Device = enum.Enum("Device", {d: d for d in ("cpu", "cuda")}, type=str)
+
+TrackOpt = Annotated[Optional[str], typer.Option(help="track id or track file (default: the track for --model/--dataset)")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="model name (with --dataset selects the track)")]
+DatasetOpt = Annotated[Optional[str], typer.Option(help="dataset name")]
+StrategyOpt = Annotated[Optional[Strategy], typer.Option(help="override the track's pruning strategy")]
+RunnerOpt = Annotated[Runner, typer.Option(help="how the method runs", envvar="PBENCH_RUNNER")]
+OutOpt = Annotated[Path, typer.Option(help="results folder", envvar="PBENCH_RESULTS")]
+DataRootOpt = Annotated[Optional[Path], typer.Option(help="dataset root (CIFAR/ImageNet/COCO)", envvar="PBENCH_DATA")]
+CacheOpt = Annotated[Optional[Path], typer.Option(help="base checkpoint cache (default ~/.cache/pbench)",
+                                                  envvar="PBENCH_CACHE")]
+DeviceOpt = Annotated[Device, typer.Option(help="cpu or cuda")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch threads for the harness", min=1)]
+TimeoutOpt = Annotated[Optional[float], typer.Option(help="per-call deadline for the method, seconds (caps the "
+                                                          "manifest's)", min=0.1)]
+
+
+def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[str],
+                  strategy: Optional[Strategy]) -> TrackConfig:
+    if track:
+        cfg = load_track(track)
+        if (model and model != cfg.model.name) or (dataset and dataset != cfg.dataset.name):
+            raise HarnessError(f"track {cfg.id} is {cfg.model.name} on {cfg.dataset.name}; "
+                               f"drop --model/--dataset or pick another track")
+    else:
+        if not model or not dataset:
+            raise HarnessError("give --track, or both --model and --dataset")
+        from harness.data import DATASETS
+        from harness.models import MODELS
+        MODELS.get(model)
+        DATASETS.get(dataset)
+        cfg = track_for(model, dataset)
+    if strategy is not None and strategy.value != cfg.pruning.strategy:
+        cfg = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"strategy": strategy.value})})
+    return cfg
+
+
+def _setup(device: Device, threads: Optional[int]) -> None:
+    if device.value == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _summary(record: ResultRecord, run_dir: Path) -> str:
+    m = record.metric
+    if record.status == "failed":
+        return f"{record.method.id} {record.speedup.target:g}x seed {record.seed}: FAILED: {record.error}"
+    return (f"{record.method.id} {record.speedup.target:g}x seed {record.seed}: "
+            f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f} -> final {m.final:.2f} ({m.delta:+.2f}); "
+            f"speedup {record.speedup.achieved:.2f}x (target {record.speedup.target:g}x), "
+            f"params {record.params.pruned / record.params.base:.1%}, min channels kept "
+            f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s -> {run_dir}")
+
+
+@app.command()
+@friendly
+def evaluate(
+    method: Annotated[str, typer.Option(help="method id (see `pbench-harness methods`) or a method folder")],
+    speedup: Annotated[float, typer.Option(help="target MACs speedup, e.g. 2, 4, 8")],
+    model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None,
+    seed: Annotated[int, typer.Option(help="run seed")] = 0,
+    strategy: StrategyOpt = None,
+    runner: RunnerOpt = Runner.subprocess,
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")] = Path("results"),
+    data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
+    hp: Annotated[Optional[list[str]], typer.Option(help="method hyperparameter name=value (repeatable)")] = None,
+    call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None,
+    no_models: Annotated[bool, typer.Option("--no-models", help="do not save pruned/final models")] = False,
+) -> None:
+    """Prune one model with one method to one speedup, retrain, evaluate; write one result record."""
+    _setup(device, threads)
+    cfg = resolve_track(track, model, dataset, strategy)
+    spec = RunSpec(track=cfg, method=find_method(method), speedup=speedup, seed=seed, runner=runner.value,
+                   out=out_dir, data_root=data_root, cache_dir=cache_dir, device=device.value,
+                   hyperparameters=parse_hp(hp), call_timeout=call_timeout, save_models=not no_models)
+    with ProgressDisplay() as progress:
+        record, run_dir = run_protocol(spec, progress)
+    out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
+    if record.status != "ok":
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def sweep(
+    methods: Annotated[str, typer.Option(help="comma-separated method ids, or 'all'")] = "all",
+    speedups: Annotated[Optional[str], typer.Option(help="comma-separated targets (default: the track's)")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: the track's)")] = None,
+    model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None, strategy: StrategyOpt = None,
+    runner: RunnerOpt = Runner.subprocess,
+    out_dir: Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")] = Path("results"),
+    data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
+    call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None,
+    no_models: Annotated[bool, typer.Option("--no-models", help="do not save pruned/final models")] = False,
+) -> None:
+    """Run methods x speedups x seeds on one track; one failing run never stops the others."""
+    _setup(device, threads)
+    cfg = resolve_track(track, model, dataset, strategy)
+    registry = discover()
+    ids = [m for m in registry.names() if "importance" in registry.get(m).manifest.provides] \
+        if methods == "all" else parse_list(methods, str, "--methods")
+    sources = [find_method(m) for m in ids]
+    targets = parse_list(speedups, float, "--speedups") if speedups else list(cfg.pruning.speedups)
+    seed_list = parse_list(seeds, int, "--seeds") if seeds else list(cfg.seeds)
+    records = []
+    total = len(sources) * len(targets) * len(seed_list)
+    with ProgressDisplay() as progress:
+        for src in sources:
+            for target in targets:
+                for seed in seed_list:
+                    spec = RunSpec(track=cfg, method=src, speedup=target, seed=seed, runner=runner.value, out=out_dir,
+                                   data_root=data_root, cache_dir=cache_dir, device=device.value,
+                                   call_timeout=call_timeout, save_models=not no_models)
+                    record, run_dir = run_protocol(spec, progress)
+                    records.append(record)
+                    out.print(f"[{len(records)}/{total}] " + _summary(record, run_dir), highlight=False,
+                              soft_wrap=True)
+    out.print()
+    out.print(leaderboard.markdown(leaderboard.rows(records)), highlight=False, soft_wrap=True)
+    failed = sum(r.status != "ok" for r in records)
+    if failed:
+        console.print(f"{failed} of {total} runs failed (recorded in {out_dir})")
+        raise typer.Exit(1)

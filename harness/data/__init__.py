@@ -1,0 +1,16 @@
+"""Datasets: a registry of loaders, each returning a :class:`DatasetBundle`.
+
+``load_dataset("digits")`` works offline out of the box; ``cifar10`` and
+``cifar100`` read the official python-pickle layout under ``data_root`` (see
+datasets/README.md). A new loader is a function ``(data_root, image_size) ->
+DatasetBundle`` decorated with ``@DATASETS.decorator``; tests/test_data.py then
+covers it.
+"""
+
+from harness.data.base import DATASETS, DatasetBundle, DatasetError, load_dataset
+
+# Imported for their registrations.
+from harness.data import cifar as _cifar  # noqa: E402,F401
+from harness.data import digits as _digits  # noqa: E402,F401
+
+__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "load_dataset"]

@@ -1,0 +1,195 @@
+"""The standard protocol, identical for every method:
+
+base checkpoint -> dependency groups -> observations -> method scores ->
+remove the lowest-scoring channels until the measured MACs speedup reaches the
+target -> retrain with the track's recipe -> evaluate -> one result record.
+
+Bad input (unknown data root, wrong checkpoint hash) raises HarnessError before
+anything is written. Once the method has been started, every failure (the
+method's, or an unreachable target) becomes a ``failed`` record with a one-line
+error, and no partial artifacts are left behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from harness.checkpoints import load_base
+from harness.data import load_dataset
+from harness.errors import HarnessError, MethodFailure
+from harness.grouping import PruneConfig, count_macs_params, describe_groups, layer_channels
+from harness.methods import MethodSource
+from harness.models import classifier_of
+from harness.observations import collect
+from harness.provenance import provenance
+from harness.pruning import Unreachable, make_planner, search_speedup
+from harness.results import RESULT_FILE, run_key, write_record
+from harness.runners import client_class
+from harness.train import calibration_batches, evaluate_top1, train
+from specs.result import BeforeAfter, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
+from specs.sdk import one_line, seed_everything
+from specs.track import TrackConfig
+
+#: progress(stage, done, total); stages: pretrain, prune, retrain
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class RunSpec:
+    track: TrackConfig
+    method: MethodSource
+    speedup: float
+    seed: int
+    runner: str = "subprocess"
+    out: Path = Path("results")
+    data_root: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+    device: str = "cpu"
+    hyperparameters: dict = field(default_factory=dict)
+    call_timeout: Optional[float] = None
+    save_models: bool = True
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def prune_config_for(track: TrackConfig) -> Callable[[nn.Module], PruneConfig]:
+    def config(model: nn.Module) -> PruneConfig:
+        modules = dict(model.named_modules())
+        missing = [n for n in track.pruning.ignored_layers if n not in modules]
+        if missing:
+            raise HarnessError(f"track {track.id}: ignored layer {missing[0]!r} is not in the model")
+        ignored = [classifier_of(model)] + [modules[n] for n in track.pruning.ignored_layers]
+        return PruneConfig(ignored_layers=ignored)
+    return config
+
+
+def run_dir_name(spec: RunSpec, key: str) -> str:
+    return f"{spec.method.id}-{spec.speedup:g}x-{spec.track.pruning.strategy}-s{spec.seed}-{key[:8]}"
+
+
+def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
+    """Run the protocol once; returns the record and the run directory it was written to."""
+    track, method = spec.track, spec.method
+    if not 1.0 < spec.speedup <= 1000:
+        raise HarnessError(f"speedup must be > 1 (e.g. 2, 4, 8), got {spec.speedup:g}")
+    if "importance" not in method.manifest.provides:
+        raise HarnessError(f"method {method.id!r} provides no importance scores (it is a regularizer)")
+    t_start, started = time.perf_counter(), _now()
+    seed_everything(spec.seed)
+    data = load_dataset(track.dataset.name, spec.data_root, track.dataset.image_size)
+    base = load_base(track, data, spec.cache_dir, spec.device, progress)
+    strategy = track.pruning.strategy
+    key = run_key(track.hash(), method.id, method.manifest.version, None, None, spec.speedup, strategy, spec.seed)
+    run_dir = Path(spec.out) / track.id / run_dir_name(spec, key)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{run_dir.name}-", dir=run_dir.parent))
+
+    config_for = prune_config_for(track)
+    model = copy.deepcopy(base.model).to(spec.device)
+    example = torch.randn(1, data.in_chans, data.image_size, data.image_size, device=spec.device)
+    base_macs, base_params = count_macs_params(model, example)
+    base_layers = layer_channels(model)
+    fields = dict(
+        run_key=key, regularizer=None, track=TrackInfo(id=track.id, hash=track.hash()), model=track.model.name,
+        dataset=track.dataset.name, seed=spec.seed, strategy=strategy, started_at=started,
+        provenance=provenance(base.sha256, spec.device))
+    info = MethodInfo(id=method.id, version=method.manifest.version, runner=spec.runner)
+    timing: dict[str, float] = {}
+    metric = MetricInfo(name=track.metric, base=base.metric)
+    try:
+        client = client_class(spec.runner)(method, spec.hyperparameters, spec.seed, spec.device,
+                                           call_timeout=spec.call_timeout)
+        info = MethodInfo(id=method.id, version=method.manifest.version, runner=spec.runner,
+                          hyperparameters=client.hyperparameters)
+        with client:
+            info = info.model_copy(update={"image_digest": client.image_digest})
+            t0 = time.perf_counter()
+            calib = calibration_batches(data.train, track.calibration.num_samples, track.calibration.batch_size,
+                                        spec.seed)
+            base_channels: dict[str, int] = {}
+            macs = base_macs
+            rounds = track.pruning.rounds
+            for r in range(rounds):
+                groups = describe_groups(model, example, config_for(model))
+                if r == 0:
+                    base_channels = {g.id: g.n_channels for g in groups}
+                obs = collect(method.manifest.observations, model, groups, calib, spec.device)
+                scores = client.score(r, groups, obs)
+                planner = make_planner(groups, scores, base_channels, strategy, track.pruning.min_channel_fraction)
+                found = search_speedup(model, example, config_for, planner, base_macs, macs,
+                                       spec.speedup ** ((r + 1) / rounds))
+                model, macs, params = found.model, found.macs, found.params
+                if progress:
+                    progress("prune", r + 1, rounds)
+            timing["step_s"] = time.perf_counter() - t0
+            timing["score_s"] = client.score_seconds
+        metric = metric.model_copy(update={"pruned": evaluate_top1(model, data.test, device=spec.device)})
+        if spec.save_models:
+            torch.save(copy.deepcopy(model).cpu().float(), staging / "pruned.pt")
+        t0 = time.perf_counter()
+        train(model, data.train, track.retrain, seed=spec.seed, device=spec.device, progress=progress,
+              stage="retrain")
+        timing["retrain_s"] = time.perf_counter() - t0
+        final = evaluate_top1(model, data.test, device=spec.device)
+        metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
+        if spec.save_models:
+            torch.save(copy.deepcopy(model).cpu().float(), staging / "final.pt")
+        after = layer_channels(model)
+        roots = [g for g in base_channels if g in after]
+        record = ResultRecord(
+            status="ok", method=info, speedup=Speedup(target=spec.speedup, achieved=base_macs / macs),
+            macs=BeforeAfter(base=base_macs, pruned=macs), params=BeforeAfter(base=base_params, pruned=params),
+            metric=metric,
+            min_channel_fraction=min((after[g] / base_layers[g] for g in roots), default=None),
+            layer_channels={n: (base_layers[n], after[n]) for n in base_layers if n in after},
+            timing=Timing(**timing, total_s=time.perf_counter() - t_start),
+            files={n: n for n in ("pruned.pt", "final.pt") if (staging / n).exists()},
+            finished_at=_now(), **fields)
+    except (MethodFailure, Unreachable) as e:
+        record = _failed(str(e), info, spec, metric, base_macs, base_params, timing, t_start, fields)
+    except HarnessError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as e:  # a crash inside the harness must not lose the sweep: record it
+        record = _failed(f"internal error: {one_line(e)}", info, spec, metric, base_macs, base_params, timing,
+                         t_start, fields)
+    if record.status == "failed":
+        for f in staging.iterdir():
+            f.unlink()
+    write_record(staging / RESULT_FILE, record)
+    _replace_dir(staging, run_dir)
+    return record, run_dir
+
+
+def _failed(error: str, info: MethodInfo, spec: RunSpec, metric: MetricInfo, base_macs: float, base_params: int,
+            timing: dict, t_start: float, fields: dict) -> ResultRecord:
+    return ResultRecord(
+        status="failed", error=error.splitlines()[0][:1000] if error else "unknown error", method=info,
+        speedup=Speedup(target=spec.speedup), macs=BeforeAfter(base=base_macs),
+        params=BeforeAfter(base=base_params), metric=MetricInfo(name=metric.name, base=metric.base),
+        timing=Timing(**timing, total_s=time.perf_counter() - t_start), finished_at=_now(), **fields)
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Move a finished staging directory into place, replacing an older run atomically enough:
+    the old directory is renamed away first, so readers see the old or the new run, never a mix."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+    os.replace(staging, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,44 @@
+"""``inprocess``: the method class runs inside the harness (debugging, fastest).
+
+Same validation as the other runners, but no isolation and no deadline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import MethodFailure
+from harness.runners.base import MethodClient, Tensors
+from specs.messages import Group, Hello
+from specs.sdk import MethodBase, Observations, instantiate, one_line
+
+
+class InProcessClient(MethodClient):
+    runner = "inprocess"
+
+    def start(self) -> None:
+        hello = Hello(harness_version="inprocess", seed=self.seed, device=self.device,
+                      hyperparameters=self.hyperparameters)
+        try:
+            self.method: MethodBase = instantiate(self.source.path, hello)
+        except Exception as e:
+            raise MethodFailure(f"method failed to start: {one_line(e)}") from None
+        self._check_manifest(self.method.manifest)
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:
+            raise MethodFailure(f"method error: {one_line(e)}") from None
+
+    def _score(self, round: int, groups: list[Group], observations: dict[str, Tensors]) -> object:
+        obs = Observations({k: {n: t.clone() for n, t in v.items()} for k, v in observations.items()})
+        with torch.no_grad():
+            return self._call(self.method.score, groups, obs)
+
+    def _regularize(self, step: int, total_steps: int, groups: list[Group], weights: Tensors) -> object:
+        return self._call(self.method.regularize, step, total_steps, groups,
+                          {k: t.detach().clone() for k, t in weights.items()})
+
+    def close(self) -> None:
+        self.method = None

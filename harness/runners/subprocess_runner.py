@@ -1,0 +1,59 @@
+"""``subprocess``: the method runs as a separate local process speaking exactly
+the wire protocol a container speaks (the embedded default: no Docker needed).
+
+It isolates crashes and hangs (per-call deadline, process-group kill) but is no
+sandbox: use the ``docker`` runner for untrusted code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Optional
+
+from harness.methods import REPO_ROOT
+from harness.runners.socket_client import SocketClient
+
+
+class SubprocessClient(SocketClient):
+    runner = "subprocess"
+    _proc: Optional[subprocess.Popen] = None
+
+    def _launch(self) -> None:
+        threads = max(1, int(self.manifest.resources.cpus))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(REPO_ROOT),
+            "HOME": str(self.exchange),
+            "PBENCH_THREADS": str(threads),
+            "OMP_NUM_THREADS": str(threads),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = open(self.log_path, "ab")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "specs.sdk", "--method-dir", str(self.source.path),
+                 "--exchange", str(self.exchange)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=str(self.source.path),
+                start_new_session=True)
+        finally:
+            log.close()
+
+    def _exit_status(self) -> Optional[str]:
+        if self._proc is None:
+            return "not started"
+        code = self._proc.poll()
+        if code is None:
+            return None
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._proc.wait()

@@ -1,0 +1,66 @@
+"""Track registry: every ``harness/tracks/*.yaml`` is a validated :class:`TrackConfig`.
+
+``--track`` also accepts a path to a YAML or JSON file.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+from specs.base import explain
+from specs.track import TrackConfig
+
+TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
+
+
+def parse_track_file(path: Path) -> TrackConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot read track file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise HarnessError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: a track file must be a mapping, got {type(data).__name__}")
+    try:
+        return TrackConfig.model_validate(data)
+    except ValidationError as e:
+        raise HarnessError(f"{path}: invalid track: {explain(e)}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> Registry[TrackConfig]:
+    reg: Registry[TrackConfig] = Registry("track")
+    for path in sorted(TRACKS_DIR.glob("*.yaml")):
+        track = parse_track_file(path)
+        if track.id != path.stem:
+            raise HarnessError(f"{path}: track id {track.id!r} must equal the file name")
+        reg.register(track.id, track)
+    return reg
+
+
+def load_track(name_or_path: str) -> TrackConfig:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        return parse_track_file(path)
+    return registry().get(name_or_path)
+
+
+def track_for(model: str, dataset: str) -> TrackConfig:
+    """The registered track for a (model, dataset) pair."""
+    matches = [t for t in (registry().get(n) for n in registry().names())
+               if t.model.name == model and t.dataset.name == dataset]
+    if not matches:
+        pairs = sorted(f"{t.model.name}/{t.dataset.name}" for t in (registry().get(n) for n in registry().names()))
+        raise HarnessError(f"no track for model {model!r} on dataset {dataset!r} (tracks cover: {', '.join(pairs)}); "
+                           f"pass --track FILE for a custom setting")
+    return matches[0]

@@ -1,0 +1,16 @@
+"""PruningBench method-submission spec (the contract between harness and methods).
+
+This package is a leaf: it depends on pydantic (and, for the method SDK,
+on torch + safetensors) and never on the harness, timm or ultralytics.
+
+- :mod:`specs.manifest`  the method manifest (``manifest.json`` in a method folder)
+- :mod:`specs.messages`  the wire messages exchanged with a running method
+- :mod:`specs.track`     the track config (one leaderboard setting)
+- :mod:`specs.result`    the result record written for every run
+- :mod:`specs.wire`      framing of messages on the exchange socket
+- :mod:`specs.sdk`       the method-side runtime (needs torch)
+"""
+
+from specs.version import SPEC_VERSION
+
+__all__ = ["SPEC_VERSION"]

@@ -1,0 +1,47 @@
+"""Shared pydantic base classes and small types of the spec."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from specs.version import SPEC_VERSION, spec_major
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown fields are errors, models are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Versioned(Strict):
+    """Base of every top-level document/message: carries the spec version."""
+
+    spec_version: str = SPEC_VERSION
+
+    @field_validator("spec_version")
+    @classmethod
+    def _same_major(cls, v: str) -> str:
+        if spec_major(v) != spec_major(SPEC_VERSION):
+            raise ValueError(f"spec_version {v!r} is not compatible with this spec ({SPEC_VERSION}); "
+                             f"rebuild the method against spec {spec_major(SPEC_VERSION)}.x")
+        return v
+
+
+#: identifiers of methods, tracks, models, datasets: lower snake case.
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_\-]{0,63}$")]
+#: a plain file name inside the exchange directory (no directories, no ``..``).
+ExchangeFile = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")]
+#: JSON scalar a hyperparameter may take.
+Scalar = Union[bool, int, float, str]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+def explain(err: ValidationError) -> str:
+    """A pydantic ValidationError as one line: ``field.path: message (+N more)``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "value"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{loc}: {first['msg']}{more}"

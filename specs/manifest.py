@@ -1,0 +1,114 @@
+"""The method manifest: ``manifest.json`` at the top of every method folder.
+
+A method declares what it provides (importance scores and/or regularizer
+gradients), which observations the harness must collect for it, its
+hyperparameters (with defaults), and resource hints. The harness validates the
+manifest before it starts the method and again when the method echoes it in the
+handshake.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from specs.base import Identifier, Scalar, Strict, Versioned
+
+#: What the harness can collect on the track's calibration budget.
+#:
+#: - ``weights``: every floating-point parameter and buffer of the model (state dict keys).
+#: - ``gradients``: the gradient of the mean cross-entropy loss over the calibration
+#:   set w.r.t. every parameter (summed over batches, divided by the number of batches).
+#: - ``sq_gradients``: per-sample squared gradients, summed over the calibration samples
+#:   (the empirical Fisher diagonal, unnormalized), w.r.t. every parameter.
+#: - ``inputs``: the inputs of every member conv/linear layer on the calibration set,
+#:   keyed ``<layer>``; conv inputs are sampled at fixed spatial positions (see spec docs).
+#: - ``outputs``: the outputs of every member conv/linear/bn layer, keyed ``<layer>``.
+#: - ``output_gradients``: gradients of the loss w.r.t. the layer outputs, with labels
+#:   sampled from the model's own predictive distribution (as K-FAC / OBD-C require).
+ObservationKind = Literal["weights", "gradients", "sq_gradients", "inputs", "outputs", "output_gradients"]
+
+Capability = Literal["importance", "regularizer"]
+
+
+class HyperParameter(Strict):
+    """One hyperparameter of a method, declared as data."""
+
+    type: Literal["bool", "int", "float", "str"]
+    default: Scalar
+    description: str = ""
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Optional[list[Scalar]] = None
+
+    @model_validator(mode="after")
+    def _default_valid(self) -> "HyperParameter":
+        self.check(self.default, "default")
+        return self
+
+    def check(self, value: Scalar, name: str = "value") -> Scalar:
+        """Validate (and coerce int -> float) one value; raises ValueError with a readable message."""
+        py = {"bool": bool, "int": int, "float": (int, float), "str": str}[self.type]
+        if isinstance(value, bool) and self.type != "bool" or not isinstance(value, py):
+            raise ValueError(f"{name} {value!r} is not of type {self.type}")
+        if self.type == "float":
+            value = float(value)
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"{name} {value!r} is below the minimum {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{name} {value!r} is above the maximum {self.maximum}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{name} {value!r} is not one of {self.choices}")
+        return value
+
+
+class Resources(Strict):
+    """Resource hints; the harness enforces them as limits (memory, per-call deadline)."""
+
+    memory_mb: int = Field(2048, ge=64, le=262144)
+    cpus: float = Field(1.0, gt=0, le=64)
+    call_timeout_s: float = Field(120.0, gt=0, le=86400)
+    gpu: bool = False
+
+
+class Paper(Strict):
+    title: str
+    url: str = ""
+    year: Optional[int] = None
+
+
+class MethodManifest(Versioned):
+    """``manifest.json``: the identity and needs of one pruning method."""
+
+    schema_ref: Optional[str] = Field(None, alias="$schema", exclude=True,
+                                      description="editor hint: path of manifest.schema.json; ignored")
+    id: Identifier
+    version: str = Field(pattern=r"^\d+\.\d+(\.\d+)?([.-][A-Za-z0-9]+)?$")
+    name: str = Field(min_length=1, max_length=64, description="display name, e.g. MagnitudeL2")
+    description: str = ""
+    provides: list[Capability] = Field(min_length=1)
+    observations: list[ObservationKind] = Field(default_factory=list)
+    hyperparameters: dict[Identifier, HyperParameter] = Field(default_factory=dict)
+    resources: Resources = Resources()
+    paper: Optional[Paper] = None
+    entrypoint: str = Field("method:Method", pattern=r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$",
+                            description="module:Class inside the method folder")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "MethodManifest":
+        if len(set(self.provides)) != len(self.provides):
+            raise ValueError("provides lists a capability twice")
+        if len(set(self.observations)) != len(self.observations):
+            raise ValueError("observations lists a kind twice")
+        return self
+
+    def resolve_hyperparameters(self, overrides: dict[str, Scalar] | None = None) -> dict[str, Scalar]:
+        """Defaults updated by ``overrides``; unknown names and bad values raise ValueError."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.hyperparameters))
+        if unknown:
+            raise ValueError(f"method {self.id!r} has no hyperparameter {unknown[0]!r} "
+                             f"(it has: {', '.join(sorted(self.hyperparameters)) or 'none'})")
+        return {name: hp.check(overrides.get(name, hp.default), f"hyperparameter {name!r}")
+                for name, hp in self.hyperparameters.items()}

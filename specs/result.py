@@ -1,0 +1,98 @@
+"""The result record: one JSON file per run, validated when written and when read."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from specs.base import Sha256, Strict, Versioned
+from specs.track import Metric, Strategy
+
+
+class MethodInfo(Strict):
+    id: str
+    version: str
+    runner: Literal["inprocess", "subprocess", "docker"]
+    image_digest: Optional[str] = None
+    hyperparameters: dict[str, bool | int | float | str] = Field(default_factory=dict)
+
+
+class TrackInfo(Strict):
+    id: str
+    hash: Sha256
+
+
+class Speedup(Strict):
+    target: float
+    achieved: Optional[float] = None
+
+
+class BeforeAfter(Strict):
+    base: Optional[float] = None
+    pruned: Optional[float] = None
+
+
+class MetricInfo(Strict):
+    name: Metric
+    base: Optional[float] = None
+    pruned: Optional[float] = Field(None, description="after pruning, before retraining")
+    final: Optional[float] = None
+    delta: Optional[float] = Field(None, description="final - base")
+
+
+class Timing(Strict):
+    step_s: Optional[float] = Field(None, description="pruning step: observations + scoring + pruning")
+    score_s: Optional[float] = Field(None, description="time spent inside the method answering score requests")
+    reg_s: Optional[float] = Field(None, description="sparse training time (regularizer runs)")
+    retrain_s: Optional[float] = None
+    total_s: Optional[float] = None
+
+
+class Provenance(Strict):
+    harness_version: str
+    spec_version: str
+    git_commit: Optional[str] = None
+    packages: dict[str, str] = Field(default_factory=dict)
+    checkpoint_sha256: Optional[Sha256] = None
+    host: str = ""
+    device: str = "cpu"
+    torch_threads: Optional[int] = None
+
+
+class ResultRecord(Versioned):
+    status: Literal["ok", "failed"]
+    error: Optional[str] = None
+    run_key: str
+    method: MethodInfo
+    regularizer: Optional[MethodInfo] = None
+    track: TrackInfo
+    model: str
+    dataset: str
+    seed: int
+    strategy: Strategy
+    speedup: Speedup
+    macs: BeforeAfter = BeforeAfter()
+    params: BeforeAfter = BeforeAfter()
+    metric: MetricInfo
+    min_channel_fraction: Optional[float] = None
+    layer_channels: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    timing: Timing = Timing()
+    provenance: Provenance
+    files: dict[str, str] = Field(default_factory=dict, description="artifact name -> file name beside the record")
+    started_at: str
+    finished_at: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ResultRecord":
+        if self.status == "failed" and not self.error:
+            raise ValueError("a failed record needs an error")
+        if self.status == "ok":
+            if self.error:
+                raise ValueError("an ok record has no error")
+            missing = [n for n, v in (("speedup.achieved", self.speedup.achieved),
+                                      ("metric.final", self.metric.final),
+                                      ("macs.pruned", self.macs.pruned)) if v is None]
+            if missing:
+                raise ValueError(f"an ok record needs {', '.join(missing)}")
+        return self

@@ -1,0 +1,105 @@
+"""Track config: one leaderboard setting, identical for every method.
+
+A track fixes model, dataset, base checkpoint, pruning strategy and speedup
+targets, calibration budget, sparsify budget, retrain recipe, metric and seeds.
+Methods cannot override any of it. Its canonical hash goes into every result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned
+
+Strategy = Literal["local", "global", "protected_global"]
+Metric = Literal["top1", "map50_95"]
+
+
+class ModelRef(Strict):
+    name: Identifier
+    kwargs: dict[str, Scalar] = Field(default_factory=dict)
+
+
+class DatasetRef(Strict):
+    name: Identifier
+    image_size: Optional[int] = Field(None, ge=8, description="resize/crop side; null = native size")
+
+
+class Recipe(Strict):
+    """A training recipe (pretraining, sparse training or retraining)."""
+
+    epochs: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=list, description="step schedule: fractions of training")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augmentation: Literal["none", "crop_flip", "crop", "randaug"] = "none"
+    amp: bool = False
+
+
+class Checkpoint(Strict):
+    """The base model. ``path`` + ``sha256`` for published checkpoints; when ``path``
+    is null the harness trains one with ``pretrain`` and caches it by hash."""
+
+    path: Optional[str] = None
+    sha256: Optional[Sha256] = None
+    pretrain: Optional[Recipe] = None
+    pretrain_seed: int = 0
+
+    @model_validator(mode="after")
+    def _source(self) -> "Checkpoint":
+        if self.path is None and self.pretrain is None:
+            raise ValueError("checkpoint needs a path or a pretrain recipe")
+        return self
+
+
+class Pruning(Strict):
+    strategy: Strategy = "protected_global"
+    min_channel_fraction: float = Field(0.1, gt=0, lt=1, description="protected_global: hard floor per group")
+    rounds: int = Field(1, ge=1, le=64, description="score/prune rounds; scores are asked for once per round")
+    speedups: list[PositiveFloat] = Field(min_length=1)
+    ignored_layers: list[str] = Field(default_factory=list, description="never pruned (classifier is always kept)")
+
+    @model_validator(mode="after")
+    def _speedups(self) -> "Pruning":
+        if any(s < 1 for s in self.speedups):
+            raise ValueError("speedups must be >= 1")
+        return self
+
+
+class Calibration(Strict):
+    """Data the harness uses to compute observations (same for every method)."""
+
+    num_samples: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+
+
+class TrackConfig(Versioned):
+    id: Identifier
+    description: str = ""
+    model: ModelRef
+    dataset: DatasetRef
+    checkpoint: Checkpoint
+    pruning: Pruning
+    calibration: Calibration
+    sparsify: Recipe
+    retrain: Recipe
+    metric: Metric = "top1"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        """sha256 of the canonical JSON of the whole (validated) config."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
