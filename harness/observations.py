@@ -6,17 +6,17 @@ same way for every method (see :data:`specs.manifest.ObservationKind`).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from specs.messages import Group
 
 Tensors = dict[str, torch.Tensor]
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
+#: the task's loss on one calibration batch
+LossFn = Callable[[nn.Module, object], torch.Tensor]
 
 
 def param_keys(groups: Iterable[Group]) -> list[str]:
@@ -33,30 +33,29 @@ def _weights(model: nn.Module, keys: list[str]) -> Tensors:
     return {k: state[k].detach().to("cpu", torch.float32).clone() for k in keys}
 
 
-def _gradients(model: nn.Module, keys: list[str], batches: Batches, device: str, squared: bool) -> Tensors:
+def _gradients(model: nn.Module, keys: list[str], batches: list, loss_fn: LossFn, squared: bool) -> Tensors:
     """Mean-loss gradients (summed over batches / number of batches), or per-sample squared
     gradients summed over samples. Eval mode: BatchNorm uses its running statistics."""
     params = dict(model.named_parameters())
     wanted = {k: params[k] for k in keys}
     acc = {k: torch.zeros_like(p, device="cpu", dtype=torch.float32) for k, p in wanted.items()}
+
+    def accumulate(batch, power: int) -> None:
+        model.zero_grad(set_to_none=True)
+        loss_fn(model, batch).backward()
+        for k, p in wanted.items():
+            if p.grad is not None:
+                acc[k] += p.grad.detach().float().cpu().pow(power)
+
     was_training = model.training
     model.eval()
     try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            if squared:
-                for i in range(len(x)):  # per-sample: exact, batch-size independent
-                    model.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
-                    for k, p in wanted.items():
-                        if p.grad is not None:
-                            acc[k] += p.grad.detach().float().cpu().pow(2)
+        for batch in batches:
+            if squared:  # per sample: exact, independent of the batch size
+                for sample in split_batch(batch):
+                    accumulate(sample, 2)
             else:
-                model.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                for k, p in wanted.items():
-                    if p.grad is not None:
-                        acc[k] += p.grad.detach().float().cpu()
+                accumulate(batch, 1)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -65,17 +64,25 @@ def _gradients(model: nn.Module, keys: list[str], batches: Batches, device: str,
     return acc
 
 
-def collect(kinds: Iterable[str], model: nn.Module, groups: list[Group], batches: Batches,
-            device: str = "cpu") -> dict[str, Tensors]:
+def split_batch(batch) -> Iterable:
+    """Single-sample batches of an ``(inputs, targets)`` batch of tensors."""
+    x, y = batch
+    return ((x[i:i + 1], y[i:i + 1]) for i in range(len(x)))
+
+
+def collect(kinds: Iterable[str], model: nn.Module, groups: list[Group], batches: list,
+            loss_fn: Optional[LossFn] = None) -> dict[str, Tensors]:
+    """The observations ``kinds`` for ``groups`` of ``model``; ``loss_fn(model, batch)`` is the
+    task's training loss on one calibration batch."""
     keys = param_keys(groups)
     out: dict[str, Tensors] = {}
     for kind in kinds:
         if kind == "weights":
             out[kind] = _weights(model, keys)
         elif kind == "gradients":
-            out[kind] = _gradients(model, keys, batches, device, squared=False)
+            out[kind] = _gradients(model, keys, batches, loss_fn, squared=False)
         elif kind == "sq_gradients":
-            out[kind] = _gradients(model, keys, batches, device, squared=True)
+            out[kind] = _gradients(model, keys, batches, loss_fn, squared=True)
         else:
             raise HarnessError(f"observation {kind!r} is not provided by this harness version")
     return out

@@ -22,21 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
-import torch.nn as nn
-
-from harness.checkpoints import load_base
-from harness.data import load_dataset
 from harness.errors import HarnessError, MethodFailure
-from harness.grouping import PruneConfig, count_macs_params, describe_groups, layer_channels
+from harness.grouping import count_macs_params, describe_groups, layer_channels
 from harness.methods import MethodSource
-from harness.models import classifier_of
 from harness.observations import collect
 from harness.provenance import provenance
 from harness.pruning import Unreachable, make_planner, search_speedup
 from harness.results import RESULT_FILE, run_key, write_record
 from harness.runners import client_class
-from harness.train import calibration_batches, evaluate_top1, train
+from harness.tasks import task_for
 from specs.result import BeforeAfter, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
 from specs.sdk import one_line, seed_everything
 from specs.track import TrackConfig
@@ -65,17 +59,6 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def prune_config_for(track: TrackConfig) -> Callable[[nn.Module], PruneConfig]:
-    def config(model: nn.Module) -> PruneConfig:
-        modules = dict(model.named_modules())
-        missing = [n for n in track.pruning.ignored_layers if n not in modules]
-        if missing:
-            raise HarnessError(f"track {track.id}: ignored layer {missing[0]!r} is not in the model")
-        ignored = [classifier_of(model)] + [modules[n] for n in track.pruning.ignored_layers]
-        return PruneConfig(ignored_layers=ignored)
-    return config
-
-
 def run_dir_name(spec: RunSpec, key: str) -> str:
     return f"{spec.method.id}-{spec.speedup:g}x-{spec.track.pruning.strategy}-s{spec.seed}-{key[:8]}"
 
@@ -89,17 +72,17 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         raise HarnessError(f"method {method.id!r} provides no importance scores (it is a regularizer)")
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
-    data = load_dataset(track.dataset.name, spec.data_root, track.dataset.image_size)
-    base = load_base(track, data, spec.cache_dir, spec.device, progress)
+    task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
+    base = task.base_model(progress)
     strategy = track.pruning.strategy
     key = run_key(track.hash(), method.id, method.manifest.version, None, None, spec.speedup, strategy, spec.seed)
     run_dir = Path(spec.out) / track.id / run_dir_name(spec, key)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{run_dir.name}-", dir=run_dir.parent))
+    os.chmod(staging, 0o755)
 
-    config_for = prune_config_for(track)
     model = copy.deepcopy(base.model).to(spec.device)
-    example = torch.randn(1, data.in_chans, data.image_size, data.image_size, device=spec.device)
+    example = task.example_inputs()
     base_macs, base_params = count_macs_params(model, example)
     base_layers = layer_channels(model)
     fields = dict(
@@ -117,36 +100,35 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         with client:
             info = info.model_copy(update={"image_digest": client.image_digest})
             t0 = time.perf_counter()
-            calib = calibration_batches(data.train, track.calibration.num_samples, track.calibration.batch_size,
-                                        spec.seed)
+            calib = task.calibration_batches(spec.seed)
             base_channels: dict[str, int] = {}
             macs = base_macs
             rounds = track.pruning.rounds
             for r in range(rounds):
-                groups = describe_groups(model, example, config_for(model))
+                groups = describe_groups(model, example, task.prune_config(model))
                 if r == 0:
                     base_channels = {g.id: g.n_channels for g in groups}
-                obs = collect(method.manifest.observations, model, groups, calib, spec.device)
+                obs = collect(method.manifest.observations, model, groups, calib, task.loss)
                 scores = client.score(r, groups, obs)
                 planner = make_planner(groups, scores, base_channels, strategy, track.pruning.min_channel_fraction)
-                found = search_speedup(model, example, config_for, planner, base_macs, macs,
+                found = search_speedup(model, example, task.prune_config, planner, base_macs, macs,
                                        spec.speedup ** ((r + 1) / rounds))
                 model, macs, params = found.model, found.macs, found.params
+                task.after_prune(model)
                 if progress:
                     progress("prune", r + 1, rounds)
             timing["step_s"] = time.perf_counter() - t0
             timing["score_s"] = client.score_seconds
-        metric = metric.model_copy(update={"pruned": evaluate_top1(model, data.test, device=spec.device)})
+        metric = metric.model_copy(update={"pruned": task.evaluate(model)})
         if spec.save_models:
-            torch.save(copy.deepcopy(model).cpu().float(), staging / "pruned.pt")
+            task.save(model, staging / "pruned.pt")
         t0 = time.perf_counter()
-        train(model, data.train, track.retrain, seed=spec.seed, device=spec.device, progress=progress,
-              stage="retrain")
+        task.train(model, track.retrain, seed=spec.seed, progress=progress, stage="retrain")
         timing["retrain_s"] = time.perf_counter() - t0
-        final = evaluate_top1(model, data.test, device=spec.device)
+        final = task.evaluate(model)
         metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
         if spec.save_models:
-            torch.save(copy.deepcopy(model).cpu().float(), staging / "final.pt")
+            task.save(model, staging / "final.pt")
         after = layer_channels(model)
         roots = [g for g in base_channels if g in after]
         record = ResultRecord(

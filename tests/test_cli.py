@@ -118,7 +118,6 @@ def test_missing_checkpoint_names_the_expected_path(tiny_track, tmp_path):
 
 
 def test_wrong_checkpoint_hash(tiny_track, tmp_path):
-    import torch
     (tmp_path / "base.pt").write_bytes(b"not the right file")
     track = tiny_track.model_copy(update={"checkpoint": tiny_track.checkpoint.model_copy(
         update={"path": str(tmp_path / "base.pt"), "sha256": "b" * 64})})

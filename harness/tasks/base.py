@@ -1,0 +1,70 @@
+"""The task interface the protocol is written against."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from harness.grouping import PruneConfig
+from specs.track import Recipe, TrackConfig
+
+if TYPE_CHECKING:
+    from harness.checkpoints import BaseCheckpoint
+
+#: progress(stage, done, total)
+Progress = Callable[[str, int, int], None]
+#: called after loss.backward() and before optimizer.step(): (step, total_steps) -> None
+GradHook = Callable[[int, int], None]
+
+
+class Task(ABC):
+    """One track's model/data/metric. Constructed once per run; may load data lazily."""
+
+    def __init__(self, track: TrackConfig, data_root: Optional[Path] = None, cache_dir: Optional[Path] = None,
+                 device: str = "cpu"):
+        self.track = track
+        self.data_root = data_root
+        self.cache_dir = cache_dir
+        self.device = device
+
+    @abstractmethod
+    def base_model(self, progress: Optional[Progress] = None) -> "BaseCheckpoint":
+        """The track's base checkpoint (loaded and hash-checked, or trained once and cached)."""
+
+    @abstractmethod
+    def example_inputs(self) -> torch.Tensor:
+        """One input sample (batch 1) for tracing and for counting MACs."""
+
+    @abstractmethod
+    def prune_config(self, model: nn.Module) -> PruneConfig:
+        """What must never be pruned and how the graph is built, for this very model object."""
+
+    @abstractmethod
+    def calibration_batches(self, seed: int) -> list:
+        """The track's fixed calibration budget, as batches ``loss`` understands."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        """Scalar training loss of ``model`` on one calibration batch (for gradient observations)."""
+
+    @abstractmethod
+    def train(self, model: nn.Module, recipe: Recipe, seed: int, progress: Optional[Progress] = None,
+              stage: str = "train", grad_hook: Optional[GradHook] = None) -> nn.Module:
+        """Train in place with ``recipe``; ``grad_hook`` runs between backward and step."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> float:
+        """The track's metric on the test split (percent)."""
+
+    def after_prune(self, model: nn.Module) -> None:
+        """Fix attributes Torch-Pruning cannot update (e.g. attention heads). Default: nothing."""
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        """Save a whole (pruned) model, fp32 on CPU."""
+        torch.save(copy.deepcopy(model).cpu().float(), path)
+
