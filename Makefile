@@ -8,13 +8,16 @@ export HF_HUB_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := 0
 
-.PHONY: help venv demo test test-fast schema bench clean docker images
+.PHONY: help venv demo test test-fast schema bench clean docker images browser submit new-method check-method
 
 help:
 	@echo "make demo    - the embedded default: 3 methods on digits at 2x and 4x (subprocess runner), leaderboard"
 	@echo "make test    - the test suite"
 	@echo "make schema  - regenerate specs/schema/*.json from the pydantic models"
 	@echo "make bench   - benchmarks/ (ratios against Torch-Pruning)"
+	@echo "make new-method NAME=x    - copy method_template/ to methods/x"
+	@echo "make check-method METHOD=x - conformance suite (subprocess runner; IN_DOCKER=1 for the image)"
+	@echo "make submit METHOD=x      - image -> conformance in the container -> smoke run -> submissions/x-<version>/"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +36,29 @@ docker: venv
 
 images: docker
 
+# Debian's chromium for the site test (tests/test_site.py); skipped where it cannot be installed.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium >/dev/null)) \
+	      && echo "make browser: chromium installed"; \
+	  elif [ -n "$$CI" ]; then echo "make browser: cannot install chromium in CI" >&2; exit 1; \
+	  else echo "make browser: no chromium here; the site test will be skipped" >&2; fi; }
+
 demo: venv
 	$(PBENCH) sweep --track digits-resnet18 --methods magnitude_l1,magnitude_l2,random \
 		--speedups 2,4 --seeds 0 --runner subprocess --out results/demo --no-models
 
-test: venv docker
+new-method: venv
+	$(PBENCH) new-method $(NAME)
+
+check-method: venv
+	$(PBENCH) check-method $(METHOD) $(if $(IN_DOCKER),--in-docker)
+
+submit: venv docker
+	$(PBENCH) submit $(METHOD)
+
+test: venv docker browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
@@ -48,6 +69,10 @@ schema: venv
 
 bench: venv
 	$(PY) benchmarks/prune_vs_torch_pruning.py
+	$(PY) benchmarks/retrain_vs_minimal_loop.py
+	@if [ -f benchmarks/regularizer_vs_torch_pruning.py ]; then $(PY) benchmarks/regularizer_vs_torch_pruning.py; fi
+	@if docker info >/dev/null 2>&1; then $(PY) benchmarks/docker_exchange.py; \
+	else echo "bench: no Docker Engine, skipping benchmarks/docker_exchange.py"; fi
 
 clean:
 	rm -rf results .pytest_cache

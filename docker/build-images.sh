@@ -11,7 +11,7 @@
 # 3. pbench/method-base:<SPEC_VERSION> and :<major> from
 #    docker/method-base.Dockerfile (build network "none": nothing is fetched).
 # 4. Each METHOD_DIR (default: every methods/*/ with a Dockerfile) becomes
-#    pbench/method-<folder>:<manifest.json "version">, built FROM
+#    pbench/method-<manifest id>:<manifest version>, built FROM
 #    pbench/method-base:<major>.
 #
 # Environment:
@@ -122,12 +122,12 @@ fi
 
 status=0
 for dir in "${METHOD_DIRS[@]}"; do
-    name="$(basename "$dir")"
     if [ ! -f "$dir/Dockerfile" ]; then
         echo "build-images: $dir has no Dockerfile, skipped" >&2; status=1; continue
     fi
-    version="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$dir/manifest.json" 2>/dev/null)" || {
-        echo "build-images: $dir/manifest.json missing or without \"version\", skipped" >&2; status=1; continue
+    # image name from the manifest (id + version): the same name harness/runners/docker_runner.py uses
+    read -r name version < <("$PYTHON" -c 'import json, sys; m = json.load(open(sys.argv[1])); print(m["id"], m["version"])' "$dir/manifest.json" 2>/dev/null) || {
+        echo "build-images: $dir/manifest.json missing or without \"id\"/\"version\", skipped" >&2; status=1; continue
     }
     # Docker: repository lowercase [a-z0-9._-]; tag [A-Za-z0-9_.-], max 128.
     repo="pbench/method-$(echo "$name" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9._\n-' '-')"

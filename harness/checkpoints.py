@@ -21,7 +21,7 @@ from harness.models import create_model
 from harness.provenance import sha256_file
 from harness.results import atomic_write_text
 from harness.train import Progress, evaluate_top1, train
-from specs.track import TrackConfig
+from specs.track import Checkpoint, TrackConfig
 
 #: bump when the training loop changes in a way that changes trained weights
 TRAINER_VERSION = 1
@@ -59,18 +59,24 @@ def _load_state(model: nn.Module, path: Path) -> None:
         raise HarnessError(f"{path}: cannot load as a {type(model).__name__} state dict ({type(e).__name__})") from None
 
 
+def verified_file(ck: Checkpoint) -> tuple[Path, str]:
+    """A track's published checkpoint file and its sha256, checked against the track's."""
+    path = Path(os.path.expanduser(ck.path))
+    if not path.is_file():
+        raise HarnessError(f"base checkpoint not found: expected {path}"
+                           + (f" (sha256 {ck.sha256})" if ck.sha256 else ""))
+    digest = sha256_file(path)
+    if ck.sha256 and digest != ck.sha256:
+        raise HarnessError(f"{path}: sha256 {digest} does not match the track's {ck.sha256}")
+    return path, digest
+
+
 def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path] = None, device: str = "cpu",
               progress: Optional[Progress] = None) -> BaseCheckpoint:
     model = build_model(track, data)
     ck = track.checkpoint
     if ck.path is not None:
-        path = Path(os.path.expanduser(ck.path))
-        if not path.is_file():
-            raise HarnessError(f"base checkpoint not found: expected {path}"
-                               + (f" (sha256 {ck.sha256})" if ck.sha256 else ""))
-        digest = sha256_file(path)
-        if ck.sha256 and digest != ck.sha256:
-            raise HarnessError(f"{path}: sha256 {digest} does not match the track's {ck.sha256}")
+        path, digest = verified_file(ck)
         _load_state(model, path)
         return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
 

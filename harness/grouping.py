@@ -23,13 +23,42 @@ ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 
 @dataclass
 class PruneConfig:
-    """What a model adapter tells the graph builder (everything optional)."""
+    """What a model adapter tells the graph builder (everything optional).
+
+    ``ignored_layers`` are never group roots; a container (e.g. a detection head) stands for every
+    layer inside it. Their input channels still follow the layers that feed them. ``out_channel_groups``
+    maps a root layer to the number of interleaved slices whose matching channels are removed together
+    (the planner averages their scores): group convs, or ``3 * num_heads`` for a fused qkv projection
+    so every head of q, k and v keeps the same head dim. ``fixup(model)`` runs after channels are
+    removed, before anything else touches the model (e.g. it updates attention head sizes, which
+    Torch-Pruning cannot), so a pruned copy is forward-consistent when its MACs are measured.
+    """
 
     ignored_layers: list[nn.Module] = field(default_factory=list)
     unwrapped_parameters: Optional[list] = None  # [(nn.Parameter, pruning dim)]
     customized_pruners: Optional[dict] = None
     out_channel_groups: dict[nn.Module, int] = field(default_factory=dict)  # heads / group convs
     forward_fn: Optional[Callable] = None
+    fixup: Optional[Callable[[nn.Module], None]] = None
+
+    def merged(self, other: "PruneConfig") -> "PruneConfig":
+        """This config plus ``other``'s ignored layers, parameters, pruners and groups (other's fixup and
+        forward_fn win when set)."""
+        params = (self.unwrapped_parameters or []) + (other.unwrapped_parameters or [])
+        pruners = {**(self.customized_pruners or {}), **(other.customized_pruners or {})}
+        return PruneConfig(ignored_layers=[*self.ignored_layers, *other.ignored_layers],
+                           unwrapped_parameters=params or None, customized_pruners=pruners or None,
+                           out_channel_groups={**self.out_channel_groups, **other.out_channel_groups},
+                           forward_fn=other.forward_fn or self.forward_fn, fixup=other.fixup or self.fixup)
+
+
+def ignored_modules(config: PruneConfig) -> list[nn.Module]:
+    """``config.ignored_layers`` with every container expanded to the modules inside it."""
+    seen: dict[int, nn.Module] = {}
+    for layer in config.ignored_layers:
+        for m in layer.modules():
+            seen.setdefault(id(m), m)
+    return list(seen.values())
 
 
 def _kind(module) -> tuple[str, bool]:
@@ -62,7 +91,7 @@ def describe_groups(model: nn.Module, example_inputs, config: PruneConfig) -> li
     names = {m: n for n, m in model.named_modules()}
     params = {p: n for n, p in model.named_parameters()}
     groups = []
-    for tp_group in DG.get_all_groups(ignored_layers=list(config.ignored_layers), root_module_types=ROOT_TYPES):
+    for tp_group in DG.get_all_groups(ignored_layers=ignored_modules(config), root_module_types=ROOT_TYPES):
         root = tp_group[0].dep.target.module
         members = []
         for i, (dep, idxs) in enumerate(tp_group):
@@ -105,6 +134,8 @@ def apply_plan(model: nn.Module, example_inputs, config: PruneConfig, plan: dict
         handler = DG.get_pruner_of_module(root).prune_out_channels
         group = DG.get_pruning_group(root, handler, sorted(int(i) for i in idxs))
         group.prune()
+    if config.fixup is not None:
+        config.fixup(model)
 
 
 @torch.no_grad()

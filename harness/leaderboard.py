@@ -85,7 +85,7 @@ COLUMNS = ["Track", "Speedup", "Strategy", "Rank", "Importance", "Regularizer", 
            "Δ", "Params", "Achieved", "Step (s)", "Reg (s)", "Seeds"]
 
 
-def _cells(r: Row) -> list[str]:
+def cells(r: Row) -> list[str]:
     final = "failed" if r.final is None else f"{r.final:.2f} ± {r.final_std:.2f}"
     seeds = f"{r.n_ok}" + (f" (+{r.n_failed} failed)" if r.n_failed else "")
     params = "n/a" if r.params_ratio is None else f"{100 * r.params_ratio:.1f}%"
@@ -97,7 +97,7 @@ def _cells(r: Row) -> list[str]:
 
 def markdown(rs: list[Row]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rs]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rs]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
 """The standard protocol, identical for every method:
 
-base checkpoint -> dependency groups -> observations -> method scores ->
-remove the lowest-scoring channels until the measured MACs speedup reaches the
-target -> retrain with the track's recipe -> evaluate -> one result record.
+base checkpoint -> [sparse training with a regularizer method] -> dependency
+groups -> observations -> method scores -> remove the lowest-scoring channels
+until the measured MACs speedup reaches the target -> retrain with the track's
+recipe -> evaluate -> one result record.
 
 Bad input (unknown data root, wrong checkpoint hash) raises HarnessError before
 anything is written. Once the method has been started, every failure (the
@@ -24,12 +25,15 @@ from typing import Callable, Optional
 
 from harness.errors import HarnessError, MethodFailure
 from harness.grouping import count_macs_params, describe_groups, layer_channels
+from harness.latency import measure as measure_latency
 from harness.methods import MethodSource
 from harness.observations import collect
 from harness.provenance import provenance
 from harness.pruning import Unreachable, make_planner, search_speedup
 from harness.results import RESULT_FILE, run_key, write_record
 from harness.runners import client_class
+from harness.store import STAGING_PREFIX
+from harness.sparsify import sparsify
 from harness.tasks import task_for
 from specs.result import BeforeAfter, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
 from specs.sdk import one_line, seed_everything
@@ -53,14 +57,68 @@ class RunSpec:
     hyperparameters: dict = field(default_factory=dict)
     call_timeout: Optional[float] = None
     save_models: bool = True
+    #: a method providing "regularizer": sparse training (the track's ``sparsify`` recipe) comes first
+    regularizer: Optional[MethodSource] = None
+    reg_hyperparameters: dict = field(default_factory=dict)
+    #: extra arguments for the importance method's runner, e.g. {"image": digest} for docker
+    runner_options: dict = field(default_factory=dict)
+    #: wall-clock budget for each method's whole conversation (start to close)
+    run_timeout: Optional[float] = None
+    measure_latency: bool = True
 
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _resolved(source: MethodSource, hp: dict) -> dict:
+    try:
+        return source.manifest.resolve_hyperparameters(hp)
+    except ValueError as e:
+        raise HarnessError(str(e)) from None
+
+
+def run_key_of(spec: RunSpec) -> str:
+    """The canonical identity of the run ``spec`` describes (:func:`harness.results.run_key`);
+    a regularizer counts as ``id@version``; under docker the image digest is part of it."""
+    reg = spec.regularizer
+    digest = None
+    if spec.runner == "docker":
+        from harness.runners.docker_runner import image_digest, image_tag
+        digest = image_digest(spec.runner_options.get("image") or image_tag(spec.method.manifest))
+    return run_key(spec.track.hash(), spec.method.id, spec.method.manifest.version, digest,
+                   f"{reg.id}@{reg.manifest.version}" if reg else None, spec.speedup, spec.track.pruning.strategy,
+                   spec.seed, _resolved(spec.method, spec.hyperparameters),
+                   _resolved(reg, spec.reg_hyperparameters) if reg else None)
+
+
+def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
+    options = spec.runner_options if source is spec.method else {}
+    return client_class(spec.runner)(source, hyperparameters, spec.seed, spec.device, call_timeout=spec.call_timeout,
+                                     run_timeout=spec.run_timeout, **options)
+
+
 def run_dir_name(spec: RunSpec, key: str) -> str:
-    return f"{spec.method.id}-{spec.speedup:g}x-{spec.track.pruning.strategy}-s{spec.seed}-{key[:8]}"
+    name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "")
+    return f"{name}-{spec.speedup:g}x-{spec.track.pruning.strategy}-s{spec.seed}-{key[:8]}"
+
+
+def _check_regularizer(spec: RunSpec) -> None:
+    """Bad input, raised before anything runs or is written."""
+    reg = spec.regularizer
+    if reg is None:
+        if spec.reg_hyperparameters:
+            raise HarnessError("regularizer hyperparameters given without a regularizer")
+        return
+    if "regularizer" not in reg.manifest.provides:
+        raise HarnessError(f"method {reg.id!r} provides no regularizer (it provides "
+                           f"{'+'.join(reg.manifest.provides)}); e.g. group_norm, group_lasso, growing_reg, bn_scale_l1")
+    if spec.track.sparsify.epochs == 0:
+        raise HarnessError(f"track {spec.track.id} has no sparse-training budget (sparsify.epochs is 0)")
+    try:
+        reg.manifest.resolve_hyperparameters(spec.reg_hyperparameters)
+    except ValueError as e:
+        raise HarnessError(str(e)) from None
 
 
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
@@ -70,15 +128,17 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         raise HarnessError(f"speedup must be > 1 (e.g. 2, 4, 8), got {spec.speedup:g}")
     if "importance" not in method.manifest.provides:
         raise HarnessError(f"method {method.id!r} provides no importance scores (it is a regularizer)")
+    _check_regularizer(spec)
+    reg = spec.regularizer
+    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     base = task.base_model(progress)
     strategy = track.pruning.strategy
-    key = run_key(track.hash(), method.id, method.manifest.version, None, None, spec.speedup, strategy, spec.seed)
     run_dir = Path(spec.out) / track.id / run_dir_name(spec, key)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{run_dir.name}-", dir=run_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{run_dir.name}-", dir=run_dir.parent))
     os.chmod(staging, 0o755)
 
     model = copy.deepcopy(base.model).to(spec.device)
@@ -90,11 +150,14 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         dataset=track.dataset.name, seed=spec.seed, strategy=strategy, started_at=started,
         provenance=provenance(base.sha256, spec.device))
     info = MethodInfo(id=method.id, version=method.manifest.version, runner=spec.runner)
+    if reg is not None:
+        fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner)
     timing: dict[str, float] = {}
     metric = MetricInfo(name=track.metric, base=base.metric)
     try:
-        client = client_class(spec.runner)(method, spec.hyperparameters, spec.seed, spec.device,
-                                           call_timeout=spec.call_timeout)
+        if reg is not None:
+            _sparsify_stage(spec, task, model, example, fields, timing, staging, progress)
+        client = _client(spec, method, spec.hyperparameters)
         info = MethodInfo(id=method.id, version=method.manifest.version, runner=spec.runner,
                           hyperparameters=client.hyperparameters)
         with client:
@@ -108,7 +171,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
                 groups = describe_groups(model, example, task.prune_config(model))
                 if r == 0:
                     base_channels = {g.id: g.n_channels for g in groups}
-                obs = collect(method.manifest.observations, model, groups, calib, task.loss)
+                obs = collect(method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
+                              calibration=track.calibration)
                 scores = client.score(r, groups, obs)
                 planner = make_planner(groups, scores, base_channels, strategy, track.pruning.min_channel_fraction)
                 found = search_speedup(model, example, task.prune_config, planner, base_macs, macs,
@@ -129,6 +193,9 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
         if spec.save_models:
             task.save(model, staging / "final.pt")
+        if spec.measure_latency:
+            fields["latency"] = measure_latency(copy.deepcopy(base.model).to(spec.device), model, example,
+                                                device=spec.device)
         after = layer_channels(model)
         roots = [g for g in base_channels if g in after]
         record = ResultRecord(
@@ -138,7 +205,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             min_channel_fraction=min((after[g] / base_layers[g] for g in roots), default=None),
             layer_channels={n: (base_layers[n], after[n]) for n in base_layers if n in after},
             timing=Timing(**timing, total_s=time.perf_counter() - t_start),
-            files={n: n for n in ("pruned.pt", "final.pt") if (staging / n).exists()},
+            files={n: n for n in ("sparse.pt", "pruned.pt", "final.pt") if (staging / n).exists()},
             finished_at=_now(), **fields)
     except (MethodFailure, Unreachable) as e:
         record = _failed(str(e), info, spec, metric, base_macs, base_params, timing, t_start, fields)
@@ -154,6 +221,21 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     write_record(staging / RESULT_FILE, record)
     _replace_dir(staging, run_dir)
     return record, run_dir
+
+
+def _sparsify_stage(spec: RunSpec, task, model, example, fields: dict, timing: dict, staging: Path,
+                    progress: Optional[Progress]) -> None:
+    """Step 1: start the regularizer (same runner as the importance method), sparse-train
+    ``model`` in place with the track's ``sparsify`` recipe; ``timing["reg_s"]`` is its wall time."""
+    reg = spec.regularizer
+    client = _client(spec, reg, spec.reg_hyperparameters)
+    fields["regularizer"] = fields["regularizer"].model_copy(update={"hyperparameters": client.hyperparameters})
+    with client:
+        fields["regularizer"] = fields["regularizer"].model_copy(update={"image_digest": client.image_digest})
+        groups = describe_groups(model, example, task.prune_config(model))
+        timing["reg_s"] = sparsify(task, model, spec.track.sparsify, client, groups, spec.seed, progress)
+    if spec.save_models:
+        task.save(model, staging / "sparse.pt")
 
 
 def _failed(error: str, info: MethodInfo, spec: RunSpec, metric: MetricInfo, base_macs: float, base_params: int,

@@ -19,9 +19,13 @@ RESULT_FILE = "result.json"
 
 
 def run_key(track_hash: str, method_id: str, method_version: str, image_digest: Optional[str],
-            regularizer: Optional[str], speedup: float, strategy: str, seed: int) -> str:
-    """Canonical identity of a run (its result is unique per key)."""
-    ident = {"track": track_hash, "method": [method_id, method_version, image_digest], "regularizer": regularizer,
+            regularizer: Optional[str], speedup: float, strategy: str, seed: int,
+            hyperparameters: Optional[dict] = None, reg_hyperparameters: Optional[dict] = None) -> str:
+    """Canonical identity of a run (its result is unique per key): track hash, method id, version,
+    image digest and resolved hyperparameters, regularizer (``id@version``) and its hyperparameters,
+    speedup, strategy, seed."""
+    ident = {"track": track_hash, "method": [method_id, method_version, image_digest, hyperparameters or {}],
+             "regularizer": [regularizer, reg_hyperparameters or {}] if regularizer else None,
              "speedup": float(speedup), "strategy": strategy, "seed": int(seed)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -29,6 +33,7 @@ def run_key(track_hash: str, method_id: str, method_version: str, image_digest: 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

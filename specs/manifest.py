@@ -15,18 +15,35 @@ from pydantic import Field, model_validator
 
 from specs.base import Identifier, Scalar, Strict, Versioned
 
-#: What the harness can collect on the track's calibration budget.
+#: What the harness can collect on the track's calibration budget. Every tensor is float32 on
+#: CPU and deterministic for a run seed. "Member" layers are the layers of the groups in the
+#: request; the calibration budget is the track's ``calibration`` (``specs.track.Calibration``).
 #:
 #: - ``weights``: every floating-point parameter and buffer of the model (state dict keys).
-#: - ``gradients``: the gradient of the mean cross-entropy loss over the calibration
-#:   set w.r.t. every parameter (summed over batches, divided by the number of batches).
+#: - ``gradients``: the gradient of the mean cross-entropy loss over the calibration set w.r.t.
+#:   every parameter (summed over batches, divided by the number of batches).
 #: - ``sq_gradients``: per-sample squared gradients, summed over the calibration samples
 #:   (the empirical Fisher diagonal, unnormalized), w.r.t. every parameter.
-#: - ``inputs``: the inputs of every member conv/linear layer on the calibration set,
-#:   keyed ``<layer>``; conv inputs are sampled at fixed spatial positions (see spec docs).
-#: - ``outputs``: the outputs of every member conv/linear/bn layer, keyed ``<layer>``.
-#: - ``output_gradients``: gradients of the loss w.r.t. the layer outputs, with labels
-#:   sampled from the model's own predictive distribution (as K-FAC / OBD-C require).
+#: - ``inputs``: key ``<layer>`` for every member ``Conv1d``/``Conv2d`` (not transposed) and
+#:   ``Linear``, on the first ``activation_samples`` calibration images (N). For each image,
+#:   P = min(``positions_per_sample``, T) of the layer's T output positions are sampled without
+#:   replacement (seeded by the run seed and the layer name); row ``n*P + p`` holds what the layer
+#:   multiplies to produce output position p of image n:
+#:   conv: ``[N*P, C_in, kh*kw]``, the receptive-field patch (exactly ``F.unfold`` of the padded
+#:   input, so ``out[:, o] = sum_{c,k} W[o, c, k] * row[c, k] + bias[o]``; grouped convs: C_in is
+#:   all input channels); linear: ``[N*P, C_in]`` (T = 1 for ``[N, C_in]`` inputs; for
+#:   ``[N, ..., C_in]`` inputs the middle dimensions are the positions).
+#: - ``outputs``: key ``<layer>`` for every member conv/linear/bn layer pruned along its outputs
+#:   (``dim == "out"``), on the first ``output_samples`` calibration images (fewer, at least one,
+#:   if they would exceed ``output_budget_mb`` MB in all): the full output
+#:   (conv/bn ``[N, C, H, W]``, linear ``[N, ..., F]``), before any following (in-place) activation.
+#: - ``output_gradients``: for the same layers and rows as ``inputs`` (same images, same sampled
+#:   positions): ``[N*P, C_out]``, ``sqrt(T) * d l_n / d s_{n,t}``, where ``s`` is the layer's
+#:   output, ``l_n = -log p(y_n | x_n)`` with ``y_n`` SAMPLED from the model's own predictive
+#:   distribution (softmax of the logits, seeded), BatchNorm in eval mode. The ``sqrt(T)`` makes
+#:   ``E[a a^T] (x) E[g g^T]`` (means over rows; ``a`` = the ``inputs`` row flattened, with a 1
+#:   appended for a bias) the K-FAC Fisher block of Grosse & Martens (2016): ``F ~= T * A_bar (x) G_bar``.
+#:   Needs a classifier whose output is ``[N, classes]`` logits.
 ObservationKind = Literal["weights", "gradients", "sq_gradients", "inputs", "outputs", "output_gradients"]
 
 Capability = Literal["importance", "regularizer"]

@@ -8,7 +8,7 @@ Conversation (the harness always speaks first, the method answers each message o
 
     harness -> Hello            method -> HelloReply (echoes its manifest)
     harness -> ScoreRequest     method -> ScoreReply   | ErrorReply      (importance)
-    harness -> RegularizeRequest method -> RegularizeReply | ErrorReply  (regularizer)
+    harness -> RegularizeRequest method -> RegularizeReply | ErrorReply  (regularizer, every step)
     harness -> Shutdown         method -> (closes)
 
 Shapes and units
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import Field, TypeAdapter, model_serializer, model_validator
 
 from specs.base import ExchangeFile, Scalar, Strict, Versioned
 from specs.manifest import MethodManifest, ObservationKind
@@ -112,6 +112,14 @@ class RegularizeRequest(Versioned):
     ``weights`` holds the current parameters of every group member (keys as in
     :class:`Member`). The method returns tensors to ADD to those parameters'
     gradients before ``optimizer.step()``.
+
+    Spec 1.1 (used only with methods whose manifest declares ``spec_version`` >= 1.1;
+    both fields are left out of the JSON when unset, so a 1.0 method never sees them):
+
+    - ``same_groups``: the groups did not change since the previous request (they never
+      do during sparse training), so ``groups`` is empty; use the ones sent last.
+    - ``scales_file``: the method may also answer in the compact form of
+      :class:`RegularizeReply` (``scales``), written to this file.
     """
 
     type: Literal["regularize"] = "regularize"
@@ -120,13 +128,48 @@ class RegularizeRequest(Versioned):
     groups: list[Group]
     weights: TensorFile
     reply_file: ExchangeFile
+    same_groups: bool = Field(False, description="spec 1.1: groups omitted, unchanged since the last request")
+    scales_file: Optional[ExchangeFile] = Field(None, description="spec 1.1: where compact per-channel scales may go")
+
+    @model_validator(mode="after")
+    def _groups_or_same(self) -> "RegularizeRequest":
+        if self.same_groups and self.groups:
+            raise ValueError("same_groups is set: groups must be empty")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_1_1(self, handler):
+        return _omit(handler(self), same_groups=False, scales_file=None)
 
 
 class RegularizeReply(Versioned):
-    """``grads`` holds tensors keyed by parameter key, each the shape of that parameter."""
+    """``grads`` holds tensors keyed by parameter key, each the shape of that parameter.
+
+    Spec 1.1 compact form (only when the request named a ``scales_file``): ``scales``
+    holds 1-D tensors keyed ``"<param key>@<dim>"``; ``s = scales["w@d"]`` has
+    ``w.shape[d]`` entries and adds ``s[i] * w[..., i, ...]`` (index ``i`` along dim
+    ``d``) to the gradient of ``w``, i.e. ``grad += s.view(broadcast along d) * w``.
+    Group-norm style regularizers are exactly this (one coefficient per channel), so a
+    step costs a few kilobytes instead of a copy of the model. ``grads`` and ``scales``
+    add up; either may be empty.
+    """
 
     type: Literal["reg_grads"] = "reg_grads"
     grads: TensorFile
+    scales: Optional[TensorFile] = Field(None, description="spec 1.1: per-channel scales, keys '<param>@<dim>'")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_1_1(self, handler):
+        return _omit(handler(self), scales=None)
+
+
+def _omit(data, **unset):
+    """Drop spec-1.1 fields that hold their default: a 1.0 peer (extra="forbid") then accepts the message."""
+    if isinstance(data, dict):
+        for name, default in unset.items():
+            if name in data and data[name] == default:
+                del data[name]
+    return data
 
 
 class Shutdown(Versioned):

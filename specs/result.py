@@ -49,6 +49,20 @@ class Timing(Strict):
     total_s: Optional[float] = None
 
 
+class Latency(Strict):
+    """Measured inference time of the base and the pruned model (median over repeats, after warm-up)."""
+
+    device: str
+    batch1_base_ms: float
+    batch1_pruned_ms: float
+    speedup_batch1: float
+    throughput_batch: int
+    throughput_base: float = Field(description="samples/s")
+    throughput_pruned: float = Field(description="samples/s")
+    speedup_throughput: float
+    repeats: int
+
+
 class Provenance(Strict):
     harness_version: str
     spec_version: str
@@ -78,6 +92,7 @@ class ResultRecord(Versioned):
     min_channel_fraction: Optional[float] = None
     layer_channels: dict[str, tuple[int, int]] = Field(default_factory=dict)
     timing: Timing = Timing()
+    latency: Optional[Latency] = None
     provenance: Provenance
     files: dict[str, str] = Field(default_factory=dict, description="artifact name -> file name beside the record")
     started_at: str

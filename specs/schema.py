@@ -18,6 +18,7 @@ from pydantic import TypeAdapter
 from specs.manifest import MethodManifest
 from specs.messages import HarnessMessage, MethodMessage
 from specs.result import ResultRecord
+from specs.submission import ConformanceReport, Submission
 from specs.track import TrackConfig
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
@@ -28,6 +29,8 @@ DOCUMENTS = {
     "result.schema.json": ResultRecord,
     "harness-message.schema.json": HarnessMessage,
     "method-message.schema.json": MethodMessage,
+    "conformance.schema.json": ConformanceReport,
+    "submission.schema.json": Submission,
 }
 
 

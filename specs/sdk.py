@@ -90,15 +90,16 @@ def reduce_to_root(group: Group, parts: Iterable[tuple[Member, torch.Tensor]], r
 
 
 def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
-    """Per-group normalization, as Torch-Pruning's importances do before global ranking."""
+    """Per-group normalization, as Torch-Pruning's importances do before global ranking.
+
+    Unlike Torch-Pruning, a group whose scores are all zero stays all zero (instead of 0/0 = NaN,
+    which the harness would reject): its channels are the least important under any normalizer.
+    """
     if how in (None, "none"):
         return scores
-    if how == "mean":
-        return scores / scores.mean()
-    if how == "sum":
-        return scores / scores.sum()
-    if how == "max":
-        return scores / scores.max()
+    if how in ("mean", "sum", "max"):
+        denom = {"mean": scores.mean, "sum": scores.sum, "max": scores.max}[how]()
+        return scores / denom if denom != 0 else scores
     if how == "standardization":
         return (scores - scores.min()) / (scores.max() - scores.min() + 1e-8)
     if how == "gaussian":
@@ -108,7 +109,7 @@ def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
         below = torch.zeros_like(sorted_scores)
         below[1:] = sorted_scores.cumsum(0)[:-1]
         out = torch.empty_like(scores)
-        out[order] = sorted_scores / (scores.sum() - below)
+        out[order] = sorted_scores / (scores.sum() - below).clamp_min(torch.finfo(scores.dtype).tiny)
         return out
     raise ValueError(f"unknown normalizer {how!r}")
 
@@ -137,6 +138,21 @@ class Observations(dict):
     @property
     def sq_gradients(self) -> dict[str, torch.Tensor]:
         return self._kind("sq_gradients")
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """``layer -> [N*P, C_in, kh*kw]`` (conv patches) or ``[N*P, C_in]`` (linear); see ObservationKind."""
+        return self._kind("inputs")
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """``layer -> [N, C, H, W]`` (conv/bn) or ``[N, ..., F]`` (linear) feature maps."""
+        return self._kind("outputs")
+
+    @property
+    def output_gradients(self) -> dict[str, torch.Tensor]:
+        """``layer -> [N*P, C_out]``, rows aligned with ``inputs`` (sampled labels, scaled by sqrt(T))."""
+        return self._kind("output_gradients")
 
 
 # --------------------------------------------------------------------------- base classes
@@ -173,14 +189,151 @@ class ImportanceMethod(MethodBase):
 class RegularizerMethod(MethodBase):
     """A sparsity regularizer used during the harness's sparse-training stage.
 
-    Contract: :meth:`regularize` returns ``{param_key: tensor}`` with tensors of
-    the same shape as ``weights[param_key]``; the harness adds them to the
-    gradients after ``loss.backward()`` and before ``optimizer.step()``.
+    Called once per training step, after ``loss.backward()``, with the current
+    weights of every group member (``weights[key]``, float32). Implement one of:
+
+    - :meth:`regularize`: return ``{param_key: tensor}``, each the shape of
+      ``weights[param_key]``; the harness adds them to the gradients before
+      ``optimizer.step()``.
+    - :meth:`regularize_compact`: the same, and/or per-channel scales
+      ``{"<param_key>@<dim>": s}`` (1-D, ``weights[param_key].shape[dim]`` entries)
+      meaning ``grad += s (broadcast along dim) * weight``. Group-norm style
+      regularizers are exactly this; build it with :func:`scale_members`. The
+      harness expands it in-process, so a step exchanges kilobytes instead of a
+      copy of the model (spec 1.1; with a 1.0 harness the SDK expands it).
+
+    Groups are fixed during sparse training (the SDK caches them between steps).
+    A method may keep state between calls (e.g. growing penalties); ``step == 0``
+    starts a new sparse-training run.
     """
 
     def regularize(self, step: int, total_steps: int, groups: list[Group],
                    weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        if type(self).regularize_compact is RegularizerMethod.regularize_compact:
+            raise NotImplementedError("implement regularize() or regularize_compact()")
+        return expand_compact(weights, self.regularize_compact(step, total_steps, groups, weights))
+
+    def regularize_compact(self, step: int, total_steps: int, groups: list[Group],
+                           weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.regularize(step, total_steps, groups, weights)
+
+
+# --------------------------------------------------------------------------- helpers for regularizers
+
+
+def member_dim(member: Member, tensor: torch.Tensor) -> int:
+    """The dimension of ``tensor`` (the member's weight or bias) that ``member.idxs`` index."""
+    if tensor.dim() == 1:
+        return 0
+    if member.dim == "out":
+        return 1 if member.transposed else 0
+    return 0 if member.transposed else 1
+
+
+def member_positions(member: Member, tensor: torch.Tensor) -> torch.Tensor:
+    """Positions along :func:`member_dim` of ``member.idxs``. A grouped conv's input indices
+    wrap around its per-group width, as :func:`member_rows` (and Torch-Pruning) repeat them."""
+    return torch.as_tensor(member.idxs, dtype=torch.long) % tensor.shape[member_dim(member, tensor)]
+
+
+def channel_sq_norms(member: Member, tensor: torch.Tensor) -> torch.Tensor:
+    """``member_rows(member, tensor).pow(2).sum(1)`` (one value per entry of ``idxs``),
+    computed by reducing the other dimensions instead of copying rows out."""
+    sq = tensor.float().pow(2)
+    if sq.dim() > 1:
+        d = member_dim(member, tensor)
+        sq = sq.sum(dim=[i for i in range(sq.dim()) if i != d])
+    return sq[member_positions(member, tensor)]
+
+
+def _member_keys(member: Member, bias: bool) -> list[str]:
+    # a bias follows its layer's outputs only; input pruning does not touch it (as in Torch-Pruning)
+    keys = [member.weight] if member.weight else []
+    if bias and member.bias and member.dim == "out":
+        keys.append(member.bias)
+    return keys
+
+
+def group_sq_norms(group: Group, weights: dict[str, torch.Tensor], kinds: Iterable[str] = PARAM_KINDS,
+                   bias: bool = False, reduction: str = "mean") -> torch.Tensor:
+    """Squared L2 norm of each root channel over the members of ``kinds``: ``[n_channels]``.
+
+    ``reduction="sum"`` is the norm of the whole coupled slice; ``"mean"`` divides by the
+    number of contributing tensors, as Torch-Pruning's ``GroupMagnitudeImportance(p=2)``.
+    """
+    kinds = tuple(kinds)
+    parts = [(m, channel_sq_norms(m, weights[k])) for m in group.members if m.kind in kinds
+             for k in _member_keys(m, bias)]
+    return reduce_to_root(group, parts, reduction)
+
+
+def scale_members(groups: Iterable[Group], coefs: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                  kinds: Iterable[str] = ("conv", "linear", "bn"), bias: bool = False) -> dict[str, torch.Tensor]:
+    """Per-channel coefficients ``coefs[group.id]`` (``[n_channels]``) -> compact scales.
+
+    For every member of ``kinds``, root channel ``c``'s coefficient multiplies the member's
+    slice for ``c``: ``grad[slice] += coefs[c] * weight[slice]`` (with ``bias``, also the bias
+    of members pruned along their outputs). Contributions of several groups add up. Returns
+    ``{"<param_key>@<dim>": [weight.shape[dim]]}`` for :meth:`RegularizerMethod.regularize_compact`.
+    """
+    kinds = tuple(kinds)
+    out: dict[str, torch.Tensor] = {}
+    for group in groups:
+        if group.id not in coefs:
+            continue
+        c = torch.as_tensor(coefs[group.id], dtype=torch.float32)
+        if c.shape != (group.n_channels,):
+            raise ValueError(f"group {group.id!r}: expected {group.n_channels} coefficients, got {tuple(c.shape)}")
+        for m in group.members:
+            if m.kind not in kinds:
+                continue
+            root = torch.as_tensor(m.root_idxs, dtype=torch.long)
+            for key in _member_keys(m, bias):
+                w = weights[key]
+                d = member_dim(m, w)
+                s = out.setdefault(f"{key}@{d}", torch.zeros(w.shape[d], dtype=torch.float32))
+                s.index_add_(0, member_positions(m, w), c[root])
+    return out
+
+
+def split_scale_key(name: str) -> tuple[str, Optional[int]]:
+    """``"layer.weight@1"`` -> ``("layer.weight", 1)``; a plain parameter key -> ``(key, None)``."""
+    key, sep, dim = name.rpartition("@")
+    if sep and dim.isdigit():
+        return key, int(dim)
+    return name, None
+
+
+def broadcast_scale(scale: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return scale.reshape(shape)
+
+
+def split_compact(out: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A compact answer as ``(dense gradients, scales)``."""
+    dense, scales = {}, {}
+    for name, t in out.items():
+        (dense if split_scale_key(name)[1] is None else scales)[name] = t
+    return dense, scales
+
+
+def expand_compact(weights: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dense form of a compact answer: ``{param_key: gradient}`` (what a 1.0 harness expects)."""
+    if not isinstance(out, dict):
+        return out
+    dense: dict[str, torch.Tensor] = {}
+    for name, t in out.items():
+        key, dim = split_scale_key(name)
+        t = torch.as_tensor(t, dtype=torch.float32)
+        if dim is not None:
+            w = weights[key]
+            if not 0 <= dim < w.dim() or t.shape != (w.shape[dim],):
+                raise ValueError(f"scale {name!r}: expected {w.shape[dim] if dim < w.dim() else '?'} entries "
+                                 f"for dimension {dim} of {key!r} {tuple(w.shape)}, got {tuple(t.shape)}")
+            t = broadcast_scale(t, w.dim(), dim) * w
+        dense[key] = dense[key] + t if key in dense else t.clone()
+    return dense
 
 
 # --------------------------------------------------------------------------- loading
@@ -256,6 +409,17 @@ def _save(exchange: Path, name: str, tensors: dict[str, torch.Tensor]) -> Tensor
     return TensorFile(file=name, keys=sorted(tensors))
 
 
+def _request_groups(method: MethodBase, msg: RegularizeRequest) -> list[Group]:
+    """The request's groups; spec 1.1 sends them once (``same_groups`` afterwards)."""
+    if msg.same_groups:
+        cached = getattr(method, "_sdk_reg_groups", None)
+        if cached is None:
+            raise ValueError("same_groups is set but no earlier request carried the groups")
+        return cached
+    method._sdk_reg_groups = msg.groups
+    return msg.groups
+
+
 def handle(method: MethodBase, msg, exchange: Path):
     """Answer one request. Exceptions become an ErrorReply."""
     try:
@@ -272,7 +436,16 @@ def handle(method: MethodBase, msg, exchange: Path):
         if isinstance(msg, RegularizeRequest):
             if not isinstance(method, RegularizerMethod):
                 return ErrorReply(message="this method provides no regularizer")
-            grads = method.regularize(msg.step, msg.total_steps, msg.groups, _load(exchange, msg.weights))
+            groups = _request_groups(method, msg)
+            weights = _load(exchange, msg.weights)
+            if msg.scales_file:  # spec 1.1: the harness takes compact scales
+                out = method.regularize_compact(msg.step, msg.total_steps, groups, weights)
+                if not isinstance(out, dict):
+                    return ErrorReply(message=f"regularize_compact() returned {type(out).__name__}, expected dict")
+                dense, scales = split_compact(out)
+                return RegularizeReply(grads=_save(exchange, msg.reply_file, dense),
+                                       scales=_save(exchange, msg.scales_file, scales))
+            grads = method.regularize(msg.step, msg.total_steps, groups, weights)
             if not isinstance(grads, dict):
                 return ErrorReply(message=f"regularize() returned {type(grads).__name__}, expected dict")
             return RegularizeReply(grads=_save(exchange, msg.reply_file, grads))

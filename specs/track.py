@@ -27,6 +27,18 @@ class ModelRef(Strict):
 class DatasetRef(Strict):
     name: Identifier
     image_size: Optional[int] = Field(None, ge=8, description="resize/crop side; null = native size")
+    mean: Optional[list[float]] = Field(
+        None, min_length=1, description="per-channel normalization mean, raw pixels in [0, 1]; null = the "
+                                        "dataset's own (must match the base checkpoint, e.g. 0.5 for timm's ViTs)")
+    std: Optional[list[float]] = Field(None, min_length=1, description="per-channel normalization std; with mean")
+
+    @model_validator(mode="after")
+    def _normalization(self) -> "DatasetRef":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither")
+        if self.std is not None and (len(self.std) != len(self.mean) or any(s <= 0 for s in self.std)):
+            raise ValueError("std must be positive and as long as mean")
+        return self
 
 
 class Recipe(Strict):
@@ -82,6 +94,21 @@ class Calibration(Strict):
 
     num_samples: int = Field(ge=1)
     batch_size: int = Field(ge=1)
+    positions_per_sample: int = Field(
+        10, ge=1, le=4096,
+        description="'inputs'/'output_gradients': output positions sampled per image (without replacement, "
+                    "seeded by the run seed) for conv layers and token sequences; all positions when fewer")
+    activation_samples: int = Field(
+        256, ge=1,
+        description="'inputs'/'output_gradients': number of calibration images used (the first ones), "
+                    "bounding their memory")
+    output_samples: int = Field(
+        64, ge=1,
+        description="'outputs': number of calibration images whose full feature maps are kept (the first ones)")
+    output_budget_mb: int = Field(
+        1024, ge=1,
+        description="'outputs': fewer images (at least one) when output_samples images of full feature maps "
+                    "would exceed this many MB (float32)")
 
 
 class TrackConfig(Versioned):

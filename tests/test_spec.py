@@ -181,3 +181,14 @@ def test_specs_is_a_leaf():
 def test_readme_tables_match_the_registries():
     from harness.docs import README, render
     assert render(README.read_text()) == README.read_text(), "README.md is stale: run `python -m harness.docs`"
+
+
+def test_normalize_keeps_an_all_zero_group_finite():
+    import torch
+    from specs.sdk import normalize
+    zero = torch.zeros(4)
+    for how in ("mean", "sum", "max", "lamp", "standardization", "gaussian"):
+        assert torch.equal(normalize(zero, how), zero), how
+    torch.testing.assert_close(normalize(torch.tensor([1.0, 3.0]), "mean"), torch.tensor([0.5, 1.5]))
+    # LAMP: each score over the sum of the scores not smaller than it
+    torch.testing.assert_close(normalize(torch.tensor([1.0, 3.0, 2.0]), "lamp"), torch.tensor([1 / 6, 1.0, 2 / 5]))

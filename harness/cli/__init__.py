@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import evaluate, listing, results
+from harness.cli import evaluate, listing, organizers, results, submit
+from harness.cli import pretrain
 
 app = typer.Typer(name="pbench-harness", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -17,6 +18,9 @@ app = typer.Typer(name="pbench-harness", no_args_is_help=True, add_completion=Fa
 app.add_typer(evaluate.app)
 app.add_typer(listing.app)
 app.add_typer(results.app)
+app.add_typer(pretrain.app)
+app.add_typer(submit.app)
+app.add_typer(organizers.app)
 
 
 def main() -> None:

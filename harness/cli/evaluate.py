@@ -14,6 +14,7 @@ from harness.cli.common import ProgressDisplay, console, friendly, out, parse_hp
 from harness.errors import HarnessError
 from harness.methods import discover, find_method
 from harness.protocol import RunSpec, evaluate as run_protocol
+from harness.sweep import run_sweep
 from harness.runners import RUNNERS
 from harness.tracks import load_track, track_for
 from specs.result import ResultRecord
@@ -36,6 +37,11 @@ CacheOpt = Annotated[Optional[Path], typer.Option(help="base checkpoint cache (d
                                                   envvar="PBENCH_CACHE")]
 DeviceOpt = Annotated[Device, typer.Option(help="cpu or cuda")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(help="torch threads for the harness", min=1)]
+RegOpt = Annotated[Optional[str], typer.Option(
+    "--regularizer", help="regularizer method id or folder: sparse-train with it first (the track's sparsify "
+                          "recipe); '-' = none")]
+RegHpOpt = Annotated[Optional[list[str]], typer.Option(
+    "--reg-hp", help="regularizer hyperparameter name=value (repeatable)")]
 TimeoutOpt = Annotated[Optional[float], typer.Option(help="per-call deadline for the method, seconds (caps the "
                                                           "manifest's)", min=0.1)]
 
@@ -60,6 +66,32 @@ def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[
     return cfg
 
 
+def find_regularizer(name: Optional[str]):
+    """``None``/``-`` = no regularizer; otherwise a method that provides one (else bad input)."""
+    if name is None or name.strip() in ("", "-", "none"):
+        return None
+    source = find_method(name.strip())
+    if "regularizer" not in source.manifest.provides:
+        registry = discover()
+        regs = [m for m in registry.names() if "regularizer" in registry.get(m).manifest.provides]
+        raise HarnessError(f"method {source.id!r} provides no regularizer (it provides "
+                           f"{'+'.join(source.manifest.provides)}); regularizers: {', '.join(regs) or 'none'}")
+    return source
+
+
+def _regularizer_list(raw: str) -> list:
+    """``--regularizers``: ids, ``-`` for none, ``all`` for every regularizer method."""
+    names = parse_list(raw, str, "--regularizers")
+    out = []
+    for name in names:
+        if name == "all":
+            registry = discover()
+            out += [registry.get(m) for m in registry.names() if "regularizer" in registry.get(m).manifest.provides]
+        else:
+            out.append(find_regularizer(name))
+    return out
+
+
 def _setup(device: Device, threads: Optional[int]) -> None:
     if device.value == "cuda" and not torch.cuda.is_available():
         raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
@@ -67,15 +99,23 @@ def _setup(device: Device, threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def _summary(record: ResultRecord, run_dir: Path) -> str:
+def _name(record: ResultRecord) -> str:
+    return record.method.id + (f"+{record.regularizer.id}" if record.regularizer else "")
+
+
+def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
     m = record.metric
+    who = _name(record)
     if record.status == "failed":
-        return f"{record.method.id} {record.speedup.target:g}x seed {record.seed}: FAILED: {record.error}"
-    return (f"{record.method.id} {record.speedup.target:g}x seed {record.seed}: "
+        return f"{who} {record.speedup.target:g}x seed {record.seed}: FAILED: {record.error}"
+    reg = f", sparsify {record.timing.reg_s:.1f}s" if record.timing.reg_s is not None else ""
+    return (f"{who} {record.speedup.target:g}x seed {record.seed}: "
             f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f} -> final {m.final:.2f} ({m.delta:+.2f}); "
             f"speedup {record.speedup.achieved:.2f}x (target {record.speedup.target:g}x), "
             f"params {record.params.pruned / record.params.base:.1%}, min channels kept "
-            f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s -> {run_dir}")
+            f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s{reg}"
+            + (f"; latency speedup {record.latency.speedup_batch1:.2f}x (batch 1)" if record.latency else "")
+            + (f" -> {run_dir}" if run_dir else ""))
 
 
 @app.command()
@@ -90,15 +130,17 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")] = Path("results"),
     data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
     hp: Annotated[Optional[list[str]], typer.Option(help="method hyperparameter name=value (repeatable)")] = None,
+    regularizer: RegOpt = None, reg_hp: RegHpOpt = None,
     call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None,
-    no_models: Annotated[bool, typer.Option("--no-models", help="do not save pruned/final models")] = False,
+    no_models: Annotated[bool, typer.Option("--no-models", help="do not save sparse/pruned/final models")] = False,
 ) -> None:
     """Prune one model with one method to one speedup, retrain, evaluate; write one result record."""
     _setup(device, threads)
     cfg = resolve_track(track, model, dataset, strategy)
     spec = RunSpec(track=cfg, method=find_method(method), speedup=speedup, seed=seed, runner=runner.value,
                    out=out_dir, data_root=data_root, cache_dir=cache_dir, device=device.value,
-                   hyperparameters=parse_hp(hp), call_timeout=call_timeout, save_models=not no_models)
+                   hyperparameters=parse_hp(hp), call_timeout=call_timeout, save_models=not no_models,
+                   regularizer=find_regularizer(regularizer), reg_hyperparameters=parse_hp(reg_hp))
     with ProgressDisplay() as progress:
         record, run_dir = run_protocol(spec, progress)
     out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
@@ -110,6 +152,8 @@ def evaluate(
 @friendly
 def sweep(
     methods: Annotated[str, typer.Option(help="comma-separated method ids, or 'all'")] = "all",
+    regularizers: Annotated[str, typer.Option(
+        help="comma-separated regularizer ids paired with every method; '-' = none, 'all' = every regularizer")] = "-",
     speedups: Annotated[Optional[str], typer.Option(help="comma-separated targets (default: the track's)")] = None,
     seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: the track's)")] = None,
     model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None, strategy: StrategyOpt = None,
@@ -118,32 +162,41 @@ def sweep(
     data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
     call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None,
     no_models: Annotated[bool, typer.Option("--no-models", help="do not save pruned/final models")] = False,
+    jobs: Annotated[int, typer.Option(help="runs in parallel (worker processes)", min=1)] = 1,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="re-run runs recorded as failed")] = False,
 ) -> None:
-    """Run methods x speedups x seeds on one track; one failing run never stops the others."""
+    """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
     _setup(device, threads)
     cfg = resolve_track(track, model, dataset, strategy)
     registry = discover()
     ids = [m for m in registry.names() if "importance" in registry.get(m).manifest.provides] \
         if methods == "all" else parse_list(methods, str, "--methods")
     sources = [find_method(m) for m in ids]
+    for src in sources:  # bad input before the first run, not in the middle of the sweep
+        if "importance" not in src.manifest.provides:
+            raise HarnessError(f"method {src.id!r} provides no importance scores (it is a regularizer: "
+                               f"pass it with --regularizers)")
+    regs = _regularizer_list(regularizers)
     targets = parse_list(speedups, float, "--speedups") if speedups else list(cfg.pruning.speedups)
     seed_list = parse_list(seeds, int, "--seeds") if seeds else list(cfg.seeds)
-    records = []
-    total = len(sources) * len(targets) * len(seed_list)
-    with ProgressDisplay() as progress:
-        for src in sources:
-            for target in targets:
-                for seed in seed_list:
-                    spec = RunSpec(track=cfg, method=src, speedup=target, seed=seed, runner=runner.value, out=out_dir,
-                                   data_root=data_root, cache_dir=cache_dir, device=device.value,
-                                   call_timeout=call_timeout, save_models=not no_models)
-                    record, run_dir = run_protocol(spec, progress)
-                    records.append(record)
-                    out.print(f"[{len(records)}/{total}] " + _summary(record, run_dir), highlight=False,
-                              soft_wrap=True)
+    specs = [RunSpec(track=cfg, method=src, speedup=target, seed=seed, runner=runner.value, out=out_dir,
+                     data_root=data_root, cache_dir=cache_dir, device=device.value, call_timeout=call_timeout,
+                     save_models=not no_models, regularizer=reg)
+             for src in sources for reg in regs for target in targets for seed in seed_list]
+    counter = iter(range(1, len(specs) + 1))
+
+    def report(spec: RunSpec, record: ResultRecord, how: str) -> None:
+        line = _summary(record) if how == "ran" else \
+            f"{_name(record)} {record.speedup.target:g}x seed {record.seed}: skipped ({record.status}, recorded)"
+        out.print(f"[{next(counter)}/{len(specs)}] {line}", highlight=False, soft_wrap=True)
+
+    with ProgressDisplay(enabled=jobs == 1) as progress:
+        summary = run_sweep(specs, out_dir, jobs=jobs, retry_failed=retry_failed, on_result=report,
+                            progress=progress)
     out.print()
-    out.print(leaderboard.markdown(leaderboard.rows(records)), highlight=False, soft_wrap=True)
-    failed = sum(r.status != "ok" for r in records)
-    if failed:
-        console.print(f"{failed} of {total} runs failed (recorded in {out_dir})")
+    out.print(leaderboard.markdown(leaderboard.rows(summary.records)), highlight=False, soft_wrap=True)
+    out.print(f"ran {summary.ran}, skipped {summary.skipped} (already recorded), failed {summary.failed}")
+    if summary.failed:
+        console.print(f"{summary.failed} of {len(specs)} runs failed (recorded in {out_dir}; --retry-failed re-runs "
+                      f"them)")
         raise typer.Exit(1)

@@ -1,15 +1,29 @@
 """Models: a registry of factories ``(num_classes, in_chans, image_size, **kwargs) -> nn.Module``.
 
-CIFAR-style ``resnet18``, ``resnet50`` and ``vgg19`` live here; every factory
-takes ``width`` (channel multiplier). Heavy families register lazily as
-``"module:attr"`` strings, e.g. ``MODELS.register("yolov8", "harness.zoo.yolo:yolov8")``.
-tests/test_models.py runs every registered name through the same checks.
+CIFAR-style ``resnet18``, ``resnet50`` and ``vgg19`` live here (every one takes ``width``, a
+channel multiplier); they serve CIFAR and digits. The same names with ``variant: imagenet`` build
+torchvision's ImageNet architectures. ``vit_small`` (timm) and ``yolov8[n|s|m|l]`` (Ultralytics)
+register lazily as ``"module:attr"`` strings, so ``pbench-harness --help`` imports neither.
+Architectures that need more than "never prune the classifier" register a prune adapter keyed by
+their class. tests/test_models.py checks the CIFAR family; tests/test_models_zoo.py prunes every
+registered name and variant.
 """
 
-from harness.models.base import MODELS, classifier_of, create_model
+from harness.models.base import (MODELS, PRUNE_ADAPTERS, VARIANTS, classifier_of, create_model, prune_config_of,
+                                 variants_of)
 
 # Imported for their registrations.
 from harness.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
 from harness.models import cifar_vgg as _cifar_vgg  # noqa: E402,F401
 
-__all__ = ["MODELS", "classifier_of", "create_model"]
+for _name in ("resnet18", "resnet50", "vgg19"):
+    VARIANTS.register(f"{_name}/imagenet", f"harness.models.imagenet:{_name}")
+MODELS.register("vit_small", "harness.models.vit:vit_small")
+for _size in "nsml":
+    MODELS.register(f"yolov8{_size}", f"harness.models.yolo:yolov8{_size}")
+MODELS.register("yolov8", "harness.models.yolo:yolov8")  # PruningBench's YOLOv8 (= yolov8m)
+PRUNE_ADAPTERS.register("timm.models.vision_transformer.VisionTransformer", "harness.models.vit:prune_config")
+PRUNE_ADAPTERS.register("ultralytics.nn.tasks.DetectionModel", "harness.models.yolo:prune_config")
+
+__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "classifier_of", "create_model", "prune_config_of",
+           "variants_of"]

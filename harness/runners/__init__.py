@@ -10,6 +10,7 @@ from harness.registry import Registry, resolve
 RUNNERS: Registry[str] = Registry("runner")
 RUNNERS.register("inprocess", "harness.runners.inprocess:InProcessClient")
 RUNNERS.register("subprocess", "harness.runners.subprocess_runner:SubprocessClient")
+RUNNERS.register("docker", "harness.runners.docker_runner:DockerClient")
 
 
 def client_class(name: str):

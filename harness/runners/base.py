@@ -77,7 +77,7 @@ class MethodClient(ABC):
     runner: str = "?"
 
     def __init__(self, source: MethodSource, hyperparameters: dict, seed: int, device: str = "cpu",
-                 call_timeout: Optional[float] = None):
+                 call_timeout: Optional[float] = None, run_timeout: Optional[float] = None):
         self.source = source
         self.seed = seed
         self.device = device
@@ -87,6 +87,8 @@ class MethodClient(ABC):
             raise HarnessError(str(e)) from None
         limit = source.manifest.resources.call_timeout_s
         self.call_timeout = min(limit, call_timeout) if call_timeout else limit
+        #: wall-clock budget for the whole conversation; enforced by runners that can kill the method
+        self.run_deadline = None if run_timeout is None else time.monotonic() + run_timeout
         self.image_digest: Optional[str] = None
         self.score_seconds = 0.0
 
@@ -114,6 +116,10 @@ class MethodClient(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def peak_memory_mb(self) -> Optional[float]:
+        """Peak memory of the running method so far, where the runner can measure it."""
+        return None
 
     def score(self, round: int, groups: list[Group], observations: dict[str, Tensors]) -> Tensors:
         if "importance" not in self.manifest.provides:

@@ -91,6 +91,12 @@ class SocketClient(MethodClient):
         self._check_manifest(reply.manifest)
 
     def _call(self, msg, expect: type, timeout: float, what: str):
+        if self.run_deadline is not None:
+            left = self.run_deadline - time.monotonic()
+            if left <= 0:
+                self._kill()
+                raise MethodFailure(f"method exceeded its run deadline before {what!r} (killed)")
+            timeout = min(timeout, left)
         try:
             wire.send(self._conn, msg.model_dump(mode="json"))
             payload = wire.recv(self._conn, timeout=timeout)

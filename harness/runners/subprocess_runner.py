@@ -42,6 +42,16 @@ class SubprocessClient(SocketClient):
         finally:
             log.close()
 
+    def peak_memory_mb(self) -> Optional[float]:
+        try:
+            status = open(f"/proc/{self._proc.pid}/status").read()
+        except (OSError, AttributeError):
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return None
+
     def _exit_status(self) -> Optional[str]:
         if self._proc is None:
             return "not started"

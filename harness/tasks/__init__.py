@@ -13,6 +13,7 @@ from harness.tasks.base import Task
 
 TASKS: Registry[str] = Registry("task")
 TASKS.register("top1", "harness.tasks.classification:ClassificationTask")
+TASKS.register("map50_95", "harness.tasks.detection:DetectionTask")
 
 
 def task_for(track, **kwargs) -> Task:

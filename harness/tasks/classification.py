@@ -1,8 +1,15 @@
-"""Image classification (top-1): digits, CIFAR, ImageNet tracks."""
+"""Image classification (top-1): digits, CIFAR, ImageNet tracks.
+
+The model's own prune adapter (:func:`harness.models.prune_config_of`: attention heads and bare
+parameters of a ViT) is merged with what classification never prunes (the classifier's outputs and
+the track's ``ignored_layers``), and its fix-up runs after every pruning step.
+"""
 
 from __future__ import annotations
 
 import functools
+import inspect
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -10,22 +17,45 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.checkpoints import BaseCheckpoint, load_base
-from harness.data import DatasetBundle, load_dataset
+from harness.data import DATASETS, DatasetBundle, load_dataset
 from harness.errors import HarnessError
 from harness.grouping import PruneConfig
-from harness.models import classifier_of
+from harness.models import classifier_of, prune_config_of, variants_of
+from harness.registry import resolve
 from harness.tasks.base import GradHook, Progress, Task
 from harness.train import calibration_batches, evaluate_top1, train
-from specs.track import Recipe
+from specs.track import DatasetRef, Recipe
+
+
+def load_track_dataset(ref: DatasetRef, data_root: Optional[Path]) -> DatasetBundle:
+    """The track's dataset; a track's ``mean``/``std`` go to loaders that take them (ImageNet)."""
+    if ref.mean is None:
+        return load_dataset(ref.name, data_root, ref.image_size)
+    loader = resolve(DATASETS.get(ref.name))
+    if "mean" not in inspect.signature(loader).parameters:
+        raise HarnessError(f"dataset {ref.name} has a fixed normalization: drop mean/std from the track")
+    root = Path(data_root).expanduser() if data_root is not None else None
+    return loader(root, ref.image_size, mean=tuple(ref.mean), std=tuple(ref.std))
 
 
 class ClassificationTask(Task):
     @functools.cached_property
     def data(self) -> DatasetBundle:
-        return load_dataset(self.track.dataset.name, self.data_root, self.track.dataset.image_size)
+        return load_track_dataset(self.track.dataset, self.data_root)
 
     def base_model(self, progress: Optional[Progress] = None) -> BaseCheckpoint:
+        self._check_variant()
         return load_base(self.track, self.data, self.cache_dir, self.device, progress)
+
+    def _check_variant(self) -> None:
+        """ImageNet data with a model name that has an ImageNet variant must say which one it means:
+        silently building the CIFAR-style network at 224 px would be a different benchmark."""
+        wanted = getattr(self.data, "model_variant", None)
+        ref = self.track.model
+        if wanted and "variant" not in ref.kwargs and wanted in variants_of(ref.name):
+            raise HarnessError(
+                f"track {self.track.id}: {ref.name} on {self.data.name} needs model kwargs `variant: {wanted}` "
+                f"(torchvision's architecture); write `variant: cifar` to mean the CIFAR-style {ref.name}")
 
     def example_inputs(self) -> torch.Tensor:
         return torch.randn(1, self.data.in_chans, self.data.image_size, self.data.image_size, device=self.device)
@@ -35,12 +65,23 @@ class ClassificationTask(Task):
         missing = [n for n in self.track.pruning.ignored_layers if n not in modules]
         if missing:
             raise HarnessError(f"track {self.track.id}: ignored layer {missing[0]!r} is not in the model")
-        return PruneConfig(ignored_layers=[classifier_of(model)] +
-                           [modules[n] for n in self.track.pruning.ignored_layers])
+        own = PruneConfig(ignored_layers=[classifier_of(model)] +
+                          [modules[n] for n in self.track.pruning.ignored_layers])
+        return prune_config_of(model).merged(own)
+
+    def after_prune(self, model: nn.Module) -> None:
+        fixup = prune_config_of(model).fixup
+        if fixup is not None:
+            fixup(model)
 
     def calibration_batches(self, seed: int) -> list:
         cal = self.track.calibration
-        return calibration_batches(self.data.train, cal.num_samples, cal.batch_size, seed)
+        # Image-folder datasets augment their train split on the fly; calibration must be the same
+        # images, identically preprocessed, for every method: they provide the train images under the
+        # evaluation transform as `train_eval`.
+        source = getattr(self.data, "train_eval", None)
+        return calibration_batches(self.data.train if source is None else source, cal.num_samples,
+                                   cal.batch_size, seed)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch

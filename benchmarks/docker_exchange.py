@@ -1,0 +1,72 @@
+"""Score exchange for a ResNet-50-sized model (torchvision resnet50, 25.6M parameters) through
+the docker runner vs in-process, and container start time, side by side in one run.
+
+Targets: <= +0.5 s per exchange (docker minus in-process); start <= 2 s.
+
+    python benchmarks/docker_exchange.py [--repeats 5]
+
+Needs a Docker Engine and the method image (`make images`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torchvision
+
+from harness.grouping import PruneConfig, describe_groups
+from harness.methods import find_method
+from harness.observations import collect
+from harness.runners import client_class
+
+
+def timed_scores(client, groups, obs, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        client.score(0, groups, obs)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--method", default="magnitude_l2")
+    args = parser.parse_args()
+    model = torchvision.models.resnet50(weights=None).eval()
+    example = torch.randn(1, 3, 224, 224)
+    groups = describe_groups(model, example, PruneConfig(ignored_layers=[model.fc]))
+    obs = collect(["weights"], model, groups, batches=[])
+    n_params = sum(p.numel() for p in model.parameters())
+    source = find_method(args.method)
+
+    starts, results = {}, {}
+    for runner in ("inprocess", "subprocess", "docker"):
+        starts[runner] = []
+        for _ in range(args.repeats if runner != "inprocess" else 1):
+            t0 = time.perf_counter()
+            client = client_class(runner)(source, {}, seed=0)
+            client.start()
+            starts[runner].append(time.perf_counter() - t0)
+            if runner not in results:
+                results[runner] = timed_scores(client, groups, obs, args.repeats)
+            client.close()
+    base = statistics.median(results["inprocess"])
+    print(f"resnet50: {n_params / 1e6:.1f}M parameters, {len(groups)} groups, "
+          f"{sum(t.numel() for t in obs['weights'].values()) * 4 / 2**20:.0f} MB of weights per exchange; "
+          f"median of {args.repeats}")
+    print(f"{'runner':<12}{'start s':>9}{'exchange s':>12}{'overhead s':>12}")
+    for runner in results:
+        ex = statistics.median(results[runner])
+        print(f"{runner:<12}{statistics.median(starts[runner]):>9.2f}{ex:>12.3f}{ex - base:>+12.3f}")
+    over = statistics.median(results["docker"]) - base
+    print(f"docker: exchange overhead {over:+.3f} s (target <= +0.5 s), "
+          f"start {statistics.median(starts['docker']):.2f} s (target <= 2 s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Organizers' blind evaluation of submission bundles on hidden data.
+
+For every ``<submissions>/<id>-<version>/`` bundle: validate ``submission.json``,
+check the image archive's sha256, ``docker load`` it and check that the loaded
+image is exactly the one submitted (its content digest), then run it in the
+sandbox (docker runner, by image digest, never by tag) on the organizer's track
+and data. One broken or malicious bundle never stops or corrupts the others.
+Reasons shown to submitters are redacted of hidden-data details (paths).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydantic import ValidationError
+
+from harness.errors import HarnessError
+from harness.methods import MethodSource
+from harness.protocol import RunSpec, evaluate
+from harness.provenance import sha256_file
+from harness.results import atomic_write_text
+from harness.runners.docker_runner import docker_client
+from specs.base import explain
+from specs.result import ResultRecord
+from specs.submission import Submission
+from specs.track import TrackConfig
+
+SUBMISSION_FILE = "submission.json"
+
+
+class Rejected(Exception):
+    """The bundle is not what it claims to be; nothing of it runs."""
+
+
+@dataclass
+class BlindResult:
+    bundle: str
+    status: str  # ok | failed: <reason> | timeout | rejected: <reason>
+    method: Optional[str] = None
+    records: list[ResultRecord] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {"bundle": self.bundle, "status": self.status, "method": self.method,
+                "runs": [{"speedup": r.speedup.target, "seed": r.seed, "status": r.status} for r in self.records]}
+
+
+def load_bundle(bundle: Path) -> Submission:
+    path = bundle / SUBMISSION_FILE
+    try:
+        return Submission.model_validate_json(path.read_text())
+    except OSError:
+        raise Rejected(f"no {SUBMISSION_FILE}") from None
+    except ValidationError as e:
+        raise Rejected(f"invalid {SUBMISSION_FILE}: {explain(e)}") from None
+
+
+def load_image(bundle: Path, sub: Submission) -> str:
+    """Load the bundle's image into the engine; returns its digest once verified."""
+    archive = bundle / sub.image.archive
+    if not archive.is_file() or archive.is_symlink():
+        raise Rejected(f"image archive {sub.image.archive} missing")
+    if sha256_file(archive) != sub.image.archive_sha256:
+        raise Rejected("image archive checksum mismatch")
+    try:
+        with open(archive, "rb") as f:
+            images = docker_client().images.load(f)
+    except Exception as e:  # not a docker archive
+        raise Rejected(f"image archive cannot be loaded ({type(e).__name__})") from None
+    ids = {img.id for img in images}
+    if sub.image.digest not in ids:
+        raise Rejected("digest mismatch")
+    return sub.image.digest
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for s in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(s, "<hidden>")
+    return text
+
+
+def _status(records: list[ResultRecord], secrets: list[str]) -> str:
+    failed = [r for r in records if r.status != "ok"]
+    if not failed:
+        return "ok"
+    error = failed[0].error or "unknown error"
+    if "did not answer" in error or "deadline" in error:
+        return "timeout"
+    return f"failed: {redact(error, secrets)}"
+
+
+def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Optional[Path] = None,
+               speedups: Optional[list[float]] = None, seeds: Optional[list[int]] = None,
+               cache_dir: Optional[Path] = None, call_timeout: Optional[float] = None,
+               run_timeout: Optional[float] = None, say: Optional[Callable[[str], None]] = None) -> list[BlindResult]:
+    say = say or (lambda msg: None)
+    bundles = sorted(p for p in Path(submissions).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not bundles:
+        raise HarnessError(f"{submissions}: no submission bundles")
+    secrets = [str(Path(data_root).resolve()), str(data_root)] if data_root else []
+    results: list[BlindResult] = []
+    for bundle in bundles:
+        say(f"{bundle.name}: verifying")
+        try:
+            sub = load_bundle(bundle)
+            digest = load_image(bundle, sub)
+        except Rejected as e:
+            results.append(BlindResult(bundle.name, f"rejected: {e}"))
+            continue
+        source = MethodSource(sub.manifest.id, bundle.resolve(), sub.manifest)
+        records = []
+        for speedup in speedups or track.pruning.speedups:
+            for seed in seeds or track.seeds:
+                say(f"{bundle.name}: {speedup:g}x seed {seed}")
+                record, _ = evaluate(RunSpec(
+                    track=track, method=source, speedup=speedup, seed=seed, runner="docker",
+                    runner_options={"image": digest}, out=Path(out) / "results", data_root=data_root,
+                    cache_dir=cache_dir, call_timeout=call_timeout, run_timeout=run_timeout, save_models=False))
+                records.append(record)
+        results.append(BlindResult(bundle.name, _status(records, secrets), sub.manifest.id, records))
+    atomic_write_text(Path(out) / "status.json",
+                      json.dumps([r.as_json() for r in results], indent=2) + "\n")
+    return results

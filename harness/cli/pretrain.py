@@ -1,0 +1,45 @@
+"""``pretrain``: make a track's base checkpoint available (train and cache it, or verify a local file)."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.cli.common import ProgressDisplay, friendly, out
+from harness.errors import HarnessError
+
+app = typer.Typer()
+
+Device = enum.Enum("Device", {d: d for d in ("cpu", "cuda")}, type=str)
+
+
+@app.command()
+@friendly
+def pretrain(
+    track: Annotated[str, typer.Argument(help="track id or track file")],
+    data_root: Annotated[Optional[Path], typer.Option(help="dataset root (CIFAR/ImageNet/COCO)",
+                                                      envvar="PBENCH_DATA")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="base checkpoint cache (default ~/.cache/pbench)",
+                                                      envvar="PBENCH_CACHE")] = None,
+    device: Annotated[Device, typer.Option(help="cpu or cuda")] = Device.cpu,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads", min=1)] = None,
+) -> None:
+    """Train and cache a track's base checkpoint (or check its local file); print its path and sha256."""
+    import torch
+
+    from harness.tasks import task_for
+    from harness.tracks import load_track
+
+    if device.value == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_track(track)
+    task = task_for(cfg, data_root=data_root, cache_dir=cache_dir, device=device.value)
+    with ProgressDisplay() as progress:
+        base = task.base_model(progress)
+    out.print(f"{cfg.id}: {base.path}\nsha256 {base.sha256}\n{cfg.metric} {base.metric:.2f}", highlight=False,
+              soft_wrap=True)

@@ -1,0 +1,118 @@
+"""``docker``: the method image runs under the Docker Engine (Docker SDK for Python) and
+speaks exactly the wire protocol of the subprocess runner.
+
+Sandbox: no network, read-only root filesystem, a small tmpfs for scratch, all
+capabilities dropped, no-new-privileges, a non-root user, memory (no swap), CPU
+and pids limits, a per-call and a per-run deadline, and only the exchange
+directory mounted — never a dataset, never the host's files. The container is
+always removed. The image's content digest goes into the result record.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+from harness.errors import HarnessError
+from harness.runners.socket_client import SocketClient
+from specs.manifest import MethodManifest
+from specs.version import SPEC_VERSION, spec_major
+
+METHOD_UID = 10001
+EXCHANGE_MOUNT = "/exchange"
+BASE_IMAGE = f"pbench/method-base:{spec_major(SPEC_VERSION)}"
+
+
+def image_tag(manifest: MethodManifest) -> str:
+    """The local name of a method's image (docker/build-images.sh builds the same)."""
+    return f"pbench/method-{manifest.id}:{manifest.version}"
+
+
+@functools.lru_cache(maxsize=1)
+def docker_client():
+    """The Docker Engine, or a one-line HarnessError saying how to start one."""
+    try:
+        import docker
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except Exception as e:  # no daemon, no permission, SDK missing
+        raise HarnessError(f"no Docker Engine reachable ({type(e).__name__}); start one with "
+                           f"`bash .ci/docker-setup.sh` (or `make docker`)") from None
+
+
+def image_digest(image: str) -> str:
+    """The content digest (image ID) of a local image, or a HarnessError saying how to build it."""
+    import docker.errors
+    try:
+        return docker_client().images.get(image).id
+    except docker.errors.ImageNotFound:
+        raise HarnessError(f"image {image} not found; build it with `make images` "
+                           f"(or `pbench-harness submit` for a method folder)") from None
+
+
+class DockerClient(SocketClient):
+    runner = "docker"
+
+    def __init__(self, *args, image: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.image = image or image_tag(self.manifest)
+        self._container = None
+        self._logs = ""
+        self.image_digest = image_digest(self.image)
+
+    def _launch(self) -> None:
+        import docker.types
+        res = self.manifest.resources
+        kwargs = {}
+        if self.device == "cuda" and res.gpu:
+            kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        threads = max(1, int(res.cpus))
+        self._container = docker_client().containers.run(
+            self.image, command=["--method-dir", "/method", "--exchange", EXCHANGE_MOUNT],
+            detach=True, network_mode="none", read_only=True,
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], user=f"{METHOD_UID}:{METHOD_UID}",
+            mem_limit=f"{res.memory_mb}m", memswap_limit=f"{res.memory_mb}m", nano_cpus=int(res.cpus * 1e9),
+            pids_limit=256, ipc_mode="none",
+            volumes={str(self.exchange): {"bind": EXCHANGE_MOUNT, "mode": "rw"}},
+            environment={"PBENCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+            labels={"pbench.role": "method", "pbench.method": self.manifest.id}, **kwargs)
+
+    def peak_memory_mb(self) -> Optional[float]:
+        try:
+            usage = self._container.stats(stream=False)["memory_stats"].get("max_usage")
+        except Exception:
+            return None
+        return usage / 2**20 if usage else None
+
+    def _exit_status(self) -> Optional[str]:
+        if self._container is None:
+            return "not started"
+        try:
+            self._container.reload()
+        except Exception:
+            return "container gone"
+        state = self._container.attrs.get("State", {})
+        if state.get("Status") not in ("exited", "dead"):
+            return None
+        if state.get("OOMKilled"):
+            return f"killed: out of memory (limit {self.manifest.resources.memory_mb} MB)"
+        return f"exit code {state.get('ExitCode')}"
+
+    def _log_tail(self) -> str:
+        if self._container is not None:
+            try:
+                self._logs = self._container.logs(tail=20).decode(errors="replace")
+            except Exception:
+                pass
+        lines = [line for line in self._logs.splitlines() if line.strip()]
+        return f": {lines[-1].strip()[:300]}" if lines else ""
+
+    def _kill(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.remove(force=True)
+            except Exception:
+                pass
+            self._container = None

@@ -1,0 +1,152 @@
+"""A static HTML site from result records: an index and one page per track.
+
+Each track page has the leaderboard table (mean ± std over seeds), a plot of the
+final metric against the achieved speedup per method, params kept against the
+metric, and the channels every layer kept for a run chosen from a list.
+Plots are inline SVG (matplotlib), so the site needs no network and no server
+beyond ``python -m http.server`` (``pbench-harness serve``).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from harness import leaderboard as lb
+from harness.results import atomic_write_text
+from specs.result import ResultRecord
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
+th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.failed{color:#b00}
+.plots{display:flex;flex-wrap:wrap;gap:1rem}.plots figure{margin:0}.prov{font-size:.8rem;color:#555}
+"""
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plots(records: list[ResultRecord]) -> tuple[str, str]:
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("PBENCH_CACHE", "/tmp")) / "mpl"))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ok = [r for r in records if r.status == "ok"]
+    by_method = defaultdict(list)
+    for r in ok:
+        by_method[r.method.id + (f"+{r.regularizer.id}" if r.regularizer else "")].append(r)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, rs in sorted(by_method.items()):
+        pts = defaultdict(list)
+        for r in rs:
+            pts[r.speedup.target].append((r.speedup.achieved, r.metric.final))
+        xs = sorted(pts)
+        ax.errorbar([sum(a for a, _ in pts[x]) / len(pts[x]) for x in xs],
+                    [sum(m for _, m in pts[x]) / len(pts[x]) for x in xs],
+                    yerr=[(max(m for _, m in pts[x]) - min(m for _, m in pts[x])) / 2 for x in xs],
+                    marker="o", capsize=3, label=name)
+    ax.set_xlabel("achieved MACs speedup")
+    ax.set_ylabel(f"final {ok[0].metric.name if ok else 'metric'}")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7)
+    speed = _svg(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, rs in sorted(by_method.items()):
+        ax.scatter([100 * r.params.pruned / r.params.base for r in rs], [r.metric.final for r in rs], label=name, s=18)
+    ax.set_xlabel("parameters kept (%)")
+    ax.set_ylabel("final metric")
+    ax.grid(alpha=.3)
+    ax.legend(fontsize=7)
+    return speed, _svg(fig)
+
+
+def _layers_svg(r: ResultRecord) -> str:
+    import matplotlib.pyplot as plt
+    names = list(r.layer_channels)
+    kept = [100 * a / b for b, a in r.layer_channels.values()]
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.22 * len(names)), 3.2))
+    ax.bar(range(len(names)), kept, color="#4a7")
+    ax.axhline(100 * (r.min_channel_fraction or 0), color="#b00", lw=.8, ls="--")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_ylabel("channels kept (%)")
+    ax.set_ylim(0, 105)
+    return _svg(fig)
+
+
+def _table(rows: list[lb.Row], all_columns: bool = False) -> str:
+    first = 0 if all_columns else 1  # a track page drops the track column
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in lb.COLUMNS[first:])
+    body = []
+    for r in rows:
+        cells = lb.cells(r)[first:]
+        cls = ' class="failed"' if r.final is None else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _provenance(records: list[ResultRecord]) -> str:
+    p = records[0].provenance
+    digests = sorted({r.method.image_digest for r in records if r.method.image_digest})
+    items = [f"harness {p.harness_version} ({p.git_commit or 'no git'})", f"spec {p.spec_version}",
+             f"track hash {records[0].track.hash[:16]}", f"checkpoint sha256 {(p.checkpoint_sha256 or '-')[:16]}",
+             "packages " + ", ".join(f"{k} {v}" for k, v in sorted(p.packages.items())),
+             f"host {p.host}", f"images {', '.join(d[7:19] for d in digests) or '-'}"]
+    return '<p class="prov">' + " · ".join(html.escape(i) for i in items) + "</p>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def leaderboard_page(records: list[ResultRecord]) -> str:
+    """The leaderboard table alone, as one HTML page."""
+    return _page("PruningBench leaderboard", f"<h1>Leaderboard</h1>{_table(lb.rows(records), all_columns=True)}"
+                 + (_provenance(records) if records else ""))
+
+
+def build_site(records: list[ResultRecord], out: Path) -> list[Path]:
+    """Write ``index.html`` and ``<track>.html`` into ``out``; returns the pages."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    by_track = defaultdict(list)
+    for r in records:
+        by_track[r.track.id].append(r)
+    pages = []
+    index = ["<h1>PruningBench leaderboards</h1><ul>"]
+    for track, rs in sorted(by_track.items()):
+        rows = lb.rows(rs)
+        speed, params = _plots(rs)
+        ok = sorted((r for r in rs if r.status == "ok"), key=lambda r: (r.method.id, r.speedup.target, r.seed))
+        options = "".join(f'<option value="run{i}">{html.escape(r.method.id)} {r.speedup.target:g}x seed {r.seed}'
+                          f"</option>" for i, r in enumerate(ok))
+        layer_figs = "".join(f'<div class="run" id="run{i}" style="display:{"block" if i == 0 else "none"}">'
+                             f"{_layers_svg(r)}</div>" for i, r in enumerate(ok))
+        script = ("<script>function show(id){document.querySelectorAll('.run').forEach("
+                  "e=>e.style.display=e.id===id?'block':'none')}</script>")
+        body = (f"<p><a href=index.html>all tracks</a></p><h1>{html.escape(track)}</h1>{_table(rows)}"
+                f"<div class=plots><figure>{speed}<figcaption>final metric vs achieved speedup (bars: range over "
+                f"seeds)</figcaption></figure><figure>{params}<figcaption>parameters kept vs final metric"
+                f"</figcaption></figure></div><h2>Channels kept per layer</h2>"
+                f'<select id=run onchange="show(this.value)">{options}</select>{layer_figs}{script}'
+                f"{_provenance(rs)}")
+        path = out / f"{track}.html"
+        atomic_write_text(path, _page(f"{track} — PruningBench", body))
+        pages.append(path)
+        n_ok = sum(r.status == "ok" for r in rs)
+        index.append(f'<li><a href="{html.escape(path.name)}">{html.escape(track)}</a>: {n_ok} runs ok, '
+                     f"{len(rs) - n_ok} failed</li>")
+    index.append("</ul>")
+    atomic_write_text(out / "index.html", _page("PruningBench leaderboards", "".join(index)))
+    return [out / "index.html", *pages]

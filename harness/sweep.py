@@ -1,0 +1,74 @@
+"""Sweeps: many runs into one result store, resumable.
+
+A run whose key already has a record is skipped (``ok`` ones always; ``failed``
+ones unless ``retry_failed``), so a sweep killed at any moment and restarted
+finishes the missing runs only: no run is lost, none is duplicated, and no
+half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
+``jobs`` worker processes; one failing run never stops the others.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from harness.protocol import RunSpec, evaluate, run_key_of
+from harness.store import Store, clean_stale_staging
+from specs.result import ResultRecord
+
+OnResult = Callable[[RunSpec, ResultRecord, str], None]  # (spec, record, "ran" | "skipped")
+
+
+@dataclass
+class SweepSummary:
+    records: list[ResultRecord] = field(default_factory=list)
+    ran: int = 0
+    skipped: int = 0
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status != "ok" for r in self.records)
+
+
+def _run_one(spec: RunSpec, threads: int) -> ResultRecord:
+    import torch
+    torch.set_num_threads(threads)
+    return evaluate(spec)[0]
+
+
+def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
+              on_result: Optional[OnResult] = None, progress=None) -> SweepSummary:
+    clean_stale_staging(out)
+    store = Store.load(out)
+    summary = SweepSummary()
+    todo = []
+    for spec in specs:
+        existing = store.records.get(run_key_of(spec))
+        if existing is not None and (existing.status == "ok" or not retry_failed):
+            summary.records.append(existing)
+            summary.skipped += 1
+            if on_result:
+                on_result(spec, existing, "skipped")
+        else:
+            todo.append(spec)
+
+    def done(spec: RunSpec, record: ResultRecord) -> None:
+        summary.records.append(record)
+        summary.ran += 1
+        if on_result:
+            on_result(spec, record, "ran")
+
+    if jobs <= 1:
+        for spec in todo:
+            done(spec, evaluate(spec, progress)[0])
+        return summary
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, spec, threads): spec for spec in todo}
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+    return summary

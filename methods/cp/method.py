@@ -1,0 +1,183 @@
+"""Channel Pruning (He, Zhang, Sun, ICCV 2017): LASSO channel selection on the next layer.
+
+For every consumer of the group (a member conv/linear pruned along its inputs), input channel c
+contributes ``Z_c = X_c W_c^T`` to the consumer's output at the sampled positions (``inputs``
+observation). CP's channel-selection step solves
+``min_beta 1/(2M) ||Y - sum_c beta_c Z_c||^2 + alpha ||beta||_1`` with ``Y = sum_c Z_c``, and
+keeps the channels with nonzero beta as alpha grows. We follow the LASSO path (coordinate
+descent, Gram form, warm starts) from ``alpha_max`` down a geometric grid; a channel's score is
+where it enters the path: higher alpha = more important (ties within one grid step broken by
+|beta| there; channels that never enter score below every entered one, by how close they came).
+Scores are in [0, 1] and averaged over the group's consumers.
+"""
+
+import torch
+
+from specs.sdk import ImportanceMethod
+
+
+def dense_weight(member, w: torch.Tensor) -> torch.Tensor:
+    """``[C_out, C_in, K]``: a conv/linear weight with grouped-conv blocks expanded (zeros outside)."""
+    w = w.flatten(2) if w.dim() > 2 else w.unsqueeze(2)
+    groups = member.conv_groups if member.kind == "conv" else 1
+    if groups == 1:
+        return w
+    c_out, c_g, k = w.shape
+    o_g = c_out // groups
+    dense = w.new_zeros(c_out, c_g * groups, k)
+    for j in range(groups):
+        dense[j * o_g:(j + 1) * o_g, j * c_g:(j + 1) * c_g] = w[j * o_g:(j + 1) * o_g]
+    return dense
+
+
+def contribution_gram(member, x: torch.Tensor, w: torch.Tensor):
+    """``(Q, roots)``: ``Q = Z^T Z`` (float64) for the contributions ``Z`` of root channels ``roots``
+    (rows x output channels flattened), via ``sum_(k,l) (X^T X)[ck, dl] * (W^T W)[ck, dl]``."""
+    idxs = torch.as_tensor(member.idxs, dtype=torch.long)
+    x = (x if x.dim() == 3 else x.unsqueeze(2))[:, idxs].float()
+    w = dense_weight(member, w)[:, idxs].float()
+    rows, c, k = x.shape
+    xx, ww = x.reshape(rows, c * k), w.reshape(w.shape[0], c * k)
+    q = ((xx.T @ xx) * (ww.T @ ww)).reshape(c, k, c, k).sum((1, 3)).double()
+    root = torch.as_tensor(member.root_idxs, dtype=torch.long)
+    roots, inverse = root.unique(return_inverse=True)
+    agg = torch.zeros(len(roots), c, dtype=torch.float64).index_add_(0, inverse, q)
+    q = torch.zeros(len(roots), len(roots), dtype=torch.float64).index_add_(1, inverse, agg)
+    return q, roots
+
+
+def _polish(Q: torch.Tensor, q: torch.Tensor, lam: float, b: list, live: torch.Tensor, tries: int = 10):
+    """The exact LASSO solution near the coordinate-descent iterate ``b``, or None.
+
+    On a fixed support S with signs s, the optimum solves ``Q_SS b_S = q_S - lam * s``; it is the
+    global optimum iff its signs are s and ``|q - Q b| <= lam`` off S (KKT). Starting from the
+    support and signs of ``b``, coordinates whose sign flips are dropped and KKT violators added
+    (with the sign of their correlation) a few times; a candidate is returned only if it is optimal.
+    """
+    beta = torch.tensor(b, dtype=torch.float64)
+    signs = beta.sign()
+    for _ in range(tries):
+        support = (signs != 0).nonzero().flatten()
+        if len(support) == 0:
+            return None
+        try:
+            sol = torch.linalg.solve(Q[support][:, support], q[support] - lam * signs[support])
+        except RuntimeError:  # singular on this support: leave it to coordinate descent
+            return None
+        flipped = sol.sign() != signs[support]
+        if bool(flipped.any()):
+            signs[support[flipped]] = 0
+            continue
+        beta = torch.zeros_like(beta)
+        beta[support] = sol
+        r = q - Q @ beta
+        violators = (signs == 0) & live & (r.abs() > lam * (1 + 1e-9))
+        if not bool(violators.any()):
+            return beta
+        signs[violators] = r[violators].sign()
+    return None
+
+
+def lasso_cd(Q: torch.Tensor, q: torch.Tensor, lam: float, beta=None, tol: float = 1e-8,
+             max_sweeps: int = 300) -> torch.Tensor:
+    """``argmin_b 0.5 b^T Q b - q^T b + lam * ||b||_1`` by cyclic coordinate descent.
+
+    This is sklearn's ``Lasso(alpha=lam / M, fit_intercept=False)`` on ``(Z, y)`` with
+    ``Q = Z^T Z``, ``q = Z^T y`` and M rows. Sweeps run over the coordinates that may be nonzero
+    (KKT: ``|q - Q b|_c > lam``) until the largest update is below ``tol * max|b|``; then the
+    KKT conditions of the rest are checked again. Coordinates with ``Q_cc == 0`` stay 0. Every
+    10 sweeps, once coordinate descent has found the support, :func:`_polish` tries the exact
+    solution on it (CD alone converges slowly when channels are correlated). At most
+    ``max_sweeps`` sweeps in all: when there are fewer sampled equations than channels the
+    solution is not unique and CD may crawl; the last iterate is returned then.
+    """
+    Q, q = Q.double(), q.double()
+    b = [0.0] * len(q) if beta is None else [float(v) for v in beta]
+    rows = Q.unbind(0)  # Q is symmetric: column c = row c
+    diag = Q.diagonal().tolist()
+    live = Q.diagonal() > 0
+    r = q - Q @ torch.tensor(b, dtype=torch.float64)  # minus the gradient of the smooth part
+    sweep = 0
+    while sweep < max_sweeps:
+        nonzero = torch.tensor([v != 0 for v in b])
+        active = ((nonzero | (r.abs() > lam)) & live).nonzero().flatten().tolist()
+        while sweep < max_sweeps:
+            sweep += 1
+            biggest = 0.0
+            for c in active:
+                old, d = b[c], diag[c]
+                z = r[c].item() + d * old
+                new = 0.0 if abs(z) <= lam else (z - lam) / d if z > 0 else (z + lam) / d
+                if new != old:
+                    r.sub_(rows[c], alpha=new - old)
+                    b[c] = new
+                    biggest = max(biggest, abs(new - old))
+            if biggest <= tol * max(map(abs, b), default=0.0) or biggest == 0.0:
+                break
+            if sweep % 10 == 0:
+                exact = _polish(Q, q, lam, b, live)
+                if exact is not None:
+                    return exact
+        beta_t = torch.tensor(b, dtype=torch.float64)
+        if not ((beta_t == 0) & live & (r.abs() > lam * (1 + 1e-12))).any():
+            break
+    return torch.tensor(b, dtype=torch.float64)
+
+
+def path_scores(Q: torch.Tensor, steps: int, min_ratio: float, tol: float) -> torch.Tensor:
+    """Score in [0, 1] per channel from where it enters the LASSO path (see module docstring)."""
+    n = Q.shape[0]
+    q = Q.sum(1)  # Z^T y with y = sum_c Z_c
+    live = Q.diagonal() > 0
+    scores = torch.zeros(n, dtype=torch.float64)
+    if not live.any():
+        return scores
+    lam_max = float(q[live].abs().max())
+    if lam_max <= 0:
+        return scores
+    entered = torch.zeros(n, dtype=torch.bool)
+    beta, lam = torch.zeros(n, dtype=torch.float64), lam_max
+    for k in range(steps):
+        lam = lam_max * min_ratio ** ((k + 1) / steps)
+        beta = lasso_cd(Q, q, lam, beta, tol=tol)
+        new = (beta != 0) & ~entered
+        if new.any():
+            tie = beta.abs()[new] / beta.abs()[new].max()
+            scores[new] = (steps - k - 1 + 1e-3 + 0.998 * tie) / steps
+            entered |= new
+        if bool(entered[live].all()):
+            break
+    rest = ~entered  # never entered: below every entered channel, by |correlation| / lam (<= 1 by KKT)
+    r = (q - Q @ beta).abs()
+    scores[rest] = 1e-3 / steps * (r[rest] / lam).clamp(max=1.0)
+    return scores
+
+
+def consumers(group, obs):
+    return [m for m in group.members
+            if m.dim == "in" and m.kind in ("conv", "linear") and not m.transposed and m.weight
+            and m.layer in obs.inputs]
+
+
+def fallback(group, obs) -> torch.Tensor:
+    """No observed consumer: the root filters' L2 norm, divided by the largest (documented deviation)."""
+    root = next((m for m in group.members if m.layer == group.root and m.dim == "out" and m.weight), None)
+    if root is None:
+        return torch.ones(group.n_channels)
+    norms = torch.zeros(group.n_channels)
+    w = obs.weights[root.weight]
+    norms[torch.as_tensor(root.root_idxs)] = w[torch.as_tensor(root.idxs)].flatten(1).norm(dim=1).float()
+    return norms / norms.max() if norms.max() > 0 else norms
+
+
+class Method(ImportanceMethod):
+    def score_group(self, group, obs):
+        total = torch.zeros(group.n_channels, dtype=torch.float64)
+        count = torch.zeros(group.n_channels, dtype=torch.float64)
+        for m in consumers(group, obs):
+            Q, roots = contribution_gram(m, obs.inputs[m.layer], obs.weights[m.weight])
+            total[roots] += path_scores(Q, self.hp["path_steps"], self.hp["min_ratio"], self.hp["tol"])
+            count[roots] += 1
+        if not count.any():
+            return fallback(group, obs)
+        return (total / count.clamp(min=1)).float()

@@ -1,0 +1,104 @@
+"""ThiNet (Luo, Wu, Lin, ICCV 2017): a channel matters as much as the next layer needs it.
+
+For every consumer of the group (a member conv/linear pruned along its inputs), the
+``inputs`` observation gives, per sampled output position, each input channel's patch.
+Input channel c contributes ``z_c = sum_k W[o, c, k] * x[c, k]`` to output o, so removing a
+set T of channels perturbs the output by ``sum_{c in T} z_c``. ThiNet removes channels
+greedily, each time the one that least increases ``sum_(rows, o) (sum_{c in T} z_c)^2``.
+The objective only needs the Gram matrix ``Q[c, d] = sum z_c z_d`` (see ``contribution_gram``).
+A channel's score is its position in that removal order, scaled to [0, 1] (first removed = 0),
+averaged over the group's consumers.
+"""
+
+import torch
+
+from specs.sdk import ImportanceMethod
+
+
+def dense_weight(member, w: torch.Tensor) -> torch.Tensor:
+    """``[C_out, C_in, K]``: a conv/linear weight with grouped-conv blocks expanded (zeros outside)."""
+    w = w.flatten(2) if w.dim() > 2 else w.unsqueeze(2)
+    groups = member.conv_groups if member.kind == "conv" else 1
+    if groups == 1:
+        return w
+    c_out, c_g, k = w.shape
+    o_g = c_out // groups
+    dense = w.new_zeros(c_out, c_g * groups, k)
+    for j in range(groups):
+        dense[j * o_g:(j + 1) * o_g, j * c_g:(j + 1) * c_g] = w[j * o_g:(j + 1) * o_g]
+    return dense
+
+
+def contribution_gram(member, x: torch.Tensor, w: torch.Tensor):
+    """``(Q, roots)``: ``Q[i, j] = sum over rows and output channels of z_i * z_j`` (float64), where
+    ``z_i`` is the summed contribution of the consumer's inputs that belong to root channel ``roots[i]``.
+
+    With X = rows x (C*K) patches and W = C_out x (C*K): ``sum_(r,o) z_rc z_rd =
+    sum_(k,l) (X^T X)[ck, dl] * (W^T W)[ck, dl]``, so nothing of size rows x C_out x C is built.
+    """
+    idxs = torch.as_tensor(member.idxs, dtype=torch.long)
+    x = (x if x.dim() == 3 else x.unsqueeze(2))[:, idxs].float()
+    w = dense_weight(member, w)[:, idxs].float()
+    rows, c, k = x.shape
+    xx, ww = x.reshape(rows, c * k), w.reshape(w.shape[0], c * k)
+    q = ((xx.T @ xx) * (ww.T @ ww)).reshape(c, k, c, k).sum((1, 3)).double()
+    root = torch.as_tensor(member.root_idxs, dtype=torch.long)
+    roots, inverse = root.unique(return_inverse=True)
+    agg = torch.zeros(len(roots), c, dtype=torch.float64).index_add_(0, inverse, q)
+    q = torch.zeros(len(roots), len(roots), dtype=torch.float64).index_add_(1, inverse, agg)
+    return q, roots
+
+
+def greedy_removal_order(q: torch.Tensor) -> list[int]:
+    """ThiNet's greedy: repeatedly remove the channel that least increases ``1^T Q[T, T] 1``."""
+    n = q.shape[0]
+    removed = torch.zeros(n, dtype=torch.bool)
+    cross = torch.zeros(n, dtype=torch.float64)  # sum over removed t of Q[t, c]
+    diag = q.diagonal()
+    order = []
+    for _ in range(n):
+        cost = (2 * cross + diag).masked_fill(removed, float("inf"))
+        c = int(cost.argmin())  # ties: lowest index
+        order.append(c)
+        removed[c] = True
+        cross += q[c]
+    return order
+
+
+def rank_scores(order: list[int]) -> torch.Tensor:
+    """Position in the removal order scaled to [0, 1]: first removed 0, last removed 1."""
+    n = len(order)
+    out = torch.empty(n, dtype=torch.float64)
+    out[torch.as_tensor(order)] = torch.arange(n, dtype=torch.float64) / max(1, n - 1)
+    return out
+
+
+def consumers(group, obs):
+    """Members that read the group's channels as inputs and whose inputs were observed."""
+    return [m for m in group.members
+            if m.dim == "in" and m.kind in ("conv", "linear") and not m.transposed and m.weight
+            and m.layer in obs.inputs]
+
+
+def fallback(group, obs) -> torch.Tensor:
+    """No observed consumer: rank of the root filters' L2 norm (documented deviation)."""
+    root = next((m for m in group.members if m.layer == group.root and m.dim == "out" and m.weight), None)
+    if root is None:
+        return torch.ones(group.n_channels)
+    norms = torch.zeros(group.n_channels, dtype=torch.float64)
+    w = obs.weights[root.weight]
+    norms[torch.as_tensor(root.root_idxs)] = w[torch.as_tensor(root.idxs)].flatten(1).norm(dim=1).double()
+    return rank_scores(norms.argsort(stable=True).tolist()).float()
+
+
+class Method(ImportanceMethod):
+    def score_group(self, group, obs):
+        total = torch.zeros(group.n_channels, dtype=torch.float64)
+        count = torch.zeros(group.n_channels, dtype=torch.float64)
+        for m in consumers(group, obs):
+            q, roots = contribution_gram(m, obs.inputs[m.layer], obs.weights[m.weight])
+            total[roots] += rank_scores(greedy_removal_order(q))
+            count[roots] += 1
+        if not count.any():
+            return fallback(group, obs)
+        return (total / count.clamp(min=1)).float()

@@ -1,0 +1,136 @@
+"""The docker runner under the real Docker Engine: same results as the subprocess runner, a
+sandbox that stops hostile images every time, and `submit` bundles."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO
+
+docker = pytest.importorskip("docker")
+
+
+def _engine():
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        return client
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+ENGINE = _engine()
+if isinstance(ENGINE, Exception):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must provide a Docker Engine (make docker): {ENGINE}")
+    pytest.skip(f"no Docker Engine reachable ({type(ENGINE).__name__}); run `make docker`", allow_module_level=True)
+
+pytestmark = pytest.mark.docker
+
+from harness.cli import app  # noqa: E402
+from harness.methods import find_method, load_source  # noqa: E402
+from harness.protocol import RunSpec, evaluate  # noqa: E402
+from harness.submission import build_image  # noqa: E402
+from specs.submission import Submission  # noqa: E402
+
+HOSTILE = REPO / "tests" / "fixtures" / "hostile_method"
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {name: build_image(src) for name, src in
+            (("magnitude_l2", find_method("magnitude_l2")), ("hostile", load_source(HOSTILE)))}
+
+
+def _leftover_containers():
+    return ENGINE.containers.list(all=True, filters={"label": "pbench.role=method"})
+
+
+def test_docker_runner_gives_the_subprocess_result(images, tiny_track, tmp_path):
+    src = find_method("magnitude_l2")
+    a, _ = evaluate(RunSpec(track=tiny_track, method=src, speedup=2, seed=0, runner="docker", out=tmp_path / "d"))
+    b, _ = evaluate(RunSpec(track=tiny_track, method=src, speedup=2, seed=0, runner="subprocess", out=tmp_path / "s"))
+    assert a.status == b.status == "ok", (a.error, b.error)
+    assert a.layer_channels == b.layer_channels and a.metric == b.metric and a.macs == b.macs
+    assert a.method.runner == "docker" and re.fullmatch(r"sha256:[0-9a-f]{64}", a.method.image_digest)
+    assert a.method.image_digest == ENGINE.images.get(images["magnitude_l2"]).id
+    assert not _leftover_containers()
+
+
+HOSTILE_CASES = {
+    "network": r"network blocked: .*unreachable",
+    "read_host": r"FileNotFoundError: .*README.md",
+    "write_outside": r"OSError: \[Errno 30\] Read-only file system",
+    "memory": r"killed: out of memory \(limit 512 MB\)",
+    # contained by whichever limit it hits first: pids (256), memory (each forked torch process
+    # costs page tables) or, on a slow machine, the per-call deadline
+    "fork_bomb": r"fork stopped after \d+ processes: \[Errno 11\] Resource temporarily unavailable"
+                 r"|out of memory \(limit 512 MB\)|within 3 s \(killed\)",
+    "sleep": r"did not answer 'score' within 3 s \(killed\)",
+    "garbage": r"protocol error: message is not valid JSON",
+    "nan": r"NaN or infinite",
+    "huge_file": r"has 1073741824 bytes, more than the \d+ allowed",
+    "privilege": r"PermissionError: \[Errno 1\] Operation not permitted",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(HOSTILE_CASES))
+def test_hostile_image_is_stopped_and_the_harness_carries_on(mode, images, tiny_track, tmp_path):
+    hp = {"mode": mode, "target": str(REPO / "README.md")}
+    spec = RunSpec(track=tiny_track, method=load_source(HOSTILE), speedup=2, seed=0, runner="docker",
+                   out=tmp_path, hyperparameters=hp, call_timeout=3)
+    record, run_dir = evaluate(spec)
+    assert record.status == "failed", f"the sandbox let {mode!r} through"
+    assert re.search(HOSTILE_CASES[mode], record.error), record.error
+    assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]
+    assert not _leftover_containers()
+    assert not (REPO / "evil").exists()
+
+
+def test_submit_the_template_writes_a_bundle(tiny_track_file, tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["new-method", "tmpl_sub", "--dest", str(tmp_path)]).exit_code == 0
+    res = runner.invoke(app, ["submit", str(tmp_path / "tmpl_sub"), "--out", str(tmp_path / "subs"),
+                              "--smoke-track", str(tiny_track_file)])
+    assert res.exit_code == 0, res.output
+    bundle = tmp_path / "subs" / "tmpl_sub-0.1.0"
+    sub = Submission.model_validate_json((bundle / "submission.json").read_text())
+    assert sub.conformance.passed and sub.conformance.runner == "docker" and sub.smoke.status == "ok"
+    assert sub.smoke.method.image_digest == sub.image.digest == ENGINE.images.get("pbench/method-tmpl_sub:0.1.0").id
+    import hashlib
+    assert hashlib.sha256((bundle / "image.tar").read_bytes()).hexdigest() == sub.image.archive_sha256
+    assert sorted(p.name for p in bundle.iterdir()) == ["image.tar", "submission.json"]
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("manifest", "invalid manifest: version"),
+    ("shape", "conformance failed: replies: group"),
+    ("nondeterministic", "conformance failed: determinism"),
+])
+def test_submit_a_broken_method_fails_with_the_reason(breakage, message, tiny_track_file, tmp_path):
+    d = tmp_path / "broken_sub"
+    shutil.copytree(REPO / "method_template", d)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["id"] = "broken_sub"
+    if breakage == "manifest":
+        del manifest["version"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    head = "import time, torch\nfrom specs.sdk import ImportanceMethod\n\nclass Method(ImportanceMethod):\n" \
+           "    def score_group(self, group, obs):\n"
+    if breakage == "shape":
+        (d / "method.py").write_text(head + "        return torch.ones(group.n_channels + 2)\n")
+    if breakage == "nondeterministic":
+        (d / "method.py").write_text(head + "        g = torch.Generator().manual_seed(time.time_ns())\n"
+                                            "        return torch.rand(group.n_channels, generator=g)\n")
+    res = CliRunner().invoke(app, ["submit", str(d), "--out", str(tmp_path / "subs"),
+                                   "--smoke-track", str(tiny_track_file)])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()), res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "subs").exists() or not any((tmp_path / "subs").iterdir())
