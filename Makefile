@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := 0
 
-.PHONY: help venv demo test test-fast schema bench clean docker images browser submit new-method check-method
+.PHONY: help venv demo test test-fast schema bench clean docker images browser submit new-method check-method digits-leaderboard
 
 help:
 	@echo "make demo    - the embedded default: 3 methods on digits at 2x and 4x (subprocess runner), leaderboard"
@@ -57,6 +57,17 @@ check-method: venv
 
 submit: venv docker
 	$(PBENCH) submit $(METHOD)
+
+# Every method (and PruningBench's regularizer pairings) on digits at 2x/4x/8x; records go to
+# benchmarks/results/ and the README table is regenerated from them.
+DIGITS_OUT := benchmarks/results
+digits-leaderboard: venv
+	$(PBENCH) sweep --track digits-resnet18 --methods all --speedups 2,4,8 --seeds 0 --out $(DIGITS_OUT) --no-models || true
+	$(PBENCH) sweep --track digits-resnet18 --methods magnitude_l2 --regularizers group_lasso,group_norm,growing_reg \
+		--speedups 2,4,8 --seeds 0 --out $(DIGITS_OUT) --no-models || true
+	$(PBENCH) sweep --track digits-resnet18 --methods bn_scale --regularizers bn_scale_l1,group_lasso \
+		--speedups 2,4,8 --seeds 0 --out $(DIGITS_OUT) --no-models || true
+	$(PY) -m harness.docs
 
 test: venv docker browser
 	$(PY) -m pytest $(PYTEST_ARGS)

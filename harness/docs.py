@@ -41,7 +41,26 @@ def _cli() -> str:
     return md_table(["command", "what it does"], rows)
 
 
-SECTIONS: dict[str, Callable[[], str]] = {"methods": _methods, "tracks": _tracks, "cli": _cli}
+#: result records of the digits leaderboard (committed; produced by `make digits-leaderboard`)
+DIGITS_RESULTS = REPO_ROOT / "benchmarks" / "results" / "digits-resnet18"
+
+
+def _digits() -> str:
+    from harness import leaderboard as lb
+    from harness.store import Store
+    store = Store.load(DIGITS_RESULTS) if DIGITS_RESULTS.is_dir() else Store()
+    if store.invalid:
+        raise ValueError(f"invalid records in {DIGITS_RESULTS}: {store.invalid[0]}")
+    if not store.records:
+        return "(no results yet: run `make digits-leaderboard`)"
+    keep = ["Speedup", "Rank", "Importance", "Regularizer", "Pruned", "Final", "Δ", "Params", "Achieved", "Latency",
+            "Step (s)", "Reg (s)"]
+    idx = [lb.COLUMNS.index(c) for c in keep]
+    rows = [[lb.cells(r)[i] for i in idx] for r in lb.rows(list(store.records.values()))]
+    return md_table(keep, rows)
+
+
+SECTIONS: dict[str, Callable[[], str]] = {"methods": _methods, "tracks": _tracks, "cli": _cli, "digits": _digits}
 
 
 def render(text: str) -> str:

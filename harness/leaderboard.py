@@ -35,6 +35,7 @@ class Row:
     params_ratio: Optional[float]
     step_s: Optional[float]
     reg_s: Optional[float]
+    latency_speedup: Optional[float] = None  # measured, batch 1
     rank: Optional[int] = None
     error: str = ""
 
@@ -66,6 +67,7 @@ def rows(records: list[ResultRecord]) -> list[Row]:
             delta=_mean([r.metric.delta for r in ok]), achieved=_mean([r.speedup.achieved for r in ok]),
             params_ratio=_mean([r.params.pruned / r.params.base for r in ok if r.params.base]),
             step_s=_mean([r.timing.step_s for r in ok]), reg_s=_mean([r.timing.reg_s for r in ok]),
+            latency_speedup=_mean([r.latency.speedup_batch1 for r in ok if r.latency]),
             error=failed[0].error if failed and not ok else ""))
     by_setting: dict[tuple, list[Row]] = defaultdict(list)
     for row in out:
@@ -82,7 +84,7 @@ def _f(x: Optional[float], fmt: str = ".2f") -> str:
 
 
 COLUMNS = ["Track", "Speedup", "Strategy", "Rank", "Importance", "Regularizer", "Base", "Pruned", "Final",
-           "Δ", "Params", "Achieved", "Step (s)", "Reg (s)", "Seeds"]
+           "Δ", "Params", "Achieved", "Latency", "Step (s)", "Reg (s)", "Seeds"]
 
 
 def cells(r: Row) -> list[str]:
@@ -90,9 +92,10 @@ def cells(r: Row) -> list[str]:
     seeds = f"{r.n_ok}" + (f" (+{r.n_failed} failed)" if r.n_failed else "")
     params = "n/a" if r.params_ratio is None else f"{100 * r.params_ratio:.1f}%"
     achieved = "n/a" if r.achieved is None else f"{r.achieved:.2f}x"
+    latency = "n/a" if r.latency_speedup is None else f"{r.latency_speedup:.2f}x"
     return [r.track, f"{r.speedup:g}x", r.strategy, str(r.rank or "-"), r.method, r.regularizer, _f(r.base),
-            _f(r.pruned), final, _f(r.delta, "+.2f"), params, achieved, _f(r.step_s, ".3f"), _f(r.reg_s, ".1f"),
-            seeds]
+            _f(r.pruned), final, _f(r.delta, "+.2f"), params, achieved, latency, _f(r.step_s, ".3f"),
+            _f(r.reg_s, ".1f"), seeds]
 
 
 def markdown(rs: list[Row]) -> str:
@@ -105,9 +108,10 @@ def to_csv(rs: list[Row]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["track", "speedup", "strategy", "rank", "importance", "regularizer", "base", "pruned", "final",
-                "final_std", "delta", "params_ratio", "achieved_speedup", "step_s", "reg_s", "n_ok", "n_failed",
-                "error"])
+                "final_std", "delta", "params_ratio", "achieved_speedup", "latency_speedup_b1", "step_s", "reg_s",
+                "n_ok", "n_failed", "error"])
     for r in rs:
         w.writerow([r.track, r.speedup, r.strategy, r.rank or "", r.method, r.regularizer, r.base, r.pruned, r.final,
-                    r.final_std, r.delta, r.params_ratio, r.achieved, r.step_s, r.reg_s, r.n_ok, r.n_failed, r.error])
+                    r.final_std, r.delta, r.params_ratio, r.achieved, r.latency_speedup, r.step_s, r.reg_s, r.n_ok,
+                    r.n_failed, r.error])
     return buf.getvalue()
