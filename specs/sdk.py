@@ -62,6 +62,40 @@ def member_rows(member: Member, tensor: torch.Tensor) -> torch.Tensor:
     return t[idxs]
 
 
+def dense_weight(member, w: torch.Tensor) -> torch.Tensor:
+    """``[C_out, C_in, K]``: a conv/linear weight with grouped-conv blocks expanded (zeros outside)."""
+    w = w.flatten(2) if w.dim() > 2 else w.unsqueeze(2)
+    groups = member.conv_groups if member.kind == "conv" else 1
+    if groups == 1:
+        return w
+    c_out, c_g, k = w.shape
+    o_g = c_out // groups
+    dense = w.new_zeros(c_out, c_g * groups, k)
+    for j in range(groups):
+        dense[j * o_g:(j + 1) * o_g, j * c_g:(j + 1) * c_g] = w[j * o_g:(j + 1) * o_g]
+    return dense
+
+
+def contribution_gram(member, x: torch.Tensor, w: torch.Tensor):
+    """``(Q, roots)``: ``Q[i, j] = sum over rows and output channels of z_i * z_j`` (float64), where
+    ``z_i`` is the summed contribution of the consumer's inputs that belong to root channel ``roots[i]``.
+
+    With X = rows x (C*K) patches and W = C_out x (C*K): ``sum_(r,o) z_rc z_rd =
+    sum_(k,l) (X^T X)[ck, dl] * (W^T W)[ck, dl]``, so nothing of size rows x C_out x C is built.
+    """
+    idxs = torch.as_tensor(member.idxs, dtype=torch.long)
+    x = (x if x.dim() == 3 else x.unsqueeze(2))[:, idxs].float()
+    w = dense_weight(member, w)[:, idxs].float()
+    rows, c, k = x.shape
+    xx, ww = x.reshape(rows, c * k), w.reshape(w.shape[0], c * k)
+    q = ((xx.T @ xx) * (ww.T @ ww)).reshape(c, k, c, k).sum((1, 3)).double()
+    root = torch.as_tensor(member.root_idxs, dtype=torch.long)
+    roots, inverse = root.unique(return_inverse=True)
+    agg = torch.zeros(len(roots), c, dtype=torch.float64).index_add_(0, inverse, q)
+    q = torch.zeros(len(roots), len(roots), dtype=torch.float64).index_add_(1, inverse, agg)
+    return q, roots
+
+
 def reduce_to_root(group: Group, parts: Iterable[tuple[Member, torch.Tensor]], reduction: str = "mean") -> torch.Tensor:
     """Combine per-member scores (each ``[len(member.idxs)]``) into ``[group.n_channels]``.
 

@@ -25,7 +25,7 @@ from harness.models import classifier_of, create_model
 from harness.observations import collect
 from harness.runners import client_class
 from specs.messages import Group, Member
-from specs.sdk import Observations, load_method_class
+from specs.sdk import Observations, contribution_gram, load_method_class
 from specs.track import Calibration
 
 METHODS = ["thinet", "cp", "hrank", "obd_c"]
@@ -103,7 +103,7 @@ def test_cp_lasso_equals_sklearn_on_explicit_contributions():
     groups, obs = observe(model, x, ["weights", "inputs"], cal)
     _, cp = method("cp")
     member = next(m for m in groups["0"].members if m.layer == "3")
-    Q, roots = cp.contribution_gram(member, obs.inputs["3"], obs.weights["3.weight"])
+    Q, roots = contribution_gram(member, obs.inputs["3"], obs.weights["3.weight"])
     with torch.no_grad():
         a = F.relu(model[1](model[0](x)))
         Z = torch.stack([F.conv2d(a * F.one_hot(torch.tensor(c), 6).float()[None, :, None, None],

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 import torch.nn as nn
 
+from harness.errors import HarnessError
 from harness.grouping import PruneConfig
+from harness.models import prune_config_of
 from specs.track import Recipe, TrackConfig
 
 if TYPE_CHECKING:
@@ -40,9 +42,20 @@ class Task(ABC):
     def example_inputs(self) -> torch.Tensor:
         """One input sample (batch 1) for tracing and for counting MACs."""
 
-    @abstractmethod
+    def never_pruned(self, model: nn.Module) -> list[nn.Module]:
+        """Layers this task never prunes beyond the track's ``ignored_layers`` (e.g. the classifier)."""
+        return []
+
     def prune_config(self, model: nn.Module) -> PruneConfig:
-        """What must never be pruned and how the graph is built, for this very model object."""
+        """What must never be pruned and how the graph is built, for this very model object: the
+        model's own adapter (heads, bare parameters, fix-up) plus the task's and track's ignored layers."""
+        modules = dict(model.named_modules())
+        missing = [n for n in self.track.pruning.ignored_layers if n not in modules]
+        if missing:
+            raise HarnessError(f"track {self.track.id}: ignored layer {missing[0]!r} is not in the model")
+        own = PruneConfig(ignored_layers=self.never_pruned(model) +
+                          [modules[n] for n in self.track.pruning.ignored_layers])
+        return prune_config_of(model).merged(own)
 
     @abstractmethod
     def calibration_batches(self, seed: int) -> list:
@@ -62,7 +75,10 @@ class Task(ABC):
         """The track's metric on the test split (percent)."""
 
     def after_prune(self, model: nn.Module) -> None:
-        """Fix attributes Torch-Pruning cannot update (e.g. attention heads). Default: nothing."""
+        """Fix attributes Torch-Pruning cannot update (e.g. attention heads): the model adapter's fix-up."""
+        fixup = prune_config_of(model).fixup
+        if fixup is not None:
+            fixup(model)
 
     def save(self, model: nn.Module, path: Path) -> None:
         """Save a whole (pruned) model, fp32 on CPU."""

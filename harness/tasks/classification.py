@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from harness.checkpoints import BaseCheckpoint, load_base
 from harness.data import DATASETS, DatasetBundle, load_dataset
 from harness.errors import HarnessError
-from harness.grouping import PruneConfig
-from harness.models import classifier_of, prune_config_of, variants_of
+from harness.models import classifier_of, variants_of
 from harness.registry import resolve
 from harness.tasks.base import GradHook, Progress, Task
 from harness.train import calibration_batches, evaluate_top1, train
@@ -60,19 +59,8 @@ class ClassificationTask(Task):
     def example_inputs(self) -> torch.Tensor:
         return torch.randn(1, self.data.in_chans, self.data.image_size, self.data.image_size, device=self.device)
 
-    def prune_config(self, model: nn.Module) -> PruneConfig:
-        modules = dict(model.named_modules())
-        missing = [n for n in self.track.pruning.ignored_layers if n not in modules]
-        if missing:
-            raise HarnessError(f"track {self.track.id}: ignored layer {missing[0]!r} is not in the model")
-        own = PruneConfig(ignored_layers=[classifier_of(model)] +
-                          [modules[n] for n in self.track.pruning.ignored_layers])
-        return prune_config_of(model).merged(own)
-
-    def after_prune(self, model: nn.Module) -> None:
-        fixup = prune_config_of(model).fixup
-        if fixup is not None:
-            fixup(model)
+    def never_pruned(self, model: nn.Module) -> list[nn.Module]:
+        return [classifier_of(model)]
 
     def calibration_batches(self, seed: int) -> list:
         cal = self.track.calibration

@@ -41,8 +41,7 @@ import harness.models.yolo as yolo  # sets Ultralytics' offline environment befo
 from harness.checkpoints import BaseCheckpoint, default_cache_dir, pretrain_key, verified_file
 from harness.data.coco import CocoBundle, CocoImages, collate, letterbox_geometry
 from harness.errors import HarnessError
-from harness.grouping import PruneConfig
-from harness.models import create_model, prune_config_of
+from harness.models import create_model
 from harness.provenance import sha256_file
 from harness.results import atomic_write_text
 from harness.tasks.base import GradHook, Progress, Task
@@ -219,19 +218,6 @@ class DetectionTask(Task):
     def example_inputs(self) -> torch.Tensor:
         s = self.data.image_size
         return torch.randn(1, 3, s, s, device=self.device)
-
-    def prune_config(self, model: nn.Module) -> PruneConfig:
-        modules = dict(model.named_modules())
-        missing = [n for n in self.track.pruning.ignored_layers if n not in modules]
-        if missing:
-            raise HarnessError(f"track {self.track.id}: ignored layer {missing[0]!r} is not in the model")
-        own = PruneConfig(ignored_layers=[modules[n] for n in self.track.pruning.ignored_layers])
-        return prune_config_of(model).merged(own)
-
-    def after_prune(self, model: nn.Module) -> None:
-        fixup = prune_config_of(model).fixup
-        if fixup is not None:
-            fixup(model)
 
     def calibration_batches(self, seed: int) -> list:
         cal, ds = self.track.calibration, self.data.train

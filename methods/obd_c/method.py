@@ -20,21 +20,7 @@ then normalized per group.
 
 import torch
 
-from specs.sdk import ImportanceMethod, normalize, reduce_to_root
-
-
-def dense_weight(member, w: torch.Tensor) -> torch.Tensor:
-    """``[C_out, C_in, K]``: a conv/linear weight with grouped-conv blocks expanded (zeros outside)."""
-    w = w.flatten(2) if w.dim() > 2 else w.unsqueeze(2)
-    groups = member.conv_groups if member.kind == "conv" else 1
-    if groups == 1:
-        return w
-    c_out, c_g, k = w.shape
-    o_g = c_out // groups
-    dense = w.new_zeros(c_out, c_g * groups, k)
-    for j in range(groups):
-        dense[j * o_g:(j + 1) * o_g, j * c_g:(j + 1) * c_g] = w[j * o_g:(j + 1) * o_g]
-    return dense
+from specs.sdk import ImportanceMethod, dense_weight, normalize, reduce_to_root
 
 
 def out_saliency(member, a: torch.Tensor, g: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
