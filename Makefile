@@ -58,15 +58,10 @@ check-method: venv
 submit: venv docker
 	$(PBENCH) submit $(METHOD)
 
-# Every method (and PruningBench's regularizer pairings) on digits at 2x/4x/8x; records go to
+# Every method (and PruningBench's regularizer pairings) on digits at 2x/4x/8x, timed; records go to
 # benchmarks/results/ and the README table is regenerated from them.
-DIGITS_OUT := benchmarks/results
 digits-leaderboard: venv
-	$(PBENCH) sweep --track digits-resnet18 --methods all --speedups 2,4,8 --seeds 0 --out $(DIGITS_OUT) --no-models || true
-	$(PBENCH) sweep --track digits-resnet18 --methods magnitude_l2 --regularizers group_lasso,group_norm,growing_reg \
-		--speedups 2,4,8 --seeds 0 --out $(DIGITS_OUT) --no-models || true
-	$(PBENCH) sweep --track digits-resnet18 --methods bn_scale --regularizers bn_scale_l1,group_lasso \
-		--speedups 2,4,8 --seeds 0 --out $(DIGITS_OUT) --no-models || true
+	$(PY) benchmarks/digits_leaderboard.py --out benchmarks/results
 	$(PY) -m harness.docs
 
 test: venv docker browser
@@ -81,9 +76,10 @@ schema: venv
 bench: venv
 	$(PY) benchmarks/prune_vs_torch_pruning.py
 	$(PY) benchmarks/retrain_vs_minimal_loop.py
-	@if [ -f benchmarks/regularizer_vs_torch_pruning.py ]; then $(PY) benchmarks/regularizer_vs_torch_pruning.py; fi
+	$(PY) benchmarks/regularizer_vs_torch_pruning.py
 	@if docker info >/dev/null 2>&1; then $(PY) benchmarks/docker_exchange.py; \
 	else echo "bench: no Docker Engine, skipping benchmarks/docker_exchange.py"; fi
+	$(PY) benchmarks/digits_leaderboard.py
 
 clean:
 	rm -rf results .pytest_cache

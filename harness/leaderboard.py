@@ -1,8 +1,10 @@
 """Leaderboards, computed only from result records.
 
-One row per (track, speedup, strategy, method, regularizer): mean and standard
-deviation over seeds; ranks are per (track, speedup, strategy) on the mean final
-metric. Failed runs are counted and shown, never silently dropped.
+One row per (track, speedup, strategy, retraining recipe, method, regularizer):
+mean and standard deviation over seeds; ranks are per (track, speedup, strategy,
+recipe) on the mean final metric. Failed runs are counted and shown, never
+silently dropped. The recipe is the track's own unless a recipe-swap run chose
+another (shown beside the strategy).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Row:
     step_s: Optional[float]
     reg_s: Optional[float]
     latency_speedup: Optional[float] = None  # measured, batch 1
+    recipe: Optional[str] = None  # recipe-swap runs: the track recipe used for retraining
     rank: Optional[int] = None
     error: str = ""
 
@@ -54,13 +57,13 @@ def rows(records: list[ResultRecord]) -> list[Row]:
     cells: dict[tuple, list[ResultRecord]] = defaultdict(list)
     for r in records:
         reg = r.regularizer.id if r.regularizer else "-"
-        cells[(r.track.id, r.speedup.target, r.strategy, r.method.id, reg)].append(r)
+        cells[(r.track.id, r.speedup.target, r.strategy, r.recipe, r.method.id, reg)].append(r)
     out = []
-    for (track, speedup, strategy, method, reg), rs in cells.items():
+    for (track, speedup, strategy, recipe, method, reg), rs in cells.items():
         ok = [r for r in rs if r.status == "ok"]
         failed = [r for r in rs if r.status == "failed"]
         out.append(Row(
-            track=track, speedup=speedup, strategy=strategy, method=method, regularizer=reg,
+            track=track, speedup=speedup, strategy=strategy, recipe=recipe, method=method, regularizer=reg,
             n_ok=len(ok), n_failed=len(failed),
             base=_mean([r.metric.base for r in rs]), pruned=_mean([r.metric.pruned for r in ok]),
             final=_mean([r.metric.final for r in ok]), final_std=_std([r.metric.final for r in ok]),
@@ -71,12 +74,13 @@ def rows(records: list[ResultRecord]) -> list[Row]:
             error=failed[0].error if failed and not ok else ""))
     by_setting: dict[tuple, list[Row]] = defaultdict(list)
     for row in out:
-        by_setting[(row.track, row.speedup, row.strategy)].append(row)
+        by_setting[(row.track, row.speedup, row.strategy, row.recipe)].append(row)
     for setting in by_setting.values():
         ranked = sorted((r for r in setting if r.final is not None), key=lambda r: -r.final)
         for i, r in enumerate(ranked, 1):
             r.rank = i
-    return sorted(out, key=lambda r: (r.track, r.strategy, r.speedup, r.rank or 10**9, r.method, r.regularizer))
+    return sorted(out, key=lambda r: (r.track, r.strategy, r.recipe or "", r.speedup, r.rank or 10**9, r.method,
+                                      r.regularizer))
 
 
 def _f(x: Optional[float], fmt: str = ".2f") -> str:
@@ -93,7 +97,8 @@ def cells(r: Row) -> list[str]:
     params = "n/a" if r.params_ratio is None else f"{100 * r.params_ratio:.1f}%"
     achieved = "n/a" if r.achieved is None else f"{r.achieved:.2f}x"
     latency = "n/a" if r.latency_speedup is None else f"{r.latency_speedup:.2f}x"
-    return [r.track, f"{r.speedup:g}x", r.strategy, str(r.rank or "-"), r.method, r.regularizer, _f(r.base),
+    strategy = r.strategy + (f" · retrain {r.recipe}" if r.recipe else "")
+    return [r.track, f"{r.speedup:g}x", strategy, str(r.rank or "-"), r.method, r.regularizer, _f(r.base),
             _f(r.pruned), final, _f(r.delta, "+.2f"), params, achieved, latency, _f(r.step_s, ".3f"),
             _f(r.reg_s, ".1f"), seeds]
 
@@ -107,11 +112,11 @@ def markdown(rs: list[Row]) -> str:
 def to_csv(rs: list[Row]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["track", "speedup", "strategy", "rank", "importance", "regularizer", "base", "pruned", "final",
+    w.writerow(["track", "speedup", "strategy", "recipe", "rank", "importance", "regularizer", "base", "pruned", "final",
                 "final_std", "delta", "params_ratio", "achieved_speedup", "latency_speedup_b1", "step_s", "reg_s",
                 "n_ok", "n_failed", "error"])
     for r in rs:
-        w.writerow([r.track, r.speedup, r.strategy, r.rank or "", r.method, r.regularizer, r.base, r.pruned, r.final,
+        w.writerow([r.track, r.speedup, r.strategy, r.recipe or "", r.rank or "", r.method, r.regularizer, r.base, r.pruned, r.final,
                     r.final_std, r.delta, r.params_ratio, r.achieved, r.latency_speedup, r.step_s, r.reg_s, r.n_ok,
                     r.n_failed, r.error])
     return buf.getvalue()

@@ -30,14 +30,14 @@ from harness.methods import MethodSource
 from harness.observations import collect
 from harness.provenance import provenance
 from harness.pruning import Unreachable, make_planner, search_speedup
-from harness.results import RESULT_FILE, run_key, write_record
+from harness.results import RESULT_FILE, read_record, run_key, write_record
 from harness.runners import client_class
-from harness.store import STAGING_PREFIX
+from harness.store import host_name, staging_prefix
 from harness.sparsify import sparsify
 from harness.tasks import task_for
-from specs.result import BeforeAfter, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
+from specs.result import BeforeAfter, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
 from specs.sdk import one_line, seed_everything
-from specs.track import TrackConfig
+from specs.track import TrackConfig, recipe_hash
 
 #: progress(stage, done, total); stages: pretrain, prune, retrain
 Progress = Callable[[str, int, int], None]
@@ -65,6 +65,14 @@ class RunSpec:
     #: wall-clock budget for each method's whole conversation (start to close)
     run_timeout: Optional[float] = None
     measure_latency: bool = True
+    #: recipe-swap mode: retrain with the track's alternative recipe of this name (None = ``track.retrain``)
+    recipe: Optional[str] = None
+
+    def retrain_recipe(self):
+        try:
+            return self.track.retrain_recipe(self.recipe)
+        except ValueError as e:
+            raise HarnessError(str(e)) from None
 
 
 def _now() -> str:
@@ -83,13 +91,14 @@ def run_key_of(spec: RunSpec) -> str:
     a regularizer counts as ``id@version``; under docker the image digest is part of it."""
     reg = spec.regularizer
     digest = None
+    recipe = None if spec.recipe is None else (spec.recipe, recipe_hash(spec.retrain_recipe()))
     if spec.runner == "docker":
         from harness.runners.docker_runner import image_digest, image_tag
         digest = image_digest(spec.runner_options.get("image") or image_tag(spec.method.manifest))
     return run_key(spec.track.hash(), spec.method.id, spec.method.manifest.version, digest,
                    f"{reg.id}@{reg.manifest.version}" if reg else None, spec.speedup, spec.track.pruning.strategy,
                    spec.seed, _resolved(spec.method, spec.hyperparameters),
-                   _resolved(reg, spec.reg_hyperparameters) if reg else None)
+                   _resolved(reg, spec.reg_hyperparameters) if reg else None, recipe)
 
 
 def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
@@ -100,7 +109,20 @@ def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
 
 def run_dir_name(spec: RunSpec, key: str) -> str:
     name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "")
-    return f"{name}-{spec.speedup:g}x-{spec.track.pruning.strategy}-s{spec.seed}-{key[:8]}"
+    recipe = f"-{spec.recipe}" if spec.recipe else ""
+    return f"{name}-{spec.speedup:g}x-{spec.track.pruning.strategy}{recipe}-s{spec.seed}-{key[:8]}"
+
+
+def current_job() -> Optional[JobInfo]:
+    """The Slurm job this process runs in, if any (array tasks as ``<array job>_<task>``)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    elif env.get("SLURM_JOB_ID"):
+        job_id = env["SLURM_JOB_ID"]
+    else:
+        return None
+    return JobInfo(job_id=job_id, node=env.get("SLURMD_NODENAME"))
 
 
 def _check_regularizer(spec: RunSpec) -> None:
@@ -136,10 +158,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     base = task.base_model(progress)
     strategy = track.pruning.strategy
-    run_dir = Path(spec.out) / track.id / run_dir_name(spec, key)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-{run_dir.name}-", dir=run_dir.parent))
-    os.chmod(staging, 0o755)
+    recipe = spec.retrain_recipe()
+    run_dir, staging = _staging(spec, key)
 
     model = copy.deepcopy(base.model).to(spec.device)
     example = task.example_inputs()
@@ -147,8 +167,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     base_layers = layer_channels(model)
     fields = dict(
         run_key=key, regularizer=None, track=TrackInfo(id=track.id, hash=track.hash()), model=track.model.name,
-        dataset=track.dataset.name, seed=spec.seed, strategy=strategy, started_at=started,
-        provenance=provenance(base.sha256, spec.device))
+        dataset=track.dataset.name, seed=spec.seed, strategy=strategy, recipe=spec.recipe, started_at=started,
+        provenance=provenance(base.sha256, spec.device), job=current_job())
     info = MethodInfo(id=method.id, version=method.manifest.version, runner=spec.runner)
     if reg is not None:
         fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner)
@@ -187,7 +207,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         if spec.save_models:
             task.save(model, staging / "pruned.pt")
         t0 = time.perf_counter()
-        task.train(model, track.retrain, seed=spec.seed, progress=progress, stage="retrain")
+        task.train(model, recipe, seed=spec.seed, progress=progress, stage="retrain")
         timing["retrain_s"] = time.perf_counter() - t0
         final = task.evaluate(model)
         metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
@@ -223,6 +243,45 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     return record, run_dir
 
 
+def _staging(spec: RunSpec, key: str) -> tuple[Path, Path]:
+    """(the run's directory, a fresh private staging directory beside it)."""
+    run_dir = Path(spec.out) / spec.track.id / run_dir_name(spec, key)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(run_dir.name), dir=run_dir.parent))
+    os.chmod(staging, 0o755)
+    return run_dir, staging
+
+
+def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tuple[ResultRecord, Path]:
+    """Record a run that ended without producing a record of its own (its cluster job was cancelled,
+    timed out, was preempted, or stopped on bad input) as ``failed`` with ``error``, so that it is
+    reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never replaced."""
+    key = run_key_of(spec)
+    run_dir, staging = _staging(spec, key)
+    try:
+        existing = read_record(run_dir / RESULT_FILE)
+    except HarnessError:
+        existing = None  # none, or unreadable: replaced below
+    if existing is not None and existing.status == "ok":  # the job finished its run before it was stopped
+        shutil.rmtree(staging, ignore_errors=True)
+        return existing, run_dir
+    track, now = spec.track, _now()
+    reg = spec.regularizer
+    record = ResultRecord(
+        status="failed", error=error.splitlines()[0][:1000] if error else "unknown error", run_key=key,
+        method=MethodInfo(id=spec.method.id, version=spec.method.manifest.version, runner=spec.runner,
+                          hyperparameters=_resolved(spec.method, spec.hyperparameters)),
+        regularizer=MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
+                               hyperparameters=_resolved(reg, spec.reg_hyperparameters)) if reg else None,
+        track=TrackInfo(id=track.id, hash=track.hash()), model=track.model.name, dataset=track.dataset.name,
+        seed=spec.seed, strategy=track.pruning.strategy, speedup=Speedup(target=spec.speedup), recipe=spec.recipe,
+        metric=MetricInfo(name=track.metric), provenance=provenance(None, spec.device), job=job,
+        started_at=now, finished_at=now)
+    write_record(staging / RESULT_FILE, record)
+    _replace_dir(staging, run_dir)
+    return record, run_dir
+
+
 def _sparsify_stage(spec: RunSpec, task, model, example, fields: dict, timing: dict, staging: Path,
                     progress: Optional[Progress]) -> None:
     """Step 1: start the regularizer (same runner as the importance method), sparse-train
@@ -252,7 +311,7 @@ def _replace_dir(staging: Path, final: Path) -> None:
     the old directory is renamed away first, so readers see the old or the new run, never a mix."""
     trash = None
     if final.exists():
-        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
+        trash = final.with_name(f".old-{final.name}-{os.getpid()}@{host_name()}")
         os.replace(final, trash)
     os.replace(staging, final)
     if trash is not None:

@@ -20,13 +20,16 @@ RESULT_FILE = "result.json"
 
 def run_key(track_hash: str, method_id: str, method_version: str, image_digest: Optional[str],
             regularizer: Optional[str], speedup: float, strategy: str, seed: int,
-            hyperparameters: Optional[dict] = None, reg_hyperparameters: Optional[dict] = None) -> str:
+            hyperparameters: Optional[dict] = None, reg_hyperparameters: Optional[dict] = None,
+            recipe: Optional[tuple[str, str]] = None) -> str:
     """Canonical identity of a run (its result is unique per key): track hash, method id, version,
     image digest and resolved hyperparameters, regularizer (``id@version``) and its hyperparameters,
-    speedup, strategy, seed."""
+    speedup, strategy, seed, and (recipe-swap runs only) the retraining recipe's name and hash."""
     ident = {"track": track_hash, "method": [method_id, method_version, image_digest, hyperparameters or {}],
              "regularizer": [regularizer, reg_hyperparameters or {}] if regularizer else None,
              "speedup": float(speedup), "strategy": strategy, "seed": int(seed)}
+    if recipe is not None:
+        ident["recipe"] = list(recipe)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -60,6 +63,3 @@ def read_record(path: Path) -> ResultRecord:
     except ValidationError as e:
         raise HarnessError(f"{path}: invalid result record: {explain(e)}") from None
 
-
-def find_records(root: Path) -> list[Path]:
-    return sorted(Path(root).rglob(RESULT_FILE))

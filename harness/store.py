@@ -2,15 +2,19 @@
 
 A run's identity is its run key (:func:`harness.results.run_key`); its directory
 name ends with the key's first 8 hex digits. Runs are written in a hidden
-staging directory (``.staging-<pid>-...``) and renamed into place, so a reader
-sees a finished run or nothing; staging left behind by a killed process is
-ignored by readers and removed by :func:`clean_stale_staging`.
+staging directory (``.staging-<pid>@<host>@<run>-...``) and renamed into
+place, so a reader sees a finished run or nothing; staging left behind by a
+killed process is ignored by readers and removed by :func:`clean_stale_staging`
+(on a shared file system only by the host that wrote it: a process id means
+nothing on another node).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,16 @@ from harness.results import RESULT_FILE, read_record
 from specs.result import ResultRecord
 
 STAGING_PREFIX = ".staging-"
+_STAGING = re.compile(r"\.staging-(\d+)(?:@([^@/]+)@)?")
+
+
+def host_name() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "localhost"
+
+
+def staging_prefix(run_name: str) -> str:
+    """The name prefix of a staging directory for run ``run_name`` written by this process."""
+    return f"{STAGING_PREFIX}{os.getpid()}@{host_name()}@{run_name}-"
 
 
 def find_records(root: Path) -> list[Path]:
@@ -71,17 +85,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_staging(root: Path) -> int:
-    """Remove staging directories whose writer process is gone; returns how many."""
-    removed = 0
+def clean_stale_staging(root: Path, run_name: str | None = None) -> int:
+    """Remove staging directories whose writer process (on this host) is gone; with ``run_name``,
+    every staging directory of that run, whatever host wrote it (its job is known to be over).
+    Returns how many were removed."""
+    removed, here = 0, host_name()
     for path in Path(root).rglob(f"{STAGING_PREFIX}*"):
-        if not path.is_dir():
+        match = _STAGING.match(path.name)
+        if not path.is_dir() or match is None:
             continue
-        try:
-            pid = int(path.name[len(STAGING_PREFIX):].split("-", 1)[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
+        if run_name is not None:
+            stale = path.name.startswith(f"{match.group(0)}{run_name}-") if match.group(2) else False
+        else:
+            stale = (match.group(2) or here) == here and not _pid_alive(int(match.group(1)))
+        if stale:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
     return removed

@@ -4,11 +4,14 @@ A run whose key already has a record is skipped (``ok`` ones always; ``failed``
 ones unless ``retry_failed``), so a sweep killed at any moment and restarted
 finishes the missing runs only: no run is lost, none is duplicated, and no
 half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
-``jobs`` worker processes; one failing run never stops the others.
+``jobs`` worker processes (``executor="local"``) or to Slurm, one job per run
+(``executor="slurm"``, :mod:`harness.cluster`); one failing run never stops the
+others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -40,8 +43,18 @@ def _run_one(spec: RunSpec, threads: int) -> ResultRecord:
     return evaluate(spec)[0]
 
 
+def _absolute(spec: RunSpec) -> RunSpec:
+    """Paths a job on another node resolves the same way (its working directory may differ)."""
+    return dataclasses.replace(spec, out=Path(spec.out).resolve(),
+                               data_root=spec.data_root and Path(spec.data_root).resolve(),
+                               cache_dir=spec.cache_dir and Path(spec.cache_dir).resolve())
+
+
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
-              on_result: Optional[OnResult] = None, progress=None) -> SweepSummary:
+              on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
+              slurm=None, log=print) -> SweepSummary:
+    """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.cluster.SlurmOptions`
+    as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``)."""
     clean_stale_staging(out)
     store = Store.load(out)
     summary = SweepSummary()
@@ -62,6 +75,10 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         if on_result:
             on_result(spec, record, "ran")
 
+    if executor == "slurm":
+        from harness.cluster import SlurmOptions, run_on_slurm
+        run_on_slurm([_absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log)
+        return summary
     if jobs <= 1:
         for spec in todo:
             done(spec, evaluate(spec, progress)[0])

@@ -63,6 +63,16 @@ class Latency(Strict):
     repeats: int
 
 
+class JobInfo(Strict):
+    """The cluster job a run ran in (``sweep --executor slurm``)."""
+
+    scheduler: Literal["slurm"] = "slurm"
+    job_id: str = Field(description="Slurm job id; array tasks as <array job>_<task>")
+    node: Optional[str] = None
+    state: Optional[str] = Field(None, description="final scheduler state when the job ended without a result "
+                                                   "(CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, ...)")
+
+
 class Provenance(Strict):
     harness_version: str
     spec_version: str
@@ -86,6 +96,8 @@ class ResultRecord(Versioned):
     seed: int
     strategy: Strategy
     speedup: Speedup
+    recipe: Optional[str] = Field(None, description="recipe-swap mode: the track recipe used for retraining "
+                                                    "(null = the track's own `retrain`)")
     macs: BeforeAfter = BeforeAfter()
     params: BeforeAfter = BeforeAfter()
     metric: MetricInfo
@@ -94,6 +106,7 @@ class ResultRecord(Versioned):
     timing: Timing = Timing()
     latency: Optional[Latency] = None
     provenance: Provenance
+    job: Optional[JobInfo] = None
     files: dict[str, str] = Field(default_factory=dict, description="artifact name -> file name beside the record")
     started_at: str
     finished_at: str

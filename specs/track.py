@@ -111,6 +111,10 @@ class Calibration(Strict):
                     "would exceed this many MB (float32)")
 
 
+#: the name of a track's own retraining recipe in the recipe-swap mode
+TRACK_RECIPE = "track"
+
+
 class TrackConfig(Versioned):
     id: Identifier
     description: str = ""
@@ -123,10 +127,37 @@ class TrackConfig(Versioned):
     retrain: Recipe
     metric: Metric = "top1"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    recipes: dict[Identifier, Recipe] = Field(
+        default_factory=dict,
+        description="named alternative retraining recipes for the recipe-swap mode (Wang et al. 2023): a run "
+                    "may retrain with one of these instead of `retrain`. Not part of the track hash; a run "
+                    "that uses one has the recipe's own hash in its run key")
+
+    @model_validator(mode="after")
+    def _recipe_names(self) -> "TrackConfig":
+        if TRACK_RECIPE in self.recipes:
+            raise ValueError(f"recipes: {TRACK_RECIPE!r} is reserved for the track's own `retrain` recipe")
+        return self
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.model_dump(mode="json", exclude={"recipes", "spec_version"}), sort_keys=True,
+                          separators=(",", ":"))
 
     def hash(self) -> str:
-        """sha256 of the canonical JSON of the whole (validated) config."""
+        """sha256 of the canonical JSON of the (validated) setting: everything but the alternative
+        recipes and the spec version (a new spec version does not change what a track measures)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def retrain_recipe(self, name: Optional[str]) -> Recipe:
+        """The retraining recipe called ``name`` (``None`` or ``"track"``: the track's own)."""
+        if name is None or name == TRACK_RECIPE:
+            return self.retrain
+        if name not in self.recipes:
+            known = ", ".join([TRACK_RECIPE, *self.recipes])
+            raise ValueError(f"track {self.id} has no retraining recipe {name!r} (it has: {known})")
+        return self.recipes[name]
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True,
+                                     separators=(",", ":")).encode()).hexdigest()

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.results import find_records, read_record
+from harness.results import read_record
+from harness.store import find_records
 
 runner = CliRunner()
 
@@ -45,7 +46,7 @@ def test_evaluate_then_leaderboard(tiny_track_file, tmp_path):
     assert res.exit_code == 0, res.output
     assert "| tiny-digits | 2x | protected_global | 1 | magnitude_l2 |" in res.output
     res = invoke("leaderboard", tmp_path, "--format", "csv")
-    assert res.output.splitlines()[0].startswith("track,speedup,strategy,rank,importance")
+    assert res.output.splitlines()[0].startswith("track,speedup,strategy,recipe,rank,importance")
 
 
 def test_leaderboard_reports_an_invalid_record(tmp_path):

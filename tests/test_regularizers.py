@@ -27,7 +27,8 @@ from harness.grouping import PruneConfig, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
 from harness.observations import param_keys
-from harness.results import find_records, read_record, run_key
+from harness.results import read_record, run_key
+from harness.store import find_records
 from harness.runners import client_class
 from harness.sparsify import InProcessLink, LegacyLink, SocketLink, make_grad_hook, open_link
 from specs.messages import RegularizeReply, RegularizeRequest, TensorFile

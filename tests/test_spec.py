@@ -114,6 +114,33 @@ def test_every_registered_track_validates_and_hashes_stably():
     t = reg.get("digits-resnet18")
     changed = t.model_copy(update={"seeds": [0]})
     assert changed.hash() != t.hash()
+    # neither the alternative recipes (recipe-swap runs carry their recipe's hash in the run key)
+    # nor the spec version change what a track measures
+    assert t.recipes and t.model_copy(update={"recipes": {}}).hash() == t.hash()
+    assert t.model_copy(update={"spec_version": "1.0"}).hash() == t.hash()
+
+
+def test_committed_digits_records_belong_to_the_current_track():
+    """The README's digits table is generated from committed records: they must have been produced
+    under today's digits track (a changed track or hash means `make digits-leaderboard` is due)."""
+    from harness.docs import DIGITS_RESULTS
+    from harness.store import Store
+    from harness.tracks import load_track
+    store = Store.load(DIGITS_RESULTS)
+    assert not store.invalid
+    assert len(store.records) >= 48
+    assert {r.track.hash for r in store.records.values()} == {load_track("digits-resnet18").hash()}
+
+
+def test_track_recipes_are_named_and_checked(tiny_track):
+    recipe = tiny_track.retrain.model_copy(update={"lr": 0.5})
+    t = tiny_track.model_copy(update={"recipes": {"hot": recipe}})
+    assert t.retrain_recipe(None) is t.retrain and t.retrain_recipe("track") is t.retrain
+    assert t.retrain_recipe("hot") == recipe
+    with pytest.raises(ValueError, match="has no retraining recipe 'cold' \\(it has: track, hot\\)"):
+        t.retrain_recipe("cold")
+    with pytest.raises(ValidationError, match="reserved"):
+        TrackConfig.model_validate({**tiny_track.model_dump(), "recipes": {"track": recipe.model_dump()}})
 
 
 @pytest.mark.parametrize("patch, message", [

@@ -18,7 +18,7 @@ from harness.sweep import run_sweep
 from harness.runners import RUNNERS
 from harness.tracks import load_track, track_for
 from specs.result import ResultRecord
-from specs.track import TrackConfig
+from specs.track import TRACK_RECIPE, TrackConfig
 
 app = typer.Typer()
 
@@ -31,7 +31,7 @@ ModelOpt = Annotated[Optional[str], typer.Option(help="model name (with --datase
 DatasetOpt = Annotated[Optional[str], typer.Option(help="dataset name")]
 StrategyOpt = Annotated[Optional[Strategy], typer.Option(help="override the track's pruning strategy")]
 RunnerOpt = Annotated[Runner, typer.Option(help="how the method runs", envvar="PBENCH_RUNNER")]
-OutOpt = Annotated[Path, typer.Option(help="results folder", envvar="PBENCH_RESULTS")]
+OutDirOpt = Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")]
 DataRootOpt = Annotated[Optional[Path], typer.Option(help="dataset root (CIFAR/ImageNet/COCO)", envvar="PBENCH_DATA")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="base checkpoint cache (default ~/.cache/pbench)",
                                                   envvar="PBENCH_CACHE")]
@@ -100,7 +100,8 @@ def _setup(device: Device, threads: Optional[int]) -> None:
 
 
 def _name(record: ResultRecord) -> str:
-    return record.method.id + (f"+{record.regularizer.id}" if record.regularizer else "")
+    return (record.method.id + (f"+{record.regularizer.id}" if record.regularizer else "")
+            + (f" (retrain {record.recipe})" if record.recipe else ""))
 
 
 def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
@@ -127,7 +128,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="run seed")] = 0,
     strategy: StrategyOpt = None,
     runner: RunnerOpt = Runner.subprocess,
-    out_dir: Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")] = Path("results"),
+    out_dir: OutDirOpt = Path("results"),
     data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
     hp: Annotated[Optional[list[str]], typer.Option(help="method hyperparameter name=value (repeatable)")] = None,
     regularizer: RegOpt = None, reg_hp: RegHpOpt = None,
@@ -148,26 +149,30 @@ def evaluate(
         raise typer.Exit(1)
 
 
-@app.command()
-@friendly
-def sweep(
-    methods: Annotated[str, typer.Option(help="comma-separated method ids, or 'all'")] = "all",
-    regularizers: Annotated[str, typer.Option(
-        help="comma-separated regularizer ids paired with every method; '-' = none, 'all' = every regularizer")] = "-",
-    speedups: Annotated[Optional[str], typer.Option(help="comma-separated targets (default: the track's)")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: the track's)")] = None,
-    model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None, strategy: StrategyOpt = None,
-    runner: RunnerOpt = Runner.subprocess,
-    out_dir: Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")] = Path("results"),
-    data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
-    call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None,
-    no_models: Annotated[bool, typer.Option("--no-models", help="do not save pruned/final models")] = False,
-    jobs: Annotated[int, typer.Option(help="runs in parallel (worker processes)", min=1)] = 1,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="re-run runs recorded as failed")] = False,
-) -> None:
-    """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
-    _setup(device, threads)
-    cfg = resolve_track(track, model, dataset, strategy)
+Executor = enum.Enum("Executor", {e: e for e in ("local", "slurm")}, type=str)
+ExecutorOpt = Annotated[Executor, typer.Option(
+    help="local: worker processes on this machine (--jobs); slurm: one Slurm job per run via submitit "
+         "(--slurm-config); the result store must then be on a shared file system")]
+SlurmConfigOpt = Annotated[Optional[Path], typer.Option(
+    help="Slurm options file (YAML/JSON: partition, gpus_per_job, cpus_per_job, mem_gb, time_min, "
+         "array_parallelism, account, qos, constraint, extra_sbatch, setup, folder)")]
+JobsOpt = Annotated[int, typer.Option(help="local executor: runs in parallel (worker processes)", min=1)]
+RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="re-run runs recorded as failed")]
+NoModelsOpt = Annotated[bool, typer.Option("--no-models", help="do not save sparse/pruned/final models")]
+SpeedupsOpt = Annotated[Optional[str], typer.Option(help="comma-separated targets (default: the track's)")]
+SeedsOpt = Annotated[Optional[str], typer.Option(help="comma-separated seeds (default: the track's)")]
+
+
+def _grid(cfg: TrackConfig, combos: list[dict], speedups: Optional[str], seeds: Optional[str],
+          **common) -> tuple[list[float], list[RunSpec]]:
+    """(targets, one RunSpec per combo x target x seed); ``combos`` hold method/regularizer/recipe."""
+    targets = parse_list(speedups, float, "--speedups") if speedups else list(cfg.pruning.speedups)
+    seed_list = parse_list(seeds, int, "--seeds") if seeds else list(cfg.seeds)
+    return targets, [RunSpec(track=cfg, speedup=target, seed=seed, **combo, **common)
+                     for combo in combos for target in targets for seed in seed_list]
+
+
+def _importance_sources(methods: str) -> list:
     registry = discover()
     ids = [m for m in registry.names() if "importance" in registry.get(m).manifest.provides] \
         if methods == "all" else parse_list(methods, str, "--methods")
@@ -176,13 +181,18 @@ def sweep(
         if "importance" not in src.manifest.provides:
             raise HarnessError(f"method {src.id!r} provides no importance scores (it is a regularizer: "
                                f"pass it with --regularizers)")
-    regs = _regularizer_list(regularizers)
-    targets = parse_list(speedups, float, "--speedups") if speedups else list(cfg.pruning.speedups)
-    seed_list = parse_list(seeds, int, "--seeds") if seeds else list(cfg.seeds)
-    specs = [RunSpec(track=cfg, method=src, speedup=target, seed=seed, runner=runner.value, out=out_dir,
-                     data_root=data_root, cache_dir=cache_dir, device=device.value, call_timeout=call_timeout,
-                     save_models=not no_models, regularizer=reg)
-             for src in sources for reg in regs for target in targets for seed in seed_list]
+    return sources
+
+
+def _run_all(specs: list[RunSpec], out_dir: Path, jobs: int, retry_failed: bool, executor: Executor,
+             slurm_config: Optional[Path]):
+    """Run (or skip) every spec with per-run lines and progress; returns the sweep summary."""
+    from harness.cluster import load_slurm_options
+    if slurm_config is not None and executor != Executor.slurm:
+        raise HarnessError("--slurm-config needs --executor slurm")
+    slurm = load_slurm_options(slurm_config) if executor == Executor.slurm else None
+    for spec in specs[:1]:  # an unknown recipe is bad input: fail before anything runs
+        spec.retrain_recipe()
     counter = iter(range(1, len(specs) + 1))
 
     def report(spec: RunSpec, record: ResultRecord, how: str) -> None:
@@ -190,13 +200,97 @@ def sweep(
             f"{_name(record)} {record.speedup.target:g}x seed {record.seed}: skipped ({record.status}, recorded)"
         out.print(f"[{next(counter)}/{len(specs)}] {line}", highlight=False, soft_wrap=True)
 
-    with ProgressDisplay(enabled=jobs == 1) as progress:
-        summary = run_sweep(specs, out_dir, jobs=jobs, retry_failed=retry_failed, on_result=report,
-                            progress=progress)
-    out.print()
-    out.print(leaderboard.markdown(leaderboard.rows(summary.records)), highlight=False, soft_wrap=True)
+    def log(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    with ProgressDisplay(enabled=jobs == 1 and executor == Executor.local) as progress:
+        return run_sweep(specs, out_dir, jobs=jobs, retry_failed=retry_failed, on_result=report, progress=progress,
+                         executor=executor.value, slurm=slurm, log=log)
+
+
+def _fail_count(summary, total: int, out_dir: Path) -> None:
     out.print(f"ran {summary.ran}, skipped {summary.skipped} (already recorded), failed {summary.failed}")
     if summary.failed:
-        console.print(f"{summary.failed} of {len(specs)} runs failed (recorded in {out_dir}; --retry-failed re-runs "
+        console.print(f"{summary.failed} of {total} runs failed (recorded in {out_dir}; --retry-failed re-runs "
                       f"them)")
         raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def sweep(
+    methods: Annotated[str, typer.Option(help="comma-separated method ids, or 'all'")] = "all",
+    regularizers: Annotated[str, typer.Option(
+        help="comma-separated regularizer ids paired with every method; '-' = none, 'all' = every regularizer")] = "-",
+    speedups: SpeedupsOpt = None, seeds: SeedsOpt = None,
+    model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None, strategy: StrategyOpt = None,
+    runner: RunnerOpt = Runner.subprocess, out_dir: OutDirOpt = Path("results"),
+    data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
+    call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None, no_models: NoModelsOpt = False,
+    jobs: JobsOpt = 1, retry_failed: RetryOpt = False,
+    executor: ExecutorOpt = Executor.local, slurm_config: SlurmConfigOpt = None,
+) -> None:
+    """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
+    _setup(device, threads)
+    cfg = resolve_track(track, model, dataset, strategy)
+    sources = _importance_sources(methods)
+    combos = [dict(method=src, regularizer=reg) for src in sources for reg in _regularizer_list(regularizers)]
+    _, specs = _grid(cfg, combos, speedups, seeds, runner=runner.value, out=out_dir, data_root=data_root,
+                     cache_dir=cache_dir, device=device.value, call_timeout=call_timeout, save_models=not no_models)
+    summary = _run_all(specs, out_dir, jobs, retry_failed, executor, slurm_config)
+    out.print()
+    out.print(leaderboard.markdown(leaderboard.rows(summary.records)), highlight=False, soft_wrap=True)
+    _fail_count(summary, len(specs), out_dir)
+
+
+@app.command("recipe-swap")
+@friendly
+def recipe_swap(
+    methods: Annotated[str, typer.Option(help="comma-separated method ids (at least two)")],
+    recipes: Annotated[str, typer.Option(
+        help="comma-separated retraining recipes of the track ('track' = its own `retrain`, others from its "
+             "`recipes`)")],
+    own: Annotated[Optional[str], typer.Option(
+        help="each method's own recipe, method=recipe,... : also report the as-published comparison "
+             "(A with its recipe vs B with its recipe)")] = None,
+    speedups: SpeedupsOpt = None, seeds: SeedsOpt = None,
+    model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None, strategy: StrategyOpt = None,
+    runner: RunnerOpt = Runner.subprocess, out_dir: OutDirOpt = Path("results"),
+    data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
+    call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None, no_models: NoModelsOpt = False,
+    jobs: JobsOpt = 1, retry_failed: RetryOpt = False,
+    executor: ExecutorOpt = Executor.local, slurm_config: SlurmConfigOpt = None,
+) -> None:
+    """Recipe swap (Wang et al. 2023): every method under every retraining recipe; does the ranking hold?"""
+    from harness import recipe_swap as swap
+    _setup(device, threads)
+    cfg = resolve_track(track, model, dataset, strategy)
+    sources = _importance_sources(methods)
+    if len(sources) < 2:
+        raise HarnessError("--methods: give at least two methods to compare")
+    recipe_list = parse_list(recipes, str, "--recipes")
+    if len(recipe_list) < 2:
+        raise HarnessError(f"--recipes: give at least two (track {cfg.id} has: "
+                           f"{', '.join([TRACK_RECIPE, *cfg.recipes])})")
+    for name in recipe_list:
+        try:
+            cfg.retrain_recipe(name)
+        except ValueError as e:
+            raise HarnessError(str(e)) from None
+    own_map: dict[str, str] = {}
+    for item in parse_list(own, str, "--own") if own else []:
+        m, sep, rec = item.partition("=")
+        if not sep or m not in [s.id for s in sources] or rec not in recipe_list:
+            raise HarnessError(f"--own: expected method=recipe with a method from --methods and a recipe from "
+                               f"--recipes, got {item!r}")
+        own_map[m] = rec
+    combos = [dict(method=src, recipe=None if rec == TRACK_RECIPE else rec) for src in sources for rec in recipe_list]
+    targets, specs = _grid(cfg, combos, speedups, seeds, runner=runner.value, out=out_dir, data_root=data_root,
+                           cache_dir=cache_dir, device=device.value, call_timeout=call_timeout,
+                           save_models=not no_models)
+    summary = _run_all(specs, out_dir, jobs, retry_failed, executor, slurm_config)
+    out.print()
+    for target in targets:
+        report = swap.analyse(summary.records, [s.id for s in sources], recipe_list, target, own_map)
+        out.print(swap.markdown(report), highlight=False, soft_wrap=True)
+    _fail_count(summary, len(specs), out_dir)
