@@ -43,6 +43,12 @@ class Row:
     error: str = ""
 
 
+def run_name(r: ResultRecord, recipe: bool = True) -> str:
+    """``method[+regularizer]``, and `` (retrain <recipe>)`` for a recipe-swap run."""
+    return (r.method.id + (f"+{r.regularizer.id}" if r.regularizer else "")
+            + (f" (retrain {r.recipe})" if recipe and r.recipe else ""))
+
+
 def _mean(xs: list) -> Optional[float]:
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None

@@ -21,12 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
+from harness.leaderboard import run_name
 from specs.result import ResultRecord
 from specs.track import TRACK_RECIPE
-
-
-def method_name(r: ResultRecord) -> str:
-    return r.method.id + (f"+{r.regularizer.id}" if r.regularizer else "")
 
 
 @dataclass
@@ -111,7 +108,7 @@ def analyse(records: list[ResultRecord], methods: list[str], recipes: list[str],
         if r.status != "ok" or r.speedup.target != speedup or recipe not in recipes:
             continue
         track, metric = r.track.id, r.metric.name
-        finals[(method_name(r), recipe)].append(r.metric.final)
+        finals[(run_name(r, recipe=False), recipe)].append(r.metric.final)
     report = SwapReport(track=track, speedup=speedup, metric=metric, methods=list(methods), recipes=list(recipes),
                         own=dict(own or {}))
     for m, rec in itertools.product(methods, recipes):

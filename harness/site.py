@@ -44,7 +44,7 @@ def _plots(records: list[ResultRecord]) -> tuple[str, str]:
     ok = [r for r in records if r.status == "ok"]
     by_method = defaultdict(list)
     for r in ok:
-        by_method[r.method.id + (f"+{r.regularizer.id}" if r.regularizer else "")].append(r)
+        by_method[lb.run_name(r)].append(r)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, rs in sorted(by_method.items()):
         pts = defaultdict(list)

@@ -99,14 +99,9 @@ def _setup(device: Device, threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def _name(record: ResultRecord) -> str:
-    return (record.method.id + (f"+{record.regularizer.id}" if record.regularizer else "")
-            + (f" (retrain {record.recipe})" if record.recipe else ""))
-
-
 def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
     m = record.metric
-    who = _name(record)
+    who = leaderboard.run_name(record)
     if record.status == "failed":
         return f"{who} {record.speedup.target:g}x seed {record.seed}: FAILED: {record.error}"
     reg = f", sparsify {record.timing.reg_s:.1f}s" if record.timing.reg_s is not None else ""
@@ -197,7 +192,7 @@ def _run_all(specs: list[RunSpec], out_dir: Path, jobs: int, retry_failed: bool,
 
     def report(spec: RunSpec, record: ResultRecord, how: str) -> None:
         line = _summary(record) if how == "ran" else \
-            f"{_name(record)} {record.speedup.target:g}x seed {record.seed}: skipped ({record.status}, recorded)"
+            f"{leaderboard.run_name(record)} {record.speedup.target:g}x seed {record.seed}: skipped ({record.status}, recorded)"
         out.print(f"[{next(counter)}/{len(specs)}] {line}", highlight=False, soft_wrap=True)
 
     def log(line: str) -> None:
