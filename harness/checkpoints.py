@@ -24,7 +24,7 @@ from harness.train import Progress, evaluate_top1, train
 from specs.track import Checkpoint, TrackConfig
 
 #: bump when the training loop changes in a way that changes trained weights
-TRAINER_VERSION = 1
+TRAINER_VERSION = 2  # 2: initial weights seeded by pretrain_seed alone
 
 
 def default_cache_dir() -> Path:
@@ -73,8 +73,10 @@ def verified_file(ck: Checkpoint) -> tuple[Path, str]:
 
 def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path] = None, device: str = "cpu",
               progress: Optional[Progress] = None) -> BaseCheckpoint:
-    model = build_model(track, data)
     ck = track.checkpoint
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on pretrain_seed only, never on
+        torch.manual_seed(ck.pretrain_seed)  # whatever the caller's generator state happens to be
+        model = build_model(track, data)
     if ck.path is not None:
         path, digest = verified_file(ck)
         _load_state(model, path)

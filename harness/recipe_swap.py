@@ -41,6 +41,8 @@ class Pair:
     published: Optional[str] = None  # "a", "b" or "tie": a with its own recipe vs b with its own; None without
     #: ``own`` for both
     holds: bool = False  # the same winner under every recipe
+    #: recipes under which the two means differ by no more than the larger std over seeds
+    within_noise: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -127,7 +129,9 @@ def analyse(records: list[ResultRecord], methods: list[str], recipes: list[str],
         report.kendall[(r1, r2)] = kendall_tau([mean[(m, r1)] for m in methods], [mean[(m, r2)] for m in methods])
     for a, b in itertools.combinations(methods, 2):
         winners = {rec: _winner(mean[(a, rec)], mean[(b, rec)], a, b) for rec in recipes}
-        pair = Pair(a, b, winners, holds=len(set(winners.values())) == 1 and None not in winners.values())
+        pair = Pair(a, b, winners, holds=len(set(winners.values())) == 1 and None not in winners.values(),
+                    within_noise={rec for rec in recipes if abs(mean[(a, rec)] - mean[(b, rec)])
+                                  <= max(report.cells[(a, rec)].std, report.cells[(b, rec)].std)})
         if a in report.own and b in report.own:
             pair.published = _winner(mean[(a, report.own[a])], mean[(b, report.own[b])], a, b) or "tie"
         report.pairs.append(pair)
@@ -156,10 +160,13 @@ def markdown(report: SwapReport) -> str:
             head.append("as published (A+own vs B+own)")
         lines += ["| " + " | ".join(head) + " | holds |", "|" + "---|" * (len(head) + 1)]
         for p in report.pairs:
-            cells = [p.a, p.b, *((p.winners[r] or "tie") for r in rs)]
+            cells = [p.a, p.b, *((p.winners[r] or "tie") + ("*" if r in p.within_noise and p.winners[r] else "")
+                                 for r in rs)]
             if report.own:
                 cells.append(p.published or "n/a")
             lines.append("| " + " | ".join(cells) + f" | {'yes' if p.holds else 'no'} |")
+        if any(p.within_noise for p in report.pairs):
+            lines.append("\n\\* the two means differ by no more than one standard deviation over seeds")
         lines.append("")
     for (r1, r2), tau in report.kendall.items():
         lines.append(f"Kendall's tau between the rankings under {r1} and {r2}: {tau:+.2f}")

@@ -127,3 +127,12 @@ def test_recipe_swap_rejects_bad_input(tiny_track_file, tmp_path, extra, message
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and message in res.output, res.output
     assert not list(tmp_path.iterdir())
+
+
+def test_winners_within_seed_noise_are_marked():
+    records = [record("A", "x", 80), record("A", "x", 84, seed=1), record("B", "x", 81),  # 82 ± 2.83 vs 81
+               record("A", None, 90), record("B", None, 85)]                              # 90 vs 85, std 0
+    report = swap.analyse(records, ["A", "B"], ["x", "track"], 2.0)
+    assert report.pairs[0].within_noise == {"x"}
+    text = swap.markdown(report)
+    assert "| A | B | A* | A | yes |" in text and "no more than one standard deviation" in text
