@@ -57,7 +57,13 @@ def test_slurm_executor_bad_input_is_refused_before_anything_runs(tiny_track_fil
     assert res.exit_code == 2 and "--slurm-config needs --executor slurm" in res.output
     res = CliRunner().invoke(app, base + ["--executor", "slurm", "--slurm-config", str(tmp_path / "bad.yaml")])
     assert res.exit_code == 2 and "invalid Slurm options: cpus: Extra inputs are not permitted" in res.output
+    res = CliRunner().invoke(app, base + ["--executor", "slurm", "--device", "cuda"])  # no GPU here, fine on
+    assert res.exit_code == 2 and "set gpus_per_job >= 1" in res.output              # Slurm: but ask for one
+    (tmp_path / "gpu.yaml").write_text("gpus_per_job: 1\n")
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    res = CliRunner().invoke(app, base + ["--executor", "slurm", "--device", "cuda", "--slurm-config",
+                                          str(tmp_path / "gpu.yaml")])
+    assert res.exit_code == 2 and "no `sbatch` on PATH" in res.output
     res = CliRunner().invoke(app, base + ["--executor", "slurm"])
     assert res.exit_code == 2 and "no `sbatch` on PATH" in res.output
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("result.json"))

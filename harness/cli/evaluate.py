@@ -92,8 +92,9 @@ def _regularizer_list(raw: str) -> list:
     return out
 
 
-def _setup(device: Device, threads: Optional[int]) -> None:
-    if device.value == "cuda" and not torch.cuda.is_available():
+def _setup(device: Device, threads: Optional[int], executor: Optional["Executor"] = None) -> None:
+    """``--device cuda`` needs a GPU here, unless the runs go to Slurm jobs (whose nodes have them)."""
+    if device.value == "cuda" and executor != Executor.slurm and not torch.cuda.is_available():
         raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
     if threads:
         torch.set_num_threads(threads)
@@ -186,6 +187,8 @@ def _run_all(specs: list[RunSpec], out_dir: Path, jobs: int, retry_failed: bool,
     if slurm_config is not None and executor != Executor.slurm:
         raise HarnessError("--slurm-config needs --executor slurm")
     slurm = load_slurm_options(slurm_config) if executor == Executor.slurm else None
+    if slurm is not None and specs and specs[0].device == "cuda" and slurm.gpus_per_job == 0:
+        raise HarnessError("--device cuda on Slurm: set gpus_per_job >= 1 in the --slurm-config file")
     for spec in specs[:1]:  # an unknown recipe is bad input: fail before anything runs
         spec.retrain_recipe()
     counter = iter(range(1, len(specs) + 1))
@@ -226,7 +229,7 @@ def sweep(
     executor: ExecutorOpt = Executor.local, slurm_config: SlurmConfigOpt = None,
 ) -> None:
     """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
-    _setup(device, threads)
+    _setup(device, threads, executor)
     cfg = resolve_track(track, model, dataset, strategy)
     sources = _importance_sources(methods)
     combos = [dict(method=src, regularizer=reg) for src in sources for reg in _regularizer_list(regularizers)]
@@ -258,7 +261,7 @@ def recipe_swap(
 ) -> None:
     """Recipe swap (Wang et al. 2023): every method under every retraining recipe; does the ranking hold?"""
     from harness import recipe_swap as swap
-    _setup(device, threads)
+    _setup(device, threads, executor)
     cfg = resolve_track(track, model, dataset, strategy)
     sources = _importance_sources(methods)
     if len(sources) < 2:
