@@ -17,6 +17,7 @@ system every node sees.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -175,16 +176,25 @@ class Journal:
 
     def __init__(self, out: Path):
         self.path = Path(out) / ".slurm" / "jobs.json"
+        self.entries = self._read()
+        self._new: dict[str, dict] = {}
+
+    def _read(self) -> dict[str, dict]:
         try:
-            self.entries: dict[str, dict] = json.loads(self.path.read_text())
+            return json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.entries = {}
+            return {}
 
     def add(self, key: str, job_id: str, folder: Path) -> None:
-        self.entries[key] = {"job_id": job_id, "folder": str(folder)}
+        self._new[key] = self.entries[key] = {"job_id": job_id, "folder": str(folder)}
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+        """Merge this driver's submissions into the file (another driver may have added its own)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.entries = {**self._read(), **self._new}
+            atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
 
 
 def _submitit():

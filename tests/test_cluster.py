@@ -122,3 +122,14 @@ def test_a_stopped_job_knows_why(signum, limit_s, state):
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_the_job_journal_merges_concurrent_drivers(tmp_path):
+    from harness.cluster import Journal
+    a, b = Journal(tmp_path), Journal(tmp_path)  # two sweeps into one store
+    a.add("k1", "10_0", tmp_path / "f1")
+    b.add("k2", "11_0", tmp_path / "f2")
+    a.save()
+    b.save()
+    assert Journal(tmp_path).entries == {"k1": {"job_id": "10_0", "folder": str(tmp_path / "f1")},
+                                         "k2": {"job_id": "11_0", "folder": str(tmp_path / "f2")}}
