@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,12 +39,13 @@ def _unavailable(reason: str):
 
 
 @pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
+def slurm():
     if os.geteuid() != 0:
         _unavailable("starting Slurm daemons needs root")
     if not (Path("/usr/sbin/slurmctld").exists() or Path("/usr/bin/apt-get").exists()):
         _unavailable("no Slurm and no apt-get to install it")
-    state = tmp_path_factory.mktemp("slurm")
+    # a short path: the cluster's Unix sockets live under it (108-byte limit), whatever pytest's basetemp is
+    state = Path(tempfile.mkdtemp(prefix="pbench-slurm-", dir="/tmp"))
     res = subprocess.run(["bash", str(SCRIPT), "start", str(state)], capture_output=True, text=True, timeout=900)
     if res.returncode != 0:
         _unavailable(f"slurm-cluster.sh start failed: {res.stderr.strip()[-2000:]}")
@@ -60,6 +63,7 @@ def slurm(tmp_path_factory):
         assert stop.returncode == 0, stop.stderr
         alive = [p for p in state.rglob("*.pid") if _alive(p)]
         assert not alive, f"daemons still running: {alive}"
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def _alive(pidfile: Path) -> bool:
