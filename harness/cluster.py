@@ -31,9 +31,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from harness.errors import HarnessError
-from harness.protocol import RunSpec, evaluate, record_unrun, run_dir_name, run_key_of
+from harness.protocol import RunSpec, current_job, evaluate, record_unrun, recorded, run_dir_name, run_key_of
 from harness.results import atomic_write_text
-from harness.store import Store, clean_stale_staging
+from harness.store import clean_stale_staging
 from specs.base import Strict, explain
 from specs.result import JobInfo, ResultRecord
 from specs.sdk import one_line
@@ -143,11 +143,10 @@ def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: f
     """What one Slurm job runs. Idempotent: a run already recorded ``ok`` is not run again (a
     re-submitted or requeued job finds it). Every outcome leaves a record in the store."""
     import torch
-    from harness.protocol import current_job
     torch.set_num_threads(_threads_for_job())
     _on_stop_signals(time_limit_s, signal_delay_s)
     key = run_key_of(spec)
-    existing = Store.load(Path(spec.out) / spec.track.id).records.get(key)
+    existing = recorded(spec, key)
     if existing is not None and existing.status == "ok":
         return existing
     try:
@@ -213,17 +212,19 @@ def run_on_slurm(todo: list[RunSpec], out: Path, options: SlurmOptions,
         raise HarnessError("--executor slurm: no `sbatch` on PATH (is this a Slurm login node? SLURM_CONF set?)")
     out = Path(out).resolve()
     journal = Journal(out)
-    jobs: list[tuple[RunSpec, object]] = []
-    fresh = []
+    jobs: list[tuple[RunSpec, str, object]] = []  # (spec, run key, submitit job)
+    fresh: list[tuple[RunSpec, str]] = []
     for spec in todo:
-        entry = journal.entries.get(run_key_of(spec))
+        key = run_key_of(spec)
+        entry = journal.entries.get(key)
         if entry is not None:
             job = submitit.SlurmJob(folder=entry["folder"], job_id=entry["job_id"])
-            if _slurm_state(job) in _ACTIVE:
-                log(f"attached to job {job.job_id} (still {_slurm_state(job).lower()}): {run_dir_name(spec, run_key_of(spec))}")
-                jobs.append((spec, job))
+            state = _slurm_state(job)
+            if state in _ACTIVE:
+                log(f"attached to job {job.job_id} (still {state.lower()}): {run_dir_name(spec, key)}")
+                jobs.append((spec, key, job))
                 continue
-        fresh.append(spec)
+        fresh.append((spec, key))
     if fresh:
         # one folder per submission: job ids restart at 1 on a fresh Slurm, and submitit finds results by id
         folder = Path(options.folder or out / ".slurm" / time.strftime(f"%Y%m%d-%H%M%S-{os.getpid()}")).resolve()
@@ -232,28 +233,28 @@ def run_on_slurm(todo: list[RunSpec], out: Path, options: SlurmOptions,
         try:
             job_fn = functools.partial(run_job, time_limit_s=options.time_min * 60,
                                        signal_delay_s=options.signal_delay_s)
-            submitted = executor.map_array(job_fn, fresh)
+            submitted = executor.map_array(job_fn, [spec for spec, _ in fresh])
         except Exception as e:
             raise HarnessError(f"sbatch refused the sweep: {str(e).strip().splitlines()[-1]}") from None
-        for spec, job in zip(fresh, submitted):
-            journal.add(run_key_of(spec), job.job_id, folder)
-            jobs.append((spec, job))
+        for (spec, key), job in zip(fresh, submitted):
+            journal.add(key, job.job_id, folder)
+            jobs.append((spec, key, job))
         journal.save()
         log(f"submitted {len(fresh)} runs as Slurm job array {submitted[0].job_id.split('_')[0]} "
             f"(logs in {folder})")
     pending = dict(enumerate(jobs))
     while pending:
         for i in list(pending):
-            spec, job = pending[i]
+            spec, key, job = pending[i]
             if not job.done():
                 continue
             del pending[i]
-            done(spec, _outcome(spec, job))
+            done(spec, _outcome(spec, key, job))
         if pending:
             time.sleep(options.poll_s)
 
 
-def _outcome(spec: RunSpec, job) -> ResultRecord:
+def _outcome(spec: RunSpec, key: str, job) -> ResultRecord:
     """The record of a finished job: its own, or one the driver writes for a job that left none."""
     state = _slurm_state(job)
     detail = ""
@@ -263,6 +264,6 @@ def _outcome(spec: RunSpec, job) -> ResultRecord:
         except Exception as e:
             state = _slurm_state(job)
             detail = "" if state in _STOPPED else f": {one_line(e)[:300]}"
-    clean_stale_staging(Path(spec.out) / spec.track.id, run_dir_name(spec, run_key_of(spec)))
+    clean_stale_staging(Path(spec.out) / spec.track.id, run_dir_name(spec, key))
     reason = f"Slurm job {job.job_id} ended {state}{detail} (re-run with --retry-failed)"
     return record_unrun(spec, reason, JobInfo(job_id=str(job.job_id), state=state))[0]

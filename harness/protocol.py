@@ -159,16 +159,14 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     base = task.base_model(progress)
     strategy = track.pruning.strategy
     recipe = spec.retrain_recipe()
-    run_dir, staging = _staging(spec, key)
+    run_dir = _run_dir(spec, key)
+    staging = _new_staging(run_dir)
 
     model = copy.deepcopy(base.model).to(spec.device)
     example = task.example_inputs()
     base_macs, base_params = count_macs_params(model, example)
     base_layers = layer_channels(model)
-    fields = dict(
-        run_key=key, regularizer=None, track=TrackInfo(id=track.id, hash=track.hash()), model=track.model.name,
-        dataset=track.dataset.name, seed=spec.seed, strategy=strategy, recipe=spec.recipe, started_at=started,
-        provenance=provenance(base.sha256, spec.device), job=current_job())
+    fields = _record_fields(spec, key, base.sha256, started, current_job())
     info = MethodInfo(id=method.id, version=method.manifest.version, runner=spec.runner)
     if reg is not None:
         fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner)
@@ -238,18 +236,47 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     if record.status == "failed":
         for f in staging.iterdir():
             f.unlink()
-    write_record(staging / RESULT_FILE, record)
-    _replace_dir(staging, run_dir)
+    _publish(record, staging, run_dir)
     return record, run_dir
 
 
-def _staging(spec: RunSpec, key: str) -> tuple[Path, Path]:
-    """(the run's directory, a fresh private staging directory beside it)."""
-    run_dir = Path(spec.out) / spec.track.id / run_dir_name(spec, key)
+def _run_dir(spec: RunSpec, key: str) -> Path:
+    return Path(spec.out) / spec.track.id / run_dir_name(spec, key)
+
+
+def recorded(spec: RunSpec, key: str) -> Optional[ResultRecord]:
+    """The record run ``spec`` (run key ``key``) already has in its store, if a valid one."""
+    try:
+        return read_record(_run_dir(spec, key) / RESULT_FILE)
+    except HarnessError:  # none, or unreadable (a new one replaces it)
+        return None
+
+
+def _new_staging(run_dir: Path) -> Path:
+    """A fresh private staging directory beside ``run_dir``."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(run_dir.name), dir=run_dir.parent))
     os.chmod(staging, 0o755)
-    return run_dir, staging
+    return staging
+
+
+def _publish(record: ResultRecord, staging: Path, run_dir: Path) -> None:
+    write_record(staging / RESULT_FILE, record)
+    _replace_dir(staging, run_dir)
+
+
+def _record_fields(spec: RunSpec, key: str, checkpoint_sha256: Optional[str], started: str,
+                   job: Optional[JobInfo]) -> dict:
+    """What every record of ``spec`` says about the run, whatever its outcome."""
+    track = spec.track
+    return dict(run_key=key, regularizer=None, track=TrackInfo(id=track.id, hash=track.hash()),
+                model=track.model.name, dataset=track.dataset.name, seed=spec.seed,
+                strategy=track.pruning.strategy, recipe=spec.recipe, started_at=started,
+                provenance=provenance(checkpoint_sha256, spec.device), job=job)
+
+
+def _error_line(error: str) -> str:
+    return error.splitlines()[0][:1000] if error else "unknown error"
 
 
 def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tuple[ResultRecord, Path]:
@@ -257,28 +284,21 @@ def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tu
     timed out, was preempted, or stopped on bad input) as ``failed`` with ``error``, so that it is
     reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never replaced."""
     key = run_key_of(spec)
-    run_dir, staging = _staging(spec, key)
-    try:
-        existing = read_record(run_dir / RESULT_FILE)
-    except HarnessError:
-        existing = None  # none, or unreadable: replaced below
+    run_dir = _run_dir(spec, key)
+    existing = recorded(spec, key)
     if existing is not None and existing.status == "ok":  # the job finished its run before it was stopped
-        shutil.rmtree(staging, ignore_errors=True)
         return existing, run_dir
-    track, now = spec.track, _now()
-    reg = spec.regularizer
+    now, reg = _now(), spec.regularizer
+    fields = _record_fields(spec, key, None, now, job)
+    if reg is not None:
+        fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
+                                           hyperparameters=_resolved(reg, spec.reg_hyperparameters))
     record = ResultRecord(
-        status="failed", error=error.splitlines()[0][:1000] if error else "unknown error", run_key=key,
+        status="failed", error=_error_line(error), speedup=Speedup(target=spec.speedup),
         method=MethodInfo(id=spec.method.id, version=spec.method.manifest.version, runner=spec.runner,
                           hyperparameters=_resolved(spec.method, spec.hyperparameters)),
-        regularizer=MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
-                               hyperparameters=_resolved(reg, spec.reg_hyperparameters)) if reg else None,
-        track=TrackInfo(id=track.id, hash=track.hash()), model=track.model.name, dataset=track.dataset.name,
-        seed=spec.seed, strategy=track.pruning.strategy, speedup=Speedup(target=spec.speedup), recipe=spec.recipe,
-        metric=MetricInfo(name=track.metric), provenance=provenance(None, spec.device), job=job,
-        started_at=now, finished_at=now)
-    write_record(staging / RESULT_FILE, record)
-    _replace_dir(staging, run_dir)
+        metric=MetricInfo(name=spec.track.metric), finished_at=now, **fields)
+    _publish(record, _new_staging(run_dir), run_dir)
     return record, run_dir
 
 
@@ -300,7 +320,7 @@ def _sparsify_stage(spec: RunSpec, task, model, example, fields: dict, timing: d
 def _failed(error: str, info: MethodInfo, spec: RunSpec, metric: MetricInfo, base_macs: float, base_params: int,
             timing: dict, t_start: float, fields: dict) -> ResultRecord:
     return ResultRecord(
-        status="failed", error=error.splitlines()[0][:1000] if error else "unknown error", method=info,
+        status="failed", error=_error_line(error), method=info,
         speedup=Speedup(target=spec.speedup), macs=BeforeAfter(base=base_macs),
         params=BeforeAfter(base=base_params), metric=MetricInfo(name=metric.name, base=metric.base),
         timing=Timing(**timing, total_s=time.perf_counter() - t_start), finished_at=_now(), **fields)
