@@ -96,6 +96,26 @@ def contribution_gram(member, x: torch.Tensor, w: torch.Tensor):
     return q, roots
 
 
+def input_consumers(group: Group, inputs) -> list[Member]:
+    """The conv/linear members that read the group's channels as inputs (not transposed, with a
+    weight) and whose layer inputs were observed (``inputs``: the ``inputs`` observation)."""
+    return [m for m in group.members
+            if m.dim == "in" and m.kind in ("conv", "linear") and not m.transposed and m.weight
+            and m.layer in inputs]
+
+
+def root_filter_norms(group: Group, weights: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+    """``[n_channels]``: the L2 norm of each root channel's filter in the group's root layer
+    (zero for channels it does not index), or None when the root has no weight."""
+    root = next((m for m in group.members if m.layer == group.root and m.dim == "out" and m.weight), None)
+    if root is None:
+        return None
+    norms = torch.zeros(group.n_channels)
+    w = weights[root.weight]
+    norms[torch.as_tensor(root.root_idxs)] = w[torch.as_tensor(root.idxs)].flatten(1).norm(dim=1).float()
+    return norms
+
+
 def reduce_to_root(group: Group, parts: Iterable[tuple[Member, torch.Tensor]], reduction: str = "mean") -> torch.Tensor:
     """Combine per-member scores (each ``[len(member.idxs)]``) into ``[group.n_channels]``.
 
@@ -280,8 +300,10 @@ def channel_sq_norms(member: Member, tensor: torch.Tensor) -> torch.Tensor:
     return sq[member_positions(member, tensor)]
 
 
-def _member_keys(member: Member, bias: bool) -> list[str]:
-    # a bias follows its layer's outputs only; input pruning does not touch it (as in Torch-Pruning)
+def member_keys(member: Member, bias: bool) -> list[str]:
+    """The member's parameter keys: its weight, and its bias if ``bias`` and the member is pruned along
+    its outputs (a bias follows its layer's outputs only; input pruning does not touch it, as in
+    Torch-Pruning)."""
     keys = [member.weight] if member.weight else []
     if bias and member.bias and member.dim == "out":
         keys.append(member.bias)
@@ -297,7 +319,7 @@ def group_sq_norms(group: Group, weights: dict[str, torch.Tensor], kinds: Iterab
     """
     kinds = tuple(kinds)
     parts = [(m, channel_sq_norms(m, weights[k])) for m in group.members if m.kind in kinds
-             for k in _member_keys(m, bias)]
+             for k in member_keys(m, bias)]
     return reduce_to_root(group, parts, reduction)
 
 
@@ -322,7 +344,7 @@ def scale_members(groups: Iterable[Group], coefs: dict[str, torch.Tensor], weigh
             if m.kind not in kinds:
                 continue
             root = torch.as_tensor(m.root_idxs, dtype=torch.long)
-            for key in _member_keys(m, bias):
+            for key in member_keys(m, bias):
                 w = weights[key]
                 d = member_dim(m, w)
                 s = out.setdefault(f"{key}@{d}", torch.zeros(w.shape[d], dtype=torch.float32))

@@ -13,7 +13,7 @@ Scores are in [0, 1] and averaged over the group's consumers.
 
 import torch
 
-from specs.sdk import ImportanceMethod, contribution_gram
+from specs.sdk import ImportanceMethod, contribution_gram, input_consumers, root_filter_norms
 
 
 def _polish(Q: torch.Tensor, q: torch.Tensor, lam: float, b: list, live: torch.Tensor, tries: int = 10):
@@ -123,20 +123,11 @@ def path_scores(Q: torch.Tensor, steps: int, min_ratio: float, tol: float) -> to
     return scores
 
 
-def consumers(group, obs):
-    return [m for m in group.members
-            if m.dim == "in" and m.kind in ("conv", "linear") and not m.transposed and m.weight
-            and m.layer in obs.inputs]
-
-
 def fallback(group, obs) -> torch.Tensor:
     """No observed consumer: the root filters' L2 norm, divided by the largest (documented deviation)."""
-    root = next((m for m in group.members if m.layer == group.root and m.dim == "out" and m.weight), None)
-    if root is None:
+    norms = root_filter_norms(group, obs.weights)
+    if norms is None:
         return torch.ones(group.n_channels)
-    norms = torch.zeros(group.n_channels)
-    w = obs.weights[root.weight]
-    norms[torch.as_tensor(root.root_idxs)] = w[torch.as_tensor(root.idxs)].flatten(1).norm(dim=1).float()
     return norms / norms.max() if norms.max() > 0 else norms
 
 
@@ -144,7 +135,7 @@ class Method(ImportanceMethod):
     def score_group(self, group, obs):
         total = torch.zeros(group.n_channels, dtype=torch.float64)
         count = torch.zeros(group.n_channels, dtype=torch.float64)
-        for m in consumers(group, obs):
+        for m in input_consumers(group, obs.inputs):
             Q, roots = contribution_gram(m, obs.inputs[m.layer], obs.weights[m.weight])
             total[roots] += path_scores(Q, self.hp["path_steps"], self.hp["min_ratio"], self.hp["tol"])
             count[roots] += 1

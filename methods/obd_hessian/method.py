@@ -4,7 +4,7 @@ channel is sum_i 0.5 * H_ii * w_i^2 over that channel's weights (BN/LayerNorm: i
 Mean reduction over conv/linear/norm members, mean normalization, as Torch-Pruning's
 GroupHessianImportance - which, in 1.6.1, keeps only the last sample's squared gradient."""
 
-from specs.sdk import PARAM_KINDS, ImportanceMethod, member_rows, normalize, reduce_to_root
+from specs.sdk import PARAM_KINDS, ImportanceMethod, member_keys, member_rows, normalize, reduce_to_root
 
 
 class Method(ImportanceMethod):
@@ -13,9 +13,7 @@ class Method(ImportanceMethod):
         for m in group.members:
             if m.kind not in PARAM_KINDS:
                 continue
-            # biases are indexed by output channel: only "out" members have one per pruned index
-            keys = [m.weight, m.bias if self.hp["bias"] and m.dim == "out" else None]
-            for key in filter(None, keys):
+            for key in member_keys(m, self.hp["bias"]):
                 saliency = 0.5 * obs.sq_gradients[key] * obs.weights[key].pow(2)
                 parts.append((m, member_rows(m, saliency).sum(1)))
         return normalize(reduce_to_root(group, parts, self.hp["reduction"]), self.hp["normalizer"])

@@ -6,7 +6,7 @@ part. Mean reduction over parts, mean normalization: Torch-Pruning's GroupTaylor
 except that BatchNorm is scored (``score_bn``; TP 1.6.1 tests the BN branch against the
 GroupNorm handler, so BN members never count)."""
 
-from specs.sdk import PARAM_KINDS, ImportanceMethod, member_rows, normalize, reduce_to_root
+from specs.sdk import PARAM_KINDS, ImportanceMethod, member_keys, member_rows, normalize, reduce_to_root
 
 
 class Method(ImportanceMethod):
@@ -16,9 +16,7 @@ class Method(ImportanceMethod):
         for m in group.members:
             if m.kind not in kinds:
                 continue
-            # biases are indexed by output channel: only "out" members have one per pruned index
-            keys = [m.weight, m.bias if self.hp["bias"] and m.dim == "out" else None]
-            for key in filter(None, keys):
+            for key in member_keys(m, self.hp["bias"]):
                 wg = member_rows(m, obs.weights[key] * obs.gradients[key])
                 parts.append((m, wg.sum(1).abs() if self.hp["multivariable"] else wg.abs().sum(1)))
         return normalize(reduce_to_root(group, parts, self.hp["reduction"]), self.hp["normalizer"])

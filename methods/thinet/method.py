@@ -12,7 +12,7 @@ averaged over the group's consumers.
 
 import torch
 
-from specs.sdk import ImportanceMethod, contribution_gram
+from specs.sdk import ImportanceMethod, contribution_gram, input_consumers, root_filter_norms
 
 
 def greedy_removal_order(q: torch.Tensor) -> list[int]:
@@ -39,29 +39,19 @@ def rank_scores(order: list[int]) -> torch.Tensor:
     return out
 
 
-def consumers(group, obs):
-    """Members that read the group's channels as inputs and whose inputs were observed."""
-    return [m for m in group.members
-            if m.dim == "in" and m.kind in ("conv", "linear") and not m.transposed and m.weight
-            and m.layer in obs.inputs]
-
-
 def fallback(group, obs) -> torch.Tensor:
     """No observed consumer: rank of the root filters' L2 norm (documented deviation)."""
-    root = next((m for m in group.members if m.layer == group.root and m.dim == "out" and m.weight), None)
-    if root is None:
+    norms = root_filter_norms(group, obs.weights)
+    if norms is None:
         return torch.ones(group.n_channels)
-    norms = torch.zeros(group.n_channels, dtype=torch.float64)
-    w = obs.weights[root.weight]
-    norms[torch.as_tensor(root.root_idxs)] = w[torch.as_tensor(root.idxs)].flatten(1).norm(dim=1).double()
-    return rank_scores(norms.argsort(stable=True).tolist()).float()
+    return rank_scores(norms.double().argsort(stable=True).tolist()).float()
 
 
 class Method(ImportanceMethod):
     def score_group(self, group, obs):
         total = torch.zeros(group.n_channels, dtype=torch.float64)
         count = torch.zeros(group.n_channels, dtype=torch.float64)
-        for m in consumers(group, obs):
+        for m in input_consumers(group, obs.inputs):
             q, roots = contribution_gram(m, obs.inputs[m.layer], obs.weights[m.weight])
             total[roots] += rank_scores(greedy_removal_order(q))
             count[roots] += 1
