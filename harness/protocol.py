@@ -37,7 +37,7 @@ from harness.sparsify import sparsify
 from harness.tasks import task_for
 from specs.result import BeforeAfter, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
 from specs.sdk import one_line, seed_everything
-from specs.track import TrackConfig, recipe_hash
+from specs.track import TrackConfig
 
 #: progress(stage, done, total); stages: pretrain, prune, retrain
 Progress = Callable[[str, int, int], None]
@@ -91,7 +91,7 @@ def run_key_of(spec: RunSpec) -> str:
     a regularizer counts as ``id@version``; under docker the image digest is part of it."""
     reg = spec.regularizer
     digest = None
-    recipe = None if spec.recipe is None else (spec.recipe, recipe_hash(spec.retrain_recipe()))
+    recipe = None if spec.recipe is None else (spec.recipe, spec.retrain_recipe().hash())
     if spec.runner == "docker":
         from harness.runners.docker_runner import image_digest, image_tag
         digest = image_digest(spec.runner_options.get("image") or image_tag(spec.method.manifest))

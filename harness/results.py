@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Optional
 from pydantic import ValidationError
 
 from harness.errors import HarnessError
-from specs.base import explain
+from specs.base import explain, sha256_json
 from specs.result import ResultRecord
 
 RESULT_FILE = "result.json"
@@ -30,7 +28,7 @@ def run_key(track_hash: str, method_id: str, method_version: str, image_digest: 
              "speedup": float(speedup), "strategy": strategy, "seed": int(seed)}
     if recipe is not None:
         ident["recipe"] = list(recipe)
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return sha256_json(ident)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+import hashlib
+import json
+from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from specs.version import SPEC_VERSION, spec_major
+
+
+def sha256_json(data: Any) -> str:
+    """sha256 (hex) of ``data`` as canonical JSON: sorted keys, no whitespace."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class Strict(BaseModel):

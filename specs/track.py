@@ -7,13 +7,11 @@ Methods cannot override any of it. Its canonical hash goes into every result.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned
+from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, sha256_json
 
 Strategy = Literal["local", "global", "protected_global"]
 Metric = Literal["top1", "map50_95"]
@@ -57,6 +55,9 @@ class Recipe(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augmentation: Literal["none", "crop_flip", "crop", "randaug"] = "none"
     amp: bool = False
+
+    def hash(self) -> str:
+        return sha256_json(self.model_dump(mode="json"))
 
 
 class Checkpoint(Strict):
@@ -139,14 +140,10 @@ class TrackConfig(Versioned):
             raise ValueError(f"recipes: {TRACK_RECIPE!r} is reserved for the track's own `retrain` recipe")
         return self
 
-    def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", exclude={"recipes", "spec_version"}), sort_keys=True,
-                          separators=(",", ":"))
-
     def hash(self) -> str:
         """sha256 of the canonical JSON of the (validated) setting: everything but the alternative
         recipes and the spec version (a new spec version does not change what a track measures)."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return sha256_json(self.model_dump(mode="json", exclude={"recipes", "spec_version"}))
 
     def retrain_recipe(self, name: Optional[str]) -> Recipe:
         """The retraining recipe called ``name`` (``None`` or ``"track"``: the track's own)."""
@@ -156,8 +153,3 @@ class TrackConfig(Versioned):
             known = ", ".join([TRACK_RECIPE, *self.recipes])
             raise ValueError(f"track {self.id} has no retraining recipe {name!r} (it has: {known})")
         return self.recipes[name]
-
-
-def recipe_hash(recipe: Recipe) -> str:
-    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True,
-                                     separators=(",", ":")).encode()).hexdigest()

@@ -130,6 +130,13 @@ def test_committed_digits_records_belong_to_the_current_track():
     assert not store.invalid
     assert len(store.records) >= 48
     assert {r.track.hash for r in store.records.values()} == {load_track("digits-resnet18").hash()}
+    # ...and their run keys are the ones today's harness gives those runs (a sweep would skip them)
+    import importlib.util
+    from harness.protocol import run_key_of
+    spec = importlib.util.spec_from_file_location("digits_leaderboard", REPO / "benchmarks" / "digits_leaderboard.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert {run_key_of(s) for s in bench.specs(DIGITS_RESULTS.parent)} == set(store.records)
 
 
 def test_track_recipes_are_named_and_checked(tiny_track):
