@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.methods import discover, find_method
+from harness.methods import find_method, providing
 from harness.protocol import RunSpec
 from harness.sweep import run_sweep
 from harness.tasks import task_for
@@ -31,9 +31,7 @@ PAIRINGS = {"magnitude_l2": ["group_lasso", "group_norm", "growing_reg"], "bn_sc
 
 def specs(out: Path) -> list[RunSpec]:
     track = load_track("digits-resnet18")
-    registry = discover()
-    importance = [m for m in registry.names() if "importance" in registry.get(m).manifest.provides]
-    combos = [(m, None) for m in importance] + [(m, r) for m, regs in PAIRINGS.items() for r in regs]
+    combos = [(m.id, None) for m in providing("importance")] + [(m, r) for m, regs in PAIRINGS.items() for r in regs]
     return [RunSpec(track=track, method=find_method(m), regularizer=find_method(r) if r else None, speedup=s,
                     seed=0, out=out, save_models=False) for m, r in combos for s in track.pruning.speedups]
 

@@ -44,6 +44,12 @@ def discover() -> Registry[MethodSource]:
     return registry
 
 
+def providing(what: str) -> list[MethodSource]:
+    """The discovered methods that provide ``what`` ("importance" or "regularizer"), by id."""
+    registry = discover()
+    return [registry.get(m) for m in registry.names() if what in registry.get(m).manifest.provides]
+
+
 def load_source(path: Path) -> MethodSource:
     try:
         manifest = load_manifest(path)

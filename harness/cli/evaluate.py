@@ -12,7 +12,7 @@ import typer
 from harness import leaderboard
 from harness.cli.common import ProgressDisplay, console, friendly, out, parse_hp, parse_list
 from harness.errors import HarnessError
-from harness.methods import discover, find_method
+from harness.methods import find_method, providing
 from harness.protocol import RunSpec, evaluate as run_protocol
 from harness.sweep import run_sweep
 from harness.runners import RUNNERS
@@ -72,8 +72,7 @@ def find_regularizer(name: Optional[str]):
         return None
     source = find_method(name.strip())
     if "regularizer" not in source.manifest.provides:
-        registry = discover()
-        regs = [m for m in registry.names() if "regularizer" in registry.get(m).manifest.provides]
+        regs = [m.id for m in providing("regularizer")]
         raise HarnessError(f"method {source.id!r} provides no regularizer (it provides "
                            f"{'+'.join(source.manifest.provides)}); regularizers: {', '.join(regs) or 'none'}")
     return source
@@ -85,8 +84,7 @@ def _regularizer_list(raw: str) -> list:
     out = []
     for name in names:
         if name == "all":
-            registry = discover()
-            out += [registry.get(m) for m in registry.names() if "regularizer" in registry.get(m).manifest.provides]
+            out += providing("regularizer")
         else:
             out.append(find_regularizer(name))
     return out
@@ -169,10 +167,9 @@ def _grid(cfg: TrackConfig, combos: list[dict], speedups: Optional[str], seeds: 
 
 
 def _importance_sources(methods: str) -> list:
-    registry = discover()
-    ids = [m for m in registry.names() if "importance" in registry.get(m).manifest.provides] \
-        if methods == "all" else parse_list(methods, str, "--methods")
-    sources = [find_method(m) for m in ids]
+    if methods == "all":
+        return providing("importance")
+    sources = [find_method(m) for m in parse_list(methods, str, "--methods")]
     for src in sources:  # bad input before the first run, not in the middle of the sweep
         if "importance" not in src.manifest.provides:
             raise HarnessError(f"method {src.id!r} provides no importance scores (it is a regularizer: "
@@ -189,8 +186,6 @@ def _run_all(specs: list[RunSpec], out_dir: Path, jobs: int, retry_failed: bool,
     slurm = load_slurm_options(slurm_config) if executor == Executor.slurm else None
     if slurm is not None and specs and specs[0].device == "cuda" and slurm.gpus_per_job == 0:
         raise HarnessError("--device cuda on Slurm: set gpus_per_job >= 1 in the --slurm-config file")
-    for spec in specs[:1]:  # an unknown recipe is bad input: fail before anything runs
-        spec.retrain_recipe()
     counter = iter(range(1, len(specs) + 1))
 
     def report(spec: RunSpec, record: ResultRecord, how: str) -> None:
