@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from harness.methods import find_method, providing
-from harness.protocol import RunSpec
-from harness.sweep import run_sweep
+from harness.protocol.run import RunSpec
+from harness.orchestration.sweep import run_sweep
 from harness.tasks import task_for
 from harness.tracks import load_track
 

@@ -17,9 +17,9 @@ import time
 import torch
 import torchvision
 
-from harness.grouping import PruneConfig, describe_groups
+from harness.protocol.grouping import PruneConfig, describe_groups
 from harness.methods import find_method
-from harness.observations import collect
+from harness.protocol.observations import collect
 from harness.runners import client_class
 
 

@@ -18,11 +18,11 @@ import time
 import torch
 import torch_pruning as tp
 
-from harness.grouping import PruneConfig, count_macs_params, describe_groups
+from harness.protocol.grouping import PruneConfig, count_macs_params, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
-from harness.observations import collect
-from harness.pruning import make_planner, search_speedup
+from harness.protocol.observations import collect
+from harness.protocol.pruning import make_planner, search_speedup
 from harness.runners import client_class
 
 

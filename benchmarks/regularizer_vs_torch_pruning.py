@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from harness.grouping import PruneConfig, describe_groups
+from harness.protocol.grouping import PruneConfig, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
 from harness.runners import client_class
-from harness.sparsify import make_grad_hook, open_link
-from harness.train import make_optimizer
+from harness.protocol.sparsify import make_grad_hook, open_link
+from harness.protocol.train import make_optimizer
 from specs.track import Recipe
 
 RECIPE = Recipe(epochs=1, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4)

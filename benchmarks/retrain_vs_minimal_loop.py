@@ -1,4 +1,4 @@
-"""Retraining throughput: the harness's training loop (harness.train.train, the loop every
+"""Retraining throughput: the harness's training loop (harness.protocol.train.train, the loop every
 track's retrain recipe uses) vs a minimal PyTorch loop doing the same work (SGD + momentum,
 cosine schedule, cross-entropy), side by side in one run. Target: >= 0.95x throughput.
 
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from harness.data import load_dataset
 from harness.models import create_model
-from harness.train import train
+from harness.protocol.train import train
 from specs.track import Recipe
 
 

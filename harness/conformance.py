@@ -18,10 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import MethodFailure
-from harness.grouping import PruneConfig, describe_groups
+from harness.protocol.grouping import PruneConfig, describe_groups
 from harness.methods import MethodSource
 from harness.models import classifier_of, create_model
-from harness.observations import collect, param_keys
+from harness.protocol.observations import collect, param_keys
 from harness.runners import client_class
 from specs.messages import Group
 from specs.submission import CheckResult, ConformanceReport

@@ -46,7 +46,7 @@ DIGITS_RESULTS = REPO_ROOT / "benchmarks" / "results" / "digits-resnet18"
 
 
 def _digits() -> str:
-    from harness import leaderboard as lb
+    from harness.views import leaderboard as lb
     from harness.store import Store
     store = Store.load(DIGITS_RESULTS) if DIGITS_RESULTS.is_dir() else Store()
     if store.invalid:

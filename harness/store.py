@@ -1,6 +1,6 @@
 """The result store: a folder of run directories, one validated ``result.json`` each.
 
-A run's identity is its run key (:func:`harness.results.run_key`); its directory
+A run's identity is its run key (:func:`run_key`); its directory
 name ends with the key's first 8 hex digits. Runs are written in a hidden
 staging directory (``.staging-<pid>@<host>@<run>-...``) and renamed into
 place, so a reader sees a finished run or nothing; staging left behind by a
@@ -15,15 +15,70 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from pydantic import ValidationError
 
 from harness.errors import HarnessError
-from harness.results import RESULT_FILE, read_record
+from specs.base import explain, sha256_json
 from specs.result import ResultRecord
 
+if TYPE_CHECKING:
+    from harness.methods import MethodSource
+    from harness.protocol.run import RunSpec
+
+RESULT_FILE = "result.json"
 STAGING_PREFIX = ".staging-"
 _STAGING = re.compile(r"\.staging-(\d+)(?:@([^@/]+)@)?")
+
+
+def run_key(track_hash: str, method_id: str, method_version: str, image_digest: Optional[str],
+            regularizer: Optional[str], speedup: float, strategy: str, seed: int,
+            hyperparameters: Optional[dict] = None, reg_hyperparameters: Optional[dict] = None,
+            recipe: Optional[tuple[str, str]] = None) -> str:
+    """Canonical identity of a run (its result is unique per key): track hash, method id, version,
+    image digest and resolved hyperparameters, regularizer (``id@version``) and its hyperparameters,
+    speedup, strategy, seed, and (recipe-swap runs only) the retraining recipe's name and hash."""
+    ident = {"track": track_hash, "method": [method_id, method_version, image_digest, hyperparameters or {}],
+             "regularizer": [regularizer, reg_hyperparameters or {}] if regularizer else None,
+             "speedup": float(speedup), "strategy": strategy, "seed": int(seed)}
+    if recipe is not None:
+        ident["recipe"] = list(recipe)
+    return sha256_json(ident)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(path: Path, record: ResultRecord) -> None:
+    # round trip through the model: what lands on disk is exactly what a reader will accept
+    text = record.model_dump_json(indent=2)
+    ResultRecord.model_validate_json(text)
+    atomic_write_text(path, text + "\n")
+
+
+def read_record(path: Path) -> ResultRecord:
+    try:
+        return ResultRecord.model_validate_json(Path(path).read_text())
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot read ({e.strerror})") from None
+    except ValidationError as e:
+        raise HarnessError(f"{path}: invalid result record: {explain(e)}") from None
 
 
 def host_name() -> str:
@@ -44,6 +99,78 @@ def find_records(root: Path) -> list[Path]:
         if not any(part.startswith(".") for part in rel):
             out.append(path)
     return sorted(out)
+
+
+def resolved_hyperparameters(source: "MethodSource", hp: dict) -> dict:
+    """The method's defaults updated by ``hp``; unknown names and bad values are bad input."""
+    try:
+        return source.manifest.resolve_hyperparameters(hp)
+    except ValueError as e:
+        raise HarnessError(str(e)) from None
+
+
+def image_digest_of(spec: "RunSpec", source: Optional["MethodSource"] = None) -> Optional[str]:
+    """Under the docker runner, the content digest of the image ``source`` (default: the importance
+    method) runs from; ``None`` under the other runners."""
+    if spec.runner != "docker":
+        return None
+    from harness.runners.docker_runner import image_digest, image_tag
+    source = source or spec.method
+    image = spec.runner_options.get("image") if source is spec.method else None
+    return image_digest(image or image_tag(source.manifest))
+
+
+def run_key_of(spec: "RunSpec") -> str:
+    """The canonical identity of the run ``spec`` describes (:func:`run_key`); a regularizer counts
+    as ``id@version``; under docker the image digest is part of it."""
+    reg = spec.regularizer
+    recipe = None if spec.recipe is None else (spec.recipe, spec.retrain_recipe().hash())
+    return run_key(spec.track.hash(), spec.method.id, spec.method.manifest.version, image_digest_of(spec),
+                   f"{reg.id}@{reg.manifest.version}" if reg else None, spec.speedup, spec.track.pruning.strategy,
+                   spec.seed, resolved_hyperparameters(spec.method, spec.hyperparameters),
+                   resolved_hyperparameters(reg, spec.reg_hyperparameters) if reg else None, recipe)
+
+
+def run_dir_name(spec: "RunSpec", key: str) -> str:
+    """``<method>[+<regularizer>]-<speedup>x-<strategy>[-<recipe>]-s<seed>-<key[:8]>``."""
+    name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "")
+    recipe = f"-{spec.recipe}" if spec.recipe else ""
+    return f"{name}-{spec.speedup:g}x-{spec.track.pruning.strategy}{recipe}-s{spec.seed}-{key[:8]}"
+
+
+def run_dir(spec: "RunSpec", key: str) -> Path:
+    """Where run ``spec`` (run key ``key``) lives: ``<out>/<track id>/<run dir name>``."""
+    return Path(spec.out) / spec.track.id / run_dir_name(spec, key)
+
+
+def recorded(spec: "RunSpec", key: str) -> Optional[ResultRecord]:
+    """The record run ``spec`` (run key ``key``) already has in its store, if a valid one."""
+    try:
+        return read_record(run_dir(spec, key) / RESULT_FILE)
+    except HarnessError:  # none, or unreadable (a new one replaces it)
+        return None
+
+
+def new_staging(target: Path) -> Path:
+    """A fresh private staging directory beside run directory ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), dir=target.parent))
+    os.chmod(staging, 0o755)
+    return staging
+
+
+def publish(record: ResultRecord, staging: Path, target: Path) -> None:
+    """Write ``record`` into ``staging`` and move the finished staging directory to ``target``, replacing
+    an older run: the old directory is renamed away first, so readers see the old or the new run, never
+    a mix."""
+    write_record(staging / RESULT_FILE, record)
+    trash = None
+    if target.exists():
+        trash = target.with_name(f".old-{target.name}-{os.getpid()}@{host_name()}")
+        os.replace(target, trash)
+    os.replace(staging, target)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 @dataclass

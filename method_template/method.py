@@ -1,7 +1,7 @@
 """Template method: score each channel by the L1 norm of its filter in the group's root layer.
 
 The harness calls ``score_group`` once per dependency group and removes the
-channels with the lowest scores. Contract (see specs/sdk.py):
+channels with the lowest scores. Contract (see specs/sdk/methods.py):
 
 - ``group.n_channels``: how many scores to return (one per root channel);
 - ``group.members``: every layer coupled to those channels; the root's own

@@ -23,7 +23,7 @@ except Exception as e:  # noqa: BLE001
 from harness.cli import app  # noqa: E402
 from harness.data.fixtures import write_tiny_cifar  # noqa: E402
 from harness.methods import load_source  # noqa: E402
-from harness.submission import _save_image, build_image  # noqa: E402
+from harness.orchestration.submission import _save_image, build_image  # noqa: E402
 from specs.submission import Submission  # noqa: E402
 
 pytestmark = pytest.mark.docker

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.results import read_record
+from harness.store import read_record
 from harness.store import find_records
 
 runner = CliRunner()

@@ -13,10 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.cluster import SlurmOptions, load_slurm_options
+from harness.orchestration.cluster import SlurmOptions, load_slurm_options
 from harness.errors import HarnessError
 from harness.methods import find_method
-from harness.protocol import RunSpec, evaluate, record_unrun, run_dir_name, run_key_of
+from harness.protocol.run import RunSpec, evaluate, record_unrun
+from harness.store import run_dir_name, run_key_of
 from harness.store import Store, clean_stale_staging, host_name, staging_prefix
 from specs.result import JobInfo
 
@@ -111,7 +112,7 @@ def test_staging_is_cleaned_only_by_the_host_that_wrote_it(tmp_path):
     (signal.SIGTERM, 60, "TIMEOUT"),
 ])
 def test_a_stopped_job_knows_why(signum, limit_s, state):
-    from harness.cluster import JobStopped, _on_stop_signals
+    from harness.orchestration.cluster import JobStopped, _on_stop_signals
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
     try:
         _on_stop_signals(limit_s, delay_s=10)
@@ -125,7 +126,7 @@ def test_a_stopped_job_knows_why(signum, limit_s, state):
 
 
 def test_the_job_journal_merges_concurrent_drivers(tmp_path):
-    from harness.cluster import Journal
+    from harness.orchestration.cluster import Journal
     a, b = Journal(tmp_path), Journal(tmp_path)  # two sweeps into one store
     a.add("k1", "10_0", tmp_path / "f1")
     b.add("k2", "11_0", tmp_path / "f2")

@@ -141,7 +141,7 @@ def test_detect_head_is_never_a_root_and_grads_are_on():
     from ultralytics.nn.modules import Detect
     from ultralytics.nn.tasks import DetectionModel
 
-    from harness.grouping import apply_plan, describe_groups
+    from harness.protocol.grouping import apply_plan, describe_groups
 
     model = create_model("yolov8n", num_classes=80).eval()
     for p in model.parameters():
@@ -298,7 +298,7 @@ def test_task_evaluate_equals_pycocotools_on_its_predictions(task, coco_root, tm
 
 
 def test_calibration_and_loss(task):
-    from harness.observations import split_batch
+    from harness.protocol.observations import split_batch
 
     a, b = task.calibration_batches(0), task.calibration_batches(0)
     assert len(a) == 2 and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))

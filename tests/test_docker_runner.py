@@ -35,8 +35,8 @@ pytestmark = pytest.mark.docker
 
 from harness.cli import app  # noqa: E402
 from harness.methods import find_method, load_source  # noqa: E402
-from harness.protocol import RunSpec, evaluate  # noqa: E402
-from harness.submission import build_image  # noqa: E402
+from harness.protocol.run import RunSpec, evaluate  # noqa: E402
+from harness.orchestration.submission import build_image  # noqa: E402
 from specs.submission import Submission  # noqa: E402
 
 HOSTILE = REPO / "tests" / "fixtures" / "hostile_method"

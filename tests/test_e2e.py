@@ -7,7 +7,7 @@ import math
 import pytest
 
 from harness.methods import find_method
-from harness.protocol import RunSpec, evaluate
+from harness.protocol.run import RunSpec, evaluate
 from harness.tracks import load_track
 
 

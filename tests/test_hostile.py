@@ -8,8 +8,8 @@ import json
 import pytest
 
 from harness.errors import HarnessError
-from harness.protocol import RunSpec, evaluate
-from harness.results import read_record
+from harness.protocol.run import RunSpec, evaluate
+from harness.store import read_record
 
 GOOD = "from specs.sdk import ImportanceMethod\nimport torch\n"
 
@@ -64,7 +64,7 @@ CASES = {
                 import time; time.sleep(600)
         """, r"protocol error: message is not valid JSON"),
     "oversized_reply_file": ("""
-        import specs.sdk as sdk
+        import specs.sdk.server as sdk
         from specs.messages import TensorFile
         def evil_save(exchange, name, tensors):
             with open(exchange / name, "wb") as f:
@@ -77,7 +77,7 @@ CASES = {
         """, r"has 209715200 bytes, more than the \d+ allowed"),
     "symlink_reply": ("""
         import os
-        import specs.sdk as sdk
+        import specs.sdk.server as sdk
         from specs.messages import TensorFile
         def evil_save(exchange, name, tensors):
             os.symlink("/etc/passwd", exchange / name)
@@ -88,7 +88,7 @@ CASES = {
                 return torch.ones(group.n_channels)
         """, r"cannot be opened"),
     "not_safetensors": ("""
-        import specs.sdk as sdk
+        import specs.sdk.server as sdk
         from specs.messages import TensorFile
         def evil_save(exchange, name, tensors):
             (exchange / name).write_bytes(b"definitely not safetensors")

@@ -19,13 +19,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.grouping import PruneConfig, describe_groups
+from harness.protocol.grouping import PruneConfig, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
-from harness.observations import collect
+from harness.protocol.observations import collect
 from harness.runners import client_class
 from specs.messages import Group, Member
-from specs.sdk import Observations, contribution_gram, load_method_class
+from specs.sdk import Observations, contribution_gram
+from specs.sdk.server import load_method_class
 from specs.track import Calibration
 
 METHODS = ["thinet", "cp", "hrank", "obd_c"]

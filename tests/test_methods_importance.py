@@ -3,7 +3,7 @@
 - Parity: through the real runners (subprocess and inprocess), each equals Torch-Pruning's own
   importance group by group on CIFAR-style ResNet-18 and VGG-19 with random BN affine params.
   Gradient-based references get gradients computed here with autograd, independently of
-  harness.observations (same batches, eval mode).
+  harness.protocol.observations (same batches, eval mode).
 - Where we deliberately differ from Torch-Pruning 1.6.1 (Taylor scores BatchNorm; OBD-Hessian
   accumulates every calibration sample), a tiny model checks our scores against numbers
   computed by hand, and shows what Torch-Pruning computes instead.
@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-from harness.grouping import ROOT_TYPES, PruneConfig, build_graph, describe_groups
+from harness.protocol.grouping import ROOT_TYPES, PruneConfig, build_graph, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
-from harness.observations import collect
+from harness.protocol.observations import collect
 from harness.runners import client_class
 from specs.messages import Group
 

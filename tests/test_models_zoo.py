@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.grouping import PruneConfig, apply_plan, count_macs_params, describe_groups
+from harness.protocol.grouping import PruneConfig, apply_plan, count_macs_params, describe_groups
 from harness.models import MODELS, VARIANTS, classifier_of, create_model, prune_config_of
-from harness.observations import collect
-from harness.pruning import make_planner, search_speedup
+from harness.protocol.observations import collect
+from harness.protocol.pruning import make_planner, search_speedup
 from harness.registry import UnknownName
 from specs.sdk import PARAM_KINDS, member_rows, reduce_to_root
 

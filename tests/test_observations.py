@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.grouping import PruneConfig, describe_groups
-from harness.observations import collect, label_generator, position_generator, sample_positions
+from harness.protocol.grouping import PruneConfig, describe_groups
+from harness.protocol.observations import collect, label_generator, position_generator, sample_positions
 from specs.track import Calibration
 
 N, BATCH, SIDE = 12, 5, 6  # three batches (5, 5, 2): positions and labels are drawn batch by batch

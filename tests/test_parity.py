@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch_pruning as tp
 
-from harness.grouping import PruneConfig, ROOT_TYPES, build_graph, describe_groups
+from harness.protocol.grouping import PruneConfig, ROOT_TYPES, build_graph, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
-from harness.observations import collect
+from harness.protocol.observations import collect
 from harness.runners import client_class
 
 MODELS = [("resnet18", 0.25, 8), ("vgg19", 0.125, 16), ("resnet50", 0.0625, 16)]

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from harness.grouping import PruneConfig, apply_plan, count_macs_params, describe_groups, layer_channels
+from harness.protocol.grouping import PruneConfig, apply_plan, count_macs_params, describe_groups, layer_channels
 from harness.models import classifier_of, create_model
-from harness.pruning import LOCAL_STEPS, Unreachable, make_planner, search_speedup
+from harness.protocol.pruning import LOCAL_STEPS, Unreachable, make_planner, search_speedup
 from specs.messages import Group, Member
 
 MODELS = [("resnet18", 0.125, 16), ("vgg19", 0.125, 16), ("resnet50", 0.0625, 16)]

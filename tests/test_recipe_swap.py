@@ -12,10 +12,11 @@ import yaml
 from scipy.stats import kendalltau
 from typer.testing import CliRunner
 
-from harness import recipe_swap as swap
+from harness.orchestration import recipe_swap as swap
 from harness.cli import app
 from harness.methods import find_method
-from harness.protocol import RunSpec, run_key_of
+from harness.protocol.run import RunSpec
+from harness.store import run_key_of
 from harness.store import Store
 from specs.result import MethodInfo, MetricInfo, Provenance, ResultRecord, Speedup, TrackInfo
 

@@ -23,14 +23,14 @@ import torch_pruning as tp
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.grouping import PruneConfig, describe_groups
+from harness.protocol.grouping import PruneConfig, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
-from harness.observations import param_keys
-from harness.results import read_record, run_key
+from harness.protocol.observations import param_keys
+from harness.store import read_record, run_key
 from harness.store import find_records
 from harness.runners import client_class
-from harness.sparsify import InProcessLink, LegacyLink, SocketLink, make_grad_hook, open_link
+from harness.protocol.sparsify import InProcessLink, LegacyLink, SocketLink, make_grad_hook, open_link
 from specs.messages import RegularizeReply, RegularizeRequest, TensorFile
 from specs.sdk import channel_sq_norms, member_rows
 
@@ -340,7 +340,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_regularizer_is_a_failed_record(case, make_method, tiny_track, tmp_path):
-    from harness.protocol import RunSpec, evaluate
+    from harness.protocol.run import RunSpec, evaluate
     version, body, pattern = HOSTILE[case]
     code = "import torch\nfrom specs.sdk import RegularizerMethod\n" + textwrap.dedent(body)
     source = make_method(code, provides=["regularizer"], observations=[], spec_version=version)
@@ -390,7 +390,7 @@ def test_bad_regularizer_input_is_exit_2(args, message, tiny_track_file, tmp_pat
 
 
 def test_sweep_pairs_every_method_with_every_regularizer(monkeypatch, tiny_track_file, tmp_path):
-    import harness.sweep as sweep_module
+    import harness.orchestration.sweep as sweep_module
     from specs.result import MethodInfo, MetricInfo, Provenance, ResultRecord, Speedup, TrackInfo
     calls = []
 

@@ -10,9 +10,9 @@ import statistics
 import pytest
 from typer.testing import CliRunner
 
-from harness import leaderboard as lb
+from harness.views import leaderboard as lb
 from harness.cli import app
-from harness.site import build_site
+from harness.views.site import build_site
 from specs.result import ResultRecord
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

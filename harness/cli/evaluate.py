@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 import torch
 import typer
 
-from harness import leaderboard
+from harness.views import leaderboard
 from harness.cli.common import ProgressDisplay, console, friendly, out, parse_hp, parse_list
 from harness.errors import HarnessError
 from harness.methods import find_method, providing
-from harness.protocol import RunSpec, evaluate as run_protocol
-from harness.sweep import run_sweep
+from harness.protocol.run import RunSpec, evaluate as run_protocol
+from harness.orchestration.sweep import run_sweep
 from harness.runners import RUNNERS
 from harness.tracks import load_track, track_for
 from specs.result import ResultRecord
@@ -180,7 +180,7 @@ def _importance_sources(methods: str) -> list:
 def _run_all(specs: list[RunSpec], out_dir: Path, jobs: int, retry_failed: bool, executor: Executor,
              slurm_config: Optional[Path]):
     """Run (or skip) every spec with per-run lines and progress; returns the sweep summary."""
-    from harness.cluster import load_slurm_options
+    from harness.orchestration.cluster import load_slurm_options
     if slurm_config is not None and executor != Executor.slurm:
         raise HarnessError("--slurm-config needs --executor slurm")
     slurm = load_slurm_options(slurm_config) if executor == Executor.slurm else None
@@ -255,7 +255,7 @@ def recipe_swap(
     executor: ExecutorOpt = Executor.local, slurm_config: SlurmConfigOpt = None,
 ) -> None:
     """Recipe swap (Wang et al. 2023): every method under every retraining recipe; does the ranking hold?"""
-    from harness import recipe_swap as swap
+    from harness.orchestration import recipe_swap as swap
     _setup(device, threads, executor)
     cfg = resolve_track(track, model, dataset, strategy)
     sources = _importance_sources(methods)

@@ -7,9 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from harness import leaderboard as lb
+from harness.views import leaderboard as lb
 from harness.cli.common import console, friendly, out, parse_list
-from harness.results import atomic_write_text
+from harness.store import atomic_write_text
 from harness.tracks import load_track
 
 app = typer.Typer()
@@ -30,7 +30,7 @@ def blind_eval_cmd(
                                                          min=1)] = None,
 ) -> None:
     """Verify and run every submitted image in the sandbox on hidden data; status per submission."""
-    from harness.blind import blind_eval
+    from harness.orchestration.blind import blind_eval
     cfg = load_track(track)
     results = blind_eval(submissions, cfg, out_dir, data_root=data_root,
                          speedups=parse_list(speedups, float, "--speedups") if speedups else None,

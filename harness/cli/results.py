@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from harness import leaderboard as lb
+from harness.views import leaderboard as lb
 from harness.cli.common import console, friendly, out
 from harness.errors import HarnessError
 from harness.store import Store
@@ -38,7 +38,7 @@ def leaderboard(
     records, invalid = _load(results)
     rows = lb.rows(records)
     if fmt == Format.html:
-        from harness.site import leaderboard_page
+        from harness.views.site import leaderboard_page
         text = leaderboard_page(records)
     else:
         text = lb.markdown(rows) if fmt == Format.md else lb.to_csv(rows)
@@ -54,7 +54,7 @@ def site(
     out_dir: Annotated[Path, typer.Option("--out", help="where the pages go")] = Path("site"),
 ) -> None:
     """Static HTML site: an index and one page per track with tables and plots."""
-    from harness.site import build_site
+    from harness.views.site import build_site
     records, invalid = _load(results)
     pages = build_site(records, out_dir)
     out.print(f"wrote {len(pages)} pages to {out_dir}/ (open {out_dir}/index.html, or `pbench-harness serve`)")
@@ -72,7 +72,7 @@ def serve(
     """Build the site and serve it on http://127.0.0.1:PORT (Ctrl-C to stop)."""
     import functools
     import http.server
-    from harness.site import build_site
+    from harness.views.site import build_site
     records, _ = _load(results)
     build_site(records, out_dir)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out_dir))

@@ -50,7 +50,7 @@ def submit(
     cache_dir: Annotated[Optional[Path], typer.Option(envvar="PBENCH_CACHE", help="checkpoint cache")] = None,
 ) -> None:
     """Build the method's image, check it in the container, smoke-evaluate it, write a submission bundle."""
-    from harness.submission import submit as run_submit
+    from harness.orchestration.submission import submit as run_submit
     sub, path = run_submit(find_method(method), out_dir, smoke_track=smoke_track, cache_dir=cache_dir,
                            say=lambda msg: console.print(f"[dim]{msg}…[/dim]"))
     m = sub.smoke.metric

@@ -10,7 +10,7 @@ from torch import nn
 from harness.registry import Registry, resolve
 
 if TYPE_CHECKING:
-    from harness.grouping import PruneConfig
+    from harness.protocol.grouping import PruneConfig
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "ModelFactory", "classifier_of", "create_model",
            "prune_config_of", "scaled", "variants_of"]
@@ -58,7 +58,7 @@ def variants_of(name: str) -> list[str]:
 
 def prune_config_of(model: nn.Module) -> "PruneConfig":
     """The architecture's own prune config (an empty one when no adapter is registered for its class)."""
-    from harness.grouping import PruneConfig  # torch_pruning is imported only when pruning
+    from harness.protocol.grouping import PruneConfig  # torch_pruning is imported only when pruning
 
     cls = type(model)
     key = f"{cls.__module__}.{cls.__qualname__}"

@@ -31,7 +31,7 @@ import os
 
 from torch import nn
 
-from harness.grouping import PruneConfig
+from harness.protocol.grouping import PruneConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported anywhere through this module
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.grouping import PruneConfig
+from harness.protocol.grouping import PruneConfig
 
 #: PruningBench's "YOLOv8" (see the module docstring)
 PAPER_SIZE = "m"
@@ -41,7 +41,7 @@ FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 def ultralytics_home() -> Path:
     """Where Ultralytics keeps its settings, fonts and (never used) downloads: ``$YOLO_CONFIG_DIR`` when
     set, else ``<harness cache>/ultralytics``."""
-    from harness.checkpoints import default_cache_dir
+    from harness.protocol.checkpoints import default_cache_dir
 
     return Path(os.environ.get("YOLO_CONFIG_DIR") or default_cache_dir() / "ultralytics").expanduser()
 

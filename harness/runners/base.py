@@ -17,8 +17,8 @@ from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from specs.manifest import MethodManifest, ObservationKind
 from specs.messages import Group
+from specs.sdk import Tensors
 
-Tensors = dict[str, torch.Tensor]
 
 
 def _describe_ids(ids) -> str:

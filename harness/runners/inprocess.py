@@ -10,7 +10,8 @@ import torch
 from harness.errors import MethodFailure
 from harness.runners.base import MethodClient, Tensors
 from specs.messages import Group, Hello
-from specs.sdk import MethodBase, Observations, instantiate, one_line
+from specs.sdk import MethodBase, Observations, one_line
+from specs.sdk.server import instantiate
 
 
 class InProcessClient(MethodClient):

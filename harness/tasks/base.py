@@ -5,23 +5,20 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError
-from harness.grouping import PruneConfig
+from harness.protocol.grouping import PruneConfig
+from harness.protocol.train import GradHook, Progress
 from harness.models import prune_config_of
 from specs.track import Recipe, TrackConfig
 
 if TYPE_CHECKING:
-    from harness.checkpoints import BaseCheckpoint
+    from harness.protocol.checkpoints import BaseCheckpoint
 
-#: progress(stage, done, total)
-Progress = Callable[[str, int, int], None]
-#: called after loss.backward() and before optimizer.step(): (step, total_steps) -> None
-GradHook = Callable[[int, int], None]
 
 
 class Task(ABC):

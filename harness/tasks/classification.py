@@ -16,13 +16,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.checkpoints import BaseCheckpoint, load_base
+from harness.protocol.checkpoints import BaseCheckpoint, load_base
 from harness.data import DATASETS, DatasetBundle, load_dataset
 from harness.errors import HarnessError
 from harness.models import classifier_of, variants_of
 from harness.registry import resolve
-from harness.tasks.base import GradHook, Progress, Task
-from harness.train import calibration_batches, evaluate_top1, train
+from harness.protocol.train import GradHook, Progress
+from harness.tasks.base import Task
+from harness.protocol.train import calibration_batches, evaluate_top1, train
 from specs.track import DatasetRef, Recipe
 
 

@@ -38,13 +38,14 @@ import torch
 import torch.nn as nn
 
 import harness.models.yolo as yolo  # sets Ultralytics' offline environment before anything imports it
-from harness.checkpoints import BaseCheckpoint, default_cache_dir, pretrain_key, verified_file
+from harness.protocol.checkpoints import BaseCheckpoint, default_cache_dir, pretrain_key, verified_file
 from harness.data.coco import CocoBundle, CocoImages, collate, letterbox_geometry
 from harness.errors import HarnessError
 from harness.models import create_model
 from harness.provenance import sha256_file
-from harness.results import atomic_write_text
-from harness.tasks.base import GradHook, Progress, Task
+from harness.store import atomic_write_text
+from harness.protocol.train import GradHook, Progress
+from harness.tasks.base import Task
 from harness.tasks.classification import load_track_dataset
 from specs.track import Recipe
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from harness.leaderboard import run_name
+from harness.views.leaderboard import run_name
 from specs.result import ResultRecord
 from specs.track import TRACK_RECIPE
 

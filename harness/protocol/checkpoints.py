@@ -19,8 +19,8 @@ from harness.data import DatasetBundle
 from harness.errors import HarnessError
 from harness.models import create_model
 from harness.provenance import sha256_file
-from harness.results import atomic_write_text
-from harness.train import Progress, evaluate_top1, train
+from harness.store import atomic_write_text
+from harness.protocol.train import Progress, evaluate_top1, train
 from specs.track import Checkpoint, TrackConfig
 
 #: bump when the training loop changes in a way that changes trained weights

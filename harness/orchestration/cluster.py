@@ -31,8 +31,9 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from harness.errors import HarnessError
-from harness.protocol import RunSpec, current_job, evaluate, record_unrun, recorded, run_dir_name, run_key_of
-from harness.results import atomic_write_text
+from harness.protocol.run import RunSpec, current_job, evaluate, record_unrun
+from harness.store import recorded, run_dir_name, run_key_of
+from harness.store import atomic_write_text
 from harness.store import clean_stale_staging
 from specs.base import Strict, explain
 from specs.result import JobInfo, ResultRecord

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from specs.messages import Group
+from specs.sdk import Tensors
 from specs.track import Calibration
 
-Tensors = dict[str, torch.Tensor]
 #: the task's loss on one calibration batch
 LossFn = Callable[[nn.Module, object], torch.Tensor]
 

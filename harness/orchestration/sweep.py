@@ -5,7 +5,7 @@ ones unless ``retry_failed``), so a sweep killed at any moment and restarted
 finishes the missing runs only: no run is lost, none is duplicated, and no
 half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 ``jobs`` worker processes (``executor="local"``) or to Slurm, one job per run
-(``executor="slurm"``, :mod:`harness.cluster`); one failing run never stops the
+(``executor="slurm"``, :mod:`harness.orchestration.cluster`); one failing run never stops the
 others.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness.protocol import RunSpec, evaluate, run_key_of
+from harness.protocol.run import RunSpec, evaluate
+from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
 from specs.result import ResultRecord
 
@@ -53,7 +54,7 @@ def _absolute(spec: RunSpec) -> RunSpec:
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
               on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
               slurm=None, log=print) -> SweepSummary:
-    """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.cluster.SlurmOptions`
+    """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.orchestration.cluster.SlurmOptions`
     as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``)."""
     clean_stale_staging(out)
     store = Store.load(out)
@@ -76,7 +77,7 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
             on_result(spec, record, "ran")
 
     if executor == "slurm":
-        from harness.cluster import SlurmOptions, run_on_slurm
+        from harness.orchestration.cluster import SlurmOptions, run_on_slurm
         run_on_slurm([_absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log)
         return summary
     if jobs <= 1:

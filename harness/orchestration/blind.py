@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from harness.errors import HarnessError
 from harness.methods import MethodSource
-from harness.protocol import RunSpec, evaluate
+from harness.protocol.run import RunSpec, evaluate
 from harness.provenance import sha256_file
-from harness.results import atomic_write_text
+from harness.store import atomic_write_text
 from harness.runners.docker_runner import docker_client
 from specs.base import explain
 from specs.result import ResultRecord

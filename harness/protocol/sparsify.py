@@ -8,7 +8,7 @@ before ``optimizer.step()`` (through ``Task.train``'s ``grad_hook``).
 The exchange happens every step, so it is kept cheap (spec 1.1, used with methods
 whose manifest declares ``spec_version`` >= 1.1):
 
-- only group members' parameters travel (:func:`harness.observations.param_keys`),
+- only group members' parameters travel (:func:`harness.protocol.observations.param_keys`),
   always to the same file, rewritten in place (created once, never reopened by name);
 - the groups are described once (step 0); later requests set ``same_groups``;
 - the method may answer with per-channel scales (``RegularizeReply.scales``): a few
@@ -34,9 +34,10 @@ import torch.nn as nn
 from safetensors.torch import save as safetensors_bytes
 
 from harness.errors import MethodFailure
-from harness.observations import param_keys
+from harness.protocol.observations import param_keys
 from harness.runners.base import MethodClient, Tensors, validate_reg_grads
-from harness.tasks.base import Progress, Task
+from harness.protocol.train import Progress
+from harness.tasks.base import Task
 from specs.manifest import MethodManifest
 from specs.messages import Group, RegularizeReply, RegularizeRequest, TensorFile
 from specs.sdk import broadcast_scale, one_line, split_compact, split_scale_key

@@ -19,7 +19,7 @@ from specs.track import Recipe
 
 #: called after loss.backward() and before optimizer.step(): (step, total_steps) -> None
 GradHook = Callable[[int, int], None]
-#: progress(stage, done, total)
+#: progress(stage, done, total); stages: pretrain, sparsify, prune, retrain
 Progress = Callable[[str, int, int], None]
 
 

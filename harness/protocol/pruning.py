@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError
-from harness.grouping import PruneConfig, apply_plan, count_macs_params
+from harness.protocol.grouping import PruneConfig, apply_plan, count_macs_params
 from specs.messages import Group
 from specs.track import Strategy
 

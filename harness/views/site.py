@@ -15,8 +15,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from harness import leaderboard as lb
-from harness.results import atomic_write_text
+from harness.views import leaderboard as lb
+from harness.store import atomic_write_text
 from specs.result import ResultRecord
 
 STYLE = """

@@ -1,0 +1,301 @@
+"""The standard protocol, identical for every method:
+
+base checkpoint -> [sparse training with a regularizer method] -> dependency
+groups -> observations -> method scores -> remove the lowest-scoring channels
+until the measured MACs speedup reaches the target -> retrain with the track's
+recipe -> evaluate -> one result record.
+
+Bad input (unknown data root, wrong checkpoint hash) raises HarnessError before
+anything is written. Once the method has been started, every failure (the
+method's, or an unreachable target) becomes a ``failed`` record with a one-line
+error, and no partial artifacts are left behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch.nn as nn
+
+from harness.errors import HarnessError, MethodFailure
+from harness.methods import MethodSource
+from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
+from harness.protocol.latency import measure as measure_latency
+from harness.protocol.observations import collect
+from harness.protocol.pruning import Unreachable, make_planner, search_speedup
+from harness.protocol.sparsify import sparsify
+from harness.protocol.train import Progress
+from harness.provenance import provenance
+from harness.runners import client_class
+from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
+                           run_key_of)
+from harness.tasks import Task, task_for
+from specs.result import BeforeAfter, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
+from specs.sdk import one_line, seed_everything
+from specs.track import TrackConfig
+
+
+@dataclass
+class RunSpec:
+    track: TrackConfig
+    method: MethodSource
+    speedup: float
+    seed: int
+    runner: str = "subprocess"
+    out: Path = Path("results")
+    data_root: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+    device: str = "cpu"
+    hyperparameters: dict = field(default_factory=dict)
+    call_timeout: Optional[float] = None
+    save_models: bool = True
+    #: a method providing "regularizer": sparse training (the track's ``sparsify`` recipe) comes first
+    regularizer: Optional[MethodSource] = None
+    reg_hyperparameters: dict = field(default_factory=dict)
+    #: extra arguments for the importance method's runner, e.g. {"image": digest} for docker
+    runner_options: dict = field(default_factory=dict)
+    #: wall-clock budget for each method's whole conversation (start to close)
+    run_timeout: Optional[float] = None
+    measure_latency: bool = True
+    #: recipe-swap mode: retrain with the track's alternative recipe of this name (None = ``track.retrain``)
+    recipe: Optional[str] = None
+
+    def retrain_recipe(self):
+        try:
+            return self.track.retrain_recipe(self.recipe)
+        except ValueError as e:
+            raise HarnessError(str(e)) from None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
+    options = spec.runner_options if source is spec.method else {}
+    return client_class(spec.runner)(source, hyperparameters, spec.seed, spec.device, call_timeout=spec.call_timeout,
+                                     run_timeout=spec.run_timeout, **options)
+
+
+def current_job() -> Optional[JobInfo]:
+    """The Slurm job this process runs in, if any (array tasks as ``<array job>_<task>``)."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    elif env.get("SLURM_JOB_ID"):
+        job_id = env["SLURM_JOB_ID"]
+    else:
+        return None
+    return JobInfo(job_id=job_id, node=env.get("SLURMD_NODENAME"))
+
+
+def _check_regularizer(spec: RunSpec) -> None:
+    """Bad input, raised before anything runs or is written."""
+    reg = spec.regularizer
+    if reg is None:
+        if spec.reg_hyperparameters:
+            raise HarnessError("regularizer hyperparameters given without a regularizer")
+        return
+    if "regularizer" not in reg.manifest.provides:
+        raise HarnessError(f"method {reg.id!r} provides no regularizer (it provides "
+                           f"{'+'.join(reg.manifest.provides)}); e.g. group_norm, group_lasso, growing_reg, bn_scale_l1")
+    if spec.track.sparsify.epochs == 0:
+        raise HarnessError(f"track {spec.track.id} has no sparse-training budget (sparsify.epochs is 0)")
+    resolved_hyperparameters(reg, spec.reg_hyperparameters)
+
+
+@dataclass
+class Dense:
+    """What the unpruned model measures (MACs and parameters on the example input, channels per layer)."""
+
+    macs: float
+    params: int
+    layers: dict[str, int]
+
+
+@dataclass
+class Pruned:
+    """What the prune stage returns: the physically pruned model and its measurements."""
+
+    model: nn.Module
+    macs: float
+    params: int
+    base_channels: dict[str, int]  # root channels of every group of the unpruned model
+    step_s: float                  # observations + scoring + pruning
+    score_s: float                 # inside the method
+
+
+def method_info(spec: RunSpec, source: MethodSource, hyperparameters: dict) -> MethodInfo:
+    """What the record says of a method before it starts: identity, resolved hyperparameters and,
+    under docker, the image digest (also part of the run key)."""
+    return MethodInfo(id=source.id, version=source.manifest.version, runner=spec.runner,
+                      hyperparameters=resolved_hyperparameters(source, hyperparameters),
+                      image_digest=image_digest_of(spec, source))
+
+
+def _check(spec: RunSpec) -> None:
+    """Bad input, raised before anything runs or is written."""
+    if not 1.0 < spec.speedup <= 1000:
+        raise HarnessError(f"speedup must be > 1 (e.g. 2, 4, 8), got {spec.speedup:g}")
+    if "importance" not in spec.method.manifest.provides:
+        raise HarnessError(f"method {spec.method.id!r} provides no importance scores (it is a regularizer)")
+    _check_regularizer(spec)
+
+
+def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
+    """Run the protocol once; returns the record and the run directory it was written to."""
+    _check(spec)
+    track, reg = spec.track, spec.regularizer
+    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
+    t_start, started = time.perf_counter(), _now()
+    seed_everything(spec.seed)
+    task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
+    base = task.base_model(progress)
+    recipe = spec.retrain_recipe()
+    target_dir = run_dir(spec, key)
+    staging = new_staging(target_dir)
+
+    model = copy.deepcopy(base.model).to(spec.device)
+    example = task.example_inputs()
+    macs, params = count_macs_params(model, example)
+    dense = Dense(macs, params, layer_channels(model))
+    fields = _record_fields(spec, key, base.sha256, started, current_job())
+    info = method_info(spec, spec.method, spec.hyperparameters)
+    if reg is not None:
+        fields["regularizer"] = method_info(spec, reg, spec.reg_hyperparameters)
+    timing: dict[str, float] = {}
+    metric = MetricInfo(name=track.metric, base=base.metric)
+    try:
+        if reg is not None:
+            timing["reg_s"] = _sparsify_stage(spec, task, model, example, progress)
+            if spec.save_models:
+                task.save(model, staging / "sparse.pt")
+        pruned = _prune_stage(spec, task, model, example, dense, progress)
+        timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
+        model = pruned.model
+        metric = metric.model_copy(update={"pruned": task.evaluate(model)})
+        if spec.save_models:
+            task.save(model, staging / "pruned.pt")
+        t0 = time.perf_counter()
+        task.train(model, recipe, seed=spec.seed, progress=progress, stage="retrain")
+        timing["retrain_s"] = time.perf_counter() - t0
+        final = task.evaluate(model)
+        metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
+        if spec.save_models:
+            task.save(model, staging / "final.pt")
+        if spec.measure_latency:
+            fields["latency"] = measure_latency(copy.deepcopy(base.model).to(spec.device), model, example,
+                                                device=spec.device)
+        after = layer_channels(model)
+        roots = [g for g in pruned.base_channels if g in after]
+        record = ResultRecord(
+            status="ok", method=info, speedup=Speedup(target=spec.speedup, achieved=dense.macs / pruned.macs),
+            macs=BeforeAfter(base=dense.macs, pruned=pruned.macs),
+            params=BeforeAfter(base=dense.params, pruned=pruned.params), metric=metric,
+            min_channel_fraction=min((after[g] / dense.layers[g] for g in roots), default=None),
+            layer_channels={n: (dense.layers[n], after[n]) for n in dense.layers if n in after},
+            timing=Timing(**timing, total_s=time.perf_counter() - t_start),
+            files={n: n for n in ("sparse.pt", "pruned.pt", "final.pt") if (staging / n).exists()},
+            finished_at=_now(), **fields)
+    except (MethodFailure, Unreachable) as e:
+        record = _failed(str(e), info, spec, metric, dense, timing, t_start, fields)
+    except HarnessError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Exception as e:  # a crash inside the harness must not lose the sweep: record it
+        record = _failed(f"internal error: {one_line(e)}", info, spec, metric, dense, timing, t_start, fields)
+    if record.status == "failed":
+        for f in staging.iterdir():
+            f.unlink()
+    publish(record, staging, target_dir)
+    return record, target_dir
+
+
+def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progress: Optional[Progress]) -> float:
+    """Step 1: start the regularizer (same runner as the importance method) and sparse-train ``model``
+    in place with the track's ``sparsify`` recipe; returns the wall time (seconds)."""
+    with _client(spec, spec.regularizer, spec.reg_hyperparameters) as client:
+        groups = describe_groups(model, example, task.prune_config(model))
+        return sparsify(task, model, spec.track.sparsify, client, groups, spec.seed, progress)
+
+
+def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
+                 progress: Optional[Progress]) -> Pruned:
+    """Steps 2-3, ``track.pruning.rounds`` times: groups -> observations -> scores -> the smallest
+    plan whose measured speedup reaches this round's share of the target. ``model`` is not changed."""
+    track = spec.track
+    with _client(spec, spec.method, spec.hyperparameters) as client:
+        t0 = time.perf_counter()
+        calib = task.calibration_batches(spec.seed)
+        base_channels: dict[str, int] = {}
+        macs, params = dense.macs, dense.params
+        rounds = track.pruning.rounds
+        for r in range(rounds):
+            groups = describe_groups(model, example, task.prune_config(model))
+            if r == 0:
+                base_channels = {g.id: g.n_channels for g in groups}
+            obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
+                          calibration=track.calibration)
+            scores = client.score(r, groups, obs)
+            planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
+                                   track.pruning.min_channel_fraction)
+            found = search_speedup(model, example, task.prune_config, planner, dense.macs, macs,
+                                   spec.speedup ** ((r + 1) / rounds))
+            model, macs, params = found.model, found.macs, found.params
+            task.after_prune(model)
+            if progress:
+                progress("prune", r + 1, rounds)
+        return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds)
+
+
+def _record_fields(spec: RunSpec, key: str, checkpoint_sha256: Optional[str], started: str,
+                   job: Optional[JobInfo]) -> dict:
+    """What every record of ``spec`` says about the run, whatever its outcome."""
+    track = spec.track
+    return dict(run_key=key, regularizer=None, track=TrackInfo(id=track.id, hash=track.hash()),
+                model=track.model.name, dataset=track.dataset.name, seed=spec.seed,
+                strategy=track.pruning.strategy, recipe=spec.recipe, started_at=started,
+                provenance=provenance(checkpoint_sha256, spec.device), job=job)
+
+
+def _error_line(error: str) -> str:
+    return error.splitlines()[0][:1000] if error else "unknown error"
+
+
+def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tuple[ResultRecord, Path]:
+    """Record a run that ended without producing a record of its own (its cluster job was cancelled,
+    timed out, was preempted, or stopped on bad input) as ``failed`` with ``error``, so that it is
+    reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never replaced."""
+    key = run_key_of(spec)
+    target_dir = run_dir(spec, key)
+    existing = recorded(spec, key)
+    if existing is not None and existing.status == "ok":  # the job finished its run before it was stopped
+        return existing, target_dir
+    now, reg = _now(), spec.regularizer
+    fields = _record_fields(spec, key, None, now, job)
+    if reg is not None:
+        fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
+                                           hyperparameters=resolved_hyperparameters(reg, spec.reg_hyperparameters))
+    record = ResultRecord(
+        status="failed", error=_error_line(error), speedup=Speedup(target=spec.speedup),
+        method=MethodInfo(id=spec.method.id, version=spec.method.manifest.version, runner=spec.runner,
+                          hyperparameters=resolved_hyperparameters(spec.method, spec.hyperparameters)),
+        metric=MetricInfo(name=spec.track.metric), finished_at=now, **fields)
+    publish(record, new_staging(target_dir), target_dir)
+    return record, target_dir
+
+
+def _failed(error: str, info: MethodInfo, spec: RunSpec, metric: MetricInfo, dense: Dense, timing: dict,
+            t_start: float, fields: dict) -> ResultRecord:
+    return ResultRecord(
+        status="failed", error=_error_line(error), method=info,
+        speedup=Speedup(target=spec.speedup), macs=BeforeAfter(base=dense.macs),
+        params=BeforeAfter(base=dense.params), metric=MetricInfo(name=metric.name, base=metric.base),
+        timing=Timing(**timing, total_s=time.perf_counter() - t_start), finished_at=_now(), **fields)
