@@ -63,7 +63,7 @@ def parse_list(raw: str, cast: Callable, what: str) -> list:
 
 
 class ProgressDisplay:
-    """Renders the library's progress(stage, done, total) callbacks with rich."""
+    """Renders the library's progress(stage, done, total, **info) callbacks with rich."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and not os.environ.get("PBENCH_NO_PROGRESS")
@@ -77,7 +77,7 @@ class ProgressDisplay:
             self._progress.__enter__()
         return self
 
-    def __call__(self, stage: str, done: int, total: int) -> None:
+    def __call__(self, stage: str, done: int, total: int, **info) -> None:
         if self._progress is None:
             return
         if stage not in self._tasks:

@@ -251,7 +251,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
             model, macs, params = found.model, found.macs, found.params
             task.after_prune(model)
             if progress:
-                progress("prune", r + 1, rounds)
+                progress("prune", r + 1, rounds, macs=macs, speedup=dense.macs / macs)
         return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds)
 
 

@@ -19,8 +19,10 @@ from specs.track import Recipe
 
 #: called after loss.backward() and before optimizer.step(): (step, total_steps) -> None
 GradHook = Callable[[int, int], None]
-#: progress(stage, done, total); stages: pretrain, sparsify, prune, retrain
-Progress = Callable[[str, int, int], None]
+#: ``progress(stage, done, total, **info)``; stages: pretrain, sparsify, prune, retrain. ``info`` carries
+#: what the stage knows at that point (training: ``loss``, the epoch's mean training loss, and ``lr``;
+#: prune: ``macs``, ``speedup``); every consumer must accept (and may ignore) any keyword.
+Progress = Callable[..., None]
 
 
 def batches(ds: Dataset, batch_size: int, shuffle: bool, generator: Optional[torch.Generator] = None,
@@ -96,6 +98,7 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step = 0
     for epoch in range(recipe.epochs):
+        loss_sum, n_batches = torch.zeros((), device=device), 0
         for x, y in batches(ds, recipe.batch_size, shuffle=True, generator=g, drop_last=True):
             x = augment(x, recipe.augmentation, g).to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -110,8 +113,11 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
             scaler.update()
             sched.step()
             step += 1
+            loss_sum += loss.detach()
+            n_batches += 1
         if progress:
-            progress(stage, epoch + 1, recipe.epochs)
+            progress(stage, epoch + 1, recipe.epochs, loss=float(loss_sum) / max(1, n_batches),
+                     lr=opt.param_groups[0]["lr"])
     model.eval()
     return model
 

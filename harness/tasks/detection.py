@@ -244,7 +244,8 @@ class DetectionTask(Task):
             trainer = _Trainer(overrides={**args, "model": cfg, "data": str(data_yaml), "project": run,
                                           "name": "train"}, model=model, grad_hook=grad_hook)
             if progress:
-                trainer.add_callback("on_train_epoch_end", lambda t: progress(stage, t.epoch + 1, t.epochs))
+                trainer.add_callback("on_train_epoch_end", lambda t: progress(
+                    stage, t.epoch + 1, t.epochs, **({"loss": float(t.tloss.sum())} if t.tloss is not None else {})))
             trainer.train()
             ema = trainer.ema.ema if trainer.ema is not None else model
             model.load_state_dict(ema.state_dict())
