@@ -85,7 +85,9 @@ class Provenance(Strict):
 
 
 class ResultRecord(Versioned):
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "cancelled"] = Field(
+        description="ok; failed (the method or the run failed: see error); cancelled (a user stopped the run: "
+                    "error says who and when). Only ok records are ranked; the others are shown, never dropped")
     error: Optional[str] = None
     run_key: str
     method: MethodInfo
@@ -113,8 +115,8 @@ class ResultRecord(Versioned):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ResultRecord":
-        if self.status == "failed" and not self.error:
-            raise ValueError("a failed record needs an error")
+        if self.status != "ok" and not self.error:
+            raise ValueError(f"a {self.status} record needs an error (the reason)")
         if self.status == "ok":
             if self.error:
                 raise ValueError("an ok record has no error")

@@ -101,8 +101,8 @@ def _setup(device: Device, threads: Optional[int], executor: Optional["Executor"
 def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
     m = record.metric
     who = leaderboard.run_name(record)
-    if record.status == "failed":
-        return f"{who} {record.speedup.target:g}x seed {record.seed}: FAILED: {record.error}"
+    if record.status != "ok":
+        return f"{who} {record.speedup.target:g}x seed {record.seed}: {record.status.upper()}: {record.error}"
     reg = f", sparsify {record.timing.reg_s:.1f}s" if record.timing.reg_s is not None else ""
     return (f"{who} {record.speedup.target:g}x seed {record.seed}: "
             f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f} -> final {m.final:.2f} ({m.delta:+.2f}); "

@@ -1,10 +1,11 @@
-"""``leaderboard``, ``site``, ``serve``: views computed from result records only."""
+"""``leaderboard``, ``site``: views computed from result records only; ``serve``: the web platform
+(:mod:`harness.web`) on a result store."""
 
 from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -65,17 +66,41 @@ def site(
 @app.command()
 @friendly
 def serve(
-    results: Annotated[Path, typer.Argument(help="results folder")],
-    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 8000,
-    out_dir: Annotated[Path, typer.Option("--out", help="where the pages go")] = Path("site"),
+    results: Annotated[Path, typer.Argument(help="the result store (created if missing)", envvar="PBENCH_RESULTS")]
+    = Path("results"),
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs --token or --users")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    token: Annotated[Optional[str], typer.Option(help="access token (one user, 'owner'); required beyond loopback",
+                                                 envvar="PBENCH_TOKEN")] = None,
+    users: Annotated[Optional[Path], typer.Option(help="users file (YAML: users: [{name, token_sha256, "
+                                                       "max_queued_runs, admin}])")] = None,
+    jobs: Annotated[int, typer.Option(help="local executor: runs of a task in parallel", min=1)] = 1,
+    executor: Annotated[str, typer.Option(help="local or slurm (the sweep's executors)")] = "local",
+    slurm_config: Annotated[Optional[Path], typer.Option(help="Slurm options file (with --executor slurm)")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="dataset root", envvar="PBENCH_DATA")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="base checkpoint cache", envvar="PBENCH_CACHE")] = None,
+    max_queued_runs: Annotated[int, typer.Option(help="per user: runs waiting or running at once", min=1)] = 200,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(help="extra Host name to answer to (behind a proxy)")]
+    = None,
 ) -> None:
-    """Build the site and serve it on http://127.0.0.1:PORT (Ctrl-C to stop)."""
-    import functools
-    import http.server
-    from harness.views.site import build_site
-    records, _ = _load(results)
-    build_site(records, out_dir)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out_dir))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as httpd:
-        out.print(f"serving {out_dir}/ on http://127.0.0.1:{port}/")
-        httpd.serve_forever()
+    """The web platform on the result store: task builder, live runs, leaderboards, uploads, JSON API."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from harness.web.app import create_app
+    from harness.web.config import ServerConfig, check_access
+    from specs.base import explain
+    try:
+        cfg = ServerConfig(store=results, host=host, port=port, jobs=jobs, executor=executor,
+                           slurm_config=slurm_config, users_file=users, data_root=data_root, cache_dir=cache_dir,
+                           max_queued_runs=max_queued_runs, allowed_hosts=allowed_host or [])
+    except ValidationError as e:
+        raise HarnessError(f"serve: {explain(e)}") from None
+    check_access(cfg, token)
+    app = create_app(cfg, token=token)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    out.print(f"PruningBench platform on http://{shown}:{port}/ (store {cfg.store.resolve()}, executor {executor}"
+              f"{f', {jobs} workers' if executor == 'local' else ''}; Ctrl-C stops it, unfinished tasks resume at "
+              f"the next start)", highlight=False, soft_wrap=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

@@ -140,7 +140,8 @@ def _on_stop_signals(time_limit_s: float, delay_s: float) -> None:
     signal.signal(signal.SIGUSR2, stop)
 
 
-def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: float = 0) -> ResultRecord:
+def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: float = 0,
+            events=None) -> ResultRecord:
     """What one Slurm job runs. Idempotent: a run already recorded ``ok`` is not run again (a
     re-submitted or requeued job finds it). Every outcome leaves a record in the store."""
     import torch
@@ -150,8 +151,8 @@ def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: f
     existing = recorded(spec, key)
     if existing is not None and existing.status == "ok":
         return existing
-    try:
-        return evaluate(spec)[0]
+    try:  # events: a harness.orchestration.events.EventLog (live events and cancelling, on the shared store)
+        return events.run(spec) if events is not None else evaluate(spec)[0]
     except HarnessError as e:  # bad input seen on the node (e.g. a data root it cannot read)
         return record_unrun(spec, str(e), current_job())[0]
     except JobStopped as stop:
@@ -206,7 +207,8 @@ def _submitit():
 
 
 def run_on_slurm(todo: list[RunSpec], out: Path, options: SlurmOptions,
-                 done: Callable[[RunSpec, ResultRecord], None], log: Callable[[str], None] = print) -> None:
+                 done: Callable[[RunSpec, ResultRecord], None], log: Callable[[str], None] = print,
+                 events=None) -> None:
     """Submit (or re-attach to) one Slurm job per run in ``todo``; call ``done`` as each ends."""
     submitit = _submitit()
     if shutil.which("sbatch") is None:
@@ -233,7 +235,7 @@ def run_on_slurm(todo: list[RunSpec], out: Path, options: SlurmOptions,
         executor.update_parameters(**options.executor_parameters())
         try:
             job_fn = functools.partial(run_job, time_limit_s=options.time_min * 60,
-                                       signal_delay_s=options.signal_delay_s)
+                                       signal_delay_s=options.signal_delay_s, events=events)
             submitted = executor.map_array(job_fn, [spec for spec, _ in fresh])
         except Exception as e:
             raise HarnessError(f"sbatch refused the sweep: {str(e).strip().splitlines()[-1]}") from None

@@ -17,12 +17,15 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.protocol.run import RunSpec, evaluate
 from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
 from specs.result import ResultRecord
+
+if TYPE_CHECKING:
+    from harness.orchestration.events import EventLog
 
 OnResult = Callable[[RunSpec, ResultRecord, str], None]  # (spec, record, "ran" | "skipped")
 
@@ -38,10 +41,11 @@ class SweepSummary:
         return sum(r.status != "ok" for r in self.records)
 
 
-def _run_one(spec: RunSpec, threads: int) -> ResultRecord:
-    import torch
-    torch.set_num_threads(threads)
-    return evaluate(spec)[0]
+def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, progress=None) -> ResultRecord:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    return events.run(spec, progress) if events is not None else evaluate(spec, progress)[0]
 
 
 def _absolute(spec: RunSpec) -> RunSpec:
@@ -53,9 +57,11 @@ def _absolute(spec: RunSpec) -> RunSpec:
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
               on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
-              slurm=None, log=print) -> SweepSummary:
+              slurm=None, log=print, events: Optional["EventLog"] = None) -> SweepSummary:
     """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.orchestration.cluster.SlurmOptions`
-    as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``)."""
+    as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``). With ``events``
+    (:class:`harness.orchestration.events.EventLog`) every run, wherever it runs, appends live events
+    to the store and can be cancelled."""
     clean_stale_staging(out)
     store = Store.load(out)
     summary = SweepSummary()
@@ -78,15 +84,15 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
 
     if executor == "slurm":
         from harness.orchestration.cluster import SlurmOptions, run_on_slurm
-        run_on_slurm([_absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log)
+        run_on_slurm([_absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log, events=events)
         return summary
     if jobs <= 1:
         for spec in todo:
-            done(spec, evaluate(spec, progress)[0])
+            done(spec, _run_one(spec, 0, events, progress))
         return summary
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, spec, threads): spec for spec in todo}
+        futures = {pool.submit(_run_one, spec, threads, events): spec for spec in todo}
         for future in as_completed(futures):
             done(futures[future], future.result())
     return summary

@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch.nn as nn
 
@@ -172,6 +172,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         fields["regularizer"] = method_info(spec, reg, spec.reg_hyperparameters)
     timing: dict[str, float] = {}
     metric = MetricInfo(name=track.metric, base=base.metric)
+    if progress:
+        progress("evaluate", 0, 2, metric=track.metric, base=base.metric)
     try:
         if reg is not None:
             timing["reg_s"] = _sparsify_stage(spec, task, model, example, progress)
@@ -181,6 +183,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
         model = pruned.model
         metric = metric.model_copy(update={"pruned": task.evaluate(model)})
+        if progress:
+            progress("evaluate", 1, 2, metric=track.metric, pruned=metric.pruned)
         if spec.save_models:
             task.save(model, staging / "pruned.pt")
         t0 = time.perf_counter()
@@ -188,6 +192,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         timing["retrain_s"] = time.perf_counter() - t0
         final = task.evaluate(model)
         metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
+        if progress:
+            progress("evaluate", 2, 2, metric=track.metric, final=final)
         if spec.save_models:
             task.save(model, staging / "final.pt")
         if spec.measure_latency:
@@ -269,10 +275,12 @@ def _error_line(error: str) -> str:
     return error.splitlines()[0][:1000] if error else "unknown error"
 
 
-def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tuple[ResultRecord, Path]:
+def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None,
+                 status: Literal["failed", "cancelled"] = "failed") -> tuple[ResultRecord, Path]:
     """Record a run that ended without producing a record of its own (its cluster job was cancelled,
-    timed out, was preempted, or stopped on bad input) as ``failed`` with ``error``, so that it is
-    reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never replaced."""
+    timed out, was preempted, or stopped on bad input; a user cancelled it) as ``status`` with ``error``,
+    so that it is reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never
+    replaced."""
     key = run_key_of(spec)
     target_dir = run_dir(spec, key)
     existing = recorded(spec, key)
@@ -284,7 +292,7 @@ def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tu
         fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
                                            hyperparameters=resolved_hyperparameters(reg, spec.reg_hyperparameters))
     record = ResultRecord(
-        status="failed", error=_error_line(error), speedup=Speedup(target=spec.speedup),
+        status=status, error=_error_line(error), speedup=Speedup(target=spec.speedup),
         method=MethodInfo(id=spec.method.id, version=spec.method.manifest.version, runner=spec.runner,
                           hyperparameters=resolved_hyperparameters(spec.method, spec.hyperparameters)),
         metric=MetricInfo(name=spec.track.metric), finished_at=now, **fields)

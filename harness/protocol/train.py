@@ -19,9 +19,10 @@ from specs.track import Recipe
 
 #: called after loss.backward() and before optimizer.step(): (step, total_steps) -> None
 GradHook = Callable[[int, int], None]
-#: ``progress(stage, done, total, **info)``; stages: pretrain, sparsify, prune, retrain. ``info`` carries
-#: what the stage knows at that point (training: ``loss``, the epoch's mean training loss, and ``lr``;
-#: prune: ``macs``, ``speedup``); every consumer must accept (and may ignore) any keyword.
+#: ``progress(stage, done, total, **info)``; stages: pretrain, sparsify, prune, retrain, evaluate. ``info``
+#: carries what the stage knows at that point (training: ``loss``, the epoch's mean training loss, and ``lr``;
+#: prune: ``macs``, ``speedup``; evaluate: ``metric`` (its name) and one of ``base``, ``pruned``, ``final``);
+#: every consumer must accept (and may ignore) any keyword.
 Progress = Callable[..., None]
 
 

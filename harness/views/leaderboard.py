@@ -67,7 +67,7 @@ def rows(records: list[ResultRecord]) -> list[Row]:
     out = []
     for (track, speedup, strategy, recipe, method, reg), rs in cells.items():
         ok = [r for r in rs if r.status == "ok"]
-        failed = [r for r in rs if r.status == "failed"]
+        failed = [r for r in rs if r.status != "ok"]  # failed or cancelled
         out.append(Row(
             track=track, speedup=speedup, strategy=strategy, recipe=recipe, method=method, regularizer=reg,
             n_ok=len(ok), n_failed=len(failed),

@@ -1,0 +1,126 @@
+"""Who is asking, and may they change anything.
+
+- API clients send ``Authorization: Bearer <token>``; browsers log in once (``POST /api/session``) and
+  carry a signed, HttpOnly, SameSite=Strict session cookie.
+- State-changing requests (POST/PUT/PATCH/DELETE) made with the cookie (or, on a local server, with
+  no credentials at all) must also carry ``X-PBench-CSRF``: a per-user token the pages embed, which a
+  page of another origin can neither read nor send; an ``Origin`` header, when present, must be this
+  server's. Bearer requests are exempt (a browser never adds that header by itself).
+- On a loopback server the Host header must name this machine (no DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import urlsplit
+
+from fastapi import HTTPException, Request
+
+from harness.web.config import LOCAL_USER, TOKEN_USER, ServerConfig, User, is_loopback, token_sha256
+
+COOKIE = "pbench_session"
+CSRF_HEADER = "X-PBench-CSRF"
+SESSION_DAYS = 14
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    admin: bool
+    max_queued_runs: Optional[int]
+    via: str  # "bearer", "cookie" or "local"
+
+
+class Auth:
+    def __init__(self, cfg: ServerConfig, secret: bytes, token: Optional[str] = None,
+                 users: Optional[list[User]] = None):
+        self.cfg, self.secret = cfg, secret
+        self.users: dict[str, User] = {}
+        if token is not None:
+            self.users[TOKEN_USER] = User(name=TOKEN_USER, token_sha256=token_sha256(token), admin=True)
+        for u in users or []:
+            self.users[u.name] = u
+        self.open = not self.users  # a local server without credentials: everyone here is the owner
+
+    # -- credentials ---------------------------------------------------------------------------
+    def by_token(self, token: str) -> Optional[User]:
+        digest = token_sha256(token)
+        for user in self.users.values():
+            if hmac.compare_digest(user.token_sha256, digest):
+                return user
+        return None
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
+
+    def session_cookie(self, user: str) -> str:
+        issued = str(int(time.time()))
+        return f"{user}.{issued}.{self._sign(f'session:{user}:{issued}')}"
+
+    def _from_cookie(self, value: str) -> Optional[User]:
+        try:
+            user, issued, sig = value.split(".")
+            age = time.time() - int(issued)
+        except ValueError:
+            return None
+        if age > SESSION_DAYS * 86400 or not hmac.compare_digest(sig, self._sign(f"session:{user}:{issued}")):
+            return None
+        return self.users.get(user)
+
+    def csrf_token(self, user: str) -> str:
+        return self._sign(f"csrf:{user}")[:32]
+
+    # -- per request ---------------------------------------------------------------------------
+    def identify(self, request: Request) -> Optional[Principal]:
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            user = self.by_token(header[7:].strip())
+            return self._principal(user, "bearer") if user else None
+        if self.open:
+            return Principal(LOCAL_USER, True, None, "local")
+        cookie = request.cookies.get(COOKIE)
+        user = self._from_cookie(cookie) if cookie else None
+        return self._principal(user, "cookie") if user else None
+
+    @staticmethod
+    def _principal(user: User, via: str) -> Principal:
+        return Principal(user.name, user.admin, user.max_queued_runs, via)
+
+    def check_host(self, request: Request) -> None:
+        if not is_loopback(self.cfg.host):
+            return
+        host = (request.headers.get("host") or "").rsplit(":", 1)[0].strip("[]")
+        if host and not is_loopback(host) and host not in self.cfg.allowed_hosts:
+            raise HTTPException(400, f"unexpected Host {host!r}: this server answers on 127.0.0.1 / localhost "
+                                     f"(add --allowed-host NAME behind a proxy)")
+
+    def check_csrf(self, request: Request, who: Principal) -> None:
+        if who.via == "bearer":
+            return
+        origin = request.headers.get("origin")
+        if origin and origin != "null":
+            here = request.headers.get("host", "")
+            if urlsplit(origin).netloc != here:
+                raise HTTPException(403, f"cross-origin request from {origin} refused")
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent, self.csrf_token(who.name)):
+            raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header (reload the page; API clients use "
+                                     f"Authorization: Bearer TOKEN)")
+
+
+def viewer(request: Request) -> Principal:
+    """FastAPI dependency: the authenticated user (401 otherwise)."""
+    auth: Auth = request.app.state.auth
+    auth.check_host(request)
+    who = auth.identify(request)
+    if who is None:
+        raise HTTPException(401, "log in (POST /api/session with your token) or send Authorization: Bearer TOKEN",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if request.method in UNSAFE:
+        auth.check_csrf(request, who)
+    return who

@@ -1,0 +1,375 @@
+"""The platform's JSON API through an HTTP client (FastAPI's TestClient): plan validation with the CLI's
+messages, access control and CSRF, queue limits, path traversal and upload limits, leaderboard
+statistics against scipy, the ``cancelled`` status. Nothing here trains a model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import zipfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from scipy import stats
+from typer.testing import CliRunner
+
+from harness.cli import app as cli_app
+from harness.views import leaderboard as lb
+from harness.web.app import create_app
+from harness.web.auth import CSRF_HEADER
+from harness.web.config import ServerConfig, check_access, token_sha256
+from harness.errors import HarnessError
+from specs.result import ResultRecord
+
+BASE = "http://127.0.0.1:8000"
+TOKEN = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def local(tmp_path):
+    """A local server (its owner, no credentials) with its queue stopped: plans stay queued."""
+    app = create_app(ServerConfig(store=tmp_path / "store"), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        yield client
+
+
+def _record(method, speedup, seed, final, status="ok", track="t", reg=None, latency=None, key=None):
+    ok = status == "ok"
+    return ResultRecord.model_validate(dict(
+        status=status, error=None if ok else f"{status}: why", run_key=key or hashlib.sha256(f"{method}{reg}{speedup}{seed}".encode()).hexdigest(),
+        method={"id": method, "version": "1", "runner": "subprocess"}, track={"id": track, "hash": "0" * 64},
+        regularizer={"id": reg, "version": "1", "runner": "subprocess"} if reg else None,
+        model="resnet18", dataset="digits", seed=seed, strategy="protected_global",
+        speedup={"target": speedup, "achieved": speedup * 1.01 if ok else None},
+        macs={"base": 100.0, "pruned": 100 / speedup if ok else None}, params={"base": 100, "pruned": 40 if ok else None},
+        metric={"name": "top1", "base": 90.0, "pruned": 10.0 if ok else None, "final": final if ok else None,
+                "delta": final - 90.0 if ok else None},
+        latency=None if latency is None or not ok else {
+            "device": "cpu", "batch1_base_ms": 2.0, "batch1_pruned_ms": 2.0 / latency, "speedup_batch1": latency,
+            "throughput_batch": 32, "throughput_base": 100.0, "throughput_pruned": 100.0 * latency,
+            "speedup_throughput": latency, "repeats": 5},
+        layer_channels={"conv1": [64, 32]}, min_channel_fraction=0.5, timing={"step_s": 1.0, "total_s": 2.0},
+        provenance={"harness_version": "0", "spec_version": "1.0"}, started_at="a", finished_at="b"))
+
+
+def _write(store: Path, records) -> None:
+    for r in records:
+        d = store / r.track.id / f"{r.method.id}-{r.run_key[:8]}-{r.seed}-{r.speedup.target:g}"
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(r.model_dump_json())
+
+
+# -- plans -----------------------------------------------------------------------------------------
+def _cli_error(*args) -> str:
+    res = CliRunner().invoke(cli_app, ["sweep", *args])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert line.startswith("error: ")
+    return line[len("error: "):]
+
+
+BASE_PLAN = {"track": "digits-resnet18", "methods": ["lamp"], "seeds": [0]}
+BASE_FLAGS = {"--track": "digits-resnet18", "--methods": "lamp", "--seeds": "0"}
+
+
+@pytest.mark.parametrize("change, flags, field", [
+    ({"methods": ["nope"]}, {"--methods": "nope"}, "methods"),
+    ({"methods": ["group_norm"]}, {"--methods": "group_norm"}, "methods"),
+    ({"regularizers": ["lamp"]}, {"--regularizers": "lamp"}, "regularizers"),
+    ({"speedups": [0.5]}, {"--speedups": "0.5"}, "speedups"),
+    ({"track": "digits-resnet81"}, {"--track": "digits-resnet81"}, "track"),
+])
+def test_invalid_plans_get_the_cli_message_next_to_the_field(local, tmp_path, change, flags, field):
+    cli_flags = [x for kv in {**BASE_FLAGS, **flags}.items() for x in kv] + ["--out", str(tmp_path / "cli")]
+    expected = _cli_error(*cli_flags)
+    for dry in ("true", "false"):
+        res = local.post(f"/api/plans?dry_run={dry}", json={**BASE_PLAN, **change})
+        assert res.status_code == 422, res.text
+        assert res.json() == {"error": expected, "field": field}
+    assert local.get("/api/plans").json() == []  # nothing queued
+    assert not list((tmp_path / "cli").rglob("result.json"))
+
+
+def test_the_server_decides_where_and_how(local, tmp_path):
+    res = local.post("/api/plans?dry_run=true", json={**BASE_PLAN, "hyperparameters": {"pp": 3}})
+    assert res.status_code == 422 and res.json()["field"] == "hyperparameters" and "pp" in res.json()["error"]
+    res = local.post("/api/plans", json={"track": "digits-resnet18", "out": "/etc"})
+    assert res.status_code == 422 and res.json()["field"] == "out" and "Extra inputs" in res.json()["error"]
+    res = local.post("/api/plans?dry_run=true", json={"track": "digits-resnet18", "methods": ["lamp", "fpgm"],
+                                                      "regularizers": ["-", "group_norm"], "speedups": [2, 4]})
+    assert res.status_code == 201, res.text
+    assert res.json() == {"runs": 2 * 2 * 2 * 3, "new": 24, "track": "digits-resnet18", "targets": [2.0, 4.0],
+                          "seeds": [0, 1, 2]}
+
+
+def test_a_queued_plan_lists_its_runs_and_cancels(local):
+    res = local.post("/api/plans", json={"track": "digits-resnet18", "methods": ["lamp"], "speedups": [2], "seeds": [0, 1],
+                                         "label": "two seeds"})
+    assert res.status_code == 201, res.text
+    out = res.json()
+    assert out["counts"] == {"queued": 2} and [r["seed"] for r in out["runs"]] == [0, 1]
+    from harness.methods import find_method
+    from harness.protocol.run import RunSpec
+    from harness.store import run_key_of
+    from harness.tracks import load_track
+    spec = RunSpec(track=load_track("digits-resnet18"), method=find_method("lamp"), speedup=2.0, seed=1)
+    assert out["runs"][1]["key"] == run_key_of(spec)  # the CLI's run key: the same store entry
+    plan_id = out["plan"]["id"]
+    assert local.get(f"/api/runs/{run_key_of(spec)}").json()["status"] == "queued"
+    res = local.post(f"/api/plans/{plan_id}/cancel")
+    assert res.status_code == 200 and res.json()["plan"]["state"] == "cancelled"
+    assert local.get(f"/api/runs/{run_key_of(spec)}").json()["status"] == "not run"  # never started: no record
+
+
+def test_per_user_queue_limit(tmp_path):
+    app = create_app(ServerConfig(store=tmp_path / "s", max_queued_runs=3), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        plan = {"track": "digits-resnet18", "methods": ["lamp"], "speedups": [2], "seeds": [0, 1]}
+        assert client.post("/api/plans", json=plan).status_code == 201
+        before = sorted((tmp_path / "s" / ".web" / "plans").iterdir())
+        res = client.post("/api/plans", json={**plan, "seeds": [2, 3]})
+        assert res.status_code == 429 and "limit 3" in res.json()["error"]
+        assert sorted((tmp_path / "s" / ".web" / "plans").iterdir()) == before
+
+
+# -- access ----------------------------------------------------------------------------------------
+def test_beyond_loopback_needs_credentials(tmp_path):
+    with pytest.raises(HarnessError, match="--token"):
+        check_access(ServerConfig(store=tmp_path, host="0.0.0.0"), None)
+    res = CliRunner().invoke(cli_app, ["serve", str(tmp_path), "--host", "0.0.0.0"])
+    assert res.exit_code == 2 and "exposes the platform beyond this machine" in res.output
+    check_access(ServerConfig(store=tmp_path, host="0.0.0.0"), TOKEN)  # fine
+
+
+def test_token_sessions_and_csrf(tmp_path):
+    app = create_app(ServerConfig(store=tmp_path / "s", host="0.0.0.0"), token=TOKEN, start_queue=False)
+    plan = {"track": "digits-resnet18", "methods": ["lamp"], "speedups": [2], "seeds": [0]}
+    with TestClient(app, base_url=BASE) as client:
+        assert client.get("/api/me").status_code == 401
+        assert client.get("/api/me", headers={"Authorization": "Bearer wrong-token-wrong"}).status_code == 401
+        page = client.get("/tracks/x", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/tracks/x"
+        # API clients: the bearer token, no CSRF header needed (a browser never sends it on its own)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert client.post("/api/plans?dry_run=true", json=plan, headers=bearer).status_code == 201
+        # browsers: a session cookie, and every state change carries the CSRF token
+        assert client.post("/api/session", json={"token": "nope"}).status_code == 401
+        login = client.post("/api/session", json={"token": TOKEN})
+        assert login.status_code == 200 and "httponly" in login.headers["set-cookie"].lower()
+        assert "samesite=strict" in login.headers["set-cookie"].lower()
+        csrf = login.json()["csrf"]
+        assert client.get("/api/me").json()["user"] == "owner"
+        res = client.post("/api/plans", json=plan)
+        assert res.status_code == 403 and "X-PBench-CSRF" in res.json()["error"]
+        res = client.post("/api/plans", json=plan, headers={CSRF_HEADER: csrf, "Origin": "http://evil.example"})
+        assert res.status_code == 403 and "cross-origin" in res.json()["error"]
+        assert client.get("/api/plans").json() == []  # nothing was queued by the refused requests
+        res = client.post("/api/plans", json=plan, headers={CSRF_HEADER: csrf, "Origin": BASE})
+        assert res.status_code == 201, res.text
+
+
+def test_users_file_and_local_csrf(tmp_path):
+    users = tmp_path / "users.yaml"
+    users.write_text(f"users:\n  - {{name: alice, token_sha256: {token_sha256('alice-token-0123456')}, "
+                     f"max_queued_runs: 1}}\n")
+    app = create_app(ServerConfig(store=tmp_path / "s", users_file=users), start_queue=False)
+    plan = {"track": "digits-resnet18", "methods": ["lamp"], "speedups": [2], "seeds": [0, 1]}
+    with TestClient(app, base_url=BASE) as client:
+        alice = {"Authorization": "Bearer alice-token-0123456"}
+        assert client.get("/api/me", headers=alice).json() == {
+            "user": "alice", "admin": False, "csrf": client.get("/api/me", headers=alice).json()["csrf"],
+            "local_owner": False}
+        res = client.post("/api/plans", json=plan, headers=alice)
+        assert res.status_code == 429  # her own limit: one run at a time
+        res = client.post("/api/plans", json={**plan, "track": "/tmp/some.yaml"}, headers=alice)
+        assert res.status_code == 422 and res.json()["field"] == "track"  # no server paths on a shared server
+    # a local server (no credentials) still refuses a state change a page of another site could forge
+    app = create_app(ServerConfig(store=tmp_path / "t"), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        assert client.post("/api/plans?dry_run=true", json=plan).status_code == 403
+        res = client.get("/api/me", headers={"Host": "attacker.example:8000"})
+        assert res.status_code == 400 and "unexpected Host" in res.json()["error"]  # no DNS rebinding
+
+
+# -- traversal and limits --------------------------------------------------------------------------
+def test_path_traversal_gets_4xx_and_changes_nothing(tmp_path):
+    store = tmp_path / "s"
+    rec = _record("lamp", 2, 0, 80.0, key="ab" * 32)
+    _write(store, [rec])
+    run_dir = next(store.rglob("result.json")).parent
+    (run_dir / "secret.txt").write_text("no")
+    (tmp_path / "outside.txt").write_text("no")
+    before = sorted(p for p in tmp_path.rglob("*") if ".web" not in p.parts)
+    app = create_app(ServerConfig(store=store), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        key = rec.run_key
+        assert client.get(f"/api/runs/{key}/files/result.json").json()["run_key"] == key
+        for url in [f"/api/runs/{key}/files/secret.txt", f"/api/runs/{key}/files/..%2F..%2F..%2Foutside.txt",
+                    f"/api/runs/{key}/files/%2e%2e%2foutside.txt", "/api/runs/..%2F..%2Fetc%2Fpasswd",
+                    f"/api/runs/{key}/../../../outside.txt", "/api/runs/" + "../" * 5 + "etc/passwd",
+                    "/api/plans/..%2Fsecret", "/static/../app.py", "/static/..%2Fapp.py"]:
+            res = client.get(url)
+            assert 400 <= res.status_code < 500, (url, res.status_code)
+            assert b"no" != res.content and b"import" not in res.content
+    after = sorted(p for p in tmp_path.rglob("*") if ".web" not in p.parts)
+    assert after == before
+
+
+def test_oversized_uploads_get_413_and_nothing_is_kept(tmp_path):
+    app = create_app(ServerConfig(store=tmp_path / "s", max_method_mb=0.01, max_model_mb=0.01), start_queue=False)
+    uploads = tmp_path / "s" / ".web" / "uploads"
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        big = b"x" * 200_000
+        for url in ("/api/uploads/methods", "/api/uploads/models"):
+            res = client.post(url, files={"file": ("m.zip", big)})
+            assert res.status_code == 413, res.text
+        # a client that does not declare the size is cut off as its body streams in
+        res = client.post("/api/uploads/methods", content=iter([b"--x\r\n", big]),
+                          headers={"content-type": "multipart/form-data; boundary=x"})
+        assert res.status_code == 413
+        assert client.get("/api/uploads").json() == {"methods": [], "models": []}
+    assert [p for p in uploads.rglob("*") if p.is_file()] == []
+
+
+def _zip(tmp_path: Path, entries: dict, name="m.zip", symlink: str = None) -> bytes:
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for arc, data in entries.items():
+            zf.writestr(arc, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)
+            zf.writestr(info, "/etc/passwd")
+    return path.read_bytes()
+
+
+def _method_files(mid="uploaded_l1", version="0.1.0") -> dict:
+    from harness.methods import TEMPLATE_DIR
+    manifest = json.loads((TEMPLATE_DIR / "manifest.json").read_text())
+    manifest.update(id=mid, version=version)
+    manifest.pop("$schema", None)
+    return {"manifest.json": json.dumps(manifest), "method.py": (TEMPLATE_DIR / "method.py").read_text()}
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("traversal", 422, "'..' would leave"),
+    ("absolute", 422, "absolute"),
+    ("symlink", 422, "symbolic link"),
+    ("bomb", 422, "zip bomb"),
+    ("unpacked", 413, "unpacks to"),
+    ("no_manifest", 422, "no manifest.json"),
+    ("bad_manifest", 422, "manifest"),
+    ("reference_id", 409, "reference method"),
+    ("not_zip", 422, "not a zip"),
+])
+def test_unsafe_or_invalid_method_zips_are_refused(tmp_path, case, status, message):
+    files = _method_files()
+    entries, link = dict(files), None
+    if case == "traversal":
+        entries["../../evil.py"] = "x"
+    elif case == "absolute":
+        entries["/tmp/evil.py"] = "x"
+    elif case == "symlink":
+        link = "data"
+    elif case == "bomb":
+        entries["weights.bin"] = b"\0" * (3 << 20)  # 3 MB of zeros deflate ~1000:1
+    elif case == "unpacked":
+        entries["weights.bin"] = os.urandom(2 << 20)  # incompressible: 2 MB zipped and unpacked, limit 1 MB
+    elif case == "no_manifest":
+        entries = {"method.py": files["method.py"]}
+    elif case == "bad_manifest":
+        entries["manifest.json"] = json.dumps({**json.loads(files["manifest.json"]), "provides": ["magic"]})
+    elif case == "reference_id":
+        entries = _method_files("magnitude_l1")
+    data = b"PK not a zip" if case == "not_zip" else _zip(tmp_path, entries, symlink=link)
+    app = create_app(ServerConfig(store=tmp_path / "s", max_method_unpacked_mb=1), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        res = client.post("/api/uploads/methods", files={"file": ("m.zip", data)})
+        assert res.status_code == status, res.text
+        assert message in res.json()["error"]
+        assert client.get("/api/uploads").json()["methods"] == []
+    assert not (tmp_path / "evil.py").exists() and not Path("/tmp/evil.py").exists()
+    leftovers = [p for p in (tmp_path / "s" / ".web" / "uploads").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_an_unsafe_model_pickle_is_refused_without_running(tmp_path):
+    import torch
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    app = create_app(ServerConfig(store=tmp_path / "s"), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        res = client.post("/api/uploads/models", files={"file": ("evil.pt", (tmp_path / "evil.pt").read_bytes())})
+        assert res.status_code == 422 and "posix.system" in res.json()["error"], res.text
+        assert not marker.exists()
+        res = client.post("/api/uploads/models", files={"file": ("w.pt", b"not a torch file")})
+        assert res.status_code == 422 and "not a torch.save file" in res.json()["error"]
+        assert client.get("/api/uploads").json()["models"] == []
+
+
+# -- leaderboards ----------------------------------------------------------------------------------
+def test_leaderboard_statistics_against_scipy(tmp_path):
+    a = [80.0, 82.0, 84.0]        # a and b overlap: a tie
+    b = [81.0, 83.5, 82.5]
+    c = [90.0, 90.5, 91.0]        # clearly better
+    records = [_record("a", 2, s, v, latency=1.5) for s, v in enumerate(a)]
+    records += [_record("b", 2, s, v, latency=1.8) for s, v in enumerate(b)]
+    records += [_record("c", 2, s, v, latency=1.2) for s, v in enumerate(c)]
+    records += [_record("a", 4, s, v - 5) for s, v in enumerate(a)] + [_record("c", 4, s, v - 1) for s, v in enumerate(c)]
+    records += [_record("b", 4, 0, 0, status="failed"), _record("b", 4, 1, 0, status="cancelled")]
+    _write(tmp_path / "s", records)
+    app = create_app(ServerConfig(store=tmp_path / "s"), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        board = client.get("/api/leaderboards/t", params={"view": "2x"}).json()
+        e = {x["name"]: x for x in board["entries"]}
+        for name, values in (("a", a), ("b", b), ("c", c)):
+            assert e[name]["n"] == 3 and e[name]["mean"] == pytest.approx(statistics.fmean(values))
+            assert e[name]["std"] == pytest.approx(statistics.stdev(values))
+            lo, hi = stats.t.interval(0.95, 2, loc=statistics.fmean(values), scale=stats.sem(values))
+            assert e[name]["ci95"] == pytest.approx((hi - lo) / 2)
+        assert stats.ttest_ind(a, b, equal_var=False).pvalue > 0.05 and stats.ttest_ind(c, b, equal_var=False).pvalue < 0.05
+        assert [(x["name"], x["rank_label"]) for x in board["entries"]] == [("c", "1"), ("b", "2="), ("a", "2=")]
+        # at 4x, b has no ok run: shown (failed + cancelled), never ranked
+        board4 = client.get("/api/leaderboards/t", params={"view": "4x"}).json()
+        e4 = {x["name"]: x for x in board4["entries"]}
+        assert e4["b"]["rank"] is None and (e4["b"]["n_failed"], e4["b"]["n_cancelled"]) == (1, 1)
+        # Average view: per seed, the mean over the speedups; b (missing 4x) is not averaged
+        avg = {x["name"]: x for x in client.get("/api/leaderboards/t").json()["entries"]}
+        per_seed_a = [(v + v - 5) / 2 for v in a]
+        assert avg["a"]["values"] == pytest.approx(per_seed_a) and avg["a"]["mean"] == pytest.approx(statistics.fmean(per_seed_a))
+        assert avg["b"]["rank"] is None and "not averaged" in avg["b"]["error"]
+        assert avg["c"]["rank"] == 1
+        # filters
+        only = client.get("/api/leaderboards/t", params={"view": "2x", "importance": ["a", "b"]}).json()
+        assert sorted(x["name"] for x in only["entries"]) == ["a", "b"]
+        assert [x["rank_label"] for x in only["entries"]] == ["1=", "1="]
+        # the pages render the same board, and the plots
+        page = client.get("/tracks/t?view=2x").text
+        assert "2=" in page and "<svg" in page and "Pareto" in page
+        cmp = client.get("/compare", params={"runs": ",".join(e["c"]["keys"][:2])}).text
+        assert cmp.count('<a href="/runs/') >= 2
+
+
+def test_cancelled_is_a_status_like_failed():
+    r = _record("a", 2, 0, 0, status="cancelled")
+    assert r.status == "cancelled" and r.error
+    with pytest.raises(ValueError, match="needs an error"):
+        ResultRecord.model_validate({**r.model_dump(), "error": None})
+    schema = json.loads((Path(__file__).parents[1] / "specs" / "schema" / "result.schema.json").read_text())
+    assert "cancelled" in json.dumps(schema["properties"]["status"])
+    [row] = lb.rows([r])
+    assert row.n_failed == 1 and row.rank is None and row.final is None
