@@ -103,4 +103,8 @@ def serve(
     out.print(f"PruningBench platform on http://{shown}:{port}/ (store {cfg.store.resolve()}, executor {executor}"
               f"{f', {jobs} workers' if executor == 'local' else ''}; Ctrl-C stops it, unfinished tasks resume at "
               f"the next start)", highlight=False, soft_wrap=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+    out.print("stopped (unfinished tasks resume at the next start)")

@@ -13,7 +13,3 @@ Library code never imports it. Module map:
 - :mod:`harness.web.uploads`   model and method uploads: safe unzip, pickle scan, conformance checks
 - :mod:`harness.web.auth`, :mod:`harness.web.config`: access (tokens, users, sessions, CSRF) and settings
 """
-
-from harness.web.app import create_app
-
-__all__ = ["create_app"]

@@ -147,11 +147,11 @@ def scatter_chart(points: list[tuple[str, float, float, str, Optional[str]]], fr
     return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{_legend(names)}</div>'
 
 
-def channel_bars(layers: list[tuple[str, int, int]], width: int = 640) -> str:
+def channel_bars(layers: list[tuple[str, int, int]], width: int = 1000) -> str:
     """Channels per layer before (light) and after (dark) pruning, one row per layer."""
     if not layers:
         return '<p class="empty">no per-layer channel counts in this record</p>'
-    row, left, right, top = 16, 190, 80, 22
+    row, left, right, top = 17, 210, 110, 22
     height = top + row * len(layers) + 10
     most = max(b for _, b, _ in layers) or 1
     scale = (width - left - right) / most

@@ -268,10 +268,16 @@ function initRun() {
   const schedule = () => { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; render(); }); } };
   const onEvent = (m) => {
     const e = JSON.parse(m.data);
-    if (e.t >= opened) window.pbenchLatencies.push(Date.now() / 1000 - e.t);
-    if (e.kind === "start") { stages = {}; loss = {}; probes = []; metrics = {}; }
+    if (e.t >= opened) {
+      window.pbenchLatencies.push(Date.now() / 1000 - e.t);
+      if (wasLive) sessionStorage.setItem(`pbenchLatencies:${key}`, JSON.stringify(window.pbenchLatencies));
+    }
+    if (e.kind === "start") {
+      stages = {}; loss = {}; probes = []; metrics = {};
+      if (wasLive) { const badge = $("#run-status"); badge.textContent = "running"; badge.className = "badge running"; }
+    }
     if (e.kind === "progress") {
-      stages[e.stage] = e;
+      if (e.stage !== "evaluate") stages[e.stage] = e;  // (evaluations show under Accuracy)
       if (e.loss !== undefined) (loss[e.stage] = loss[e.stage] || []).push([e.done, e.loss]);
       if (e.stage === "prune") probes.push(e);
       if (e.stage === "evaluate") { for (const k of ["base", "pruned", "final"]) if (e[k] !== undefined) metrics[k] = e[k]; metrics.name = e.metric; }
@@ -279,7 +285,7 @@ function initRun() {
     if (e.kind === "end") {
       const badge = $("#run-status");
       badge.textContent = e.status; badge.className = `badge ${e.status}`;
-      if (e.error) $("#run-error").innerHTML = `<div class="alert"><b>${e.status === "cancelled" ? "Cancelled" : "This run failed"}</b>${esc(e.error)}</div>`;
+      if (e.error && wasLive) $("#run-error").innerHTML = `<div class="alert"><b>${e.status === "cancelled" ? "Cancelled" : "This run failed"}</b>${esc(e.error)}</div>`;
       if (cancel) cancel.style.display = "none";
     }
     lines.push(eventLine(e));
