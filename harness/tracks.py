@@ -64,3 +64,14 @@ def track_for(model: str, dataset: str) -> TrackConfig:
         raise HarnessError(f"no track for model {model!r} on dataset {dataset!r} (tracks cover: {', '.join(pairs)}); "
                            f"pass --track FILE for a custom setting")
     return matches[0]
+
+
+def tracks_of_model(model: str) -> list[TrackConfig]:
+    """The registered tracks of a model (``--model`` alone selects its track when it has one)."""
+    from harness.models import MODELS
+    reg = registry()
+    found = [t for t in (reg.get(n) for n in reg.names()) if t.model.name == model]
+    if not found:
+        MODELS.get(model)  # an unknown model name: suggest close ones
+        raise HarnessError(f"model {model!r} has no registered track: give --dataset (or --track FILE)")
+    return found
