@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Optional
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.registry import UnknownName
 from specs.base import Scalar, Strict, explain
@@ -100,14 +100,9 @@ class Plan(Strict):
         """A YAML/JSON plan file; ``overrides`` (e.g. flags given on the command line) win."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
-        except OSError as e:
-            raise PlanError(None, f"{path}: cannot read plan file ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise PlanError(None, f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-        if not isinstance(data, dict):
-            raise PlanError(None, f"{path}: a plan file must be a mapping, got {type(data).__name__}")
+            data = read_mapping(path, "plan file")
+        except HarnessError as e:
+            raise PlanError(None, str(e)) from None
         try:
             return cls.build(**{**data, **overrides})
         except PlanError as e:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.registry import Registry
 from specs.base import explain
@@ -21,16 +21,7 @@ TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
 def parse_track_file(path: Path) -> TrackConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise HarnessError(f"{path}: cannot read track file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise HarnessError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"{path}: a track file must be a mapping, got {type(data).__name__}")
+    data = read_mapping(path, "track file")
     try:
         return TrackConfig.model_validate(data)
     except ValidationError as e:
