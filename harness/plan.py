@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Optional
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from harness.configs import read_mapping
 from harness.errors import HarnessError
@@ -77,14 +77,6 @@ class Plan(Strict):
     slurm_config: Optional[Path] = None
     retry_failed: bool = False
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "Plan":
-        if self.slurm_config is not None and self.executor != "slurm":
-            raise ValueError("slurm_config needs executor slurm")
-        if self.own and self.recipes is None:
-            raise ValueError("own needs recipes (the recipe-swap mode)")
-        return self
-
     # -- construction --------------------------------------------------------------------------
     @classmethod
     def build(cls, **fields) -> "Plan":
@@ -112,6 +104,10 @@ class Plan(Strict):
     def resolve(self) -> "ResolvedPlan":
         """Names -> objects, and one RunSpec per run; bad input raises :class:`PlanError`."""
         from harness.protocol.run import RunSpec
+        if self.slurm_config is not None and self.executor != "slurm":
+            raise PlanError("slurm_config", "--slurm-config needs --executor slurm")
+        if self.own and self.recipes is None:
+            raise PlanError("own", "--own needs --recipes (the recipe-swap mode)")
         track = self._track()
         targets = self.speedups or list(track.pruning.speedups)
         bad = [t for t in targets if not 1.0 < t <= 1000]

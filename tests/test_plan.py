@@ -54,7 +54,8 @@ def test_all_means_every_method_that_provides_it():
     (dict(methods=["random", "lamp"], recipes=["track", "ft_long"], own={"taylor": "track"}), "own", "own:"),
     (dict(methods=["random"], jobs=0), "jobs", "invalid plan: jobs"),
     (dict(methods=["random"], runner="ssh"), "runner", "invalid plan: runner"),
-    (dict(methods=["random"], slurm_config="s.yaml"), None, "slurm_config needs executor slurm"),
+    (dict(methods=["random"], slurm_config="s.yaml"), "slurm_config", "--slurm-config needs --executor slurm"),
+    (dict(methods=["random"], own={"random": "track"}), "own", "--own needs --recipes"),
 ])
 def test_bad_plans_name_the_field_in_one_line(fields, field, message):
     with pytest.raises(PlanError) as e:
