@@ -16,7 +16,7 @@ from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.web.config import ServerConfig
-from harness.web.plan_compat import Plan, PlanError, ResolvedPlan  # -> harness.plan once tag plan-v1 lands
+from harness.plan import Plan, PlanError, ResolvedPlan
 from specs.base import Scalar, Strict
 from specs.track import Strategy
 

@@ -29,7 +29,7 @@ def _die_with(parent: int) -> None:
 
 def run_plan(store: Path, plan_id: str, parent: int) -> int:
     from harness.orchestration.events import EventLog, SweepStopped
-    from harness.orchestration.sweep import run_sweep
+    from harness.plan import run_plan
     from harness.views.leaderboard import run_name
     from harness.web.config import ServerConfig
     from harness.web.planning import PlanError, resolve_request
@@ -65,9 +65,8 @@ def run_plan(store: Path, plan_id: str, parent: int) -> int:
               f"{f', {cfg.jobs} workers' if cfg.executor == 'local' else ''}", flush=True)
         events = EventLog(cfg.store.resolve(), stop_file=(cfg.web_dir / "plans" / f"{plan_id}.stop").resolve())
         try:
-            summary = run_sweep(resolved.specs, cfg.store, jobs=cfg.jobs, retry_failed=plan.request.retry_failed,
-                                on_result=report, executor=cfg.executor, slurm=resolved.resolved.slurm,
-                                log=lambda line: print(line, flush=True), events=events)
+            summary = run_plan(resolved.resolved, on_result=report, log=lambda line: print(line, flush=True),
+                               events=events)
         except SweepStopped:
             print("stopped: the plan was cancelled", flush=True)
             return 3
