@@ -373,3 +373,38 @@ def test_cancelled_is_a_status_like_failed():
     assert "cancelled" in json.dumps(schema["properties"]["status"])
     [row] = lb.rows([r])
     assert row.n_failed == 1 and row.rank is None and row.final is None
+
+
+@pytest.mark.slow
+def test_an_uploaded_method_is_checked_then_usable_and_docker_only_when_shared(tmp_path):
+    store = tmp_path / "s"
+    data = _zip(tmp_path, {f"my_method/{k}": v for k, v in _method_files().items()})  # one top folder: fine
+    app = create_app(ServerConfig(store=store), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        res = client.post("/api/uploads/methods", files={"file": ("m.zip", data)})
+        assert res.status_code == 201, res.text
+        up = res.json()
+        assert (up["id"], up["status"], up["runner"]) == ("uploaded_l1", "checking", "subprocess")
+        assert up["sha256"] == hashlib.sha256(data).hexdigest()
+        plan = {"track": "digits-resnet18", "methods": [f"upload:{up['name']}"], "speedups": [2], "seeds": [0]}
+        res = client.post("/api/plans?dry_run=true", json=plan)
+        assert res.status_code == 422 and res.json()["field"] == "methods" and "not passed" in res.json()["error"]
+        app.state.platform.uploads.wait_checks()
+        [checked] = client.get("/api/uploads").json()["methods"]
+        assert checked["status"] == "passed", checked
+        assert {c["name"] for c in checked["checks"]} >= {"manifest", "handshake", "replies", "determinism"}
+        assert client.post("/api/plans?dry_run=true", json=plan).status_code == 201
+        assert f"upload:{up['name']}" in [m["ref"] for m in client.get("/api/methods").json()]
+        again = client.post("/api/uploads/methods", files={"file": ("m.zip", data)})
+        assert again.status_code == 201 and again.json()["name"] == up["name"]  # the same content: kept once
+        other = dict(_method_files())
+        other["method.py"] += "\n# changed\n"
+        res = client.post("/api/uploads/methods", files={"file": ("m.zip", _zip(tmp_path, other, "n.zip"))})
+        assert res.status_code == 409 and "bump the version" in res.json()["error"]
+    users = tmp_path / "users.yaml"
+    users.write_text(f"users: [{{name: alice, token_sha256: {token_sha256('alice-token-0123456')}}}]\n")
+    app = create_app(ServerConfig(store=store, users_file=users), start_queue=False)  # now a shared server
+    with TestClient(app, base_url=BASE, headers={"Authorization": "Bearer alice-token-0123456"}) as client:
+        res = client.post("/api/plans?dry_run=true", json=plan)
+        assert res.status_code == 422 and res.json()["field"] == "runner" and "docker" in res.json()["error"]

@@ -259,7 +259,8 @@ def test_browser_builds_a_digits_task_and_follows_it_live(tmp_path, micro_track,
             page.goto(server.url + url)
             shot(name)
         browser.close()
-    assert not errors, errors
+    # the one expected: the browser logs the 422 that answered the invalid speedup
+    assert [e for e in errors if "status of 422" not in e] == [], errors
     assert latencies, "no live event reached the page"
     timings.update(latency_median_ms=1000 * statistics.median(latencies), latency_max_ms=1000 * max(latencies),
                    latency_events=len(latencies), test_wall_s=time.monotonic() - t_test)

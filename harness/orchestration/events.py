@@ -8,8 +8,10 @@ appended by the process that runs the run (a sweep worker, a Slurm job):
   when a run (or a retry of it) begins;
 - ``{"t", "kind": "progress", "stage", "done", "total", **info}`` for every ``progress(stage, done,
   total, **info)`` call of the protocol (:data:`harness.protocol.train.Progress`);
-- ``{"t", "kind": "end", "status", "error"?, "final"?}`` when it ends (written by the run, or, for a
-  run whose process was killed, by whoever recorded its end).
+- ``{"t", "kind": "end", "status", "error"?, "final"?}`` when it ends: the record's status, ``error``
+  (bad input where it ran: no record), or ``interrupted`` (its process was stopped: it runs again
+  when its sweep resumes); a run whose process was killed outright has no end event until whoever
+  records its end writes one.
 
 Lines are small single ``write()`` calls on an ``O_APPEND`` file, so concurrent writers never
 interleave within a line; a reader only takes complete lines (:func:`read_events`).
@@ -234,6 +236,9 @@ class EventLog:
             RunEvents._current = None
             clean_stale_staging(Path(spec.out) / spec.track.id, run_dir_name(spec, key))
             record = record_unrun(spec, c.reason, status="cancelled")[0]
+        except (KeyboardInterrupt, SystemExit):  # the process is being stopped: the run resumes later
+            events.end("interrupted")
+            raise
         except BaseException as e:
             events.end("error", error=str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
             raise

@@ -99,8 +99,11 @@ def run_state(store: StoreView, key: str, in_flight: bool) -> RunState:
     progress = [e for e in events if e.get("kind") == "progress"]
     last = progress[-1] if progress else {}
     state = RunState(key, "queued", record, events, last.get("stage"), last.get("done"), last.get("total"))
+    interrupted = ended and events[-1].get("status") == "interrupted"
     if started is not None and not ended:
         state.status = "running" if in_flight else "interrupted"
+    elif interrupted:  # its process was stopped: it runs again when its plan resumes
+        state.status = "queued" if in_flight else (record.status if record is not None else "interrupted")
     elif record is not None:
         state.status = record.status
     elif ended:

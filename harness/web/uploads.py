@@ -206,6 +206,17 @@ def scan_model(path: Path) -> dict:
             "params": sum(p.numel() for p in model.parameters()), "modules": sorted(names)}
 
 
+def _read_all(model, paths) -> list:
+    """Every valid ``model`` document among ``paths`` (one being written is skipped)."""
+    out = []
+    for path in sorted(paths):
+        try:
+            out.append(model.model_validate_json(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def _worker(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness.web.worker", *args], capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, "PBENCH_NO_PROGRESS": "1"})
@@ -230,13 +241,7 @@ class Uploads:
 
     # -- methods -------------------------------------------------------------------------------
     def methods(self) -> list[UploadedMethod]:
-        out = []
-        for meta in sorted(self.methods_dir.glob("*/upload.json")):
-            try:
-                out.append(UploadedMethod.model_validate_json(meta.read_text()))
-            except (OSError, ValueError):
-                continue
-        return out
+        return _read_all(UploadedMethod, self.methods_dir.glob("*/upload.json"))
 
     def method(self, name: str) -> Optional[UploadedMethod]:
         if not re.fullmatch(r"[a-z0-9_\-.]{1,140}", name) or ".." in name:
@@ -353,13 +358,7 @@ class Uploads:
 
     # -- models --------------------------------------------------------------------------------
     def models(self) -> list[UploadedModel]:
-        out = []
-        for meta in sorted(self.models_dir.glob("*.json")):
-            try:
-                out.append(UploadedModel.model_validate_json(meta.read_text()))
-            except (OSError, ValueError):
-                continue
-        return out
+        return _read_all(UploadedModel, self.models_dir.glob("*.json"))
 
     def add_model(self, upload: Path, filename: str, owner: str, created_at: str) -> tuple[UploadedModel, bool]:
         digest = sha256_file(upload)

@@ -37,6 +37,9 @@ def run_plan(store: Path, plan_id: str, parent: int) -> int:
     from harness.web.uploads import Uploads
 
     _die_with(parent)
+    # stopped (the server stops, or died): unwind, so that method processes are closed and runs in
+    # flight log that they were interrupted; the plan resumes at the server's next start
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     cfg = ServerConfig.read(store)
     plan = PlanRecord.model_validate_json((cfg.web_dir / "plans" / f"{plan_id}.json").read_text())
     lock = plan_lock(cfg, plan_id)  # a worker of a previous server may still be finishing: wait for it
