@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, MethodFailure
 from harness.runners.sandbox import tmpfs_root
 from harness.runners.socket_client import SocketClient
 from specs.manifest import MethodManifest
@@ -59,20 +59,28 @@ def image_digest(image: str) -> str:
                            f"(or `pbench-harness submit` for a method folder)") from None
 
 
+def one_line_api(err) -> str:
+    """The engine's own explanation of an API error, on one line."""
+    text = getattr(err, "explanation", None) or str(err)
+    return " ".join(str(text).split())[:300]
+
+
 class DockerClient(SocketClient):
     runner = "docker"
 
-    def __init__(self, *args, image: Optional[str] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.image = image or image_tag(self.manifest)
+    def __init__(self, source, *args, image: Optional[str] = None, **kwargs):
+        self.image = image or image_tag(source.manifest)
+        digest = image_digest(self.image)  # before the exchange directory exists: nothing to clean up
+        super().__init__(source, *args, **kwargs)
         self._container = None
         self._logs = ""
-        self.image_digest = image_digest(self.image)
+        self.image_digest = digest
 
     def _exchange_root(self) -> Optional[str]:
         return None if self.inline else str(tmpfs_root())
 
     def _launch(self) -> None:
+        import docker.errors
         import docker.types
         res = self.manifest.resources
         kwargs = {}
@@ -80,7 +88,9 @@ class DockerClient(SocketClient):
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         threads = max(1, int(res.cpus))
         scratch = min(SCRATCH_MB, res.memory_mb)
-        self._container = docker_client().containers.run(
+        # create, then start: a container that cannot start (an image without an entrypoint, say) is
+        # still ours to remove
+        self._container = docker_client().containers.create(
             self.image, command=["--method-dir", "/method", "--exchange", EXCHANGE_MOUNT],
             detach=True, network_mode="none", read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={scratch}m"},
@@ -92,6 +102,11 @@ class DockerClient(SocketClient):
                 "max-size": f"{self.limits.max_log_mb}m", "max-file": "1"}),
             environment={"PBENCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
             labels={"pbench.role": "method", "pbench.method": self.manifest.id}, **kwargs)
+        try:
+            self._container.start()
+        except docker.errors.APIError as e:
+            self._kill()
+            raise MethodFailure(f"the image cannot start: {one_line_api(e)}") from None
 
     def peak_memory_mb(self) -> Optional[float]:
         try:

@@ -156,15 +156,22 @@ class SocketClient(MethodClient):
 
     # -- the write limit ---------------------------------------------------------------------------
     def _method_bytes(self) -> int:
-        """Bytes the method holds in the exchange directory (everything the harness did not put there)."""
-        total = 0
-        for root, dirs, files in os.walk(self.exchange):
-            top = root == str(self.exchange)
-            for name in dirs + files:
-                if top and name in self._own:
+        """Bytes the method holds in the exchange directory (everything the harness did not put there;
+        iterative and without following links: a hostile tree cannot recurse the harness to death)."""
+        total, stack = 0, [(self.exchange, True)]
+        while stack:
+            directory, top = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if top and entry.name in self._own:
                     continue
                 try:
-                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, False))
                 except OSError:
                     pass
         return total
