@@ -376,6 +376,7 @@ def images(tmp_path_factory):
         sources[attack.name] = src
     print(f"\nbuilt {len(sources)} attack images in {time.monotonic() - t0:.1f} s")
     yield sources
+    shutil.rmtree(DATA_ROOT, ignore_errors=True)
     for src in sources.values():
         try:
             ENGINE.images.remove(f"pbench/method-{src.manifest.id}:1.0.0", force=True)

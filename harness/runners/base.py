@@ -41,7 +41,6 @@ COMPACT_REGULARIZER = (1, 1)
 INLINE_REPLIES = (1, 3)
 
 
-
 def _describe_ids(ids) -> str:
     ids = sorted(ids)
     return ", ".join(repr(i) for i in ids[:3]) + (f" (+{len(ids) - 3} more)" if len(ids) > 3 else "")
