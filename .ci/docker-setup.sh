@@ -5,6 +5,7 @@
 # Otherwise: apt-get install docker.io + debootstrap (only if missing), start
 # dockerd in the background with its own data root and log file, and wait
 # until `docker info` answers (timeout PBENCH_DOCKER_TIMEOUT, default 60 s).
+# Container logs default to json-file, at most 2 x 50 MB per container.
 #
 # Environment knobs:
 #   PBENCH_DOCKER_ROOT     data root        (default /var/lib/pbench-docker)
@@ -59,7 +60,10 @@ fi
 if [ -f "$PIDFILE" ]; then
     echo "docker-setup: dockerd already running (pid $(cat "$PIDFILE")), waiting for it"
 else
-    flags=(--data-root "$DATA_ROOT" --pidfile "$PIDFILE")
+    # every container's log is capped even where the harness does not set one (image builds, say);
+    # the docker runner sets its own, smaller cap on method containers
+    flags=(--data-root "$DATA_ROOT" --pidfile "$PIDFILE" --log-driver json-file --log-opt max-size=50m
+           --log-opt max-file=2)
     if [ "$NETWORK" = "none" ]; then
         flags+=(--iptables=false --ip-masq=false --bridge=none)
     fi

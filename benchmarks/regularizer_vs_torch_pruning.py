@@ -30,7 +30,7 @@ from harness.protocol.grouping import PruneConfig, describe_groups
 from harness.methods import find_method
 from harness.models import classifier_of, create_model
 from harness.runners import client_class
-from harness.protocol.sparsify import make_grad_hook, open_link
+from harness.protocol.sparsify import make_grad_hook
 from harness.protocol.train import make_optimizer
 from specs.track import Recipe
 
@@ -82,7 +82,7 @@ def main() -> None:
     client = client_class(args.runner)(find_method("group_norm"), {"reg": 1e-4}, seed=0)
     client.start()
     start_s = time.perf_counter() - t0
-    link = open_link(client, groups)
+    link = client.regularizer_link(groups)
     hook = make_grad_hook(ours, groups, link)
     steps = iter(range(10**9))
     regularize_ours = lambda: hook(next(steps), 10**6)  # noqa: E731

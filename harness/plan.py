@@ -23,6 +23,7 @@ from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.registry import UnknownName
 from specs.base import Scalar, Strict, explain
+from specs.manifest import SandboxLimits
 from specs.track import TRACK_RECIPE, Strategy, TrackConfig
 
 if TYPE_CHECKING:
@@ -76,6 +77,11 @@ class Plan(Strict):
     jobs: int = Field(1, ge=1, description="local executor: runs in parallel (worker processes)")
     slurm_config: Optional[Path] = None
     retry_failed: bool = False
+    sandbox: SandboxLimits = Field(default_factory=SandboxLimits,
+                                   description="caps on method containers (docker runner); unset fields: the "
+                                               "track's sandbox, then the defaults")
+    min_free_mb: Optional[float] = Field(None, ge=0, description="start no run with less free space under the "
+                                                                 "result store or the Docker data root (MB)")
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -95,8 +101,10 @@ class Plan(Strict):
             data = read_mapping(path, "plan file")
         except HarnessError as e:
             raise PlanError(None, str(e)) from None
+        merged = {**data, **{k: {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
+                             for k, v in overrides.items()}}  # e.g. one sandbox cap given as a flag
         try:
-            return cls.build(**{**data, **overrides})
+            return cls.build(**merged)
         except PlanError as e:
             raise PlanError(e.field, f"{path}: {e}") from None
 
@@ -122,11 +130,13 @@ class Plan(Strict):
             combos = [dict(method=m, regularizer=r) for m in methods for r in self._regularizers(track)]
         common = dict(runner=self.runner, out=self.out, data_root=self.data_root, cache_dir=self.cache_dir,
                       device=self.device, call_timeout=self.call_timeout, save_models=self.save_models,
-                      hyperparameters=dict(self.hyperparameters), reg_hyperparameters=dict(self.reg_hyperparameters))
+                      hyperparameters=dict(self.hyperparameters), reg_hyperparameters=dict(self.reg_hyperparameters),
+                      sandbox=self.sandbox)
         specs = [RunSpec(track=track, speedup=t, seed=s, **combo, **common)
                  for combo in combos for t in targets for s in seeds]
         for spec in specs[: len(combos)]:  # hyperparameters fit every method (bad input before the first run)
             self._check_hyperparameters(spec)
+        self._check_resources(track, methods, combos)
         slurm = self._slurm()
         return ResolvedPlan(self, track, targets, seeds, methods, specs, slurm)
 
@@ -222,6 +232,19 @@ class Plan(Strict):
             except HarnessError as e:
                 raise PlanError("reg_hyperparameters", str(e)) from None
 
+    def _check_resources(self, track: TrackConfig, methods: list["MethodSource"], combos: list[dict]) -> None:
+        """Under docker, no method may ask for more than the caps (checked before the first run)."""
+        if self.runner != "docker":
+            return
+        from harness.runners.sandbox import ResourcesRejected, check_resources, limits_for
+        limits = limits_for(self.runner, self.sandbox, track.sandbox)
+        sources = {id(s): s for s in [*methods, *(c.get("regularizer") for c in combos)] if s is not None}
+        for source in sources.values():
+            try:
+                check_resources(source.manifest, limits)
+            except ResourcesRejected as e:
+                raise PlanError("sandbox", str(e)) from None
+
     def _slurm(self):
         if self.executor != "slurm":
             return None
@@ -271,4 +294,5 @@ def run_plan(resolved: ResolvedPlan, on_result: Optional["OnResult"] = None, pro
     from harness.orchestration.sweep import run_sweep
     plan = resolved.plan
     return run_sweep(resolved.specs, plan.out, jobs=plan.jobs, retry_failed=plan.retry_failed, on_result=on_result,
-                     progress=progress, executor=plan.executor, slurm=resolved.slurm, log=log, events=events)
+                     progress=progress, executor=plan.executor, slurm=resolved.slurm, log=log, events=events,
+                     min_free_mb=plan.min_free_mb)

@@ -89,12 +89,34 @@ class HyperParameter(Strict):
 
 
 class Resources(Strict):
-    """Resource hints; the harness enforces them as limits (memory, per-call deadline)."""
+    """What the method needs; the harness enforces it as limits (memory without swap, CPUs, the
+    per-call deadline). Under the docker runner a request above the organizers' caps
+    (:class:`SandboxLimits`) is rejected before the method runs."""
 
     memory_mb: int = Field(2048, ge=64, le=262144)
     cpus: float = Field(1.0, gt=0, le=64)
     call_timeout_s: float = Field(120.0, gt=0, le=86400)
     gpu: bool = False
+
+
+class SandboxLimits(Strict):
+    """Caps the organizers (CLI flags) or a track (``sandbox:``) put on every method container of the
+    docker runner; an unset field takes the next layer's value (flags, then the track, then the
+    harness's default: half the engine host's memory, all its cores, 3600 s, 512 MB writes, 10 MB logs).
+
+    - ``max_memory_mb`` / ``max_cpus`` / ``max_call_timeout_s``: a manifest whose ``resources`` ask for
+      more is rejected before it runs.
+    - ``max_write_mb``: the most a method may send back to the host in one reply, or write into its
+      exchange directory in all; beyond it the method is killed and the run fails ("wrote more than").
+      The default fits a float64 gradient of every weight of a ResNet-50 (25.6 M parameters: 205 MB).
+    - ``max_log_mb``: what the engine keeps of the method's stdout/stderr (older output is dropped).
+    """
+
+    max_memory_mb: Optional[int] = Field(None, ge=64)
+    max_cpus: Optional[float] = Field(None, gt=0)
+    max_call_timeout_s: Optional[float] = Field(None, gt=0)
+    max_write_mb: Optional[int] = Field(None, ge=1)
+    max_log_mb: Optional[int] = Field(None, ge=1)
 
 
 class Paper(Strict):

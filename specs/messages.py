@@ -1,8 +1,13 @@
 """Wire messages between the harness and a running method.
 
 Every message is a small JSON object, validated by these models on both sides.
-Bulk tensors never travel inside JSON: they are safetensors files in the
-exchange directory, referenced by :class:`TensorFile`.
+Bulk tensors never travel inside JSON. From the harness to the method they are
+safetensors files in the exchange directory, referenced by :class:`TensorFile`
+(the method only reads them: under the docker runner the directory may be mounted
+read-only). From the method to the harness they are either files the method
+writes there (spec 1.0-1.2), or, when the request sets ``inline_reply`` (spec
+1.3), safetensors blobs sent on the socket right after the reply message
+(:class:`InlineTensors`), which the harness size-checks before reading.
 
 Conversation (the harness always speaks first, the method answers each message once)::
 
@@ -40,6 +45,22 @@ class TensorFile(Strict):
 
     file: ExchangeFile
     keys: list[str] = Field(default_factory=list)
+
+
+class InlineTensors(Strict):
+    """Spec 1.3: tensors sent on the socket after the reply message, as one frame each (an 8-byte
+    big-endian length, then a safetensors blob), in the order the reply's fields list them
+    (``grads`` before ``scales``). ``keys`` lists the tensors the blob holds."""
+
+    inline: Literal[True] = True
+    keys: list[str] = Field(default_factory=list)
+
+
+#: where a reply's tensors are: a file in the exchange directory, or inline on the socket (spec 1.3)
+ReplyTensors = Union[TensorFile, InlineTensors]
+
+INLINE_REPLY_DESCRIPTION = ("spec 1.3: answer with InlineTensors on the socket, not files (the exchange "
+                            "directory may be read-only); reply_file and scales_file are then unused")
 
 
 class Member(Strict):
@@ -89,7 +110,8 @@ class ScoreRequest(Versioned):
     """Ask for one score per root channel of every group.
 
     ``observations`` maps each kind the manifest declared to the file holding it.
-    ``reply_file`` is the name the method must write its scores to.
+    ``reply_file`` is the name the method must write its scores to, unless ``inline_reply``
+    (spec 1.3, left out of the JSON when unset) asks for them on the socket.
     """
 
     type: Literal["score"] = "score"
@@ -97,13 +119,19 @@ class ScoreRequest(Versioned):
     groups: list[Group]
     observations: dict[ObservationKind, TensorFile] = Field(default_factory=dict)
     reply_file: ExchangeFile
+    inline_reply: bool = Field(False, description=INLINE_REPLY_DESCRIPTION)
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler):
+        return _omit(handler(self), inline_reply=False)
 
 
 class ScoreReply(Versioned):
-    """Scores: ``file`` holds one 1-D float tensor per group, keyed by group id, length n_channels."""
+    """Scores: one 1-D float tensor per group, keyed by group id, length n_channels (in a file, or
+    inline on the socket when the request set ``inline_reply``)."""
 
     type: Literal["scores"] = "scores"
-    scores: TensorFile
+    scores: ReplyTensors
 
 
 class RegularizeRequest(Versioned):
@@ -120,6 +148,9 @@ class RegularizeRequest(Versioned):
       do during sparse training), so ``groups`` is empty; use the ones sent last.
     - ``scales_file``: the method may also answer in the compact form of
       :class:`RegularizeReply` (``scales``), written to this file.
+
+    Spec 1.3: ``inline_reply`` (left out when unset) asks for ``grads`` (and ``scales``, when
+    ``scales_file`` is set) as :class:`InlineTensors` on the socket.
     """
 
     type: Literal["regularize"] = "regularize"
@@ -130,6 +161,7 @@ class RegularizeRequest(Versioned):
     reply_file: ExchangeFile
     same_groups: bool = Field(False, description="spec 1.1: groups omitted, unchanged since the last request")
     scales_file: Optional[ExchangeFile] = Field(None, description="spec 1.1: where compact per-channel scales may go")
+    inline_reply: bool = Field(False, description=INLINE_REPLY_DESCRIPTION)
 
     @model_validator(mode="after")
     def _groups_or_same(self) -> "RegularizeRequest":
@@ -138,8 +170,8 @@ class RegularizeRequest(Versioned):
         return self
 
     @model_serializer(mode="wrap")
-    def _omit_unset_1_1(self, handler):
-        return _omit(handler(self), same_groups=False, scales_file=None)
+    def _omit_unset(self, handler):
+        return _omit(handler(self), same_groups=False, scales_file=None, inline_reply=False)
 
 
 class RegularizeReply(Versioned):
@@ -155,16 +187,16 @@ class RegularizeReply(Versioned):
     """
 
     type: Literal["reg_grads"] = "reg_grads"
-    grads: TensorFile
-    scales: Optional[TensorFile] = Field(None, description="spec 1.1: per-channel scales, keys '<param>@<dim>'")
+    grads: ReplyTensors
+    scales: Optional[ReplyTensors] = Field(None, description="spec 1.1: per-channel scales, keys '<param>@<dim>'")
 
     @model_serializer(mode="wrap")
-    def _omit_unset_1_1(self, handler):
+    def _omit_unset(self, handler):
         return _omit(handler(self), scales=None)
 
 
 def _omit(data, **unset):
-    """Drop spec-1.1 fields that hold their default: a 1.0 peer (extra="forbid") then accepts the message."""
+    """Drop fields newer than 1.0 that hold their default: a 1.0 peer (extra="forbid") then accepts the message."""
     if isinstance(data, dict):
         for name, default in unset.items():
             if name in data and data[name] == default:

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, sha256_json
+from specs.manifest import SandboxLimits
 
 Strategy = Literal["local", "global", "protected_global"]
 Metric = Literal["top1", "map50_95"]
@@ -133,6 +134,9 @@ class TrackConfig(Versioned):
         description="named alternative retraining recipes for the recipe-swap mode (Wang et al. 2023): a run "
                     "may retrain with one of these instead of `retrain`. Not part of the track hash; a run "
                     "that uses one has the recipe's own hash in its run key")
+    sandbox: SandboxLimits = Field(
+        default_factory=SandboxLimits,
+        description="caps on method containers under the docker runner (operational: not part of the track hash)")
 
     @model_validator(mode="after")
     def _recipe_names(self) -> "TrackConfig":
@@ -142,8 +146,8 @@ class TrackConfig(Versioned):
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the (validated) setting: everything but the alternative
-        recipes and the spec version (a new spec version does not change what a track measures)."""
-        return sha256_json(self.model_dump(mode="json", exclude={"recipes", "spec_version"}))
+        recipes, the sandbox caps and the spec version (none of them changes what a track measures)."""
+        return sha256_json(self.model_dump(mode="json", exclude={"recipes", "sandbox", "spec_version"}))
 
     def retrain_recipe(self, name: Optional[str]) -> Recipe:
         """The retraining recipe called ``name`` (``None`` or ``"track"``: the track's own)."""

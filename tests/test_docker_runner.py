@@ -68,10 +68,7 @@ HOSTILE_CASES = {
     "read_host": r"FileNotFoundError: .*README.md",
     "write_outside": r"OSError: \[Errno 30\] Read-only file system",
     "memory": r"killed: out of memory \(limit 512 MB\)",
-    # contained by whichever limit it hits first: pids (256), memory (each forked torch process
-    # costs page tables) or, on a slow machine, the per-call deadline
-    "fork_bomb": r"fork stopped after \d+ processes: \[Errno 11\] Resource temporarily unavailable"
-                 r"|out of memory \(limit 512 MB\)|within 3 s \(killed\)",
+    # fork_bomb: tests/test_sandbox_escapes.py (its own image, the host measured)
     "sleep": r"did not answer 'score' within 3 s \(killed\)",
     "garbage": r"protocol error: message is not valid JSON",
     "nan": r"NaN or infinite",

@@ -4,6 +4,8 @@ with a one-line reason, nothing else is left in the run folder, and the harness 
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 
 import pytest
 
@@ -117,12 +119,62 @@ def test_hostile_method_is_a_recorded_failure(case, make_method, tiny_track, tmp
     record, run_dir = evaluate(spec)
     assert record.status == "failed"
     assert "\n" not in record.error and "Traceback" not in record.error
-    import re
     assert re.search(pattern, record.error), record.error
     # nothing but the record, which validates when read back
     assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]
     assert read_record(run_dir / "result.json") == record
     assert not [p for p in run_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+BIG_INLINE = textwrap.dedent("""
+    import specs.sdk.server as sdk
+    from safetensors.torch import save
+    put = sdk._Reply.put
+    def big(self, name, tensors):
+        ref = put(self, name, tensors)
+        self.blobs[-1] = save({"junk": torch.zeros(3 * 2**20 // 4)})  # a 3 MB blob
+        return ref
+    sdk._Reply.put = big
+    """)
+SCORES = textwrap.dedent("""
+    class Method(ImportanceMethod):
+        def score_group(self, group, obs):
+            return torch.ones(group.n_channels)
+    """)
+#: (spec_version the method declares, code, write limit in MB or None for the default, expected error)
+WRITE_CASES = {
+    "inline_reply_above_the_write_limit": (
+        "1.3", BIG_INLINE + SCORES, 1, r"wrote more than 1 MB: a reply of 3 MB to 'score' \(killed; raise it with"),
+    "inline_reply_above_its_size": (
+        "1.3", BIG_INLINE + SCORES, None, r"inline reply to 'score' has \d+ bytes, more than the \d+ allowed \(killed\)"),
+    "file_reply_to_an_inline_request": ("1.3", textwrap.dedent("""
+        import specs.sdk.server as sdk
+        sdk._Reply.put = lambda self, name, tensors: sdk._save(self.exchange, name, tensors)
+        """) + SCORES, None, r"reply to 'score' sent its tensors in a file, expected inline on the socket"),
+    "exchange_fill": ("1.0", textwrap.dedent("""
+        import os, sys
+        class Method(ImportanceMethod):
+            def score_group(self, group, obs):
+                exchange = sys.argv[sys.argv.index("--exchange") + 1]
+                for i in range(3):
+                    with open(os.path.join(exchange, f"junk-{group.id}-{i}"), "wb") as f:
+                        f.write(os.urandom(2**20))
+                return torch.ones(group.n_channels)
+        """), 1, r"wrote more than 1 MB into its exchange directory \(\d+ MB by 'score', killed; raise it with"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRITE_CASES))
+def test_a_method_writing_too_much_is_stopped(case, make_method, tiny_track, tmp_path):
+    from specs.manifest import SandboxLimits
+    version, code, limit, pattern = WRITE_CASES[case]
+    source = make_method(GOOD + code, spec_version=version)
+    spec = RunSpec(track=tiny_track, method=source, speedup=2, seed=0, runner="subprocess", out=tmp_path / "out",
+                   sandbox=SandboxLimits(max_write_mb=limit), save_models=False, measure_latency=False)
+    record, run_dir = evaluate(spec)
+    assert record.status == "failed"
+    assert re.search(pattern, record.error), record.error
+    assert sorted(p.name for p in run_dir.iterdir()) == ["result.json"]
 
 
 def test_the_harness_carries_on_after_a_failure(make_method, tiny_track, tmp_path):

@@ -30,7 +30,10 @@ from harness.protocol.observations import param_keys
 from harness.store import read_record, run_key
 from harness.store import find_records
 from harness.runners import client_class
-from harness.protocol.sparsify import InProcessLink, LegacyLink, SocketLink, make_grad_hook, open_link
+from harness.protocol.sparsify import make_grad_hook
+from harness.runners.base import LegacyLink
+from harness.runners.inprocess import InProcessLink
+from harness.runners.socket_client import SocketLink
 from specs.messages import RegularizeReply, RegularizeRequest, TensorFile
 from specs.sdk import channel_sq_norms, member_rows
 
@@ -150,7 +153,7 @@ def test_gradients_equal_a_hand_computation(reg_id, runner, tiny):
     model, groups = copy.deepcopy(tiny[0]), tiny[1]
     expected = hand(reg_id, model)
     with client_class(runner)(find_method(reg_id), HP[reg_id], seed=0) as client:
-        link = open_link(client, groups)
+        link = client.regularizer_link(groups)
         assert isinstance(link, InProcessLink if runner == "inprocess" else SocketLink)
         try:
             got = harness_grads(link, model, groups, range(last_step(reg_id) + 1))
@@ -200,7 +203,7 @@ def tp_grads(model, example, pruner_cls, regularize, **kwargs) -> dict[str, torc
 
 def ours(reg_id, model, groups, hp, steps=(0,)):
     with client_class("inprocess")(find_method(reg_id), hp, seed=0) as client:
-        return harness_grads(open_link(client, groups), copy.deepcopy(model), groups, steps)
+        return harness_grads(client.regularizer_link(groups), copy.deepcopy(model), groups, steps)
 
 
 @pytest.mark.parametrize("name, width, size", TP_MODELS)
@@ -365,7 +368,7 @@ def test_spec_1_0_regularizer_uses_the_1_0_conversation(make_method, tiny):
                 return {k: torch.full_like(w, 0.5) for k, w in weights.items() if k.startswith("bn")}
         """, provides=["regularizer"], observations=[])
     with client_class("subprocess")(source, {}, seed=0) as client:
-        link = open_link(client, groups)
+        link = client.regularizer_link(groups)
         assert isinstance(link, LegacyLink)
         got = harness_grads(link, model, groups, range(3))
     assert got["bn1.weight"].eq(0.5).all() and got["conv1.weight"].eq(0).all()

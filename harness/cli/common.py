@@ -8,12 +8,16 @@ import os
 import sys
 from typing import Callable, Optional
 
+from typing import Annotated
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.errors import HarnessError
+from harness.orchestration.preflight import DEFAULT_MIN_FREE_MB
 from harness.registry import UnknownName
+from harness.runners.sandbox import DEFAULT_CALL_TIMEOUT_CAP_S, DEFAULT_WRITE_MB
 
 # not a terminal (pipes, CI logs): wide enough that tables are not truncated
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -89,3 +93,30 @@ class ProgressDisplay:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
+
+
+# -- the organizers' caps on method containers (docker runner), shared by evaluate, sweep and blind-eval
+MaxMemoryOpt = Annotated[Optional[int], typer.Option(
+    "--max-memory-mb", min=64, help="docker: reject a method whose manifest asks for more memory, MB (default: half "
+                                    "the engine host's)")]
+MaxCpusOpt = Annotated[Optional[float], typer.Option(
+    "--max-cpus", min=0.01, help="docker: reject a method asking for more CPUs (default and upper bound: the engine "
+                                 "host's cores)")]
+MaxCallTimeoutOpt = Annotated[Optional[float], typer.Option(
+    "--max-call-timeout", min=0.1, help=f"docker: reject a method declaring a longer per-call deadline, seconds "
+                                        f"(default {DEFAULT_CALL_TIMEOUT_CAP_S:g})")]
+MaxWriteOpt = Annotated[Optional[int], typer.Option(
+    "--max-write-mb", min=1, help=f"the most a method may send back in one reply or leave in its exchange directory, "
+                                  f"MB (default {DEFAULT_WRITE_MB}); beyond it the method is killed")]
+MinFreeOpt = Annotated[Optional[float], typer.Option(
+    "--min-free-mb", min=0, envvar="PBENCH_MIN_FREE_MB",
+    help=f"start no run with less free space under the results or the Docker data root, MB (default "
+         f"{DEFAULT_MIN_FREE_MB})")]
+#: CLI option name -> SandboxLimits field
+SANDBOX_OPTIONS = {"max_memory_mb": "max_memory_mb", "max_cpus": "max_cpus", "max_call_timeout": "max_call_timeout_s",
+                   "max_write_mb": "max_write_mb"}
+
+
+def sandbox_caps(**options) -> dict:
+    """The caps given on the command line, as ``SandboxLimits`` fields (unset ones left out)."""
+    return {SANDBOX_OPTIONS[k]: v for k, v in options.items() if v is not None}

@@ -15,7 +15,8 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from harness.cli.common import ProgressDisplay, console, friendly, out, parse_hp, parse_list
+from harness.cli.common import (SANDBOX_OPTIONS, MaxCallTimeoutOpt, MaxCpusOpt, MaxMemoryOpt, MaxWriteOpt, MinFreeOpt,
+                                ProgressDisplay, console, friendly, out, parse_hp, parse_list, sandbox_caps)
 from harness.errors import HarnessError
 from harness.plan import Plan, PlanError, ResolvedPlan, run_plan
 from harness.runners import RUNNERS
@@ -101,13 +102,17 @@ def evaluate(
     reg_hp: Annotated[Optional[list[str]], typer.Option(
         "--reg-hp", help="regularizer hyperparameter name=value (repeatable)")] = None,
     call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None, no_models: NoModelsOpt = False,
+    max_memory_mb: MaxMemoryOpt = None, max_cpus: MaxCpusOpt = None, max_call_timeout: MaxCallTimeoutOpt = None,
+    max_write_mb: MaxWriteOpt = None,
 ) -> None:
     """Prune one model with one method to a speedup (default: each of the track's), retrain, evaluate; one record each."""
     plan = Plan.build(track=track, model=model, dataset=dataset, methods=[method], regularizers=[regularizer or "-"],
                       speedups=[speedup] if speedup is not None else None, seeds=[seed],
                       strategy=strategy.value if strategy else None, runner=runner.value, device=device.value,
                       out=out_dir, data_root=data_root, cache_dir=cache_dir, call_timeout=call_timeout,
-                      save_models=not no_models, hyperparameters=parse_hp(hp), reg_hyperparameters=parse_hp(reg_hp))
+                      save_models=not no_models, hyperparameters=parse_hp(hp), reg_hyperparameters=parse_hp(reg_hp),
+                      sandbox=sandbox_caps(max_memory_mb=max_memory_mb, max_cpus=max_cpus,
+                                           max_call_timeout=max_call_timeout, max_write_mb=max_write_mb))
     _setup(device, threads)
     resolved = _resolve(plan)
     from harness.protocol.run import evaluate as run_protocol
@@ -135,6 +140,8 @@ def _run_options(
     slurm_config: Annotated[Optional[Path], typer.Option(
         help="Slurm options file (YAML/JSON: partition, gpus_per_job, cpus_per_job, mem_gb, time_min, "
              "array_parallelism, account, qos, constraint, extra_sbatch, setup, folder)")] = None,
+    max_memory_mb: MaxMemoryOpt = None, max_cpus: MaxCpusOpt = None, max_call_timeout: MaxCallTimeoutOpt = None,
+    max_write_mb: MaxWriteOpt = None, min_free_mb: MinFreeOpt = None,
 ) -> None:
     """The options ``sweep`` and ``recipe-swap`` share (see :func:`with_run_options`)."""
 
@@ -149,6 +156,9 @@ def _plan_fields(options: dict, explicit: set[str]) -> dict:
     fields = {}
     for name, value in options.items():
         if name == "threads" or name not in explicit:
+            continue
+        if name in SANDBOX_OPTIONS:
+            fields.setdefault("sandbox", {}).update(sandbox_caps(**{name: value}))
             continue
         if isinstance(value, enum.Enum):
             value = value.value

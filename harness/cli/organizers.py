@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from harness.views import leaderboard as lb
-from harness.cli.common import console, friendly, out, parse_list
+from harness.cli.common import (MaxCallTimeoutOpt, MaxCpusOpt, MaxMemoryOpt, MaxWriteOpt, MinFreeOpt, console, friendly,
+                                out, parse_list, sandbox_caps)
 from harness.store import atomic_write_text
 from harness.tracks import load_track
 
@@ -28,14 +29,19 @@ def blind_eval_cmd(
     call_timeout: Annotated[Optional[float], typer.Option(help="per-call deadline, seconds", min=0.1)] = None,
     run_timeout: Annotated[Optional[float], typer.Option(help="deadline for a whole run's method calls, seconds",
                                                          min=1)] = None,
+    max_memory_mb: MaxMemoryOpt = None, max_cpus: MaxCpusOpt = None, max_call_timeout: MaxCallTimeoutOpt = None,
+    max_write_mb: MaxWriteOpt = None, min_free_mb: MinFreeOpt = None,
 ) -> None:
     """Verify and run every submitted image in the sandbox on hidden data; status per submission."""
     from harness.orchestration.blind import blind_eval
+    from specs.manifest import SandboxLimits
     cfg = load_track(track)
+    caps = SandboxLimits(**sandbox_caps(max_memory_mb=max_memory_mb, max_cpus=max_cpus,
+                                        max_call_timeout=max_call_timeout, max_write_mb=max_write_mb))
     results = blind_eval(submissions, cfg, out_dir, data_root=data_root,
                          speedups=parse_list(speedups, float, "--speedups") if speedups else None,
                          seeds=parse_list(seeds, int, "--seeds") if seeds else None, cache_dir=cache_dir,
-                         call_timeout=call_timeout, run_timeout=run_timeout,
+                         call_timeout=call_timeout, run_timeout=run_timeout, sandbox=caps, min_free_mb=min_free_mb,
                          say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     for r in results:
         out.print(f"{r.bundle}: {r.status}", highlight=False, soft_wrap=True)

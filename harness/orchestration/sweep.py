@@ -6,7 +6,7 @@ finishes the missing runs only: no run is lost, none is duplicated, and no
 half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 ``jobs`` worker processes (``executor="local"``) or to Slurm, one job per run
 (``executor="slurm"``, :mod:`harness.orchestration.cluster`); one failing run never stops the
-others.
+others. No run starts while the disk is nearly full (:mod:`harness.orchestration.preflight`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+from harness.orchestration.preflight import check_free_space
 from harness.protocol.run import RunSpec, evaluate
 from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
@@ -57,11 +58,14 @@ def _absolute(spec: RunSpec) -> RunSpec:
 
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
               on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
-              slurm=None, log=print, events: Optional["EventLog"] = None) -> SweepSummary:
+              slurm=None, log=print, events: Optional["EventLog"] = None,
+              min_free_mb: Optional[float] = None) -> SweepSummary:
     """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.orchestration.cluster.SlurmOptions`
     as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``). With ``events``
     (:class:`harness.orchestration.events.EventLog`) every run, wherever it runs, appends live events
-    to the store and can be cancelled."""
+    to the store and can be cancelled. Raises :class:`~harness.orchestration.preflight.LowDisk` instead
+    of starting a run (or a batch of runs) while less than ``min_free_mb`` is free
+    (:func:`~harness.orchestration.preflight.check_free_space`)."""
     clean_stale_staging(out)
     store = Store.load(out)
     summary = SweepSummary()
@@ -82,14 +86,22 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         if on_result:
             on_result(spec, record, "ran")
 
+    def preflight(first: int) -> None:
+        if todo:
+            check_free_space(out, any(s.runner == "docker" for s in todo), min_free_mb,
+                             before=f"starting run {first} of {len(todo)}" if first > 1 else "starting the sweep")
+
     if executor == "slurm":
         from harness.orchestration.cluster import SlurmOptions, run_on_slurm
+        preflight(1)
         run_on_slurm([_absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log, events=events)
         return summary
     if jobs <= 1:
-        for spec in todo:
+        for i, spec in enumerate(todo, 1):
+            preflight(i)
             done(spec, _run_one(spec, 0, events, progress))
         return summary
+    preflight(1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(_run_one, spec, threads, events): spec for spec in todo}

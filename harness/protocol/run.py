@@ -34,11 +34,13 @@ from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
 from harness.runners import client_class
+from harness.runners.sandbox import check_resources, limits_for
 from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
                            run_key_of)
 from harness.tasks import Task, task_for
 from specs.result import BeforeAfter, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
 from specs.sdk import one_line, seed_everything
+from specs.manifest import SandboxLimits
 from specs.track import TrackConfig
 
 
@@ -66,6 +68,12 @@ class RunSpec:
     measure_latency: bool = True
     #: recipe-swap mode: retrain with the track's alternative recipe of this name (None = ``track.retrain``)
     recipe: Optional[str] = None
+    #: the organizers' caps on method containers; unset fields: the track's ``sandbox``, then the defaults
+    sandbox: Optional[SandboxLimits] = None
+
+    def limits(self):
+        """The caps this run's runner enforces (:func:`harness.runners.sandbox.limits_for`)."""
+        return limits_for(self.runner, self.sandbox, self.track.sandbox)
 
     def retrain_recipe(self):
         try:
@@ -81,7 +89,7 @@ def _now() -> str:
 def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
     options = spec.runner_options if source is spec.method else {}
     return client_class(spec.runner)(source, hyperparameters, spec.seed, spec.device, call_timeout=spec.call_timeout,
-                                     run_timeout=spec.run_timeout, **options)
+                                     run_timeout=spec.run_timeout, limits=spec.limits(), **options)
 
 
 def current_job() -> Optional[JobInfo]:
@@ -144,6 +152,9 @@ def _check(spec: RunSpec) -> None:
     resolved_hyperparameters(spec.method, spec.hyperparameters)
     if reg is not None:
         resolved_hyperparameters(reg, spec.reg_hyperparameters)
+    if spec.runner == "docker":  # a manifest asking for more than the caps never runs
+        for source in filter(None, (spec.method, spec.regularizer)):
+            check_resources(source.manifest, spec.limits())
 
 
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:

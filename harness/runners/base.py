@@ -1,24 +1,44 @@
 """The harness's view of a running method, whatever runs it.
 
 Every runner validates what comes back the same way (:func:`validate_scores`,
-:func:`validate_reg_grads`); a method that breaks the contract raises
+:func:`validate_reg_grads`, :func:`validate_reg_scales`); a method that breaks the contract raises
 :class:`~harness.errors.MethodFailure` with a one-line reason.
+
+Sparse training talks to a regularizer through a :class:`RegularizerLink`, which every runner
+opens with :meth:`MethodClient.regularizer_link`: ``link(step, total_steps, weights) -> RegGrads``.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
+from harness.runners.sandbox import Limits, resolve_limits
 from specs.manifest import MethodManifest, ObservationKind
 from specs.messages import Group
-from specs.sdk import Tensors
+from specs.sdk import Tensors, split_scale_key
 
+
+def declares(manifest: MethodManifest, minimum: tuple[int, int]) -> bool:
+    """Whether the method declares ``spec_version`` >= ``minimum`` (major, minor): it then speaks that
+    version's additions (1.1: the compact regularizer exchange; 1.3: replies on the socket)."""
+    try:
+        major, minor = (int(x) for x in manifest.spec_version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= minimum
+
+
+#: spec 1.1: regularizer groups sent once, compact per-channel scales
+COMPACT_REGULARIZER = (1, 1)
+#: spec 1.3: replies' tensors on the socket (``inline_reply``); the exchange directory is read-only to the method
+INLINE_REPLIES = (1, 3)
 
 
 def _describe_ids(ids) -> str:
@@ -71,13 +91,72 @@ def validate_reg_grads(weights: Tensors, grads: object) -> Tensors:
     return out
 
 
+@dataclass
+class RegGrads:
+    """A validated regularizer answer: dense gradients ``{key: tensor}`` (each the shape of its
+    parameter) and scales ``{key: [(dim, s)]}`` (``s`` 1-D, ``shape[dim]`` long): the harness adds
+    ``dense`` and ``sum of broadcast scales * weight`` to the gradients."""
+
+    dense: Tensors = field(default_factory=dict)
+    scales: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
+
+
+def validate_reg_scales(weights: Tensors, scales: object) -> dict[str, list[tuple[int, torch.Tensor]]]:
+    """Compact scales: keys ``<param key>@<dim>`` of known parameters, 1-D, ``shape[dim]`` long, finite."""
+    if not isinstance(scales, dict):
+        raise MethodFailure(f"regularizer scales must map '<param>@<dim>' to tensor, got {type(scales).__name__}")
+    out: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for name, s in scales.items():
+        key, dim = split_scale_key(name)
+        if dim is None or key not in weights:
+            raise MethodFailure(f"regularizer scale for unknown parameter {name!r}")
+        shape = tuple(weights[key].shape)
+        if dim >= len(shape):
+            raise MethodFailure(f"regularizer scale {name!r}: {key!r} has only {len(shape)} dimensions")
+        if not isinstance(s, torch.Tensor) or not s.is_floating_point():
+            raise MethodFailure(f"regularizer scale {name!r} must be a float tensor")
+        if tuple(s.shape) != (shape[dim],):
+            raise MethodFailure(f"regularizer scale {name!r}: expected shape ({shape[dim]},), got {tuple(s.shape)}")
+        if not torch.isfinite(s).all():
+            raise MethodFailure(f"regularizer scale {name!r} has NaN or infinite values")
+        out.setdefault(key, []).append((dim, s))
+    return out
+
+
+def validate_reg(weights: Tensors, dense: object, scales: object) -> RegGrads:
+    return RegGrads(validate_reg_grads(weights, dense), validate_reg_scales(weights, scales))
+
+
+class RegularizerLink:
+    """``link(step, total_steps, weights) -> RegGrads`` for one sparse-training run; ``weights`` are the
+    current parameters of every group member. Opened by :meth:`MethodClient.regularizer_link`."""
+
+    def __init__(self, client: "MethodClient", groups: list[Group]):
+        self.client = client
+        self.groups = groups
+
+    def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LegacyLink(RegularizerLink):
+    """Spec 1.0: the runner's ``regularize()`` (groups and dense gradients every step)."""
+
+    def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
+        return RegGrads(dense=self.client.regularize(step, total_steps, self.groups, weights))
+
+
 class MethodClient(ABC):
     """A started method. Use as a context manager; :meth:`start` performs the handshake."""
 
     runner: str = "?"
 
     def __init__(self, source: MethodSource, hyperparameters: dict, seed: int, device: str = "cpu",
-                 call_timeout: Optional[float] = None, run_timeout: Optional[float] = None):
+                 call_timeout: Optional[float] = None, run_timeout: Optional[float] = None,
+                 limits: Optional[Limits] = None):
         self.source = source
         self.seed = seed
         self.device = device
@@ -88,7 +167,10 @@ class MethodClient(ABC):
         limit = source.manifest.resources.call_timeout_s
         self.call_timeout = min(limit, call_timeout) if call_timeout else limit
         #: wall-clock budget for the whole conversation; enforced by runners that can kill the method
+        self.run_timeout = run_timeout
         self.run_deadline = None if run_timeout is None else time.monotonic() + run_timeout
+        #: the organizers' caps (:mod:`harness.runners.sandbox`); runners without a sandbox enforce what they can
+        self.limits = limits or resolve_limits()
         self.image_digest: Optional[str] = None
         self.score_seconds = 0.0
 
@@ -139,6 +221,12 @@ class MethodClient(ABC):
     def regularize(self, step: int, total_steps: int, groups: list[Group], weights: Tensors) -> Tensors:
         self._require("regularizer")
         return validate_reg_grads(weights, self._regularize(step, total_steps, groups, weights))
+
+    def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
+        """The sparse-training exchange with this regularizer over ``groups``. Runners override it
+        with their spec-1.1 exchange for methods that declare it; spec 1.0 methods (and this default)
+        get :class:`LegacyLink`. Close the link when training ends."""
+        return LegacyLink(self, groups)
 
     def __enter__(self) -> "MethodClient":
         try:

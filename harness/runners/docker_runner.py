@@ -1,10 +1,14 @@
 """``docker``: the method image runs under the Docker Engine (Docker SDK for Python) and
 speaks exactly the wire protocol of the subprocess runner.
 
-Sandbox: no network, read-only root filesystem, a small tmpfs for scratch, all
-capabilities dropped, no-new-privileges, a non-root user, memory (no swap), CPU
-and pids limits, a per-call and a per-run deadline, and only the exchange
-directory mounted — never a dataset, never the host's files. The container is
+Sandbox: no network, read-only root filesystem, a small tmpfs for scratch (counted
+against the memory limit), all capabilities dropped, no-new-privileges, a non-root
+user, memory (no swap), CPU and pids limits within the organizers' caps
+(:mod:`harness.runners.sandbox`), a per-call and a per-run deadline, a size-limited
+log, and only the exchange directory mounted — never a dataset, never the host's
+files. A method declaring spec >= 1.3 gets it read-only (replies come on the socket,
+capped at the write limit); an older one gets it on a host tmpfs, so that what it
+writes there never reaches the disk and counts against its memory. The container is
 always removed. The image's content digest goes into the result record.
 """
 
@@ -13,13 +17,17 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, MethodFailure
+from harness.runners.sandbox import tmpfs_root
 from harness.runners.socket_client import SocketClient
 from specs.manifest import MethodManifest
 from specs.version import SPEC_VERSION, spec_major
 
 METHOD_UID = 10001
 EXCHANGE_MOUNT = "/exchange"
+#: the container's scratch space (tmpfs: its pages count against the memory limit)
+SCRATCH_MB = 256
+PIDS_LIMIT = 256
 BASE_IMAGE = f"pbench/method-base:{spec_major(SPEC_VERSION)}"
 
 
@@ -51,33 +59,54 @@ def image_digest(image: str) -> str:
                            f"(or `pbench-harness submit` for a method folder)") from None
 
 
+def one_line_api(err) -> str:
+    """The engine's own explanation of an API error, on one line."""
+    text = getattr(err, "explanation", None) or str(err)
+    return " ".join(str(text).split())[:300]
+
+
 class DockerClient(SocketClient):
     runner = "docker"
 
-    def __init__(self, *args, image: Optional[str] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.image = image or image_tag(self.manifest)
+    def __init__(self, source, *args, image: Optional[str] = None, **kwargs):
+        self.image = image or image_tag(source.manifest)
+        digest = image_digest(self.image)  # before the exchange directory exists: nothing to clean up
+        super().__init__(source, *args, **kwargs)
         self._container = None
         self._logs = ""
-        self.image_digest = image_digest(self.image)
+        self.image_digest = digest
+
+    def _exchange_root(self) -> Optional[str]:
+        return None if self.inline else str(tmpfs_root())
 
     def _launch(self) -> None:
+        import docker.errors
         import docker.types
         res = self.manifest.resources
         kwargs = {}
         if self.device == "cuda" and res.gpu:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         threads = max(1, int(res.cpus))
-        self._container = docker_client().containers.run(
+        scratch = min(SCRATCH_MB, res.memory_mb)
+        # create, then start: a container that cannot start (an image without an entrypoint, say) is
+        # still ours to remove
+        self._container = docker_client().containers.create(
             self.image, command=["--method-dir", "/method", "--exchange", EXCHANGE_MOUNT],
             detach=True, network_mode="none", read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={scratch}m"},
             cap_drop=["ALL"], security_opt=["no-new-privileges"], user=f"{METHOD_UID}:{METHOD_UID}",
             mem_limit=f"{res.memory_mb}m", memswap_limit=f"{res.memory_mb}m", nano_cpus=int(res.cpus * 1e9),
-            pids_limit=256, ipc_mode="none",
-            volumes={str(self.exchange): {"bind": EXCHANGE_MOUNT, "mode": "rw"}},
+            pids_limit=PIDS_LIMIT, ipc_mode="none",
+            volumes={str(self.exchange): {"bind": EXCHANGE_MOUNT, "mode": "ro" if self.inline else "rw"}},
+            log_config=docker.types.LogConfig(type="json-file", config={
+                "max-size": f"{self.limits.max_log_mb}m", "max-file": "1"}),
             environment={"PBENCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
             labels={"pbench.role": "method", "pbench.method": self.manifest.id}, **kwargs)
+        try:
+            self._container.start()
+        except docker.errors.APIError as e:
+            self._kill()
+            raise MethodFailure(f"the image cannot start: {one_line_api(e)}") from None
 
     def peak_memory_mb(self) -> Optional[float]:
         try:

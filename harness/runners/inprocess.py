@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 
 from harness.errors import MethodFailure
-from harness.runners.base import MethodClient, Tensors
+from harness.runners.base import (COMPACT_REGULARIZER, MethodClient, RegGrads, RegularizerLink, Tensors, declares,
+                                  validate_reg)
 from specs.messages import Group, Hello
-from specs.sdk import MethodBase, Observations, one_line
+from specs.sdk import MethodBase, Observations, one_line, split_compact
 from specs.sdk.server import instantiate
 
 
@@ -41,5 +42,28 @@ class InProcessClient(MethodClient):
         return self._call(self.method.regularize, step, total_steps, groups,
                           {k: t.detach().clone() for k, t in weights.items()})
 
+    def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
+        if declares(self.manifest, COMPACT_REGULARIZER):
+            return InProcessLink(self, groups)
+        return super().regularizer_link(groups)
+
     def close(self) -> None:
         self.method = None
+
+
+class InProcessLink(RegularizerLink):
+    """The method object lives in this process: call its compact form directly."""
+
+    client: InProcessClient
+
+    def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
+        # copies: the method cannot touch the model; float32 on CPU, as over the wire
+        copies = {k: t.detach().to("cpu", torch.float32, copy=True) for k, t in weights.items()}
+        try:
+            out = self.client.method.regularize_compact(step, total_steps, self.groups, copies)
+        except Exception as e:
+            raise MethodFailure(f"method error during 'regularize': {one_line(e)}") from None
+        if not isinstance(out, dict):
+            raise MethodFailure(f"regularize_compact() returned {type(out).__name__}, expected dict")
+        dense, scales = split_compact(out)
+        return validate_reg(weights, dense, scales)

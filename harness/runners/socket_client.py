@@ -3,15 +3,22 @@
 The harness creates a private exchange directory and listens on
 ``<exchange>/pbench.sock``; the runner launches the method (a local process or
 a container with only the exchange directory mounted), which connects and
-answers. Tensors travel as safetensors files in the exchange directory.
+answers. Tensors from the harness are safetensors files in the exchange
+directory. Tensors from the method come back on the socket right after its reply
+(spec 1.3, ``inline_reply``: methods whose manifest declares ``spec_version`` >= 1.3)
+or as files it writes into the exchange directory (older methods).
 
-Defences: a deadline on start-up and on every call; replies validated by the
-spec models; reply files must be regular files (no symlinks), opened with
-O_NOFOLLOW and size-checked before they are read.
+Defences: a deadline on start-up, on every call and on the whole run; replies
+validated by the spec models; no reply may exceed its expected size (plus
+slack) nor the write limit (``limits.max_write_mb``), checked *before* it is
+read; reply files must be regular files (no symlinks), opened with O_NOFOLLOW;
+a method that leaves more than the write limit in a writable exchange directory
+is killed at its next message.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -22,23 +29,28 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Optional
 
+import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
+from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 import harness
 from harness.errors import MethodFailure
-from harness.runners.base import MethodClient, Tensors
+from harness.runners.base import (COMPACT_REGULARIZER, INLINE_REPLIES, MethodClient, RegGrads, RegularizerLink,
+                                  Tensors, declares, validate_reg)
 from specs import wire
 from specs.base import explain
-from specs.messages import (ErrorReply, Group, Hello, HelloReply, RegularizeReply, RegularizeRequest, ScoreReply,
-                            ScoreRequest, Shutdown, TensorFile, method_message)
+from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors, RegularizeReply, RegularizeRequest,
+                            ReplyTensors, ScoreReply, ScoreRequest, Shutdown, TensorFile, method_message)
 from specs.sdk import SOCKET_NAME, one_line
 
 START_TIMEOUT_S = 120.0
-#: a reply file may be at most this many times the size we expect, plus slack
+#: a reply may exceed the size we expect by this much (safetensors header, alignment)
 REPLY_SLACK_BYTES = 1 << 20
+#: where the limits on writes are set, for error messages
+WRITE_LIMIT_HINT = "raise it with --max-write-mb or the track's sandbox.max_write_mb"
 
 
 class SocketClient(MethodClient):
@@ -47,15 +59,23 @@ class SocketClient(MethodClient):
     def __init__(self, *args, start_timeout: float = START_TIMEOUT_S, log_path: Optional[Path] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.start_timeout = start_timeout
-        self.exchange = Path(tempfile.mkdtemp(prefix="pbx-"))
-        os.chmod(self.exchange, 0o777)  # a container's unprivileged user writes replies here
+        #: spec 1.3: the method answers on the socket and never needs to write the exchange directory
+        self.inline = declares(self.manifest, INLINE_REPLIES)
+        self.exchange = Path(tempfile.mkdtemp(prefix="pbx-", dir=self._exchange_root()))
+        os.chmod(self.exchange, 0o755 if self.inline else 0o777)  # a container's own user reads (and writes)
         self._own_log = log_path is None
         self.log_path = log_path or self.exchange.with_name(self.exchange.name + ".log")
         self._listener: Optional[socket.socket] = None
         self._conn: Optional[socket.socket] = None
         self._counter = 0
+        self._deadline: Optional[float] = None  # of the call in progress (inline tensors follow its reply)
+        self._own: set[str] = {SOCKET_NAME}  # what the harness put into the exchange directory
 
     # -- what a runner provides ------------------------------------------------------------------
+    def _exchange_root(self) -> Optional[str]:
+        """Where the exchange directory is created (None: the system's temporary directory)."""
+        return None
+
     @abstractmethod
     def _launch(self) -> None:
         """Start the method so that it connects to ``self.exchange / SOCKET_NAME``."""
@@ -83,6 +103,7 @@ class SocketClient(MethodClient):
             except socket.timeout:
                 status = self._exit_status()
                 if status is not None:
+                    self._enforce_write_limit("start-up", status)
                     raise MethodFailure(f"method exited before connecting ({status}){self._log_tail()}")
                 if time.monotonic() > deadline:
                     raise MethodFailure(f"method did not connect within {self.start_timeout:.0f} s")
@@ -91,23 +112,31 @@ class SocketClient(MethodClient):
         self._check_manifest(reply.manifest)
 
     def _call(self, msg, expect: type, timeout: float, what: str):
+        by_run = False
         if self.run_deadline is not None:
             left = self.run_deadline - time.monotonic()
             if left <= 0:
                 self._kill()
                 raise MethodFailure(f"method exceeded its run deadline before {what!r} (killed)")
-            timeout = min(timeout, left)
+            by_run, timeout = left < timeout, min(timeout, left)
+        self._deadline = time.monotonic() + timeout
         try:
             wire.send(self._conn, msg.model_dump(mode="json"))
             payload = wire.recv(self._conn, timeout=timeout)
         except wire.WireTimeout:
             self._kill()
+            self._enforce_write_limit(what, "killed at its deadline")
+            if by_run:
+                raise MethodFailure(f"method exceeded its run deadline of {self.run_timeout:.0f} s "
+                                    f"during {what!r} (killed)") from None
             raise MethodFailure(f"method did not answer {what!r} within {timeout:.0f} s (killed)") from None
         except (wire.WireError, OSError) as e:
             time.sleep(0.2)  # let a crashing process finish so that its exit status is known
             status = self._exit_status()
+            self._enforce_write_limit(what, status)
             how = f"method process ended ({status})" if status else f"protocol error: {e}"
             raise MethodFailure(f"{how} during {what!r}{self._log_tail()}") from None
+        self._enforce_write_limit(what)
         try:
             reply = method_message.validate_python(payload)
         except ValidationError as e:
@@ -125,14 +154,88 @@ class SocketClient(MethodClient):
             return ""
         return f": {lines[-1].strip()[:300]}" if lines else ""
 
+    # -- the write limit ---------------------------------------------------------------------------
+    def _method_bytes(self) -> int:
+        """Bytes the method holds in the exchange directory (everything the harness did not put there;
+        iterative and without following links: a hostile tree cannot recurse the harness to death)."""
+        total, stack = 0, [(self.exchange, True)]
+        while stack:
+            directory, top = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if top and entry.name in self._own:
+                    continue
+                try:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, False))
+                except OSError:
+                    pass
+        return total
+
+    def _enforce_write_limit(self, what: str, status: Optional[str] = None) -> None:
+        """A method that may write its exchange directory (spec < 1.3) and holds more than the write
+        limit there is killed: checked at every message and whenever it fails (the kernel bounds it in
+        between: the directory is a tmpfs charged to its memory limit under docker)."""
+        if self.inline:
+            return
+        used = self._method_bytes()
+        if used > self.limits.write_bytes:
+            self._kill()
+            ended = f", {status}" if status else ", killed"
+            raise MethodFailure(f"method wrote more than {self.limits.max_write_mb} MB into its exchange directory "
+                                f"({used / 2**20:.0f} MB by {what!r}{ended}; {WRITE_LIMIT_HINT})")
+
+    # -- tensors -----------------------------------------------------------------------------------
     def _write(self, stem: str, tensors: Tensors) -> TensorFile:
         self._counter += 1
         name = f"{stem}-{self._counter:05d}.safetensors"
+        self._own.add(name)
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(self.exchange / name))
         os.chmod(self.exchange / name, 0o644)
         return TensorFile(file=name, keys=sorted(tensors))
 
-    def _read(self, ref: TensorFile, max_bytes: int) -> Tensors:
+    def _discard(self, name: str) -> None:
+        (self.exchange / name).unlink(missing_ok=True)
+        self._own.discard(name)
+
+    def _tensors(self, ref: ReplyTensors, max_bytes: int, what: str) -> Tensors:
+        """The tensors of a reply, read from the socket (inline) or from its file; at most ``max_bytes``
+        (the reply's expected size plus slack), and never more than the write limit."""
+        if isinstance(ref, InlineTensors) != self.inline:
+            sent, asked = ("in a file", "inline on the socket") if self.inline else ("inline", "in a file")
+            raise MethodFailure(f"reply to {what!r} sent its tensors {sent}, expected {asked}")
+        if isinstance(ref, InlineTensors):
+            data, name = self._recv_inline(max_bytes, what), f"inline reply to {what!r}"
+        else:
+            data, name = self._read_file(ref, max_bytes), f"reply file {ref.file!r}"
+        try:
+            return load_bytes(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise MethodFailure(f"{name} is not a valid safetensors file ({one_line(e)})") from None
+
+    def _recv_inline(self, max_bytes: int, what: str) -> bytes:
+        write_limit = self.limits.write_bytes
+        try:
+            return wire.recv_blob(self._conn, timeout=max(0.0, self._deadline - time.monotonic()),
+                                  max_bytes=min(max_bytes, write_limit))
+        except wire.FrameTooLarge as e:
+            self._kill()
+            if e.size > write_limit:
+                raise MethodFailure(f"method wrote more than {self.limits.max_write_mb} MB: a reply of "
+                                    f"{e.size / 2**20:.0f} MB to {what!r} (killed; {WRITE_LIMIT_HINT})") from None
+            raise MethodFailure(f"inline reply to {what!r} has {e.size} bytes, more than the {max_bytes} allowed "
+                                f"(killed)") from None
+        except wire.WireTimeout:
+            self._kill()
+            raise MethodFailure(f"method did not finish its reply to {what!r} in time (killed)") from None
+        except wire.WireError as e:
+            raise MethodFailure(f"protocol error during {what!r}: {e}{self._log_tail()}") from None
+
+    def _read_file(self, ref: TensorFile, max_bytes: int) -> bytes:
         path = self.exchange / ref.file
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -145,34 +248,38 @@ class SocketClient(MethodClient):
             if st.st_size > max_bytes:
                 raise MethodFailure(f"reply file {ref.file!r} has {st.st_size} bytes, more than the {max_bytes} allowed")
             with os.fdopen(fd, "rb", closefd=False) as f:
-                data = f.read(max_bytes + 1)
+                return f.read(max_bytes + 1)
         finally:
             os.close(fd)
-        try:
-            return load_bytes(data)
-        except (SafetensorError, ValueError, RuntimeError) as e:
-            raise MethodFailure(f"reply file {ref.file!r} is not a valid safetensors file ({one_line(e)})") from None
-        finally:
             path.unlink(missing_ok=True)
 
+    # -- requests ----------------------------------------------------------------------------------
     def _score(self, round: int, groups: list[Group], observations: dict[str, Tensors]) -> object:
         refs = {kind: self._write(f"obs-{kind}", tensors) for kind, tensors in observations.items()}
         reply_file = f"scores-{round:03d}.safetensors"
-        reply = self._call(ScoreRequest(round=round, groups=groups, observations=refs, reply_file=reply_file),
-                           ScoreReply, self.call_timeout, "score")
-        for ref in refs.values():
-            (self.exchange / ref.file).unlink(missing_ok=True)
+        try:
+            reply = self._call(ScoreRequest(round=round, groups=groups, observations=refs, reply_file=reply_file,
+                                            inline_reply=self.inline), ScoreReply, self.call_timeout, "score")
+        finally:
+            for ref in refs.values():
+                self._discard(ref.file)
         expected = sum(g.n_channels for g in groups) * 8 + 256 * len(groups)
-        return self._read(reply.scores, expected + REPLY_SLACK_BYTES)
+        return self._tensors(reply.scores, expected + REPLY_SLACK_BYTES, "score")
 
     def _regularize(self, step: int, total_steps: int, groups: list[Group], weights: Tensors) -> object:
         ref = self._write("weights", weights)
-        reply = self._call(RegularizeRequest(step=step, total_steps=total_steps, groups=groups, weights=ref,
-                                             reply_file=f"reg-{step:06d}.safetensors"),
-                           RegularizeReply, self.call_timeout, "regularize")
-        (self.exchange / ref.file).unlink(missing_ok=True)
-        expected = sum(t.numel() * 8 + 256 for t in weights.values())
-        return self._read(reply.grads, expected + REPLY_SLACK_BYTES)
+        try:
+            reply = self._call(RegularizeRequest(step=step, total_steps=total_steps, groups=groups, weights=ref,
+                                                 reply_file=f"reg-{step:06d}.safetensors", inline_reply=self.inline),
+                               RegularizeReply, self.call_timeout, "regularize")
+        finally:
+            self._discard(ref.file)
+        return self._tensors(reply.grads, dense_reply_bytes(weights), "regularize")
+
+    def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
+        if declares(self.manifest, COMPACT_REGULARIZER):
+            return SocketLink(self, groups)
+        return super().regularizer_link(groups)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -191,3 +298,110 @@ class SocketClient(MethodClient):
         shutil.rmtree(self.exchange, ignore_errors=True)
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
+
+
+def dense_reply_bytes(weights: Tensors) -> int:
+    """The most a dense gradient of ``weights`` takes as safetensors (float64 at worst), plus slack."""
+    return sum(t.numel() * 8 + 256 for t in weights.values()) + REPLY_SLACK_BYTES
+
+
+# --------------------------------------------------------------------------- sparse training (spec 1.1)
+
+WEIGHTS_FILE = "reg-weights.safetensors"
+GRADS_FILE = "reg-grads.safetensors"
+SCALES_FILE = "reg-scales.safetensors"
+
+
+class SocketLink(RegularizerLink):
+    """Spec 1.1 over the socket, every step of sparse training:
+
+    - only group members' parameters travel, always to the same file, rewritten in place
+      (:class:`_InPlaceFile`: created once, never reopened by name);
+    - the groups are described once (step 0); later requests set ``same_groups``;
+    - the method may answer with per-channel scales (``RegularizeReply.scales``): a few kilobytes
+      that the harness expands in-process instead of a second copy of the model.
+    """
+
+    client: SocketClient
+
+    def __init__(self, client: SocketClient, groups: list[Group]):
+        super().__init__(client, groups)
+        self.weights_file = _InPlaceFile(client.exchange, WEIGHTS_FILE)
+        client._own.add(WEIGHTS_FILE)
+        self.sent_groups = False
+
+    def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
+        client = self.client
+        self.weights_file.write(weights)
+        request = RegularizeRequest(
+            step=step, total_steps=total_steps, groups=[] if self.sent_groups else self.groups,
+            same_groups=self.sent_groups, weights=TensorFile(file=WEIGHTS_FILE, keys=self.weights_file.keys),
+            reply_file=GRADS_FILE, scales_file=SCALES_FILE, inline_reply=client.inline)
+        reply = client._call(request, RegularizeReply, client.call_timeout, "regularize")
+        self.sent_groups = True
+        for ref, name in ((reply.grads, GRADS_FILE), (reply.scales, SCALES_FILE)):
+            if isinstance(ref, TensorFile) and ref.file != name:
+                raise MethodFailure(f"regularizer replied in {ref.file!r}, expected {name!r}")
+        scale_bytes = sum(sum(t.shape) * 8 + 512 for t in weights.values()) + REPLY_SLACK_BYTES
+        dense = client._tensors(reply.grads, dense_reply_bytes(weights), "regularize")
+        scales = client._tensors(reply.scales, scale_bytes, "regularize") if reply.scales else {}
+        return validate_reg(weights, dense, scales)
+
+    def close(self) -> None:
+        self.weights_file.close()
+        self.client._own.discard(WEIGHTS_FILE)
+
+
+class _InPlaceFile:
+    """A safetensors file written once and then rewritten in place, step after step.
+
+    Created with ``O_EXCL | O_NOFOLLOW`` under a fresh name and renamed into place; the
+    harness keeps the descriptor and never opens the path again, so a method that swaps
+    the path for a symlink cannot make the harness write anywhere else. ``pwrite``
+    (not a shared mapping) so that a method truncating the file cannot crash the harness.
+    """
+
+    def __init__(self, directory: Path, name: str):
+        self.directory, self.name = directory, name
+        self.fd: Optional[int] = None
+        self.layout: Optional[list] = None
+        self.offsets: list[tuple[str, int]] = []
+        self.keys: list[str] = []
+
+    def write(self, tensors: Tensors) -> None:
+        tensors = {k: t.detach().to("cpu", torch.float32).contiguous() for k, t in tensors.items()}
+        layout = sorted((k, tuple(t.shape)) for k, t in tensors.items())
+        if self.fd is None or layout != self.layout:
+            self._create(tensors, layout)
+            return
+        for key, offset in self.offsets:
+            view = memoryview(tensors[key].numpy()).cast("B")
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view, offset = view[n:], offset + n
+
+    def _create(self, tensors: Tensors, layout: list) -> None:
+        self.close()
+        data = safetensors_bytes(tensors)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        base = 8 + header_len
+        self.offsets = [(k, base + int(v["data_offsets"][0])) for k, v in header.items() if k != "__metadata__"]
+        tmp = self.directory / f".{self.name}.{os.getpid()}.{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.replace(tmp, self.directory / self.name)
+        except BaseException:
+            os.close(fd)
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.fd, self.layout, self.keys = fd, layout, sorted(tensors)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            (self.directory / self.name).unlink(missing_ok=True)

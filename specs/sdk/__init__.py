@@ -7,8 +7,8 @@ and/or :class:`RegularizerMethod`. The harness starts it as::
     python -m specs.sdk --method-dir DIR --exchange EXCHANGE_DIR
 
 The server (:mod:`specs.sdk.server`) connects to ``EXCHANGE_DIR/pbench.sock``, answers the harness's
-messages (see :mod:`specs.messages`) and reads/writes tensors as safetensors
-files in ``EXCHANGE_DIR``. This package needs torch + safetensors; it never
+messages (see :mod:`specs.messages`), reads tensors from safetensors files in ``EXCHANGE_DIR`` and
+sends its replies' tensors back on the socket (spec 1.3, ``inline_reply``) or as files there. This package needs torch + safetensors; it never
 imports the harness.
 
 Modules: :mod:`specs.sdk.members` (tensor helpers for groups and members), :mod:`specs.sdk.methods`

@@ -1,5 +1,7 @@
 """The method-side server: load a method folder, connect to the harness's socket in the exchange
-directory, answer its messages (:mod:`specs.messages`), read and write tensors as safetensors files.
+directory, answer its messages (:mod:`specs.messages`), read tensors from safetensors files there and
+send replies' tensors back as files or, when a request sets ``inline_reply`` (spec 1.3), as
+safetensors blobs on the socket after the reply (the exchange directory may then be read-only).
 
 Started as ``python -m specs.sdk --method-dir DIR --exchange EXCHANGE_DIR`` (the method image's
 entrypoint).
@@ -18,13 +20,13 @@ from typing import Optional
 
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from specs import wire
 from specs.base import explain
 from specs.manifest import MethodLoadError, MethodManifest, load_manifest
-from specs.messages import (ErrorReply, Group, Hello, HelloReply, RegularizeReply, RegularizeRequest, ScoreReply,
-                            ScoreRequest, Shutdown, TensorFile, harness_message)
+from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors, RegularizeReply, RegularizeRequest,
+                            ReplyTensors, ScoreReply, ScoreRequest, Shutdown, TensorFile, harness_message)
 from specs.sdk import SOCKET_NAME, one_line, seed_everything
 from specs.sdk.members import split_compact
 from specs.sdk.methods import ImportanceMethod, MethodBase, Observations, RegularizerMethod
@@ -73,6 +75,22 @@ def _save(exchange: Path, name: str, tensors: dict[str, torch.Tensor]) -> Tensor
     return TensorFile(file=name, keys=sorted(tensors))
 
 
+class _Reply:
+    """Where one reply's tensors go: files in the exchange directory, or (``inline``) blobs that
+    :func:`serve` sends on the socket right after the reply message, in the order they were put."""
+
+    def __init__(self, exchange: Path, inline: bool):
+        self.exchange, self.inline = exchange, inline
+        self.blobs: list[bytes] = []
+
+    def put(self, name: str, tensors: dict[str, torch.Tensor]) -> ReplyTensors:
+        if not self.inline:
+            return _save(self.exchange, name, tensors)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        self.blobs.append(save(tensors))
+        return InlineTensors(keys=sorted(tensors))
+
+
 def _request_groups(method: MethodBase, msg: RegularizeRequest) -> list[Group]:
     """The request's groups; spec 1.1 sends them once (``same_groups`` afterwards)."""
     if msg.same_groups:
@@ -84,39 +102,44 @@ def _request_groups(method: MethodBase, msg: RegularizeRequest) -> list[Group]:
     return msg.groups
 
 
-def handle(method: MethodBase, msg, exchange: Path):
-    """Answer one request. Exceptions become an ErrorReply."""
+def handle(method: MethodBase, msg, exchange: Path) -> tuple[object, list[bytes]]:
+    """Answer one request: ``(reply, blobs to send after it)``. Exceptions become an ErrorReply."""
+    reply = _Reply(exchange, bool(getattr(msg, "inline_reply", False)))
     try:
-        if isinstance(msg, ScoreRequest):
-            if not isinstance(method, ImportanceMethod):
-                return ErrorReply(message="this method provides no importance scores")
-            obs = Observations({kind: _load(exchange, ref) for kind, ref in msg.observations.items()})
-            with torch.no_grad():
-                scores = method.score(msg.groups, obs)
-            if not isinstance(scores, dict):
-                return ErrorReply(message=f"score() returned {type(scores).__name__}, expected dict[group id, tensor]")
-            scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in scores.items()}
-            return ScoreReply(scores=_save(exchange, msg.reply_file, scores))
-        if isinstance(msg, RegularizeRequest):
-            if not isinstance(method, RegularizerMethod):
-                return ErrorReply(message="this method provides no regularizer")
-            groups = _request_groups(method, msg)
-            weights = _load(exchange, msg.weights)
-            if msg.scales_file:  # spec 1.1: the harness takes compact scales
-                out = method.regularize_compact(msg.step, msg.total_steps, groups, weights)
-                if not isinstance(out, dict):
-                    return ErrorReply(message=f"regularize_compact() returned {type(out).__name__}, expected dict")
-                dense, scales = split_compact(out)
-                return RegularizeReply(grads=_save(exchange, msg.reply_file, dense),
-                                       scales=_save(exchange, msg.scales_file, scales))
-            grads = method.regularize(msg.step, msg.total_steps, groups, weights)
-            if not isinstance(grads, dict):
-                return ErrorReply(message=f"regularize() returned {type(grads).__name__}, expected dict")
-            return RegularizeReply(grads=_save(exchange, msg.reply_file, grads))
-        return ErrorReply(message=f"unexpected message {getattr(msg, 'type', '?')!r}")
+        answer = _answer(method, msg, exchange, reply)
     except Exception as e:  # the harness records the one-line reason
         traceback.print_exc(file=sys.stderr)
-        return ErrorReply(message=one_line(e))
+        answer = ErrorReply(message=one_line(e))
+    return answer, [] if isinstance(answer, ErrorReply) else reply.blobs
+
+
+def _answer(method: MethodBase, msg, exchange: Path, reply: _Reply):
+    if isinstance(msg, ScoreRequest):
+        if not isinstance(method, ImportanceMethod):
+            return ErrorReply(message="this method provides no importance scores")
+        obs = Observations({kind: _load(exchange, ref) for kind, ref in msg.observations.items()})
+        with torch.no_grad():
+            scores = method.score(msg.groups, obs)
+        if not isinstance(scores, dict):
+            return ErrorReply(message=f"score() returned {type(scores).__name__}, expected dict[group id, tensor]")
+        scores = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in scores.items()}
+        return ScoreReply(scores=reply.put(msg.reply_file, scores))
+    if isinstance(msg, RegularizeRequest):
+        if not isinstance(method, RegularizerMethod):
+            return ErrorReply(message="this method provides no regularizer")
+        groups = _request_groups(method, msg)
+        weights = _load(exchange, msg.weights)
+        if msg.scales_file:  # spec 1.1: the harness takes compact scales
+            out = method.regularize_compact(msg.step, msg.total_steps, groups, weights)
+            if not isinstance(out, dict):
+                return ErrorReply(message=f"regularize_compact() returned {type(out).__name__}, expected dict")
+            dense, scales = split_compact(out)
+            return RegularizeReply(grads=reply.put(msg.reply_file, dense), scales=reply.put(msg.scales_file, scales))
+        grads = method.regularize(msg.step, msg.total_steps, groups, weights)
+        if not isinstance(grads, dict):
+            return ErrorReply(message=f"regularize() returned {type(grads).__name__}, expected dict")
+        return RegularizeReply(grads=reply.put(msg.reply_file, grads))
+    return ErrorReply(message=f"unexpected message {getattr(msg, 'type', '?')!r}")
 
 
 def serve(method_dir: Path, exchange: Path) -> int:
@@ -143,8 +166,10 @@ def serve(method_dir: Path, exchange: Path) -> int:
             continue
         if isinstance(msg, Shutdown):
             return 0
-        reply = handle(method, msg, exchange)
+        reply, blobs = handle(method, msg, exchange)
         wire.send(sock, reply.model_dump(mode="json"))
+        for blob in blobs:
+            wire.send_blob(sock, blob)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
