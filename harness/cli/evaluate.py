@@ -16,7 +16,7 @@ from harness.methods import find_method, providing
 from harness.protocol.run import RunSpec, evaluate as run_protocol
 from harness.orchestration.sweep import run_sweep
 from harness.runners import RUNNERS
-from harness.tracks import load_track, track_for
+from harness.tracks import inapplicable, resolve_track as resolve
 from specs.result import ResultRecord
 from specs.track import TRACK_RECIPE, TrackConfig
 
@@ -27,7 +27,7 @@ Runner = enum.Enum("Runner", {r: r for r in RUNNERS.names()}, type=str)
 Device = enum.Enum("Device", {d: d for d in ("cpu", "cuda")}, type=str)
 
 TrackOpt = Annotated[Optional[str], typer.Option(help="track id or track file (default: the track for --model/--dataset)")]
-ModelOpt = Annotated[Optional[str], typer.Option(help="model name (with --dataset selects the track)")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="model: a registered name, torchvision:<name>, timm:<name>, <module>:<factory> or file:<path> (with --dataset: its track, or one derived from the dataset's default track)")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help="dataset name")]
 StrategyOpt = Annotated[Optional[Strategy], typer.Option(help="override the track's pruning strategy")]
 RunnerOpt = Annotated[Runner, typer.Option(help="how the method runs", envvar="PBENCH_RUNNER")]
@@ -48,22 +48,24 @@ TimeoutOpt = Annotated[Optional[float], typer.Option(help="per-call deadline for
 
 def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[str],
                   strategy: Optional[Strategy]) -> TrackConfig:
-    if track:
-        cfg = load_track(track)
-        if (model and model != cfg.model.name) or (dataset and dataset != cfg.dataset.name):
-            raise HarnessError(f"track {cfg.id} is {cfg.model.name} on {cfg.dataset.name}; "
-                               f"drop --model/--dataset or pick another track")
-    else:
-        if not model or not dataset:
-            raise HarnessError("give --track, or both --model and --dataset")
-        from harness.data import DATASETS
-        from harness.models import MODELS
-        MODELS.get(model)
-        DATASETS.get(dataset)
-        cfg = track_for(model, dataset)
+    cfg, note = resolve(track, model, dataset)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
     if strategy is not None and strategy.value != cfg.pruning.strategy:
         cfg = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"strategy": strategy.value})})
     return cfg
+
+
+def applicable(cfg: TrackConfig, sources: list, data_root: Optional[Path]) -> list:
+    """``sources`` without the methods that cannot score the track's model (one line each says why; bad
+    input when none is left). ``None`` entries (no regularizer) are kept."""
+    refused = inapplicable(cfg, [s for s in sources if s is not None], data_root)
+    kept = [s for s in sources if s is None or s.id not in refused]
+    if refused and not kept:
+        raise HarnessError(next(iter(refused.values())))
+    for reason in refused.values():
+        console.print(f"skipped: {reason}", highlight=False, soft_wrap=True)
+    return kept
 
 
 def find_regularizer(name: Optional[str]):
@@ -132,10 +134,12 @@ def evaluate(
     """Prune one model with one method to one speedup, retrain, evaluate; write one result record."""
     _setup(device, threads)
     cfg = resolve_track(track, model, dataset, strategy)
-    spec = RunSpec(track=cfg, method=find_method(method), speedup=speedup, seed=seed, runner=runner.value,
+    source = applicable(cfg, [find_method(method)], data_root)[0]
+    spec = RunSpec(track=cfg, method=source, speedup=speedup, seed=seed, runner=runner.value,
                    out=out_dir, data_root=data_root, cache_dir=cache_dir, device=device.value,
                    hyperparameters=parse_hp(hp), call_timeout=call_timeout, save_models=not no_models,
-                   regularizer=find_regularizer(regularizer), reg_hyperparameters=parse_hp(reg_hp))
+                   regularizer=applicable(cfg, [find_regularizer(regularizer)], data_root)[0],
+                   reg_hyperparameters=parse_hp(reg_hp))
     with ProgressDisplay() as progress:
         record, run_dir = run_protocol(spec, progress)
     out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
@@ -226,8 +230,9 @@ def sweep(
     """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
     _setup(device, threads, executor)
     cfg = resolve_track(track, model, dataset, strategy)
-    sources = _importance_sources(methods)
-    combos = [dict(method=src, regularizer=reg) for src in sources for reg in _regularizer_list(regularizers)]
+    sources = applicable(cfg, _importance_sources(methods), data_root)
+    regs = applicable(cfg, _regularizer_list(regularizers), data_root)
+    combos = [dict(method=src, regularizer=reg) for src in sources for reg in regs]
     _, specs = _grid(cfg, combos, speedups, seeds, runner=runner.value, out=out_dir, data_root=data_root,
                      cache_dir=cache_dir, device=device.value, call_timeout=call_timeout, save_models=not no_models)
     summary = _run_all(specs, out_dir, jobs, retry_failed, executor, slurm_config)
@@ -258,7 +263,7 @@ def recipe_swap(
     from harness.orchestration import recipe_swap as swap
     _setup(device, threads, executor)
     cfg = resolve_track(track, model, dataset, strategy)
-    sources = _importance_sources(methods)
+    sources = applicable(cfg, _importance_sources(methods), data_root)
     if len(sources) < 2:
         raise HarnessError("--methods: give at least two methods to compare")
     recipe_list = parse_list(recipes, str, "--recipes")
