@@ -13,9 +13,9 @@ import functools
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import ValidationError
 
+from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.registry import Registry
 from specs.base import explain
@@ -26,16 +26,7 @@ TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
 def parse_track_file(path: Path) -> TrackConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise HarnessError(f"{path}: cannot read track file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise HarnessError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"{path}: a track file must be a mapping, got {type(data).__name__}")
+    data = read_mapping(path, "track file")
     try:
         return TrackConfig.model_validate(data)
     except ValidationError as e:
@@ -58,17 +49,6 @@ def load_track(name_or_path: str) -> TrackConfig:
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         return parse_track_file(path)
     return registry().get(name_or_path)
-
-
-def track_for(model: str, dataset: str) -> TrackConfig:
-    """The registered track for a (model, dataset) pair (no derivation: see :func:`resolve_track`)."""
-    matches = [t for t in (registry().get(n) for n in registry().names())
-               if t.model.name == model and t.dataset.name == dataset]
-    if not matches:
-        pairs = sorted(f"{t.model.name}/{t.dataset.name}" for t in (registry().get(n) for n in registry().names()))
-        raise HarnessError(f"no track for model {model!r} on dataset {dataset!r} (tracks cover: {', '.join(pairs)}); "
-                           f"pass --track FILE for a custom setting")
-    return matches[0]
 
 
 def tracks_of(dataset: str) -> list[TrackConfig]:
@@ -187,3 +167,15 @@ def inapplicable(track: TrackConfig, sources: list, data_root: Optional[Path] = 
         except NotApplicable as e:
             out[source.id] = str(e)
     return out
+
+
+def tracks_of_model(model: str) -> list[TrackConfig]:
+    """The registered tracks of a model (``--model`` alone selects its track when it has one)."""
+    from harness.models.refs import check_reference
+    reg = registry()
+    found = [t for t in (reg.get(n) for n in reg.names()) if t.model.name == model]
+    if not found:
+        check_reference(model)  # an unknown model name: suggest close ones
+        raise HarnessError(f"model {model!r} has no registered track: give --dataset (a track is derived from the "
+                           f"dataset's default one) or --track FILE")
+    return found

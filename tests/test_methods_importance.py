@@ -213,7 +213,7 @@ def test_equals_torch_pruning(cases, references, method, runner):
                                            msg=f"{method}: {case.name} group {gid}")
 
 
-@pytest.mark.parametrize("method", IMPORTANCE)
+@pytest.mark.parametrize("method", PARITY)
 def test_defaults_deterministic_finite(cases, method):
     source = find_method(method)
     with client_class("inprocess")(source, {}, seed=0) as first, client_class("inprocess")(source, {}, seed=1) as second:

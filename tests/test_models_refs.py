@@ -221,6 +221,28 @@ def test_inapplicable_methods_are_named_before_anything_runs(tiny_track):
     assert "hrank cannot score VisionTransformer" in refused["hrank"] and "Linear output" in refused["hrank"]
 
 
+def test_the_plan_leaves_out_methods_that_cannot_score_the_model(tiny_track, tmp_path):
+    from harness.plan import Plan, PlanError
+
+    track = tmp_path / "digits32.yaml"  # ViTs need 32 px (two 16 px patches a side)
+    data = tiny_track.model_dump(mode="json")
+    data["dataset"]["image_size"] = 32
+    track.write_text(json.dumps(data))
+    resolved = Plan.build(track=str(track), model="timm:test_vit", methods=["hrank", "lamp"],
+                          regularizers=["-", "bn_scale_l1"], speedups=[2], seeds=[0]).resolve()
+    assert [m.id for m in resolved.methods] == ["lamp"]
+    assert {(s.method.id, s.regularizer) for s in resolved.specs} == {("lamp", None)}
+    derived, skipped_hrank, skipped_l1 = resolved.notes
+    assert derived.startswith("no registered track for timm:test_vit on digits: derived track digits-timm-test_vit")
+    assert skipped_hrank.startswith("skipped: hrank cannot score VisionTransformer meaningfully")
+    assert skipped_l1.startswith("skipped: bn_scale_l1 cannot score VisionTransformer meaningfully: it needs batchnorm")
+    with pytest.raises(PlanError) as e:
+        Plan.build(track=str(track), model="timm:test_vit", methods=["bn_scale"]).resolve()
+    assert e.value.field == "methods" and one_line(e).startswith("bn_scale cannot score VisionTransformer")
+    # the registered ResNet has what they need: nothing is left out
+    assert not Plan.build(track=str(track), methods=["hrank", "bn_scale"]).resolve().notes
+
+
 # --------------------------------------------------------------------------- untraceable models
 
 

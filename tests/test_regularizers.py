@@ -288,12 +288,12 @@ def test_evaluate_with_regularizer_end_to_end(tiny_track_file, tiny_track, tmp_p
     assert (reg.id, reg.version, reg.runner, reg.hyperparameters) == ("bn_scale_l1", "1.0.0", "subprocess",
                                                                        {"reg": 0.2})
     assert record.timing.reg_s > 0 and record.timing.step_s > 0
-    hp = record.method.hyperparameters
-    assert record.run_key == run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, "bn_scale_l1@1.0.0", 2.0,
+    hp, version = record.method.hyperparameters, find_method("magnitude_l2").manifest.version
+    assert record.run_key == run_key(tiny_track.hash(), "magnitude_l2", version, None, "bn_scale_l1@1.0.0", 2.0,
                                      "protected_global", 0, hp, reg.hyperparameters)
-    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, None, 2.0,
+    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", version, None, None, 2.0,
                                      "protected_global", 0, hp)
-    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, "bn_scale_l1@1.0.0", 2.0,
+    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", version, None, "bn_scale_l1@1.0.0", 2.0,
                                      "protected_global", 0, hp, {"reg": 0.1})  # hyperparameters are identity
     assert {"sparse.pt", "pruned.pt", "final.pt"} == set(record.files)
 

@@ -291,8 +291,8 @@ def table(results: dict[str, dict], wall_s: float) -> str:
     """The zoo table: models x methods (ok with the speedup reached, refused with the need, or failed),
     and Torch-Pruning parity per model."""
     methods = _methods()
-    lines = ["| model | family | groups | " + " | ".join(methods) + " | TP parity |",
-             "|---|---|---|" + "---|" * len(methods) + "---|"]
+    lines = ["| model | family | groups | " + " | ".join(methods) + " | TP parity | s |",
+             "|---|---|---|" + "---|" * len(methods) + "---|---|"]
     for arch_id, r in results.items():
         if "error" in r:
             lines.append(f"| {BY_ID[arch_id].ref} | {BY_ID[arch_id].family} | ERROR: {r['error'][:120]} |")
@@ -314,8 +314,11 @@ def table(results: dict[str, dict], wall_s: float) -> str:
         parity = f"{compared} groups equal (max rel. diff {worst:.1e})" + (
             f"; {skipped} grouped-consumer groups differ by design" if skipped else "")
         lines.append(f"| {BY_ID[arch_id].ref} | {BY_ID[arch_id].family} | {r['groups']} | " + " | ".join(cells)
-                     + f" | {parity} |")
-    lines.append(f"\n{len(results)} models x {len(methods)} methods in {wall_s:.0f} s wall (2 worker processes)")
+                     + f" | {parity} | {r['seconds']:.0f} |")
+    per_method = {m: sum(r["methods"][m]["seconds"] for r in results.values() if "methods" in r) for m in methods}
+    lines.append(f"\n{len(results)} models x {len(methods)} methods in {wall_s:.0f} s wall (2 worker processes); "
+                 f"seconds per method over all models: "
+                 + ", ".join(f"{m} {t:.0f}" for m, t in sorted(per_method.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines) + "\n"
 
 
