@@ -205,7 +205,7 @@ def _run_arch(arch_id: str) -> dict:
     from specs.track import Calibration
 
     torch.set_num_threads(1)
-    arch, t0 = BY_ID[arch_id], time.perf_counter()
+    arch, t0, cpu0 = BY_ID[arch_id], time.perf_counter(), time.process_time()
     model = _build(arch)
     example = torch.randn(1, 3, arch.size, arch.size)
     config = _config_for(model)
@@ -255,7 +255,7 @@ def _run_arch(arch_id: str) -> dict:
         result["seconds"] = time.perf_counter() - t
         report["methods"][source.id] = result
     report["parity"] = _tp_parity(model, example, config, groups, obs, batch)
-    report["seconds"] = time.perf_counter() - t0
+    report["seconds"], report["cpu_seconds"] = time.perf_counter() - t0, time.process_time() - cpu0
     return report
 
 
@@ -316,7 +316,9 @@ def table(results: dict[str, dict], wall_s: float) -> str:
         lines.append(f"| {BY_ID[arch_id].ref} | {BY_ID[arch_id].family} | {r['groups']} | " + " | ".join(cells)
                      + f" | {parity} | {r['seconds']:.0f} |")
     per_method = {m: sum(r["methods"][m]["seconds"] for r in results.values() if "methods" in r) for m in methods}
-    lines.append(f"\n{len(results)} models x {len(methods)} methods in {wall_s:.0f} s wall (2 worker processes); "
+    cpu = sum(r.get("cpu_seconds", 0) for r in results.values())
+    lines.append(f"\n{len(results)} models x {len(methods)} methods in {wall_s:.0f} s wall (2 worker processes, "
+                 f"{cpu:.0f} CPU-seconds in them); "
                  f"seconds per method over all models: "
                  + ", ".join(f"{m} {t:.0f}" for m, t in sorted(per_method.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines) + "\n"
@@ -360,7 +362,9 @@ def test_scores_equal_torch_pruning(zoo, arch):
     parity = report_of(zoo, arch)["parity"]
     assert set(parity) == set(PARITY_HP)
     for method, p in parity.items():
-        assert p["max_rel_diff"] <= 1e-5, f"{method} on {arch}: {p}"
+        # LAMP: Torch-Pruning divides by (group total - the smaller scores), which cancels for the top scores in
+        # float32; ours sums the larger ones (test_methods_members.py::test_lamp_sums_from_the_top): up to ~5e-5
+        assert p["max_rel_diff"] <= (1e-4 if method == "lamp" else 1e-5), f"{method} on {arch}: {p}"
     assert sum(p["compared"] for p in parity.values()) >= zoo[arch]["groups"], parity  # most groups, most methods
     if zoo[arch]["has_bn"]:
         assert parity["bn_scale"]["compared"] > 0

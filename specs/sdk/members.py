@@ -173,12 +173,11 @@ def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
         return (scores - scores.min()) / (scores.max() - scores.min() + 1e-8)
     if how == "gaussian":
         return (scores - scores.mean()) / (scores.std() + 1e-8)
-    if how == "lamp":
-        sorted_scores, order = scores.sort()
-        below = torch.zeros_like(sorted_scores)
-        below[1:] = sorted_scores.cumsum(0)[:-1]
+    if how == "lamp":  # each score over the sum of itself and the larger ones, summed from the top (as
+        # Torch-Pruning: subtracting from the total instead loses the small scores' digits)
+        sorted_scores, order = scores.sort(descending=True)
         out = torch.empty_like(scores)
-        out[order] = sorted_scores / (scores.sum() - below).clamp_min(torch.finfo(scores.dtype).tiny)
+        out[order] = sorted_scores / sorted_scores.cumsum(0).clamp_min(torch.finfo(scores.dtype).tiny)
         return out
     raise ValueError(f"unknown normalizer {how!r}")
 
