@@ -5,7 +5,8 @@ Module map (imports go one way: ``cli`` -> library -> ``specs``; library code ne
 - :mod:`harness.protocol`       the protocol core: one run (``protocol.run.evaluate``), grouping, observations,
                                 pruning, sparse training, training loops, base checkpoints, latency
 - :mod:`harness.tasks`          what the protocol is written against: classification, detection
-- :mod:`harness.models`         the model zoo and each model's prune adapter
+- :mod:`harness.models`         the model zoo, model references (torchvision:, timm:, factories, files) and each
+                                architecture's prune adapter
 - :mod:`harness.data`           dataset loaders (digits, CIFAR, ImageNet, COCO) and tiny fixtures
 - :mod:`harness.runners`        how a method runs: inprocess, subprocess, docker (the wire protocol's harness side)
 - :mod:`harness.store`          the result store: run keys, run directories, staging, validated records

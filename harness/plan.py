@@ -50,7 +50,9 @@ class Plan(Strict):
     """What to run. Every field has a default but the track (``track``, or ``model`` [+ ``dataset``])."""
 
     track: Optional[str] = Field(None, description="track id or track file")
-    model: Optional[str] = Field(None, description="model name: selects its track (with dataset, the pair's)")
+    model: Optional[str] = Field(None, description="model: a registered name, torchvision:<name>, timm:<name>, "
+                                                   "<module>:<factory> or file:<path>; selects its track (with "
+                                                   "dataset: the pair's, or one derived from the dataset's default)")
     dataset: Optional[str] = Field(None, description="dataset name (with model)")
     methods: list[str] = Field(default_factory=lambda: [ALL], min_length=1,
                                description="importance method ids or folders, or 'all'")
@@ -116,18 +118,19 @@ class Plan(Strict):
             raise PlanError("slurm_config", "--slurm-config needs --executor slurm")
         if self.own and self.recipes is None:
             raise PlanError("own", "--own needs --recipes (the recipe-swap mode)")
-        track = self._track()
+        track, note = self._track()
         targets = self.speedups or list(track.pruning.speedups)
         bad = [t for t in targets if not 1.0 < t <= 1000]
         if bad:
             raise PlanError("speedups", f"speedup must be > 1 (e.g. 2, 4, 8), got {bad[0]:g}")
         seeds = self.seeds or list(track.seeds)
-        methods = self._methods()
+        methods, regularizers = self._methods(), self._regularizers(track)
+        methods, regularizers, skipped = self._applicable(track, methods, regularizers)
         if self.recipes is not None:
             combos = [dict(method=m, recipe=None if r == TRACK_RECIPE else r) for m in methods
                       for r in self._recipes(track, methods)]
         else:
-            combos = [dict(method=m, regularizer=r) for m in methods for r in self._regularizers(track)]
+            combos = [dict(method=m, regularizer=r) for m in methods for r in regularizers]
         common = dict(runner=self.runner, out=self.out, data_root=self.data_root, cache_dir=self.cache_dir,
                       device=self.device, call_timeout=self.call_timeout, save_models=self.save_models,
                       hyperparameters=dict(self.hyperparameters), reg_hyperparameters=dict(self.reg_hyperparameters),
@@ -138,22 +141,16 @@ class Plan(Strict):
             self._check_hyperparameters(spec)
         self._check_resources(track, methods, combos)
         slurm = self._slurm()
-        return ResolvedPlan(self, track, targets, seeds, methods, specs, slurm)
+        return ResolvedPlan(self, track, targets, seeds, methods, specs, slurm, [n for n in [note] if n] + skipped)
 
-    def _track(self) -> TrackConfig:
-        from harness.tracks import load_track, track_for, tracks_of_model
+    def _track(self) -> tuple[TrackConfig, Optional[str]]:
+        """The track, and a note when it was derived (a model without a registered track for the dataset:
+        :func:`harness.tracks.resolve_track`)."""
+        from harness.tracks import resolve_track, tracks_of_model
+        note = None
         try:
-            if self.track:
-                cfg = load_track(self.track)
-                if (self.model and self.model != cfg.model.name) or (self.dataset and self.dataset != cfg.dataset.name):
-                    raise PlanError("track", f"track {cfg.id} is {cfg.model.name} on {cfg.dataset.name}; drop "
-                                             f"--model/--dataset or pick another track")
-            elif self.model and self.dataset:
-                from harness.data import DATASETS
-                from harness.models import MODELS
-                MODELS.get(self.model)  # unknown names: suggest close ones
-                DATASETS.get(self.dataset)
-                cfg = track_for(self.model, self.dataset)
+            if self.track or (self.model and self.dataset):
+                cfg, note = resolve_track(self.track, self.model, self.dataset)
             elif self.model:
                 tracks = tracks_of_model(self.model)
                 if len(tracks) != 1:
@@ -167,10 +164,27 @@ class Plan(Strict):
         except (HarnessError, UnknownName) as e:
             if isinstance(e, PlanError):
                 raise
-            raise PlanError("track" if self.track else "model", str(e)) from None
+            raise PlanError("model" if self.model else "track", str(e)) from None
         if self.strategy is not None and self.strategy != cfg.pruning.strategy:
             cfg = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"strategy": self.strategy})})
-        return cfg
+        return cfg, note
+
+    def _applicable(self, track: TrackConfig, methods: list, regularizers: list) -> tuple[list, list, list[str]]:
+        """The methods and regularizers that can score the track's model (manifest ``requires``), and one
+        note per pair left out. Bad input when a list has nothing left."""
+        from harness.data import DatasetError
+        from harness.tracks import inapplicable
+        try:
+            refused = inapplicable(track, methods + [r for r in regularizers if r is not None], self.data_root)
+        except DatasetError:  # no data here to build the model on: each run checks it before it starts
+            return methods, regularizers, []
+        kept = [m for m in methods if m.id not in refused]
+        regs = [r for r in regularizers if r is None or r.id not in refused]
+        if not kept:
+            raise PlanError("methods", refused[methods[0].id])
+        if not regs:
+            raise PlanError("regularizers", next(refused[r.id] for r in regularizers if r is not None))
+        return kept, regs, [f"skipped: {reason}" for reason in refused.values()]
 
     def _methods(self) -> list["MethodSource"]:
         from harness.methods import providing
@@ -285,6 +299,9 @@ class ResolvedPlan:
     methods: list["MethodSource"]
     specs: list["RunSpec"] = field(default_factory=list)
     slurm: Optional[object] = None
+    #: what resolution decided on the user's behalf, one line each: a derived track, methods left out
+    #: because they cannot score the track's model
+    notes: list[str] = field(default_factory=list)
 
 
 def run_plan(resolved: ResolvedPlan, on_result: Optional["OnResult"] = None, progress=None,

@@ -49,6 +49,28 @@ ObservationKind = Literal["weights", "gradients", "sq_gradients", "inputs", "out
 
 Capability = Literal["importance", "regularizer"]
 
+#: What an architecture must offer for a method's scores to mean something. The harness checks it on
+#: the model's prunable groups before the method starts, and refuses the pair in one line otherwise.
+#:
+#: - ``batchnorm``: the group has an affine BatchNorm member (a per-channel scale factor gamma).
+#: - ``spatial_maps``: the group's root layer gives every channel a 2-D map per image on the track's
+#:   inputs (conv2d outputs ``[N, C, H, W]``; linear layers on channels-last maps ``[N, H, W, C]``) -
+#:   not a single value (``[N, C]``) or a sequence (tokens ``[N, L, C]``, conv1d), whose per-channel
+#:   "map" is a vector of rank at most 1. (A 1 x 1 map - squeeze-excitation, or a tiny input after
+#:   heavy downsampling - is a map, but of rank 0 or 1: such groups score alike, and a record's
+#:   diagnostics flag them.)
+Need = Literal["batchnorm", "spatial_maps"]
+
+
+class Requirement(Strict):
+    """One need of a method, and how many of a model's groups must meet it."""
+
+    need: Need
+    groups: Literal["all", "any"] = Field(
+        "all", description="all: every prunable group must meet the need; any: at least one group must (the "
+                           "method's README documents what the others get)")
+    reason: str = Field("", max_length=200, description="why the method needs it (shown when a model is refused)")
+
 #: what a method that lacks a capability is told (one text per capability, wherever it is checked)
 _MISSING = {
     "importance": "importance scores (it is a regularizer: pair it with an importance method)",
@@ -138,6 +160,9 @@ class MethodManifest(Versioned):
     observations: list[ObservationKind] = Field(default_factory=list)
     hyperparameters: dict[Identifier, HyperParameter] = Field(default_factory=dict)
     resources: Resources = Resources()
+    requires: list[Requirement] = Field(
+        default_factory=list, description="what a model must offer for the scores to mean something; the "
+                                          "harness refuses a model that does not, before the method starts")
     paper: Optional[Paper] = None
     entrypoint: str = Field("method:Method", pattern=r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$",
                             description="module:Class inside the method folder")

@@ -7,9 +7,10 @@ Methods cannot override any of it. Its canonical hash goes into every result.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import re
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_serializer, model_validator
 
 from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, sha256_json
 from specs.manifest import SandboxLimits
@@ -18,9 +19,60 @@ Strategy = Literal["local", "global", "protected_global"]
 Metric = Literal["top1", "map50_95"]
 
 
+#: ``model.name``: a registered name (``resnet18``), ``torchvision:<name>``, ``timm:<name>``, a factory on
+#: PYTHONPATH ``<module>:<function>``, or ``file:<path>`` (a whole pickled model, with ``sha256``)
+ModelName = Annotated[str, StringConstraints(
+    pattern=r"^([a-z][a-z0-9_\-]{0,63}|(torchvision|timm):[A-Za-z0-9_.\-]{1,128}"
+            r"|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*|file:[^\x00]{1,1024})$")]
+#: a model keyword argument: a JSON scalar, or a list of scalars or of lists of them (timm's
+#: ``depths: [1, 1, 2, 1]``, torchvision's ``inverted_residual_setting: [[1, 16, 1, 1], ...]``)
+ModelArg = Union[Scalar, list[Union[Scalar, list[Scalar]]]]
+
+
 class ModelRef(Strict):
-    name: Identifier
-    kwargs: dict[str, Scalar] = Field(default_factory=dict)
+    """Which architecture a track prunes; everything here is part of the track hash.
+
+    ``kwargs`` go to the factory (never pretrained weights: the base checkpoint belongs to the track).
+    ``file:<path>`` loads a whole pickled ``nn.Module`` with ``torch.load(weights_only=False)``, which
+    runs code from the file: only name files you trust; ``sha256`` pins the file and is required.
+    """
+
+    name: ModelName
+    kwargs: dict[str, ModelArg] = Field(default_factory=dict)
+    sha256: Optional[Sha256] = Field(None, description="file: models: sha256 of the file (required for them)")
+
+    @model_validator(mode="after")
+    def _file_digest(self) -> "ModelRef":
+        if self.name.startswith("file:"):
+            if self.sha256 is None:
+                raise ValueError("a file: model needs its sha256 (sha256sum FILE)")
+            if self.kwargs:
+                raise ValueError("a file: model is already built: it takes no kwargs")
+        elif self.sha256 is not None:
+            raise ValueError("sha256 pins a file: model; this model is built from code")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_digest(self, handler):
+        # a model built from code has no sha256: leaving the key out keeps the hashes of tracks (and the
+        # cache keys of their base checkpoints) what they were before file: models existed
+        data = handler(self)
+        if self.sha256 is None:
+            data.pop("sha256", None)
+        return data
+
+    def slug(self) -> str:
+        """The name as a file-name-safe identifier (``timm:vit_tiny`` -> ``timm-vit_tiny``): for
+        derived track ids and cache file names."""
+        if self.name.startswith("file:"):
+            stem = self.name[5:].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            raw = f"file-{stem}"
+        else:
+            raw = self.name
+        slug = re.sub(r"[^a-z0-9_]+", "-", raw.lower()).strip("-")
+        if not slug or not slug[0].isalpha():
+            slug = f"m-{slug}"
+        return slug[:48]
 
 
 class DatasetRef(Strict):

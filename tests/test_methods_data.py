@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.protocol.grouping import PruneConfig, describe_groups
-from harness.methods import find_method
+from harness.methods import find_method, providing
 from harness.models import classifier_of, create_model
 from harness.protocol.observations import collect
 from harness.runners import client_class
@@ -29,7 +29,9 @@ from specs.sdk import Observations, contribution_gram
 from specs.sdk.server import load_method_class
 from specs.track import Calibration
 
-METHODS = ["thinet", "cp", "hrank", "obd_c"]
+#: the discovered methods that read activations (what this module's wire-protocol test sends them)
+METHODS = [m.id for m in providing("importance")
+           if set(m.manifest.observations) & {"inputs", "outputs", "output_gradients"}]
 
 
 def method(method_id: str, **hp):

@@ -1,9 +1,12 @@
-"""Importance methods lamp, fpgm, bn_scale, taylor, obd_hessian.
+"""Importance methods: each discovered one against its independent reference.
 
-- Parity: through the real runners (subprocess and inprocess), each equals Torch-Pruning's own
-  importance group by group on CIFAR-style ResNet-18 and VGG-19 with random BN affine params.
-  Gradient-based references get gradients computed here with autograd, independently of
-  harness.protocol.observations (same batches, eval mode).
+- :data:`REFERENCES` names, for every importance method in methods/, either the Torch-Pruning
+  importance it must equal (with the hyperparameters that select Torch-Pruning's conventions) or the
+  test that checks it against a computation by hand; a discovered method without an entry fails.
+- Parity: through the real runners (subprocess and inprocess), each Torch-Pruning-referenced method
+  equals Torch-Pruning's own importance group by group on CIFAR-style ResNet-18, VGG-19 and ResNet-50
+  with random BN affine params. Gradient-based references get gradients computed here with autograd,
+  independently of harness.protocol.observations (same batches, eval mode).
 - Where we deliberately differ from Torch-Pruning 1.6.1 (Taylor scores BatchNorm; OBD-Hessian
   accumulates every calibration sample), a tiny model checks our scores against numbers
   computed by hand, and shows what Torch-Pruning computes instead.
@@ -11,7 +14,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
 
 import pytest
 import torch
@@ -20,14 +25,68 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from harness.protocol.grouping import ROOT_TYPES, PruneConfig, build_graph, describe_groups
-from harness.methods import find_method
+from harness.methods import find_method, providing
 from harness.models import classifier_of, create_model
 from harness.protocol.observations import collect
 from harness.runners import client_class
 from specs.messages import Group
 
-METHODS = ["lamp", "fpgm", "bn_scale", "taylor", "obd_hessian"]
-MODELS = [("resnet18", 0.25, 8), ("vgg19", 0.125, 16)]
+TESTS = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class TorchPruning:
+    """The method equals ``importance()`` of Torch-Pruning, run with these hyperparameters; ``grads``:
+    what Torch-Pruning finds in ``.grad`` ("mean": the mean-loss gradient, "fisher": the squared
+    per-sample gradients summed - what its HessianImportance intends)."""
+
+    importance: Callable[[], object]
+    hp: dict = field(default_factory=dict)
+    grads: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ByHand:
+    """The method is checked against an independent computation in ``test`` (``file::function``)."""
+
+    test: str
+
+
+imp = tp.importance
+#: every discovered importance method -> its reference (a missing entry fails test_every_method_has_a_reference)
+REFERENCES = {
+    "magnitude_l1": TorchPruning(lambda: imp.MagnitudeImportance(p=1), {"depthwise": False}),
+    "magnitude_l2": TorchPruning(lambda: imp.MagnitudeImportance(p=2), {"depthwise": False}),
+    "lamp": TorchPruning(imp.LAMPImportance, {"depthwise": False}),
+    "fpgm": TorchPruning(imp.FPGMImportance, {"depthwise": False}),
+    "bn_scale": TorchPruning(imp.BNScaleImportance),
+    # conv/linear part only: TP 1.6.1 never scores BN
+    "taylor": TorchPruning(imp.TaylorImportance, {"score_bn": False, "depthwise": False}, grads="mean"),
+    # TP's formula fed the Fisher it intends (every sample), not its accumulate_grad
+    "obd_hessian": TorchPruning(imp.HessianImportance, {"depthwise": False}, grads="fisher"),
+    "thinet": ByHand("test_methods_data.py::test_thinet_order_equals_brute_force_greedy_on_real_convolutions"),
+    "cp": ByHand("test_methods_data.py::test_cp_lasso_equals_sklearn_on_explicit_contributions"),
+    "hrank": ByHand("test_methods_data.py::test_hrank_zero_below_rank_one_below_full_rank"),
+    "obd_c": ByHand("test_methods_data.py::test_obd_c_output_channels_closed_form_eigenbasis_and_kronecker"),
+    "random": ByHand("test_methods_importance.py::test_random_is_the_seeded_uniform_stream"),
+}
+IMPORTANCE = [m.id for m in providing("importance")]
+PARITY = [m for m in IMPORTANCE if isinstance(REFERENCES.get(m), TorchPruning)]
+MODELS = [("resnet18", 0.25, 8), ("vgg19", 0.125, 16), ("resnet50", 0.0625, 16)]
+
+
+@pytest.mark.parametrize("method", IMPORTANCE)
+def test_every_method_has_a_reference(method):
+    assert method in REFERENCES, (f"{method}: add its independent reference to REFERENCES in {Path(__file__).name} "
+                                  f"(a Torch-Pruning importance, or the test that checks it by hand)")
+    ref = REFERENCES[method]
+    if isinstance(ref, ByHand):
+        file, _, name = ref.test.partition("::")
+        assert f"def {name}(" in (TESTS / file).read_text(), f"{method}: {ref.test} does not exist"
+
+
+def test_references_name_discovered_methods():
+    assert set(REFERENCES) <= set(IMPORTANCE), sorted(set(REFERENCES) - set(IMPORTANCE))
 
 
 def ce(model: nn.Module, batch) -> torch.Tensor:
@@ -115,23 +174,10 @@ def tp_scores(model, example, config, importance, grads=None) -> dict[str, torch
 
 
 def reference(method: str, case: Case) -> dict[str, torch.Tensor]:
-    args = (case.model, case.example, case.config)
-    imp = tp.importance
-    if method == "lamp":
-        return tp_scores(*args, imp.LAMPImportance())
-    if method == "fpgm":
-        return tp_scores(*args, imp.FPGMImportance())
-    if method == "bn_scale":
-        return tp_scores(*args, imp.BNScaleImportance())
-    if method == "taylor":  # conv/linear part only: TP 1.6.1 never scores BN
-        return tp_scores(*args, imp.TaylorImportance(), mean_loss_grads(case.model, case.batches))
-    if method == "obd_hessian":  # TP's formula fed the Fisher it intends (every sample), not its accumulate_grad
-        return tp_scores(*args, imp.HessianImportance(), fisher_diag(case.model, case.batches))
-    raise KeyError(method)
-
-
-#: hyperparameters under which a method must equal Torch-Pruning
-PARITY_HP = {"taylor": {"score_bn": False}}
+    ref = REFERENCES[method]
+    grads = {None: None, "mean": lambda: mean_loss_grads(case.model, case.batches),
+             "fisher": lambda: fisher_diag(case.model, case.batches)}[ref.grads]
+    return tp_scores(case.model, case.example, case.config, ref.importance(), grads and grads())
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +200,9 @@ def score(client, case: Case, round: int = 0) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("runner", ["subprocess", "inprocess"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARITY)
 def test_equals_torch_pruning(cases, references, method, runner):
-    with client_class(runner)(find_method(method), PARITY_HP.get(method, {}), seed=0) as client:
+    with client_class(runner)(find_method(method), REFERENCES[method].hp, seed=0) as client:
         for case in cases:
             ours, again = score(client, case, 0), score(client, case, 1)
             ref = references(method, case)
@@ -167,7 +213,7 @@ def test_equals_torch_pruning(cases, references, method, runner):
                                            msg=f"{method}: {case.name} group {gid}")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PARITY)
 def test_defaults_deterministic_finite(cases, method):
     source = find_method(method)
     with client_class("inprocess")(source, {}, seed=0) as first, client_class("inprocess")(source, {}, seed=1) as second:
@@ -288,3 +334,18 @@ def test_obd_hessian_accumulates_every_sample_by_hand():
     model.zero_grad(set_to_none=True)
     torch.testing.assert_close(tp_out, last_only, rtol=1e-5, atol=1e-7)
     assert not torch.equal(tp_out.argsort(), every.argsort())
+
+
+def test_random_is_the_seeded_uniform_stream():
+    """Random's scores are ``torch.rand`` from the run seed, group after group: the same through both
+    runners, reproducible, and different for another seed."""
+    _, _, _, groups = tiny_model()
+    groups = groups + [groups[0].model_copy(update={"id": "again"})]
+    for runner in ("inprocess", "subprocess"):
+        for seed in (0, 3):
+            with client_class(runner)(find_method("random"), {}, seed=seed) as client:
+                got = client.score(0, groups, {})
+            stream = torch.Generator().manual_seed(seed)
+            for g in groups:
+                torch.testing.assert_close(got[g.id].float(), torch.rand(g.n_channels, generator=stream))
+    assert not torch.equal(got[groups[0].id], got["again"])

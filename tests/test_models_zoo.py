@@ -390,13 +390,13 @@ PAPER = {  # PruningBench's leaderboard settings (see /work/shared/reference)
 
 @pytest.mark.parametrize("track_id", sorted(PAPER))
 def test_paper_tracks(track_id):
-    from harness.tracks import registry, track_for
+    from harness.tracks import registry, resolve_track
 
     t = registry().get(track_id)
     model, dataset, speedups = PAPER[track_id]
     assert (t.model.name, t.dataset.name, t.pruning.speedups) == (model, dataset, speedups)
     assert (t.pruning.strategy, t.pruning.min_channel_fraction, t.pruning.rounds) == ("protected_global", 0.1, 1)
-    assert track_for(model, dataset).id == track_id  # what `--model M --dataset D` selects
+    assert resolve_track(None, model, dataset) == (t, None)  # what `--model M --dataset D` selects
     assert t.metric == ("map50_95" if dataset == "coco" else "top1")
     if dataset == "cifar100":
         assert t.checkpoint.pretrain is not None  # the harness trains the CIFAR bases

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.protocol.grouping import PruneConfig, describe_groups
-from harness.methods import find_method
+from harness.methods import find_method, providing
 from harness.models import classifier_of, create_model
 from harness.protocol.observations import param_keys
 from harness.store import read_record, run_key
@@ -37,7 +37,7 @@ from harness.runners.socket_client import SocketLink
 from specs.messages import RegularizeReply, RegularizeRequest, TensorFile
 from specs.sdk import channel_sq_norms, member_rows
 
-REGULARIZERS = ["group_lasso", "group_norm", "growing_reg", "bn_scale_l1"]
+REGULARIZERS = [m.id for m in providing("regularizer")]  # every discovered one needs an entry in HP and hand()
 #: non-default strengths so that every term is far above float noise
 HP = {
     "group_lasso": {"reg": 1e-2},
@@ -123,10 +123,12 @@ def hand(reg_id: str, model: nn.Module) -> dict[str, torch.Tensor]:
             coef = hp["reg"] / (norm ** 2 + 1e-9).sqrt()
         elif reg_id == "group_norm":  # gamma from 1 (strongest) to 2^4 (weakest)
             coef = hp["reg"] * 16.0 ** ((norm.max() - norm) / (norm.max() - norm.min()))
-        else:  # growing_reg after GROWTH_UPDATES updates with these (constant) weights
+        elif reg_id == "growing_reg":  # after GROWTH_UPDATES updates with these (constant) weights
             s = norm ** 2 / len(members)
             s = s / s.mean()
             coef = hp["reg"] + GROWTH_UPDATES * hp["delta_reg"] * (s.max() - s) / (s.max() - s.min() + 1e-8)
+        else:
+            raise KeyError(f"no hand computation for regularizer {reg_id!r}")
         for w, d in members:
             for c in range(n):
                 out[name[id(w)]].select(d, c).add_(coef[c] * w.detach().select(d, c))
@@ -145,6 +147,12 @@ def harness_grads(link, model, groups, steps) -> dict[str, torch.Tensor]:
 
 def last_step(reg_id):
     return GROWTH_UPDATES * HP[reg_id]["update_interval"] if reg_id == "growing_reg" else 0
+
+
+@pytest.mark.parametrize("reg_id", REGULARIZERS)
+def test_every_regularizer_has_a_hand_entry(reg_id, tiny):
+    assert reg_id in HP, f"{reg_id}: add its strengths to HP and its definition to hand() in {__name__}.py"
+    hand(reg_id, copy.deepcopy(tiny[0]))
 
 
 @pytest.mark.parametrize("runner", ["inprocess", "subprocess"])
@@ -283,12 +291,12 @@ def test_evaluate_with_regularizer_end_to_end(tiny_track_file, tiny_track, tmp_p
     assert (reg.id, reg.version, reg.runner, reg.hyperparameters) == ("bn_scale_l1", "1.0.0", "subprocess",
                                                                        {"reg": 0.2})
     assert record.timing.reg_s > 0 and record.timing.step_s > 0
-    hp = record.method.hyperparameters
-    assert record.run_key == run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, "bn_scale_l1@1.0.0", 2.0,
+    hp, version = record.method.hyperparameters, find_method("magnitude_l2").manifest.version
+    assert record.run_key == run_key(tiny_track.hash(), "magnitude_l2", version, None, "bn_scale_l1@1.0.0", 2.0,
                                      "protected_global", 0, hp, reg.hyperparameters)
-    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, None, 2.0,
+    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", version, None, None, 2.0,
                                      "protected_global", 0, hp)
-    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, "bn_scale_l1@1.0.0", 2.0,
+    assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", version, None, "bn_scale_l1@1.0.0", 2.0,
                                      "protected_global", 0, hp, {"reg": 0.1})  # hyperparameters are identity
     assert {"sparse.pt", "pruned.pt", "final.pt"} == set(record.files)
 

@@ -31,8 +31,10 @@ Executor = enum.Enum("Executor", {e: e for e in ("local", "slurm")}, type=str)
 
 TrackOpt = Annotated[Optional[str], typer.Option(help="track id or track file (default: the track of --model, "
                                                       "or of --model with --dataset)")]
-ModelOpt = Annotated[Optional[str], typer.Option(help="model name: selects its track (with --dataset, the "
-                                                      "pair's)")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="model: a registered name, torchvision:<name>, timm:<name>, "
+                                                      "<module>:<factory> or file:<path>; selects its track (with "
+                                                      "--dataset: the pair's, or one derived from the dataset's "
+                                                      "default track)")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help="dataset name")]
 StrategyOpt = Annotated[Optional[Strategy], typer.Option(help="override the track's pruning strategy")]
 RunnerOpt = Annotated[Runner, typer.Option(help="how the method runs", envvar="PBENCH_RUNNER")]
@@ -62,9 +64,12 @@ def _setup(device: Device, threads: Optional[int], executor: Executor = Executor
 
 def _resolve(plan: Plan) -> ResolvedPlan:
     try:
-        return plan.resolve()
+        resolved = plan.resolve()
     except PlanError as e:  # a plan file's or the flags' one-line reason; field names for forms
         raise HarnessError(str(e)) from None
+    for note in resolved.notes:  # a derived track, methods that cannot score the model
+        console.print(note, highlight=False, soft_wrap=True)
+    return resolved
 
 
 def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:

@@ -4,13 +4,18 @@ CIFAR-style ``resnet18``, ``resnet50`` and ``vgg19`` live here (every one takes 
 channel multiplier); they serve CIFAR and digits. The same names with ``variant: imagenet`` build
 torchvision's ImageNet architectures. ``vit_small`` (timm) and ``yolov8[n|s|m|l]`` (Ultralytics)
 register lazily as ``"module:attr"`` strings, so ``pbench-harness --help`` imports neither.
-Architectures that need more than "never prune the classifier" register a prune adapter keyed by
-their class. tests/test_models.py checks the CIFAR family; tests/test_models_zoo.py prunes every
-registered name and variant.
+Besides registered names, a track may name any architecture by reference (:mod:`harness.models.refs`:
+``torchvision:<name>``, ``timm:<name>``, ``<module>:<factory>``, ``file:<path>``). Architectures
+that need more than "never prune the classifier" register a prune adapter keyed by their class
+(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), ConvNeXt
+(:mod:`harness.models.convnext`), YOLOv8 (:mod:`harness.models.yolo`). tests/test_models.py checks
+the CIFAR family; tests/test_models_zoo.py prunes every registered name and variant;
+tests/test_models_refs.py the references; tests/test_zoo.py every method on twelve more
+architectures.
 """
 
-from harness.models.base import (MODELS, PRUNE_ADAPTERS, VARIANTS, classifier_of, create_model, prune_config_of,
-                                 variants_of)
+from harness.models.base import (MODELS, PRUNE_ADAPTERS, VARIANTS, build_model, classifier_of, create_model,
+                                 prune_config_of, variants_of)
 
 # Imported for their registrations.
 from harness.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
@@ -24,6 +29,8 @@ for _size in "nsml":
 MODELS.register("yolov8", "harness.models.yolo:yolov8")  # PruningBench's YOLOv8 (= yolov8m)
 PRUNE_ADAPTERS.register("timm.models.vision_transformer.VisionTransformer", "harness.models.vit:prune_config")
 PRUNE_ADAPTERS.register("ultralytics.nn.tasks.DetectionModel", "harness.models.yolo:prune_config")
+PRUNE_ADAPTERS.register("timm.models.convnext.ConvNeXt", "harness.models.convnext:prune_config")
+PRUNE_ADAPTERS.register("torchvision.models.convnext.ConvNeXt", "harness.models.convnext:prune_config")
 
-__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "classifier_of", "create_model", "prune_config_of",
+__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "prune_config_of",
            "variants_of"]

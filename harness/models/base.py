@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.registry import Registry, resolve
 
 if TYPE_CHECKING:
     from harness.protocol.grouping import PruneConfig
+    from specs.track import ModelRef
 
-__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "ModelFactory", "classifier_of", "create_model",
+__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "ModelFactory", "build_model", "classifier_of", "create_model",
            "prune_config_of", "scaled", "variants_of"]
 
 # factory(num_classes, in_chans, image_size, **kwargs) -> nn.Module
@@ -39,11 +41,20 @@ CLASSIFIER_ATTRS = ("fc", "classifier", "head")
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,
-                 variant: Optional[str] = None, **kwargs) -> nn.Module:
-    """Build a registered model; ``variant`` selects a :data:`VARIANTS` entry (e.g. ``"imagenet"``).
+                 variant: Optional[str] = None, sha256: Optional[str] = None, **kwargs) -> nn.Module:
+    """Build a model from a name a track may give (:mod:`harness.models.refs`): a registered name, where
+    ``variant`` selects a :data:`VARIANTS` entry (e.g. ``"imagenet"``), or a reference
+    (``torchvision:``, ``timm:``, ``<module>:<factory>``, ``file:`` with ``sha256``).
 
-    Raises ``UnknownName`` for names not in :data:`MODELS` and variants not in :data:`VARIANTS`.
+    Raises ``UnknownName`` for names not in :data:`MODELS` and variants not in :data:`VARIANTS`, and
+    HarnessError (one line) for a bad reference.
     """
+    if ":" in name:
+        from harness.models.refs import build_reference
+
+        if variant is not None:
+            kwargs["variant"] = variant  # only registered names have variants: the factory decides
+        return build_reference(name, num_classes, in_chans, image_size, sha256=sha256, **kwargs)
     entry = MODELS.get(name)
     if variant is not None and variant != DEFAULT_VARIANT:
         entry = VARIANTS.get(f"{name}/{variant}")
@@ -57,26 +68,40 @@ def variants_of(name: str) -> list[str]:
 
 
 def prune_config_of(model: nn.Module) -> "PruneConfig":
-    """The architecture's own prune config (an empty one when no adapter is registered for its class)."""
+    """The architecture's own prune config: the adapter registered for its class or the nearest base
+    class (an empty config when there is none)."""
     from harness.protocol.grouping import PruneConfig  # torch_pruning is imported only when pruning
 
-    cls = type(model)
-    key = f"{cls.__module__}.{cls.__qualname__}"
-    if key in PRUNE_ADAPTERS:
-        return resolve(PRUNE_ADAPTERS.get(key))(model)
+    for cls in type(model).__mro__:  # a subclass (timm's distilled DeiT) gets its base class's adapter
+        key = f"{cls.__module__}.{cls.__qualname__}"
+        if key in PRUNE_ADAPTERS:
+            return resolve(PRUNE_ADAPTERS.get(key))(model)
     return PruneConfig()
+
+
+def build_model(ref: "ModelRef", num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    """The model a track's ``model`` names, for data of ``num_classes`` / ``in_chans`` / ``image_size``."""
+    return create_model(ref.name, num_classes=num_classes, in_chans=in_chans, image_size=image_size,
+                        sha256=ref.sha256, **ref.kwargs)
+
+
+class NoClassifier(HarnessError, ValueError):
+    """The model has no layer the harness recognizes as its classifier."""
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
     """The final classification layer, which the harness never prunes.
 
-    Looked up as ``model.get_classifier()`` (timm), then the attributes ``fc``,
-    ``classifier``, ``head`` (the last ``nn.Linear`` inside one if it is a
-    container), then the last ``nn.Linear`` in the model.
+    Looked up as ``model.get_classifier()`` (timm; the first of several heads, e.g. a distilled DeiT's),
+    then the attributes ``fc``, ``classifier``, ``head`` (the last ``nn.Linear`` inside one if it is a
+    container, else its last conv: SqueezeNet's classifier is a 1x1 conv), then the last ``nn.Linear``
+    in the model. Raises :class:`NoClassifier` when there is none.
     """
     getter = getattr(model, "get_classifier", None)
     if callable(getter):
         layer = getter()
+        if isinstance(layer, (tuple, list)) and layer:
+            layer = layer[0]
         if isinstance(layer, nn.Module) and not isinstance(layer, nn.Identity):
             return layer
     for attr in CLASSIFIER_ATTRS:
@@ -85,15 +110,37 @@ def classifier_of(model: nn.Module) -> nn.Module:
             return layer
         if isinstance(layer, nn.Module):
             linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-            if linears:
-                return linears[-1]
+            convs = [m for m in layer.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+            if linears or convs:
+                return (linears or convs)[-1]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(
+        raise NoClassifier(
             f"cannot find the classifier of {type(model).__name__}: no attribute "
-            f"{' / '.join(CLASSIFIER_ATTRS)} and no nn.Linear"
+            f"{' / '.join(CLASSIFIER_ATTRS)} and no nn.Linear (keep the classification layer in one of those "
+            f"attributes, or give the model get_classifier())"
         )
     return linears[-1]
+
+
+#: names of per-channel layer-scale parameters (timm ``LayerScale.gamma``, ``ConvNeXtBlock.gamma``;
+#: torchvision ``CNBlock.layer_scale``)
+LAYER_SCALE_NAMES = ("gamma", "layer_scale")
+
+
+def layer_scales(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """``[(parameter, 0)]``: every layer-scale parameter of ``model`` (shape ``[C]`` or ``[C, 1, 1]``,
+    owned by a module that is not a layer Torch-Pruning knows), pruned along its channels (dim 0). For a
+    prune adapter's ``unwrapped_parameters``: declared, Torch-Pruning neither guesses nor warns."""
+    layers = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+    out = []
+    for module in model.modules():
+        if isinstance(module, layers):
+            continue
+        for name, p in module.named_parameters(recurse=False):
+            if name in LAYER_SCALE_NAMES and p.dim() >= 1 and all(s == 1 for s in p.shape[1:]):
+                out.append((p, 0))
+    return out
 
 
 def scaled(channels: int, width: float) -> int:

@@ -31,6 +31,7 @@ import os
 
 from torch import nn
 
+from harness.models.base import layer_scales
 from harness.protocol.grouping import PruneConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported anywhere through this module
@@ -56,12 +57,20 @@ def _attentions(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, Attention)]
 
 
+#: the bare parameters of timm's ViT family, pruned along their last dim (the embedding dim)
+TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
+
+
 def prune_config(model: nn.Module) -> PruneConfig:
-    """Head groups of every qkv projection, the bare embedding parameters, and :func:`fix_attention`."""
-    params = [(p, p.dim() - 1) for p in (getattr(model, n, None) for n in ("cls_token", "reg_token", "pos_embed"))
-              if isinstance(p, nn.Parameter)]
+    """Head groups of every qkv projection, the bare embedding parameters (tokens, position embedding,
+    DeiT-III's layer-scale ``gamma``), extra classifier heads (a distilled DeiT's ``head_dist``) kept
+    whole, and :func:`fix_attention`. For every timm ``VisionTransformer`` and subclass (ViT, DeiT,
+    DeiT-III, distilled DeiT)."""
+    params = [(p, p.dim() - 1) for p in (getattr(model, n, None) for n in TOKENS) if isinstance(p, nn.Parameter)]
     heads = {a.qkv: 3 * a.num_heads for a in _attentions(model)}
-    return PruneConfig(unwrapped_parameters=params or None, out_channel_groups=heads, fixup=fix_attention)
+    extra = [h for h in (getattr(model, "head_dist", None),) if isinstance(h, nn.Linear)]
+    return PruneConfig(ignored_layers=extra, unwrapped_parameters=params + layer_scales(model) or None,
+                       out_channel_groups=heads, fixup=fix_attention)
 
 
 def fix_attention(model: nn.Module) -> None:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from harness.data import DatasetBundle
 from harness.errors import HarnessError
-from harness.models import create_model
+from harness.models import build_model as build
 from harness.provenance import sha256_file
 from harness.store import atomic_write_text
 from harness.protocol.train import Progress, evaluate_top1, train
@@ -40,8 +40,7 @@ class BaseCheckpoint:
 
 
 def build_model(track: TrackConfig, data: DatasetBundle) -> nn.Module:
-    return create_model(track.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        image_size=data.image_size, **track.model.kwargs)
+    return build(track.model, num_classes=data.num_classes, in_chans=data.in_chans, image_size=data.image_size)
 
 
 def pretrain_key(track: TrackConfig) -> str:
@@ -85,7 +84,7 @@ def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path]
     cache = Path(cache_dir or default_cache_dir()) / "checkpoints"
     cache.mkdir(parents=True, exist_ok=True)
     key = pretrain_key(track)
-    path = cache / f"{track.model.name}-{track.dataset.name}-{key[:16]}.pt"
+    path = cache / f"{track.model.slug()}-{track.dataset.name}-{key[:16]}.pt"
     with open(cache / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs train a missing checkpoint once
         if not path.exists():

@@ -9,6 +9,7 @@ deep copy of it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -16,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from harness.errors import HarnessError
 from specs.messages import Group, Member
+from specs.sdk import one_line
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 
@@ -79,10 +82,95 @@ def _kind(module) -> tuple[str, bool]:
     return "other", False
 
 
+class Untraceable(HarnessError):
+    """Torch-Pruning cannot build the model's dependency graph; ``str()`` names the layer when known."""
+
+
 def build_graph(model: nn.Module, example_inputs, config: PruneConfig) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(
-        model, example_inputs=example_inputs, forward_fn=config.forward_fn,
-        unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners)
+    """Torch-Pruning's dependency graph of ``model``, traced on ``example_inputs``.
+
+    Raises :class:`Untraceable` (one line) when the forward pass or the graph analysis fails, naming
+    the innermost layer that was running (the forward pass is watched with hooks).
+    """
+    running: list[nn.Module] = []  # the modules whose forward has begun and not ended
+
+    def began(module, args) -> None:
+        if module is model:  # a new forward pass (Torch-Pruning aborts a first probing one on purpose)
+            running.clear()
+        running.append(module)
+
+    def ended(module, args, out) -> None:  # returns None: the output is left alone
+        if running:
+            running.pop()
+
+    handles = []
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(began))
+        handles.append(m.register_forward_hook(ended))
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, forward_fn=config.forward_fn,
+            unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners)
+    except Exception as e:
+        names = {m: n for n, m in model.named_modules()}
+        if running:
+            layer = running[-1]
+            where = f"at layer {names.get(layer) or '(model)'!r} ({type(layer).__name__})"
+        else:
+            where = _graph_failure_site(e, names)
+        raise Untraceable(f"Torch-Pruning cannot trace {type(model).__name__} {where}: {one_line(e)}; give the "
+                          f"architecture a prune adapter (harness.models.PRUNE_ADAPTERS) or list the layer in "
+                          f"the track's pruning.ignored_layers") from None
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _graph_failure_site(error: Exception, names: dict) -> str:
+    """Where Torch-Pruning's analysis of a traced graph failed: the innermost graph node its frames were
+    working on, named by the nearest layer that feeds it."""
+    node, tb = None, error.__traceback__
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("node")
+        if isinstance(candidate, tp.dependency.Node):
+            node = candidate
+        tb = tb.tb_next
+    if node is None:
+        return "after the forward pass"
+    op = type(node.module).__name__.strip("_")
+    seen, queue = set(), [node]
+    while queue:
+        n = queue.pop(0)
+        if n.module in names and isinstance(n.module, nn.Module):
+            where = "at" if n is node else f"in a {op} after"
+            return f"{where} layer {names[n.module]!r} ({type(n.module).__name__})"
+        seen.add(id(n))
+        queue.extend(i for i in n.inputs if id(i) not in seen)
+    return f"in a {op} of its graph"
+
+
+def channel_groups(DG: tp.DependencyGraph, tp_group, config: PruneConfig) -> int:
+    """How many interleaved slices a group's channels come in (``Group.ch_groups``): the least common
+    multiple of what its members impose, as Torch-Pruning's pruners detect it (a grouped conv's
+    ``groups``, a GroupNorm's ``num_groups``; depthwise convs impose nothing, their channels are
+    independent) and what the model's adapter sets for the root (attention heads)."""
+    root = tp_group[0].dep.target.module
+    n = int(config.out_channel_groups.get(root, 1))
+    for dep, _ in tp_group:
+        module = dep.target.module
+        if not isinstance(module, nn.Module) or _depthwise(module):
+            continue
+        pruner = DG.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        out = DG.is_out_channel_pruning_fn(dep.handler)
+        n = math.lcm(n, int(pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)))
+    return n
+
+
+def _depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
 
 
 def describe_groups(model: nn.Module, example_inputs, config: PruneConfig) -> list[Group]:
@@ -112,13 +200,13 @@ def describe_groups(model: nn.Module, example_inputs, config: PruneConfig) -> li
                 layer=name, module_type=type(module).__name__, kind=kind,
                 dim="out" if DG.is_out_channel_pruning_fn(dep.handler) else "in",
                 weight=weight, bias=bias, transposed=transposed, conv_groups=conv_groups,
-                depthwise=kind == "conv" and conv_groups > 1 and conv_groups == module.in_channels,
+                depthwise=kind == "conv" and _depthwise(module),
                 idxs=[int(i) for i in idxs], root_idxs=[int(r) for r in root_idxs]))
         if not members:
             continue
         root_name = names[root]
         groups.append(Group(id=root_name, root=root_name, n_channels=len(tp_group[0].idxs),
-                            ch_groups=int(config.out_channel_groups.get(root, 1)), members=members))
+                            ch_groups=channel_groups(DG, tp_group, config), members=members))
     return groups
 
 
@@ -154,3 +242,74 @@ def layer_channels(model: nn.Module) -> dict[str, int]:
         elif isinstance(m, nn.Linear):
             out[name] = int(m.out_features)
     return out
+
+
+# --------------------------------------------------------------------------- applicability
+
+
+class NotApplicable(HarnessError):
+    """A method's manifest ``requires`` what the model does not offer (one line, names an example group)."""
+
+
+def root_output_shapes(model: nn.Module, example_inputs, groups: list[Group]) -> dict[str, tuple[int, ...]]:
+    """The output shape of every group's root layer on ``example_inputs`` (its first call)."""
+    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(gid):
+        def fn(module, args, out):
+            if gid not in shapes and isinstance(out, torch.Tensor):
+                shapes[gid] = tuple(out.shape)
+        return fn
+
+    handles = [modules[g.root].register_forward_hook(hook(g.id)) for g in groups if g.root in modules]
+    try:
+        with torch.no_grad():
+            model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def channel_map(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The per-channel map of one image in an output of ``shape``: conv ``[N, C, *map]``, linear
+    ``[N, *map, C]`` (a channels-last map, tokens, or nothing)."""
+    return tuple(shape[1:-1]) if isinstance(module, nn.Linear) else tuple(shape[2:])
+
+
+def _meets(need: str, group: Group, module: nn.Module, shape) -> tuple[bool, str]:
+    if need == "batchnorm":
+        return any(m.kind == "bn" and m.weight for m in group.members), "has no affine BatchNorm"
+    if need == "spatial_maps":
+        if shape is None:
+            return False, "was not run by the forward pass"
+        cmap = channel_map(module, shape)
+        ok = len(cmap) == 2
+        what = {0: "a single value", 1: f"a sequence of {cmap[0] if cmap else 0}"}.get(
+            len(cmap), f"a {'x'.join(map(str, cmap))} map")
+        return ok, f"gives each channel {what} per image ({type(module).__name__} output {list(shape)})"
+    raise ValueError(f"unknown need {need!r}")
+
+
+def check_applicable(manifest, model: nn.Module, example_inputs, groups: list[Group]) -> None:
+    """Raise :class:`NotApplicable` when ``model``'s ``groups`` do not offer what ``manifest.requires``
+    (:class:`specs.manifest.Requirement`): ``groups: all`` - every group must meet the need; ``any`` -
+    at least one."""
+    if not manifest.requires:
+        return
+    modules = dict(model.named_modules())
+    shapes = root_output_shapes(model, example_inputs, groups) if any(
+        r.need == "spatial_maps" for r in manifest.requires) else {}
+    for req in manifest.requires:
+        results = [(g, *_meets(req.need, g, modules[g.root], shapes.get(g.id))) for g in groups]
+        failing = [(g, why) for g, ok, why in results if not ok]
+        if not failing or (req.groups == "any" and len(failing) < len(results)):
+            continue
+        g, why = failing[0]
+        count = "no group does" if len(failing) == len(results) else f"{len(failing)} of {len(results)} groups do not"
+        because = f" ({req.reason})" if req.reason else ""
+        raise NotApplicable(
+            f"{manifest.id} cannot score {type(model).__name__} meaningfully: it needs {req.need.replace('_', ' ')}"
+            f"{because} and {count} (group {g.id} {why}); pick another method"
+            + (", or list such layers in the track's pruning.ignored_layers" if len(failing) < len(results) else ""))

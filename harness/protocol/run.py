@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
-from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
+from harness.protocol.grouping import check_applicable, count_macs_params, describe_groups, layer_channels
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
 from harness.protocol.pruning import Unreachable, make_planner, search_speedup
@@ -166,6 +167,13 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     base = task.base_model(progress)
+    needy = [s.manifest for s in (spec.method, reg) if s is not None and s.manifest.requires]
+    if needy:  # a model a method cannot score: bad input, refused before anything is written
+        with torch.random.fork_rng(devices=[]):  # the check leaves the run's random stream alone
+            probe, probe_input = copy.deepcopy(base.model).to(spec.device), task.example_inputs()
+            probe_groups = describe_groups(probe, probe_input, task.prune_config(probe))
+            for manifest in needy:
+                check_applicable(manifest, probe, probe_input, probe_groups)
     recipe = spec.retrain_recipe()
     target_dir = run_dir(spec, key)
     staging = new_staging(target_dir)

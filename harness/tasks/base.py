@@ -36,6 +36,10 @@ class Task(ABC):
         """The track's base checkpoint (loaded and hash-checked, or trained once and cached)."""
 
     @abstractmethod
+    def architecture(self) -> nn.Module:
+        """The track's model, freshly initialized: its architecture, without the base checkpoint."""
+
+    @abstractmethod
     def example_inputs(self) -> torch.Tensor:
         """One input sample (batch 1) for tracing and for counting MACs."""
 

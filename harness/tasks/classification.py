@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.protocol.checkpoints import BaseCheckpoint, load_base
+from harness.protocol.checkpoints import BaseCheckpoint, build_model, load_base
 from harness.data import DATASETS, DatasetBundle, load_dataset
 from harness.errors import HarnessError
 from harness.models import classifier_of, variants_of
@@ -56,6 +56,9 @@ class ClassificationTask(Task):
             raise HarnessError(
                 f"track {self.track.id}: {ref.name} on {self.data.name} needs model kwargs `variant: {wanted}` "
                 f"(torchvision's architecture); write `variant: cifar` to mean the CIFAR-style {ref.name}")
+
+    def architecture(self) -> nn.Module:
+        return build_model(self.track, self.data)
 
     def example_inputs(self) -> torch.Tensor:
         return torch.randn(1, self.data.in_chans, self.data.image_size, self.data.image_size, device=self.device)

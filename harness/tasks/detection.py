@@ -41,7 +41,7 @@ import harness.models.yolo as yolo  # sets Ultralytics' offline environment befo
 from harness.protocol.checkpoints import BaseCheckpoint, default_cache_dir, pretrain_key, verified_file
 from harness.data.coco import CocoBundle, CocoImages, collate, letterbox_geometry
 from harness.errors import HarnessError
-from harness.models import create_model
+from harness.models import build_model
 from harness.provenance import sha256_file
 from harness.store import atomic_write_text
 from harness.protocol.train import GradHook, Progress
@@ -151,10 +151,12 @@ class DetectionTask(Task):
     def cache(self) -> Path:
         return Path(self.cache_dir or default_cache_dir())
 
+    def architecture(self) -> nn.Module:
+        return self.build()
+
     def build(self) -> nn.Module:
-        ref = self.track.model
-        return create_model(ref.name, num_classes=self.data.num_classes, in_chans=3,
-                            image_size=self.data.image_size, **ref.kwargs)
+        return build_model(self.track.model, num_classes=self.data.num_classes, in_chans=3,
+                           image_size=self.data.image_size)
 
     # --- base checkpoint ----------------------------------------------------------------
 
@@ -169,7 +171,7 @@ class DetectionTask(Task):
             ident = {"pretrain": pretrain_key(self.track), "trainer": DETECTION_TRAINER_VERSION,
                      "ultralytics": _ultralytics_version()}
             key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-            path = folder / f"{self.track.model.name}-{self.track.dataset.name}-{key[:16]}.pt"
+            path = folder / f"{self.track.model.slug()}-{self.track.dataset.name}-{key[:16]}.pt"
             with open(folder / f".{path.name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs train a missing checkpoint once
                 if not path.exists():

@@ -6,7 +6,7 @@ FPGMImportance; norm layers carry no filter and are skipped, as there)."""
 
 import torch
 
-from specs.sdk import ImportanceMethod, member_rows, normalize, reduce_to_root
+from specs.sdk import ImportanceMethod, counted, member_rows, normalize, reduce_to_root
 
 
 def distance_sums(rows: torch.Tensor) -> torch.Tensor:
@@ -19,5 +19,5 @@ class Method(ImportanceMethod):
     def score_group(self, group, obs):
         p = self.hp["p"]
         parts = [(m, distance_sums(member_rows(m, obs.weights[m.weight]).abs().pow(p)))
-                 for m in group.members if m.kind in ("conv", "linear") and m.weight]
+                 for m in group.members if counted(m, ("conv", "linear"), self.hp["depthwise"]) and m.weight]
         return normalize(reduce_to_root(group, parts, self.hp["reduction"]), self.hp["normalizer"])

@@ -11,6 +11,7 @@ class Method(RegularizerMethod):
     def regularize_compact(self, step, total_steps, groups, weights):
         kinds = ("bn",) if self.hp["members"] == "bn" else PARAM_KINDS
         bias = self.hp["bias"]
-        coefs = {g.id: self.hp["reg"] / (group_sq_norms(g, weights, kinds, bias, self.hp["reduction"]) + EPS).sqrt()
+        dw = self.hp["depthwise"]
+        coefs = {g.id: self.hp["reg"] / (group_sq_norms(g, weights, kinds, bias, self.hp["reduction"], dw) + EPS).sqrt()
                  for g in groups}
-        return scale_members(groups, coefs, weights, kinds=kinds, bias=bias)
+        return scale_members(groups, coefs, weights, kinds=kinds, bias=bias, depthwise=dw)

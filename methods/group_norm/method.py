@@ -14,7 +14,7 @@ class Method(RegularizerMethod):
         base = 2.0 ** self.hp["alpha"]
         coefs = {}
         for g in groups:
-            norm = group_sq_norms(g, weights).sqrt()  # biases never count, as in Torch-Pruning
+            norm = group_sq_norms(g, weights, depthwise=self.hp["depthwise"]).sqrt()  # biases never count (as TP)
             if torch.isnan(norm).any():
                 continue  # Torch-Pruning skips such a group too
             spread = norm.max() - norm.min()
@@ -22,4 +22,4 @@ class Method(RegularizerMethod):
                 coefs[g.id] = torch.full_like(norm, self.hp["reg"])  # all channels alike: gamma = 1
                 continue
             coefs[g.id] = self.hp["reg"] * base ** ((norm.max() - norm) / spread)
-        return scale_members(groups, coefs, weights, bias=self.hp["bias"])
+        return scale_members(groups, coefs, weights, bias=self.hp["bias"], depthwise=self.hp["depthwise"])

@@ -17,7 +17,7 @@ class Method(RegularizerMethod):
 
     def _grow(self, groups, weights):
         for g in groups:
-            s = group_sq_norms(g, weights)
+            s = group_sq_norms(g, weights, depthwise=self.hp["depthwise"])
             s = s / s.mean()  # Torch-Pruning's default importance normalizer (keeps its 1e-8 in scale)
             if torch.isnan(s).any():
                 continue
@@ -34,4 +34,4 @@ class Method(RegularizerMethod):
         for _ in range(step // interval - self.last_step // interval):  # one growth per interval crossed
             self._grow(groups, weights)
         self.last_step = step
-        return scale_members(groups, self.penalty, weights, bias=self.hp["bias"])
+        return scale_members(groups, self.penalty, weights, bias=self.hp["bias"], depthwise=self.hp["depthwise"])

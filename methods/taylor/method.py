@@ -6,7 +6,7 @@ part. Mean reduction over parts, mean normalization: Torch-Pruning's GroupTaylor
 except that BatchNorm is scored (``score_bn``; TP 1.6.1 tests the BN branch against the
 GroupNorm handler, so BN members never count)."""
 
-from specs.sdk import PARAM_KINDS, ImportanceMethod, member_keys, member_rows, normalize, reduce_to_root
+from specs.sdk import PARAM_KINDS, ImportanceMethod, counted, member_keys, member_rows, normalize, reduce_to_root
 
 
 class Method(ImportanceMethod):
@@ -14,7 +14,7 @@ class Method(ImportanceMethod):
         kinds = PARAM_KINDS if self.hp["score_bn"] else tuple(k for k in PARAM_KINDS if k != "bn")
         parts = []
         for m in group.members:
-            if m.kind not in kinds:
+            if not counted(m, kinds, self.hp["depthwise"]):
                 continue
             for key in member_keys(m, self.hp["bias"]):
                 wg = member_rows(m, obs.weights[key] * obs.gradients[key])

@@ -44,13 +44,15 @@ def one_line(err: BaseException) -> str:
 
 
 from specs.sdk.members import (PARAM_KINDS, broadcast_scale, channel_sq_norms, contribution_gram,  # noqa: E402
-                               dense_weight, expand_compact, group_sq_norms, input_consumers, member_dim,
-                               member_keys, member_positions, member_rows, normalize, reduce_to_root,
-                               root_filter_norms, scale_members, split_compact, split_scale_key)
+                               counted, dense_weight, expand_compact, group_sq_norms, grouped, input_consumers,
+                               member_coefficients, member_dim, member_keys, member_positions, member_rows,
+                               normalize, reduce_to_root, root_filter_norms, scale_members, split_compact,
+                               split_scale_key)
 from specs.sdk.methods import ImportanceMethod, MethodBase, Observations, RegularizerMethod  # noqa: E402
 
 __all__ = ["SOCKET_NAME", "Tensors", "one_line", "seed_everything", "PARAM_KINDS", "broadcast_scale",
-           "channel_sq_norms", "contribution_gram", "dense_weight", "expand_compact", "group_sq_norms",
-           "input_consumers", "member_dim", "member_keys", "member_positions", "member_rows", "normalize",
+           "channel_sq_norms", "contribution_gram", "counted", "dense_weight", "expand_compact", "group_sq_norms",
+           "grouped", "input_consumers", "member_coefficients", "member_dim", "member_keys", "member_positions",
+           "member_rows", "normalize",
            "reduce_to_root", "root_filter_norms", "scale_members", "split_compact", "split_scale_key",
            "ImportanceMethod", "MethodBase", "Observations", "RegularizerMethod"]

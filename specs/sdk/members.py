@@ -17,24 +17,64 @@ from specs.messages import Group, Member
 PARAM_KINDS = ("conv", "linear", "bn", "layernorm")
 
 
-def member_rows(member: Member, tensor: torch.Tensor) -> torch.Tensor:
-    """Rows of a weight-shaped ``tensor`` (weight, gradient, ...) for ``member.idxs``.
+def grouped(member: Member) -> bool:
+    """Whether the member's channel slices are blocks of a grouped conv rather than whole hyperplanes:
+    a grouped (``1 < groups``), not depthwise conv read along its inputs, or a transposed one along its
+    outputs. Input channel ``c`` of a ``groups=g`` conv with ``w = C_in / g`` inputs per group feeds
+    only group ``j = c // w``'s ``C_out / g`` outputs, at column ``c % w`` of the weight - channels
+    ``c`` and ``c + w`` share the column, not the rows."""
+    return (member.kind == "conv" and member.conv_groups > 1 and not member.depthwise
+            and (member.dim == "in") != member.transposed)
 
-    Returns ``[len(member.idxs), k]``: one row per pruned index, laid out as
-    Torch-Pruning's importances do (conv/linear outputs: ``W[idxs].flatten(1)``;
-    inputs: ``W.transpose(0, 1)[idxs].flatten(1)``, repeated over conv groups;
-    norm layers: ``W[idxs]`` as a column).
-    """
+
+def _blocks(member: Member, tensor: torch.Tensor):
+    """``(blocks [g, rows per group, w, K], j, l)``: a grouped member's weight split by conv group, and
+    each index's group ``j`` and column ``l`` (see :func:`grouped`)."""
+    g, w = member.conv_groups, tensor.shape[1]
     idxs = torch.as_tensor(member.idxs, dtype=torch.long)
+    return tensor.reshape(g, tensor.shape[0] // g, w, -1), idxs // w, idxs % w
+
+
+def member_rows(member: Member, tensor: torch.Tensor) -> torch.Tensor:
+    """The weights of each channel's slice in a weight-shaped ``tensor`` (weight, gradient, ...).
+
+    Returns ``[len(member.idxs), k]``: row i holds exactly the entries that are removed with index
+    ``member.idxs[i]``: conv/linear outputs ``W[idxs].flatten(1)``; inputs ``W.transpose(0, 1)[idxs]``;
+    norm layers and biases ``W[idxs]`` as a column; a depthwise conv's filter of that channel. For a
+    grouped conv's inputs (:func:`grouped`) only the outputs of the channel's own conv group:
+    ``k = C_out / groups * K``. (Torch-Pruning 1.6.1 instead repeats the whole column ``c % w`` for every
+    group, so channels ``c`` and ``c + w`` share each other's weights.)
+    """
     if tensor.dim() == 1:
-        return tensor[idxs].unsqueeze(1)
-    if member.dim == "out":
-        t = tensor.transpose(1, 0) if member.transposed else tensor
-        return t[idxs].flatten(1)
-    t = tensor.flatten(1) if member.transposed else tensor.transpose(0, 1).flatten(1)
-    if member.kind == "conv" and member.conv_groups > 1 and not member.depthwise:
-        t = t.repeat(member.conv_groups, 1)
-    return t[idxs]
+        return tensor[torch.as_tensor(member.idxs, dtype=torch.long)].unsqueeze(1)
+    if grouped(member):
+        blocks, j, l = _blocks(member, tensor)
+        return blocks[j, :, l].flatten(1)
+    return tensor.movedim(member_dim(member, tensor), 0)[torch.as_tensor(member.idxs, dtype=torch.long)].flatten(1)
+
+
+def member_coefficients(member: Member, tensor: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`member_rows`: a tensor shaped like ``tensor`` in which every entry of index
+    i's slice holds ``values[i]`` (``[len(member.idxs)]``; entries shared by several slices, their sum).
+    ``coefficients * weight`` is then a gradient that scales each channel's slice by its value."""
+    values = torch.as_tensor(values, dtype=torch.float32)
+    if grouped(member) and tensor.dim() > 1:
+        blocks, j, l = _blocks(member, tensor)
+        g, rows, w, _ = blocks.shape
+        per_block = torch.zeros(g, w, dtype=torch.float32).index_put_((j, l), values, accumulate=True)
+        coef = per_block[:, None, :].expand(g, rows, w).reshape(g * rows, w)
+        return coef.reshape(g * rows, w, *[1] * (tensor.dim() - 2)).expand(tensor.shape).clone()
+    d = member_dim(member, tensor)
+    scale = torch.zeros(tensor.shape[d], dtype=torch.float32).index_add_(0, member_positions(member, tensor), values)
+    return broadcast_scale(scale, tensor.dim(), d).expand(tensor.shape).clone()
+
+
+def counted(member: Member, kinds: Iterable[str], depthwise: bool = True) -> bool:
+    """Whether ``member`` takes part in a magnitude-style sum over ``kinds``. ``depthwise=False`` leaves
+    depthwise convs out, as Torch-Pruning 1.6.1's importances and regularizers do (its depthwise pruning
+    handler is not among those they test for). By default they count: a depthwise filter is removed
+    with its channel, like every other coupled slice."""
+    return member.kind in tuple(kinds) and (depthwise or not member.depthwise)
 
 
 def dense_weight(member, w: torch.Tensor) -> torch.Tensor:
@@ -133,12 +173,11 @@ def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
         return (scores - scores.min()) / (scores.max() - scores.min() + 1e-8)
     if how == "gaussian":
         return (scores - scores.mean()) / (scores.std() + 1e-8)
-    if how == "lamp":
-        sorted_scores, order = scores.sort()
-        below = torch.zeros_like(sorted_scores)
-        below[1:] = sorted_scores.cumsum(0)[:-1]
+    if how == "lamp":  # each score over the sum of itself and the larger ones, summed from the top (as
+        # Torch-Pruning: subtracting from the total instead loses the small scores' digits)
+        sorted_scores, order = scores.sort(descending=True)
         out = torch.empty_like(scores)
-        out[order] = sorted_scores / (scores.sum() - below).clamp_min(torch.finfo(scores.dtype).tiny)
+        out[order] = sorted_scores / sorted_scores.cumsum(0).clamp_min(torch.finfo(scores.dtype).tiny)
         return out
     raise ValueError(f"unknown normalizer {how!r}")
 
@@ -148,7 +187,7 @@ def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
 
 def member_dim(member: Member, tensor: torch.Tensor) -> int:
     """The dimension of ``tensor`` (the member's weight or bias) that ``member.idxs`` index."""
-    if tensor.dim() == 1:
+    if tensor.dim() == 1 or member.depthwise:  # a depthwise conv's inputs are its outputs: filters [C, 1, K]
         return 0
     if member.dim == "out":
         return 1 if member.transposed else 0
@@ -156,14 +195,20 @@ def member_dim(member: Member, tensor: torch.Tensor) -> int:
 
 
 def member_positions(member: Member, tensor: torch.Tensor) -> torch.Tensor:
-    """Positions along :func:`member_dim` of ``member.idxs``. A grouped conv's input indices
-    wrap around its per-group width, as :func:`member_rows` (and Torch-Pruning) repeat them."""
-    return torch.as_tensor(member.idxs, dtype=torch.long) % tensor.shape[member_dim(member, tensor)]
+    """Positions along :func:`member_dim` of ``member.idxs``: each index's slice is the whole hyperplane
+    ``tensor.select(member_dim, position)``. Not for a grouped conv's channels (:func:`grouped`), whose
+    slices are blocks: use :func:`member_rows` / :func:`member_coefficients` (raises ValueError)."""
+    if grouped(member) and tensor.dim() > 1:
+        raise ValueError(f"member {member.layer}: a grouped conv's channel slices are not hyperplanes "
+                         f"(groups={member.conv_groups}); use member_rows or member_coefficients")
+    return torch.as_tensor(member.idxs, dtype=torch.long)
 
 
 def channel_sq_norms(member: Member, tensor: torch.Tensor) -> torch.Tensor:
-    """``member_rows(member, tensor).pow(2).sum(1)`` (one value per entry of ``idxs``),
-    computed by reducing the other dimensions instead of copying rows out."""
+    """``member_rows(member, tensor).pow(2).sum(1)`` (one value per entry of ``idxs``), computed by
+    reducing the other dimensions instead of copying rows out (grouped convs: from the rows)."""
+    if grouped(member) and tensor.dim() > 1:
+        return member_rows(member, tensor.float()).pow(2).sum(1)
     sq = tensor.float().pow(2)
     if sq.dim() > 1:
         d = member_dim(member, tensor)
@@ -182,28 +227,30 @@ def member_keys(member: Member, bias: bool) -> list[str]:
 
 
 def group_sq_norms(group: Group, weights: dict[str, torch.Tensor], kinds: Iterable[str] = PARAM_KINDS,
-                   bias: bool = False, reduction: str = "mean") -> torch.Tensor:
+                   bias: bool = False, reduction: str = "mean", depthwise: bool = True) -> torch.Tensor:
     """Squared L2 norm of each root channel over the members of ``kinds``: ``[n_channels]``.
 
     ``reduction="sum"`` is the norm of the whole coupled slice; ``"mean"`` divides by the
     number of contributing tensors, as Torch-Pruning's ``GroupMagnitudeImportance(p=2)``.
+    ``depthwise``: see :func:`counted`.
     """
-    kinds = tuple(kinds)
-    parts = [(m, channel_sq_norms(m, weights[k])) for m in group.members if m.kind in kinds
+    parts = [(m, channel_sq_norms(m, weights[k])) for m in group.members if counted(m, kinds, depthwise)
              for k in member_keys(m, bias)]
     return reduce_to_root(group, parts, reduction)
 
 
 def scale_members(groups: Iterable[Group], coefs: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
-                  kinds: Iterable[str] = ("conv", "linear", "bn"), bias: bool = False) -> dict[str, torch.Tensor]:
-    """Per-channel coefficients ``coefs[group.id]`` (``[n_channels]``) -> compact scales.
+                  kinds: Iterable[str] = ("conv", "linear", "bn"), bias: bool = False,
+                  depthwise: bool = True) -> dict[str, torch.Tensor]:
+    """Per-channel coefficients ``coefs[group.id]`` (``[n_channels]``) -> a compact answer.
 
-    For every member of ``kinds``, root channel ``c``'s coefficient multiplies the member's
-    slice for ``c``: ``grad[slice] += coefs[c] * weight[slice]`` (with ``bias``, also the bias
-    of members pruned along their outputs). Contributions of several groups add up. Returns
-    ``{"<param_key>@<dim>": [weight.shape[dim]]}`` for :meth:`RegularizerMethod.regularize_compact`.
+    For every member of ``kinds`` (``depthwise``: see :func:`counted`), root channel ``c``'s coefficient
+    multiplies the member's slice for ``c``: ``grad[slice] += coefs[c] * weight[slice]`` (with ``bias``,
+    also the bias of members pruned along their outputs). Contributions of several groups add up.
+    Returns ``{"<param_key>@<dim>": [weight.shape[dim]]}`` scales for :meth:`RegularizerMethod.regularize_compact`,
+    and for grouped convs' channels (:func:`grouped`, whose slices are blocks, not hyperplanes) dense
+    gradients ``{"<param_key>": weight-shaped}``.
     """
-    kinds = tuple(kinds)
     out: dict[str, torch.Tensor] = {}
     for group in groups:
         if group.id not in coefs:
@@ -212,11 +259,15 @@ def scale_members(groups: Iterable[Group], coefs: dict[str, torch.Tensor], weigh
         if c.shape != (group.n_channels,):
             raise ValueError(f"group {group.id!r}: expected {group.n_channels} coefficients, got {tuple(c.shape)}")
         for m in group.members:
-            if m.kind not in kinds:
+            if not counted(m, kinds, depthwise):
                 continue
             root = torch.as_tensor(m.root_idxs, dtype=torch.long)
             for key in member_keys(m, bias):
                 w = weights[key]
+                if grouped(m) and w.dim() > 1:
+                    term = member_coefficients(m, w, c[root]) * w.float()
+                    out[key] = out[key] + term if key in out else term
+                    continue
                 d = member_dim(m, w)
                 s = out.setdefault(f"{key}@{d}", torch.zeros(w.shape[d], dtype=torch.float32))
                 s.index_add_(0, member_positions(m, w), c[root])

@@ -1,0 +1,305 @@
+"""Bring your own model: model references, derived tracks, and one-line errors for bad ones.
+
+- every kind of reference builds the architecture it names (torchvision's and timm's own classes,
+  a factory on PYTHONPATH, a whole pickled model checked by sha256), untrained, with the track's
+  classes / channels / image size;
+- bad references are one line: unknown names with close matches, weights kwargs, modules that do
+  not import, factories that raise or return something else, missing files, digests that differ;
+- ``--model X --dataset Y`` without a registered track derives one from the dataset's default track
+  with the model replaced, says so, and its hash goes into the record (end to end through the CLI);
+- a model Torch-Pruning cannot trace gets a one-line error naming the layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+from typer.testing import CliRunner
+
+from harness.errors import HarnessError
+from harness.models import build_model, classifier_of, create_model, prune_config_of
+from harness.protocol.grouping import PruneConfig, Untraceable, describe_groups
+from harness.tracks import default_track, derive_track, inapplicable, registry, resolve_track
+from specs.track import ModelRef, TrackConfig
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def factories_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES))  # zoo_factories, as a user's PYTHONPATH would hold it
+
+
+def one_line(excinfo) -> str:
+    text = str(excinfo.value)
+    assert "\n" not in text and "Traceback" not in text
+    return text
+
+
+# --------------------------------------------------------------------------- references that build
+
+
+def test_torchvision_reference_is_torchvisions_architecture_untrained():
+    import torchvision
+
+    model = create_model("torchvision:mobilenet_v2", num_classes=7, in_chans=1, image_size=32, width_mult=0.5)
+    ref = torchvision.models.mobilenet_v2(weights=None, num_classes=7, width_mult=0.5)
+    assert type(model) is type(ref) and classifier_of(model).out_features == 7
+    assert model.features[0][0].in_channels == 1  # rebuilt for single-channel data, same geometry otherwise
+    own = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert own[1:] == [(k, tuple(v.shape)) for k, v in ref.state_dict().items()][1:]
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 7)
+    # torchvision's ViT takes the track's image size
+    vit = create_model("torchvision:vit_b_16", num_classes=3, image_size=64)
+    assert vit.image_size == 64 and vit(torch.rand(1, 3, 64, 64)).shape == (1, 3)
+
+
+def test_timm_reference_passes_kwargs_and_image_size():
+    import timm
+
+    model = create_model("timm:deit_tiny_patch16_224", num_classes=5, in_chans=3, image_size=32, depth=2)
+    assert isinstance(model, timm.models.vision_transformer.VisionTransformer)
+    assert len(model.blocks) == 2 and model.patch_embed.img_size == (32, 32)
+    convnext = create_model("timm:convnext_atto", num_classes=5, in_chans=2, image_size=32, depths=[1, 1, 1, 1])
+    assert convnext.stem[0].in_channels == 2 and convnext(torch.rand(1, 2, 32, 32)).shape == (1, 5)
+
+
+def test_factory_reference_gets_the_data_shape():
+    model = create_model("zoo_factories:resnext_tiny", num_classes=4, in_chans=1, image_size=32, groups=2)
+    assert model.layer1[0].conv2.groups == 2 and model.conv1.in_channels == 1
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 4)
+
+
+def test_file_reference_loads_the_whole_model_checked_by_digest(tmp_path):
+    original = create_model("zoo_factories:densenet_tiny", num_classes=10, image_size=32).eval()
+    path = tmp_path / "net.pt"
+    torch.save(original, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    ref = ModelRef(name=f"file:{path}", sha256=digest)
+    loaded = build_model(ref, num_classes=10, in_chans=3, image_size=32).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded(x), original(x))
+    with pytest.raises(HarnessError) as e:
+        build_model(ref.model_copy(update={"sha256": "0" * 64}), num_classes=10, in_chans=3, image_size=32)
+    assert one_line(e) == f"{path}: sha256 {digest} does not match the track's {'0' * 64}"
+    with pytest.raises(HarnessError) as e:
+        build_model(ref, num_classes=3, in_chans=3, image_size=32)
+    assert "classifier has 10 outputs, the dataset has 3 classes" in one_line(e)
+    state = tmp_path / "state.pt"
+    torch.save(original.state_dict(), state)
+    bad = ModelRef(name=f"file:{state}", sha256=hashlib.sha256(state.read_bytes()).hexdigest())
+    with pytest.raises(HarnessError, match="not a whole nn.Module"):
+        build_model(bad, num_classes=10, in_chans=3, image_size=32)
+
+
+def test_model_refs_validate_and_keep_registered_track_hashes():
+    with pytest.raises(ValidationError, match="needs its sha256"):
+        ModelRef(name="file:net.pt")
+    with pytest.raises(ValidationError, match="pins a file: model"):
+        ModelRef(name="timm:resnet18", sha256="0" * 64)
+    with pytest.raises(ValidationError, match="takes no kwargs"):
+        ModelRef(name="file:net.pt", sha256="0" * 64, kwargs={"width": 1})
+    for bad in ("ResNet18", "timm:", "a:b:c", "file:"):
+        with pytest.raises(ValidationError):
+            ModelRef(name=bad)
+    assert ModelRef(name="timm:vit_tiny_patch16_224").slug() == "timm-vit_tiny_patch16_224"
+    assert ModelRef(name="file:/x/my.net.pt", sha256="0" * 64).slug() == "file-my-net"
+    # a model built from code serializes as before file: models existed (registered track hashes hold)
+    assert "sha256" not in ModelRef(name="resnet18").model_dump()
+    assert registry().get("digits-resnet18").hash().startswith("02fc122d31c3")
+
+
+# --------------------------------------------------------------------------- bad references: one line
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("resnet19", {}, "unknown model 'resnet19'; did you mean 'resnet18'"),
+    ("torchvision:mobilenetv2", {}, "unknown torchvision model 'mobilenetv2'; did you mean 'mobilenet_v2'"),
+    ("timm:deit_tiny_patch16", {}, "unknown timm model 'deit_tiny_patch16'; did you mean 'deit_tiny_patch16_224'"),
+    ("timm:resnet18", {"pretrained": True}, "kwargs 'pretrained' would load pretrained weights"),
+    ("torchvision:resnet18", {"weights": "IMAGENET1K_V1"}, "kwargs 'weights' would load pretrained weights"),
+    ("no_such_module:build", {}, "cannot import module 'no_such_module'"),
+    ("zoo_factories:resnext_tiy", {}, "unknown function in zoo_factories 'resnext_tiy'; did you mean 'resnext_tiny'"),
+    ("torchvision:resnet18", {"no_such": 1}, "model factory torchvision:resnet18 raised TypeError"),
+    ("file:/no/such/net.pt", {}, "model file not found: /no/such/net.pt"),
+])
+def test_bad_references_are_one_line(name, kwargs, message):
+    from harness.registry import UnknownName
+
+    with pytest.raises((HarnessError, UnknownName)) as e:
+        create_model(name, num_classes=10, image_size=32, sha256="0" * 64 if name.startswith("file:") else None,
+                     **kwargs)
+    assert message in one_line(e)
+
+
+def test_a_factory_that_raises_or_returns_no_module(tmp_path, monkeypatch):
+    (tmp_path / "bad_factory.py").write_text(
+        "def build(num_classes, in_chans, image_size):\n    return 42\n\n"
+        "def boom(num_classes, in_chans, image_size, width=1):\n    raise ValueError(f'width {width} is\\n too big')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HarnessError) as e:
+        create_model("bad_factory:build", num_classes=10)
+    assert one_line(e) == "model factory bad_factory:build returned a int, not an nn.Module"
+    with pytest.raises(HarnessError) as e:
+        create_model("bad_factory:boom", num_classes=10, width=9)
+    assert one_line(e) == "model factory bad_factory:boom raised ValueError: width 9 is too big"
+
+
+# --------------------------------------------------------------------------- derived tracks
+
+
+def test_registered_pairs_resolve_to_their_track():
+    track, note = resolve_track(None, "resnet18", "digits")
+    assert track.id == "digits-resnet18" and note is None
+    assert resolve_track("digits-resnet18", None, None) == (registry().get("digits-resnet18"), None)
+    with pytest.raises(HarnessError, match="is on digits, not cifar10"):
+        resolve_track("digits-resnet18", None, "cifar10")
+
+
+def test_a_model_without_a_track_derives_one_from_the_datasets_default():
+    base = default_track("digits")
+    track, note = resolve_track(None, "timm:test_resnet", "digits")
+    assert base.id == "digits-resnet18" and track.id == "digits-timm-test_resnet"
+    assert track.model == ModelRef(name="timm:test_resnet")
+    # everything but the model (and the id/description) is the default track's
+    same = {"id", "description", "model"}
+    assert track.model_dump(exclude=same) == base.model_dump(exclude=same)
+    assert track.hash() != base.hash() and TrackConfig.model_validate(track.model_dump()).hash() == track.hash()
+    assert note == (f"no registered track for timm:test_resnet on digits: derived track digits-timm-test_resnet "
+                    f"from digits-resnet18 with the model replaced (trained once with the track's pretrain "
+                    f"recipe); track hash {track.hash()[:12]}")
+    # a track file plus another model: derived from that track
+    derived, note = resolve_track("cifar100-vgg19", "torchvision:mobilenet_v2", None)
+    assert derived.id == "cifar100-torchvision-mobilenet_v2" and "from cifar100-vgg19" in note
+
+
+def test_derivation_refuses_a_published_checkpoint_and_bad_names():
+    with pytest.raises(HarnessError) as e:
+        resolve_track(None, "timm:test_resnet", "imagenet")
+    assert "starts from a published resnet18 checkpoint, which timm:test_resnet cannot load" in one_line(e)
+    with pytest.raises(HarnessError) as e:
+        resolve_track(None, "timm:test_resnt", "digits")
+    assert "did you mean 'test_resnet'" in one_line(e)
+    with pytest.raises(HarnessError) as e:
+        resolve_track(None, "Not A Model", "digits")
+    assert one_line(e).startswith("model 'Not A Model': name:")
+    with pytest.raises(Exception, match="unknown dataset 'digit'"):
+        resolve_track(None, "timm:test_resnet", "digit")
+
+
+def test_a_model_file_is_its_own_base_and_gets_its_digest_pinned(tmp_path):
+    path = tmp_path / "mine.pt"
+    torch.save(create_model("resnet18", num_classes=10, in_chans=1, image_size=8, width=0.125), path)
+    track, note = resolve_track(None, f"file:{path}", "digits")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert track.id == "digits-file-mine" and track.model.sha256 == digest
+    assert track.checkpoint.pretrain.epochs == 0  # the file's own weights are the base: nothing trains
+    assert f"pinned the file's sha256 {digest[:12]}" in note and "its own weights are the base" in note
+    # even on a dataset whose default track has a published checkpoint
+    assert resolve_track(None, f"file:{path}", "imagenet")[0].checkpoint.path is None
+
+
+# --------------------------------------------------------------------------- applicability up front
+
+
+def test_inapplicable_methods_are_named_before_anything_runs(tiny_track):
+    from harness.methods import find_method
+
+    sources = [find_method(m) for m in ("bn_scale", "hrank", "magnitude_l2")]
+    assert inapplicable(tiny_track, sources) == {}
+    track, _ = derive_track(tiny_track, "timm:test_vit")
+    track = track.model_copy(update={"dataset": track.dataset.model_copy(update={"image_size": 32})})
+    refused = inapplicable(track, sources)
+    assert sorted(refused) == ["bn_scale", "hrank"]
+    assert refused["bn_scale"].startswith("bn_scale cannot score VisionTransformer meaningfully: it needs batchnorm")
+    assert "hrank cannot score VisionTransformer" in refused["hrank"] and "Linear output" in refused["hrank"]
+
+
+def test_the_plan_leaves_out_methods_that_cannot_score_the_model(tiny_track, tmp_path):
+    from harness.plan import Plan, PlanError
+
+    track = tmp_path / "digits32.yaml"  # ViTs need 32 px (two 16 px patches a side)
+    data = tiny_track.model_dump(mode="json")
+    data["dataset"]["image_size"] = 32
+    track.write_text(json.dumps(data))
+    resolved = Plan.build(track=str(track), model="timm:test_vit", methods=["hrank", "lamp"],
+                          regularizers=["-", "bn_scale_l1"], speedups=[2], seeds=[0]).resolve()
+    assert [m.id for m in resolved.methods] == ["lamp"]
+    assert {(s.method.id, s.regularizer) for s in resolved.specs} == {("lamp", None)}
+    derived, skipped_hrank, skipped_l1 = resolved.notes
+    assert derived.startswith("no registered track for timm:test_vit on digits: derived track digits-timm-test_vit")
+    assert skipped_hrank.startswith("skipped: hrank cannot score VisionTransformer meaningfully")
+    assert skipped_l1.startswith("skipped: bn_scale_l1 cannot score VisionTransformer meaningfully: it needs batchnorm")
+    with pytest.raises(PlanError) as e:
+        Plan.build(track=str(track), model="timm:test_vit", methods=["bn_scale"]).resolve()
+    assert e.value.field == "methods" and one_line(e).startswith("bn_scale cannot score VisionTransformer")
+    # the registered ResNet has what they need: nothing is left out
+    assert not Plan.build(track=str(track), methods=["hrank", "bn_scale"]).resolve().notes
+
+
+# --------------------------------------------------------------------------- untraceable models
+
+
+class Broken(nn.Module):
+    """A model whose ``head.proj`` cannot run on the example input (a shape error mid-forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, 16))
+        self.head.add_module("proj", nn.Linear(15, 10))
+
+    def forward(self, x):
+        return self.head(self.stem(x))
+
+
+def test_a_forward_that_fails_names_the_layer():
+    model = Broken().eval()
+    with pytest.raises(Untraceable) as e:
+        describe_groups(model, torch.rand(1, 3, 8, 8), PruneConfig(ignored_layers=[model.head.proj]))
+    assert one_line(e).startswith("Torch-Pruning cannot trace Broken at layer 'head.proj' (Linear): RuntimeError:")
+
+
+def test_a_graph_torch_pruning_cannot_map_names_the_layer():
+    """torchvision's ShuffleNetV2: channel shuffle (reshape/transpose) is beyond Torch-Pruning 1.6.1."""
+    model = create_model("torchvision:shufflenet_v2_x0_5", num_classes=10, image_size=32).eval()
+    config = prune_config_of(model).merged(PruneConfig(ignored_layers=[classifier_of(model)]))
+    with pytest.raises(Untraceable) as e:
+        describe_groups(model, torch.rand(1, 3, 32, 32), config)
+    assert one_line(e).startswith("Torch-Pruning cannot trace ShuffleNetV2 in a ReshapeOp after layer 'stage")
+    assert "ZeroDivisionError" in str(e.value)
+
+
+# --------------------------------------------------------------------------- the CLI, end to end
+
+
+@pytest.mark.slow
+def test_evaluate_a_timm_model_on_a_derived_track(tiny_track_file, tmp_path):
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--track", str(tiny_track_file),
+                                   "--model", "timm:test_resnet", "--speedup", "2", "--runner", "inprocess",
+                                   "--out", str(tmp_path / "results"), "--no-models"])
+    assert res.exit_code == 0, res.output
+    assert "derived track digits-timm-test_resnet from tiny-digits" in res.output
+    (run,) = (tmp_path / "results" / "digits-timm-test_resnet").iterdir()
+    record = json.loads((run / "result.json").read_text())
+    derived, _ = resolve_track(str(tiny_track_file), "timm:test_resnet", None)
+    assert record["status"] == "ok" and record["model"] == "timm:test_resnet"
+    assert record["track"] == {"id": "digits-timm-test_resnet", "hash": derived.hash()}
+    assert record["speedup"]["achieved"] >= 2
+
+
+def test_cli_bad_model_is_exit_2_in_one_line(tmp_path):
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--model", "timm:test_resnt",
+                                   "--dataset", "digits", "--speedup", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "did you mean 'test_resnet'" in res.output
+    assert "Traceback" not in res.output and not any(tmp_path.iterdir())
