@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -136,9 +137,11 @@ def evaluate(
                    out=out_dir, data_root=data_root, cache_dir=cache_dir, device=device.value,
                    hyperparameters=parse_hp(hp), call_timeout=call_timeout, save_models=not no_models,
                    regularizer=find_regularizer(regularizer), reg_hyperparameters=parse_hp(reg_hp))
-    with ProgressDisplay() as progress:
+    from harness.protocol import distributed
+    with ProgressDisplay(enabled=not distributed.launched() or os.environ.get("RANK") == "0") as progress:
         record, run_dir = run_protocol(spec, progress)
-    out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
+    if distributed.world().main:  # under torchrun: rank 0 speaks for the run
+        out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
     if record.status != "ok":
         raise typer.Exit(1)
 

@@ -14,10 +14,13 @@ error, and no partial artifacts are left behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import os
 import shutil
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,6 +29,7 @@ import torch.nn as nn
 
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
+from harness.protocol import distributed
 from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
@@ -152,21 +156,24 @@ def _check(spec: RunSpec) -> None:
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
     """Run the protocol once; returns the record and the run directory it was written to."""
     _check(spec)
+    spec, progress, w = _join_world(spec, progress)
     track, reg = spec.track, spec.regularizer
     key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
+    _check_recipes(spec, task)
     base = task.base_model(progress)
     recipe = spec.retrain_recipe()
     target_dir = run_dir(spec, key)
-    staging = new_staging(target_dir)
+    staging = new_staging(target_dir) if w.main else Path(tempfile.mkdtemp(prefix="pbench-rank-"))
 
     model = copy.deepcopy(base.model).to(spec.device)
     example = task.example_inputs()
     macs, params = count_macs_params(model, example)
     dense = Dense(macs, params, layer_channels(model))
     fields = _record_fields(spec, key, base.sha256, started, current_job())
+    fields["provenance"] = _with_training(fields["provenance"], spec, task, w)
     info = method_info(spec, spec.method, spec.hyperparameters)
     if reg is not None:
         fields["regularizer"] = method_info(spec, reg, spec.reg_hyperparameters)
@@ -177,7 +184,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             timing["reg_s"] = _sparsify_stage(spec, task, model, example, progress)
             if spec.save_models:
                 task.save(model, staging / "sparse.pt")
-        pruned = _prune_stage(spec, task, model, example, dense, progress)
+        pruned = _prune_everywhere(spec, task, model, example, dense, progress)
         timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
         model = pruned.model
         metric = metric.model_copy(update={"pruned": task.evaluate(model)})
@@ -205,23 +212,94 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             files={n: n for n in ("sparse.pt", "pruned.pt", "final.pt") if (staging / n).exists()},
             finished_at=_now(), **fields)
     except (MethodFailure, Unreachable) as e:
-        record = _failed(str(e), info, spec, metric, dense, timing, t_start, fields)
-    except HarnessError:
+        record, failure = _failed(str(e), info, spec, metric, dense, timing, t_start, fields), e
+    except HarnessError as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if not distributed.everywhere(e):  # the other ranks are elsewhere: stop them (torchrun does)
+            distributed.note_failure(_rank_notes(target_dir), one_line(e))
         raise
     except Exception as e:  # a crash inside the harness must not lose the sweep: record it
-        record = _failed(f"internal error: {one_line(e)}", info, spec, metric, dense, timing, t_start, fields)
+        error = _distributed_error(e, target_dir) if w.distributed else f"internal error: {one_line(e)}"
+        record, failure = _failed(error, info, spec, metric, dense, timing, t_start, fields), e
+    else:
+        failure = None
     if record.status == "failed":
         for f in staging.iterdir():
             f.unlink()
-    publish(record, staging, target_dir)
+    if not w.main:
+        shutil.rmtree(staging, ignore_errors=True)
+        if failure is not None and not distributed.everywhere(failure):
+            if not isinstance(failure, distributed.WorkerStopped):  # (stopped because another rank failed)
+                distributed.note_failure(_rank_notes(target_dir), one_line(failure))
+            return record, target_dir  # out of step with rank 0: exit, and torchrun stops the others
+    else:
+        publish(record, staging, target_dir)
+    if failure is None or distributed.everywhere(failure):
+        distributed.barrier()  # rank 0 has published before any rank exits (an exit stops the others)
     return record, target_dir
 
 
+# --------------------------------------------------------------------------- one run over N processes
+
+
+def _join_world(spec: RunSpec, progress: Optional[Progress]) -> tuple[RunSpec, Optional[Progress], "distributed.World"]:
+    """Under torchrun: join the process group, take this rank's GPU, and leave files, latency and
+    progress to rank 0 (which alone talks to the methods and writes the record)."""
+    w = distributed.init(spec.device)
+    if not w.distributed:
+        return spec, progress, w
+    spec = dataclasses.replace(spec, device=distributed.local_device(spec.device, w),
+                               save_models=spec.save_models and w.main, measure_latency=spec.measure_latency and w.main)
+    return spec, progress if w.main else None, w
+
+
+def _check_recipes(spec: RunSpec, task: Task) -> None:
+    """Bad input, before anything runs: every recipe this run trains with must suit the task here."""
+    if spec.track.checkpoint.pretrain is not None:
+        task.check_recipe(spec.track.checkpoint.pretrain, "checkpoint.pretrain")
+    if spec.regularizer is not None:
+        task.check_recipe(spec.track.sparsify, "sparsify")
+    task.check_recipe(spec.retrain_recipe(), "retrain")
+
+
+def _with_training(prov, spec: RunSpec, task: Task, w: "distributed.World"):
+    """The provenance with the process count, the backend and what each training stage applies."""
+    stages = {"retrain": spec.retrain_recipe()}
+    if spec.regularizer is not None:
+        stages["sparsify"] = spec.track.sparsify
+    training = {name: s for name, r in stages.items() if (s := task.training_settings(r)) is not None}
+    return prov.model_copy(update={"world_size": w.size, "backend": w.backend, "training": training})
+
+
+def _prune_everywhere(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
+                      progress: Optional[Progress]) -> Pruned:
+    """The prune stage on rank 0 (the only rank that talks to the method); every rank gets its result,
+    the pruned model included (sent from the CPU, placed on each rank's device)."""
+    return distributed.on_main(
+        lambda: _prune_stage(spec, task, model, example, dense, progress),
+        to_others=lambda p: dataclasses.replace(p, model=copy.deepcopy(p.model).cpu()),
+        from_main=lambda p: dataclasses.replace(p, model=p.model.to(spec.device)))
+
+
+def _rank_notes(target_dir: Path) -> Path:
+    return target_dir.with_name(f".{target_dir.name}.ranks")
+
+
+def _distributed_error(e: Exception, target_dir: Path) -> str:
+    """The failure of a distributed run as one line: what another rank said about its own failure,
+    else what this rank saw (a peer's closed connection, or torchrun stopping it)."""
+    notes = distributed.noted_failures(_rank_notes(target_dir)) if distributed.world().main else []
+    seen = one_line(e) if isinstance(e, distributed.WorkerStopped) else f"internal error: {one_line(e)}"
+    return f"distributed run failed: {notes[0]}" if notes else \
+        f"distributed run failed on rank {distributed.world().rank}: {seen}"
+
+
 def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progress: Optional[Progress]) -> float:
-    """Step 1: start the regularizer (same runner as the importance method) and sparse-train ``model``
-    in place with the track's ``sparsify`` recipe; returns the wall time (seconds)."""
-    with _client(spec, spec.regularizer, spec.reg_hyperparameters) as client:
+    """Step 1: start the regularizer (same runner as the importance method; under torchrun on rank 0
+    only) and sparse-train ``model`` in place with the track's ``sparsify`` recipe; returns the wall time
+    (seconds)."""
+    main = distributed.world().main
+    with _client(spec, spec.regularizer, spec.reg_hyperparameters) if main else nullcontext() as client:
         groups = describe_groups(model, example, task.prune_config(model))
         return sparsify(task, model, spec.track.sparsify, client, groups, spec.seed, progress)
 

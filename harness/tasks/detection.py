@@ -82,6 +82,13 @@ def trainer_overrides(recipe: Recipe, image_size: int, seed: int, device: str) -
         raise HarnessError("detection recipes do not support label_smoothing")
     if recipe.augmentation == "randaug":
         raise HarnessError("detection recipes support augmentation none, crop or crop_flip, not randaug")
+    unsupported = [f for f in ("mixup_alpha", "cutmix_alpha", "auto_augment", "random_erase", "ra_repeats",
+                               "clip_grad_norm", "channels_last", "compile") if getattr(recipe, f)]
+    if unsupported or recipe.amp == "bf16" or not recipe.nesterov or recipe.bias_norm_decay:
+        what = unsupported[0] if unsupported else "amp: bf16" if recipe.amp == "bf16" else \
+            "nesterov: false" if not recipe.nesterov else "bias_norm_decay"
+        raise HarnessError(f"detection recipes do not support {what} (Ultralytics' trainer has its own "
+                           f"augmentation and optimizer set-up)")
     args = dict(
         epochs=recipe.epochs, batch=recipe.batch_size, nbs=recipe.batch_size, imgsz=image_size,
         optimizer="AdamW" if recipe.optimizer == "adamw" else "SGD", lr0=recipe.lr, momentum=recipe.momentum,
@@ -231,6 +238,16 @@ class DetectionTask(Task):
         return detection_loss(model, x.to(self.device), y.to(self.device))
 
     # --- training ---------------------------------------------------------------------------
+
+    def check_recipe(self, recipe: Recipe, what: str) -> None:
+        from harness.protocol import distributed
+        if distributed.world().distributed:
+            raise HarnessError("detection tracks run in one process (Ultralytics' trainer launches its own DDP); "
+                               "run without torchrun")
+        try:
+            trainer_overrides(recipe, 640, 0, self.device)  # validation only: the size does not matter
+        except HarnessError as e:
+            raise HarnessError(f"{what}: {e}") from None
 
     def train(self, model: nn.Module, recipe: Recipe, seed: int, progress: Optional[Progress] = None,
               stage: str = "train", grad_hook: Optional[GradHook] = None) -> nn.Module:
