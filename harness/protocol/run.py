@@ -30,10 +30,11 @@ import torch.nn as nn
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from harness.protocol import distributed
-from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
+from harness.protocol.grouping import (build_graph, count_layer_macs, count_macs_params, describe_groups,
+                                       layer_channels)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
-from harness.protocol.pruning import Unreachable, make_planner, search_speedup
+from harness.protocol.pruning import Unreachable, make_planner, prune_round
 from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
@@ -315,8 +316,12 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
         base_channels: dict[str, int] = {}
         macs, params = dense.macs, dense.params
         rounds = track.pruning.rounds
+        # progressive pruning prunes its own copy in place, guided by per-layer MACs (see prune_round)
+        layers = count_layer_macs(model, example)[2] if rounds > 1 else None
+        model = copy.deepcopy(model) if rounds > 1 else model
+        graph = build_graph(model, example, task.prune_config(model)) if rounds > 1 else None
         for r in range(rounds):
-            groups = describe_groups(model, example, task.prune_config(model))
+            groups = describe_groups(model, example, task.prune_config(model), graph)
             if r == 0:
                 base_channels = {g.id: g.n_channels for g in groups}
             obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
@@ -324,8 +329,8 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
             scores = client.score(r, groups, obs)
             planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
                                    track.pruning.min_channel_fraction)
-            found = search_speedup(model, example, task.prune_config, planner, dense.macs, macs,
-                                   spec.speedup ** ((r + 1) / rounds))
+            found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
+                                        spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
             model, macs, params = found.model, found.macs, found.params
             task.after_prune(model)
             if progress:

@@ -282,7 +282,8 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(recipe, s, total, steps_per_epoch))
     dtype = autocast_dtype(recipe, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    if device.startswith("cuda"):
+    benchmark_was = torch.backends.cudnn.benchmark
+    if device.startswith("cuda"):  # fixed shapes while training; pruning (new shapes each probe) keeps it off
         torch.backends.cudnn.benchmark = True
     mixup, criterion = _loss(recipe, num_classes, seed, w)
     if recipe.random_erase:
@@ -324,6 +325,7 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
                 progress(stage, epoch + 1, recipe.epochs, loss=float(loss_sum) / max(1, n_batches),
                          lr=opt.param_groups[0]["lr"])
     finally:
+        torch.backends.cudnn.benchmark = benchmark_was
         if recipe.channels_last:
             model.to(memory_format=torch.contiguous_format)
     distributed.sync_module(model)
