@@ -23,6 +23,7 @@ stops them (SIGTERM, turned into :class:`WorkerStopped`), and rank 0 records the
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import os
 import pickle
@@ -91,12 +92,20 @@ def init(device: str = "cpu") -> World:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         tdist.init_process_group("nccl" if cuda else "gloo", timeout=dt.timedelta(seconds=DEFAULT_TIMEOUT_S))
         signal.signal(signal.SIGTERM, _stop)
+        atexit.register(lambda: tdist.is_initialized() and tdist.destroy_process_group())
     return world()
 
 
 def _stop(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
     raise WorkerStopped("stopped by the launcher (another process of this run failed, or the run was cancelled)")
+
+
+def shield() -> None:
+    """Ignore further SIGTERMs: this process is recording a failure (torchrun kills it after its grace
+    period anyway)."""
+    if world().distributed:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def local_device(device: str, w: Optional[World] = None) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError, MethodFailure
@@ -282,6 +283,39 @@ def _prune_everywhere(spec: RunSpec, task: Task, model: nn.Module, example, dens
         from_main=lambda p: dataclasses.replace(p, model=p.model.to(spec.device)))
 
 
+def evaluate_distributed(spec: RunSpec, processes: int) -> ResultRecord:
+    """``evaluate(spec)`` over ``processes`` local processes, launched with torchrun's machinery
+    (:func:`harness.protocol.distributed.launch`; NCCL on GPUs, gloo on CPU), supervised: when a process
+    dies before rank 0 has recorded the run (rank 0 itself killed, out of memory...), this records it
+    as failed. Returns rank 0's record."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    key = run_key_of(spec)
+    before = recorded(spec, key)
+    threads = max(1, torch.get_num_threads() // processes)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # as torchrun does: CPUs shared by the processes
+    try:
+        return distributed.launch(_evaluate_rank, (spec, threads), processes, run_id=key[:16])[0]
+    except ChildFailedError as e:
+        mine = recorded(spec, key)
+        if mine is not None and (before is None or mine.started_at != before.started_at):
+            return mine  # rank 0 recorded the failure itself
+        rank, failure = e.get_first_failure()
+        why = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        last = [line for line in str(message).splitlines() if line.strip()][-1:]
+        return record_unrun(spec, f"distributed run failed: rank {rank} ended ({why}) before the run was "
+                                  f"recorded" + (f": {last[0].strip()}" if last else ""), current_job())[0]
+
+
+def _evaluate_rank(spec: RunSpec, threads: int) -> Optional[ResultRecord]:
+    """One process of :func:`evaluate_distributed` (rank 0 returns the record; bad input is recorded)."""
+    torch.set_num_threads(threads)
+    try:
+        return evaluate(spec)[0]
+    except HarnessError as e:
+        return record_unrun(spec, str(e), current_job())[0] if distributed.world().main else None
+
+
 def _rank_notes(target_dir: Path) -> Path:
     return target_dir.with_name(f".{target_dir.name}.ranks")
 
@@ -289,6 +323,7 @@ def _rank_notes(target_dir: Path) -> Path:
 def _distributed_error(e: Exception, target_dir: Path) -> str:
     """The failure of a distributed run as one line: what another rank said about its own failure,
     else what this rank saw (a peer's closed connection, or torchrun stopping it)."""
+    distributed.shield()
     notes = distributed.noted_failures(_rank_notes(target_dir)) if distributed.world().main else []
     seen = one_line(e) if isinstance(e, distributed.WorkerStopped) else f"internal error: {one_line(e)}"
     return f"distributed run failed: {notes[0]}" if notes else \
