@@ -74,7 +74,7 @@ class Recipe(Strict):
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix's Beta(alpha, alpha); 0 = off")
     auto_augment: Optional[str] = Field(
         None, pattern=r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*)*$",
-        description="timm auto-augment config string, e.g. 'rand-m9-n2' (RandAugment, 2 ops of magnitude 9); "
+        description="timm auto-augment config string, e.g. 'rand-m9-n2-p1.0' (RandAugment: 2 ops of magnitude 9, each applied); "
                     "image-file datasets only (its ops act on PIL images in the loader's workers)")
     random_erase: float = Field(0.0, ge=0, le=1, description="random erasing probability (timm.data.RandomErasing)")
     ra_repeats: int = Field(0, ge=0, le=16, description="repeated-augmentation sampler (timm.data.RepeatAugSampler): "
