@@ -73,7 +73,7 @@ def minimal_loop(model, x_all, y_all, recipe, steps: int, device: str) -> None:
     sync(device)
 
 
-def retrain_throughput(device: str, steps: int, repeats: int) -> dict:
+def retrain_throughput(device: str, steps: int, repeats: int, width: float = 1.0) -> dict:
     track = load_track("cifar100-resnet18")
     recipe = track.retrain.model_copy(update={"epochs": 1, "amp": True, "channels_last": True})
     plain = recipe.model_copy(update={"augmentation": "none"})
@@ -83,7 +83,7 @@ def retrain_throughput(device: str, steps: int, repeats: int) -> dict:
     y_all = torch.randint(0, 100, (n,), generator=gen).to(device)
     ds = TensorDataset(x_all, y_all)
     torch.manual_seed(0)
-    base = create_model("resnet18", num_classes=100, in_chans=3, image_size=32)
+    base = create_model("resnet18", num_classes=100, in_chans=3, image_size=32, width=width)
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # the minimal loop gets what the harness's loop sets itself
 
@@ -109,7 +109,7 @@ def retrain_throughput(device: str, steps: int, repeats: int) -> dict:
     return out
 
 
-def prune_step_times(device: str, methods: list[str], rounds: int, calibration: int) -> dict:
+def prune_step_times(device: str, methods: list[str], rounds: int, calibration: int, width: float = 1.0) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as data:
         write_tiny_cifar(data, "cifar100", n_train=max(200, calibration), n_test=10)
@@ -122,7 +122,8 @@ def prune_step_times(device: str, methods: list[str], rounds: int, calibration: 
                     "calibration": track.calibration.model_copy(update={"num_samples": calibration})})
                 task = task_for(track, data_root=Path(data), device=device)
                 torch.manual_seed(0)
-                model = create_model("resnet18", num_classes=100, in_chans=3, image_size=32).to(device).eval()
+                model = create_model("resnet18", num_classes=100, in_chans=3, image_size=32,
+                                     width=width).to(device).eval()
                 example = task.example_inputs()
                 macs, params = count_macs_params(model, example)
                 spec = RunSpec(track=track, method=find_method(method), speedup=2, seed=0, runner="subprocess",
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="progressive rounds for the per-round time")
     parser.add_argument("--calibration", type=int, default=1024, help="calibration images (the track's: 1024)")
     parser.add_argument("--methods", default="magnitude_l2,taylor,hrank")
+    parser.add_argument("--width", type=float, default=1.0, help="network width (the track's: 1; smaller for a "
+                                                                  "smoke test)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     t0 = time.perf_counter()
-    train_figs = retrain_throughput(args.device, args.steps, args.repeats)
+    train_figs = retrain_throughput(args.device, args.steps, args.repeats, args.width)
     print(f"device: {name}, torch {torch.__version__}")
     print(f"retrain cifar100-resnet18 (batch {train_figs['batch']}, AMP + channels_last, {args.steps} steps, "
           f"median of {args.repeats}):")
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  minimal PyTorch loop:             {train_figs['minimal']:9.0f} images/s")
     print(f"  harness train(), crop + flip:     {train_figs['harness_crop_flip']:9.0f} images/s")
     print(f"  ratio harness / minimal: {train_figs['ratio']:.3f}x (target >= 0.9x)")
-    prune_figs = prune_step_times(args.device, args.methods.split(","), args.rounds, args.calibration)
+    prune_figs = prune_step_times(args.device, args.methods.split(","), args.rounds, args.calibration, args.width)
     print(f"pruning step, cifar100-resnet18 to 2x (subprocess runner), vs PruningBench's published step time:")
     for method, row in prune_figs.items():
         pub = row["published_step_s"]

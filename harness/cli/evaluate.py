@@ -228,6 +228,9 @@ def sweep(
     plan_file: Annotated[Optional[Path], typer.Option(
         "--plan", help="a plan file (YAML/JSON, the fields of harness.plan.Plan); flags given here override it")]
     = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="run nothing: measure a few steps of each stage on this device and print the projected "
+                          "device-hours per run and for the sweep")] = False,
     opts: dict = None,
 ) -> None:
     """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
@@ -242,6 +245,12 @@ def sweep(
         fields = {**_plan_fields(opts, explicit), **{k: v for k, v in own.items() if v is not None}}
         plan = Plan.from_file(plan_file, **fields)
     resolved = _resolve(plan)
+    if dry_run:
+        from harness.orchestration.estimate import estimate, markdown
+        _setup(Device(plan.device), opts["threads"])
+        cost = estimate(resolved, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        out.print(markdown(cost), highlight=False, soft_wrap=True)
+        return
     if resolved.plan.recipes is not None:
         summary = _run_all(resolved, opts)
         _swap_report(resolved, summary)

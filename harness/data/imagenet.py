@@ -43,8 +43,12 @@ class ImageFolderBundle(DatasetBundle):
         training transform with them (:func:`train_transform`)."""
         if not (recipe.auto_augment or recipe.random_erase):
             return self.train
+        from torch.utils.data import Subset
         from torchvision.datasets import ImageFolder
-        return ImageFolder(self.train.root, transform=train_transform(self.image_size, self.mean, self.std, recipe))
+        subset = isinstance(self.train, Subset)  # (a bundle limited to some images, e.g. for a cost estimate)
+        ds = ImageFolder((self.train.dataset if subset else self.train).root,
+                         transform=train_transform(self.image_size, self.mean, self.std, recipe))
+        return Subset(ds, self.train.indices) if subset else ds
 
 
 def _split_dir(root: Path, split: str) -> Path:

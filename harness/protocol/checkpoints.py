@@ -60,6 +60,12 @@ def pretrain_key(track: TrackConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
+def trained_path(track: TrackConfig, cache_dir: Optional[Path] = None) -> Path:
+    """Where the base checkpoint a track's pretrain recipe trains is cached (it may not exist yet)."""
+    cache = Path(cache_dir or default_cache_dir()) / "checkpoints"
+    return cache / f"{track.model.name}-{track.dataset.name}-{pretrain_key(track)[:16]}.pt"
+
+
 def _load_state(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,10 +97,9 @@ def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path]
         _load_state(model, path)
         return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
 
-    cache = Path(cache_dir or default_cache_dir()) / "checkpoints"
+    path = trained_path(track, cache_dir)
+    cache = path.parent
     cache.mkdir(parents=True, exist_ok=True)
-    key = pretrain_key(track)
-    path = cache / f"{track.model.name}-{track.dataset.name}-{key[:16]}.pt"
     w = distributed.world()
     # concurrent runs train a missing checkpoint once; in a distributed run rank 0 holds the lock and
     # decides, and every rank trains (data parallel)

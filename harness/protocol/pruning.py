@@ -256,14 +256,12 @@ def progressive_step(model: nn.Module, example_inputs, config_for: Callable[[nn.
 
 def prune_round(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
                 planner: Planner, base_macs: float, current_macs: float, target: float, final: bool,
-                layers: Optional[dict[str, float]], graph=None) -> tuple[SearchResult, Optional[dict[str, float]]]:
-    """One round's pruning. One-shot pruning (``layers`` None): the exact search on a copy. Progressive
-    pruning (``layers``: ``model``'s per-layer MACs): intermediate rounds apply the predicted step to
-    ``model`` in place (through ``graph``, its dependency graph), the final round searches exactly on
-    copies, starting at the predicted step. Returns the result and, after an intermediate round, the
-    per-layer MACs of the pruned model."""
-    if layers is None:
-        return search_speedup(model, example_inputs, config_for, planner, base_macs, current_macs, target), None
+                layers: dict[str, float], graph=None) -> tuple[SearchResult, Optional[dict[str, float]]]:
+    """One round's pruning, starting from the step the per-layer MACs predictor gives (``layers``:
+    ``model``'s per-layer MACs). The final round (the only one of one-shot pruning) searches the exact
+    minimum on copies (the predicted step is its first probe: fewer probes, the same minimum). Earlier
+    rounds of progressive pruning apply the predicted step to ``model`` in place (through ``graph``, its
+    dependency graph) and return the pruned model's per-layer MACs too."""
     t = predicted_step(planner, macs_predictor(model, layers, current_macs, planner.groups), base_macs / target)
     if final:
         return search_speedup(model, example_inputs, config_for, planner, base_macs, current_macs, target,

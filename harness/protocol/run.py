@@ -348,8 +348,8 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
         base_channels: dict[str, int] = {}
         macs, params = dense.macs, dense.params
         rounds = track.pruning.rounds
-        # progressive pruning prunes its own copy in place, guided by per-layer MACs (see prune_round)
-        layers = count_layer_macs(model, example)[2] if rounds > 1 else None
+        # rounds are guided by per-layer MACs; progressive pruning prunes its own copy in place (see prune_round)
+        layers = count_layer_macs(model, example)[2]
         model = copy.deepcopy(model) if rounds > 1 else model
         graph = build_graph(model, example, task.prune_config(model)) if rounds > 1 else None
         for r in range(rounds):
