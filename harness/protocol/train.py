@@ -128,7 +128,7 @@ class _TensorFeed:
         n, b = len(self.x), recipe.batch_size
         self.sampler = None
         if recipe.ra_repeats:
-            from timm.data import RepeatAugSampler
+            from timm.data.distributed_sampler import RepeatAugSampler
             self.sampler = RepeatAugSampler(ds, num_replicas=w.size, rank=w.rank, shuffle=True,
                                             num_repeats=recipe.ra_repeats)
             self.steps_per_epoch = max(1, len(self.sampler) // (b // w.size))
@@ -136,7 +136,7 @@ class _TensorFeed:
             self.steps_per_epoch = max(1, n // b if n >= b else 1)
         self.erase = None
         if recipe.random_erase:
-            from timm.data import RandomErasing
+            from timm.data.random_erasing import RandomErasing
             self.erase = RandomErasing(recipe.random_erase, mode="const", device=device)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -168,7 +168,7 @@ class _LoaderFeed:
         self.device, self.seed = device, seed
         self.sampler = None
         if recipe.ra_repeats:
-            from timm.data import RepeatAugSampler
+            from timm.data.distributed_sampler import RepeatAugSampler
             self.sampler = RepeatAugSampler(ds, num_replicas=w.size, rank=w.rank, shuffle=True,
                                             num_repeats=recipe.ra_repeats)
         elif w.distributed:
@@ -257,8 +257,6 @@ def check_recipe(recipe: Recipe, ds: Dataset, what: str = "recipe") -> None:
         raise HarnessError(f"{what}: auto_augment ({recipe.auto_augment}) needs an image-file dataset: its ops "
                            f"act on PIL images in the loader; in-memory datasets take crop/flip, random_erase, "
                            f"mixup/cutmix")
-    if recipe.auto_augment:
-        from timm.data import rand_augment_transform  # noqa: F401 (timm parses it when the loader is built)
 
 
 def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str = "cpu",
