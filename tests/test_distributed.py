@@ -29,25 +29,15 @@ import torch.nn as nn
 
 from harness.store import Store, find_records
 
-from conftest import REPO
+from conftest import REPO, TINY_TRACK
 
 pytestmark = pytest.mark.slow
 PBENCH = Path(sys.executable).with_name("pbench-harness")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
-DDP_TRACK = """
-id: ddp-digits
-description: test track - quarter-width ResNet-18 on digits, short recipes
-model: {name: resnet18, kwargs: {width: 0.25}}
-dataset: {name: digits}
-checkpoint:
-  pretrain: {epochs: 2, batch_size: 64, lr: 0.05, schedule: cosine}
-pruning: {strategy: protected_global, speedups: [2]}
-calibration: {num_samples: 64, batch_size: 32}
-sparsify: {epochs: 1, batch_size: 64, lr: 0.01, schedule: constant}
-retrain: {epochs: RETRAIN, batch_size: 64, lr: 0.01, schedule: cosine}
-seeds: [0]
-"""
+# the tiny test track, with its own id and pretraining (trained here under DDP) and a retrain length to set
+DDP_TRACK = TINY_TRACK.replace("id: tiny-digits", "id: ddp-digits").replace("pretrain: {epochs: 4", "pretrain: {epochs: 2") \
+    .replace("retrain: {epochs: 1,", "retrain: {epochs: RETRAIN,")
 
 
 def _free_port() -> int:

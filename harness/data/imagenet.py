@@ -14,6 +14,7 @@ ImageNet mean/std unless the track gives its own (timm's ViT checkpoints use 0.5
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -44,10 +45,9 @@ class ImageFolderBundle(DatasetBundle):
         if not (recipe.auto_augment or recipe.random_erase):
             return self.train
         from torch.utils.data import Subset
-        from torchvision.datasets import ImageFolder
         subset = isinstance(self.train, Subset)  # (a bundle limited to some images, e.g. for a cost estimate)
-        ds = ImageFolder((self.train.dataset if subset else self.train).root,
-                         transform=train_transform(self.image_size, self.mean, self.std, recipe))
+        ds = copy.copy(self.train.dataset if subset else self.train)  # the same file list: no rescan
+        ds.transform = train_transform(self.image_size, self.mean, self.std, recipe)
         return Subset(ds, self.train.indices) if subset else ds
 
 

@@ -214,7 +214,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         record, failure = _failed(str(e), info, spec, metric, dense, timing, t_start, fields), e
     except HarnessError as e:
         shutil.rmtree(staging, ignore_errors=True)
-        if not distributed.everywhere(e):  # the other ranks are elsewhere: stop them (torchrun does)
+        if not w.main and not distributed.everywhere(e):  # rank 0 is elsewhere: it records why (torchrun stops it)
             distributed.note_failure(_rank_notes(target_dir), one_line(e))
         raise
     except Exception as e:  # a crash inside the harness must not lose the sweep: record it
