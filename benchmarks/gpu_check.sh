@@ -5,12 +5,12 @@
 #   bash benchmarks/gpu_check.sh [--json OUT.json] [gpu_check.py options]
 #
 # Needs Python with torch (CUDA), torchvision, timm, numpy, safetensors, PyYAML; torch-pruning and
-# pydantic are installed from wheels in benchmarks/wheels/ when missing (a machine without a registry,
+# pydantic are installed (into .gpu-site/) from wheels in benchmarks/wheels/ when missing (a machine without a registry,
 # e.g. the lent GPU machine: Python 3.12, x86-64). Make that folder where a registry is reachable:
 #
 #   pip download --python-version 3.12 --only-binary=:all: --platform manylinux_2_17_x86_64 \
 #       --no-deps -d benchmarks/wheels torch-pruning==1.6.1 pydantic==2.14.4 pydantic-core==2.50.5 \
-#       annotated-types==0.8.0 typing-inspection==0.4.5
+#       annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions
 #
 # (the versions installed here; `pip show pydantic pydantic-core`), and carry the
 # folder with the working tree. Exit codes: 0 measured, 3 no CUDA device (nothing measured), 2 a
@@ -33,6 +33,8 @@ if ((${#missing[@]})); then
         echo "gpu_check: missing ${missing[*]} and no wheels in benchmarks/wheels/ (see the top of this script)" >&2
         exit 2
     fi
-    "$PY" -m pip install --quiet --no-index --find-links benchmarks/wheels "${missing[@]}"
+    # into a folder of its own, without dependency resolution: the machine's torch and numpy stay as they are
+    "$PY" -m pip install --quiet --no-index --no-deps --target .gpu-site benchmarks/wheels/*.whl
+    export PYTHONPATH="$PWD/.gpu-site:$PYTHONPATH"
 fi
 exec timeout 470 "$PY" benchmarks/gpu_check.py "$@"
