@@ -296,12 +296,14 @@ def evaluate_distributed(spec: RunSpec, processes: int) -> ResultRecord:
         mine = recorded(spec, key)
         if mine is not None and (before is None or mine.started_at != before.started_at):
             return mine  # rank 0 recorded the failure itself
+        notes = distributed.noted_failures(_rank_notes(run_dir(spec, key)), wait_s=0)  # (and removes them)
         rank, failure = e.get_first_failure()
         why = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
         last = [line for line in str(message).splitlines() if line.strip()][-1:]
+        detail = notes[0] if notes else last[0].strip() if last else ""
         return record_unrun(spec, f"distributed run failed: rank {rank} ended ({why}) before the run was "
-                                  f"recorded" + (f": {last[0].strip()}" if last else ""), current_job())[0]
+                                  f"recorded" + (f": {detail}" if detail else ""), current_job())[0]
 
 
 def _evaluate_rank(spec: RunSpec, threads: int) -> Optional[ResultRecord]:
