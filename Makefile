@@ -75,6 +75,7 @@ schema: venv
 
 bench: venv
 	$(PY) benchmarks/prune_vs_torch_pruning.py
+	$(PY) -W ignore benchmarks/input_pipeline.py
 	$(PY) benchmarks/retrain_vs_minimal_loop.py
 	$(PY) benchmarks/regularizer_vs_torch_pruning.py
 	@if docker info >/dev/null 2>&1; then $(PY) benchmarks/docker_exchange.py; \

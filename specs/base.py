@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
@@ -20,6 +20,29 @@ class Strict(BaseModel):
     """Base of every spec model: unknown fields are errors, models are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    #: fields added after the model was first published: :func:`canonical` leaves them out while they
+    #: hold their default, so that adding a field never changes the hash of a document that does not use it
+    added_fields: ClassVar[frozenset[str]] = frozenset()
+
+
+def canonical(model: BaseModel, exclude: set[str] | None = None) -> Any:
+    """``model`` as JSON data for hashing: ``model_dump(mode="json")`` without the ``added_fields``
+    (of this model and every nested one) that are at their defaults."""
+    return _without_added(model, model.model_dump(mode="json", exclude=exclude))
+
+
+def _without_added(obj: Any, data: Any) -> Any:
+    if isinstance(obj, BaseModel) and isinstance(data, dict):
+        cls = type(obj)
+        added = getattr(cls, "added_fields", frozenset())
+        return {k: _without_added(getattr(obj, k), v) for k, v in data.items()
+                if not (k in added and getattr(obj, k) == cls.model_fields[k].get_default(call_default_factory=True))}
+    if isinstance(obj, dict) and isinstance(data, dict):
+        return {k: _without_added(obj.get(k), v) for k, v in data.items()}
+    if isinstance(obj, (list, tuple)) and isinstance(data, list):
+        return [_without_added(o, v) for o, v in zip(obj, data)]
+    return data
 
 
 class Versioned(Strict):

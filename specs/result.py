@@ -73,6 +73,21 @@ class JobInfo(Strict):
                                                    "(CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, OUT_OF_MEMORY, ...)")
 
 
+class TrainingSettings(Strict):
+    """What one training stage applied on its device: the recipe's efficiency flags as the device allowed
+    them (e.g. fp16 autocast only on CUDA) and how its data was fed."""
+
+    amp: Optional[Literal["fp16", "bf16"]] = None
+    channels_last: bool = False
+    compiled: bool = False
+    cudnn_benchmark: bool = False
+    data: Literal["in_memory", "loader"] = Field(
+        "in_memory", description="in_memory: tensors (and crop/flip/erasing/mixup) on the training device; "
+                                 "loader: decoded by DataLoader workers")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process")
+    world_size: int = Field(1, ge=1)
+
+
 class Provenance(Strict):
     harness_version: str
     spec_version: str
@@ -82,6 +97,10 @@ class Provenance(Strict):
     host: str = ""
     device: str = "cpu"
     torch_threads: Optional[int] = None
+    world_size: int = Field(1, ge=1, description="processes the run was data-parallel over (torchrun)")
+    backend: Optional[str] = Field(None, description="torch.distributed backend (gloo, nccl) when world_size > 1")
+    training: dict[str, TrainingSettings] = Field(
+        default_factory=dict, description="per training stage of this run (pretrain, sparsify, retrain)")
 
 
 class ResultRecord(Versioned):

@@ -8,11 +8,11 @@ Methods cannot override any of it. Its canonical hash goes into every result.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, ClassVar, Literal, Optional, Union
 
 from pydantic import Field, StringConstraints, model_serializer, model_validator
 
-from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, sha256_json
+from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, canonical, sha256_json
 from specs.manifest import SandboxLimits
 
 Strategy = Literal["local", "global", "protected_global"]
@@ -93,24 +93,61 @@ class DatasetRef(Strict):
 
 
 class Recipe(Strict):
-    """A training recipe (pretraining, sparse training or retraining)."""
+    """A training recipe (pretraining, sparse training or retraining).
+
+    ``batch_size`` is the global batch: a run over N processes (torchrun) gives each N-th of it,
+    so the recipe means the same optimization on one GPU or many. Augmentation beyond crop/flip
+    (mixup/cutmix, RandAugment, random erasing) and the repeated-augmentation sampler are timm's
+    (``timm.data``).
+    """
+
+    added_fields: ClassVar[frozenset[str]] = frozenset({
+        "nesterov", "bias_norm_decay", "mixup_alpha", "cutmix_alpha", "auto_augment", "random_erase",
+        "ra_repeats", "clip_grad_norm", "channels_last", "compile"})
 
     epochs: int = Field(ge=0)
     batch_size: int = Field(ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: PositiveFloat
     momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum (when momentum > 0); Torch-Pruning's and "
+                                             "torchvision's scripts use plain momentum (false)")
     weight_decay: float = Field(5e-4, ge=0)
+    bias_norm_decay: bool = Field(False, description="apply weight_decay to biases and normalization weights too "
+                                                     "(Torch-Pruning's and torchvision's scripts do); default: only "
+                                                     "to weights of two or more dimensions")
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     milestones: list[float] = Field(default_factory=list, description="step schedule: fractions of training")
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augmentation: Literal["none", "crop_flip", "crop", "randaug"] = "none"
-    amp: bool = False
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup's Beta(alpha, alpha); 0 = off (timm.data.Mixup: "
+                                                      "with cutmix too, one of the two per batch, 50/50)")
+    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix's Beta(alpha, alpha); 0 = off")
+    auto_augment: Optional[str] = Field(
+        None, pattern=r"^(rand|augmix|original|originalr|v0|v0r|3a)(-[a-z]+[0-9.]*)*$",
+        description="timm auto-augment config string, e.g. 'rand-m9-n2-p1.0' (RandAugment: 2 ops of magnitude 9, each applied); "
+                    "image-file datasets only (its ops act on PIL images in the loader's workers)")
+    random_erase: float = Field(0.0, ge=0, le=1, description="random erasing probability (timm.data.RandomErasing)")
+    ra_repeats: int = Field(0, ge=0, le=16, description="repeated-augmentation sampler (timm.data.RepeatAugSampler): "
+                                                        "every image this many times per epoch, spread over the "
+                                                        "processes; 0 = off (DeiT and PruningBench's ViT: 3)")
+    clip_grad_norm: Optional[PositiveFloat] = Field(None, description="clip the gradients' total L2 norm to this")
+    amp: Union[bool, Literal["fp16", "bf16"]] = Field(
+        False, description="autocast: fp16 (or true) with a gradient scaler, on CUDA only; bf16 on any device; "
+                           "false = fp32")
+    channels_last: bool = Field(False, description="channels-last memory format for 4-D inputs and weights")
+    compile: bool = Field(False, description="torch.compile the training step's model (first steps are slower)")
+
+    @model_validator(mode="after")
+    def _repeats(self) -> "Recipe":
+        if self.ra_repeats == 1:
+            raise ValueError("ra_repeats: 0 (off) or at least 2")
+        return self
 
     def hash(self) -> str:
-        return sha256_json(self.model_dump(mode="json"))
+        return sha256_json(canonical(self))
 
 
 class Checkpoint(Strict):
@@ -132,7 +169,9 @@ class Checkpoint(Strict):
 class Pruning(Strict):
     strategy: Strategy = "protected_global"
     min_channel_fraction: float = Field(0.1, gt=0, lt=1, description="protected_global: hard floor per group")
-    rounds: int = Field(1, ge=1, le=64, description="score/prune rounds; scores are asked for once per round")
+    rounds: int = Field(1, ge=1, le=1000, description="progressive pruning: score/prune rounds, importance "
+                                                      "recomputed on the partly pruned model each round (round r "
+                                                      "reaches target^(r/rounds)); scores are asked for once per round")
     speedups: list[PositiveFloat] = Field(min_length=1)
     ignored_layers: list[str] = Field(default_factory=list, description="never pruned (classifier is always kept)")
 
@@ -199,7 +238,7 @@ class TrackConfig(Versioned):
     def hash(self) -> str:
         """sha256 of the canonical JSON of the (validated) setting: everything but the alternative
         recipes, the sandbox caps and the spec version (none of them changes what a track measures)."""
-        return sha256_json(self.model_dump(mode="json", exclude={"recipes", "sandbox", "spec_version"}))
+        return sha256_json(canonical(self, exclude={"recipes", "sandbox", "spec_version"}))
 
     def retrain_recipe(self, name: Optional[str]) -> Recipe:
         """The retraining recipe called ``name`` (``None`` or ``"track"``: the track's own)."""

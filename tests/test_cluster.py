@@ -35,6 +35,12 @@ def test_slurm_options_map_to_submitit_parameters(tmp_path):
     assert load_slurm_options(None) == SlurmOptions()
 
 
+def test_processes_per_job_follow_the_gpus_unless_given():
+    assert SlurmOptions().processes == 1 and SlurmOptions(gpus_per_job=4).processes == 4
+    assert SlurmOptions(gpus_per_job=4, processes_per_job=2).processes == 2
+    assert SlurmOptions(processes_per_job=2).executor_parameters()["tasks_per_node"] == 1  # the job launches them
+
+
 @pytest.mark.parametrize("text, message", [
     ("partiton: gpu\n", "partiton: Extra inputs are not permitted"),
     ("time_min: 0\n", "time_min: Input should be greater than or equal to 1"),

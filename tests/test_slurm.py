@@ -187,3 +187,16 @@ def test_timed_out_job_is_recorded_as_timeout(slurm, make_method, tiny_track_fil
     [record] = Store.load(out).records.values()
     assert record.status == "failed" and record.job.state == "TIMEOUT", record
     assert "ended TIMEOUT (re-run with --retry-failed)" in record.error
+
+
+def test_a_job_runs_its_run_over_two_processes(slurm, tiny_track_file, tmp_path):
+    """``processes_per_job: 2`` (on GPUs: ``gpus_per_job: 2``): the job launches 2 data-parallel processes
+    (gloo here) and its run has one record."""
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, _sweep(tiny_track_file, out, "magnitude_l1", "--executor", "slurm",
+                                         "--slurm-config", str(_options(tmp_path, processes_per_job=2,
+                                                                        cpus_per_job=2))))
+    assert res.exit_code == 0, res.output
+    [record] = Store.load(out).records.values()
+    assert record.status == "ok" and record.job is not None and len(find_records(out)) == 1
+    assert (record.provenance.world_size, record.provenance.backend) == (2, "gloo")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import os
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -120,12 +121,14 @@ def evaluate(
                                            max_call_timeout=max_call_timeout, max_write_mb=max_write_mb))
     _setup(device, threads)
     resolved = _resolve(plan)
+    from harness.protocol import distributed
     from harness.protocol.run import evaluate as run_protocol
     failed = 0
     for spec in resolved.specs:
-        with ProgressDisplay() as progress:
+        with ProgressDisplay(enabled=not distributed.launched() or os.environ.get("RANK") == "0") as progress:
             record, run_dir = run_protocol(spec, progress)
-        out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
+        if distributed.world().main:  # under torchrun: rank 0 speaks for the run
+            out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
         failed += record.status != "ok"
     if failed:
         raise typer.Exit(1)
@@ -240,6 +243,9 @@ def sweep(
     plan_file: Annotated[Optional[Path], typer.Option(
         "--plan", help="a plan file (YAML/JSON, the fields of harness.plan.Plan); flags given here override it")]
     = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="run nothing: measure a few steps of each stage on this device and print the projected "
+                          "device-hours per run and for the sweep")] = False,
     opts: dict = None,
 ) -> None:
     """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
@@ -254,6 +260,12 @@ def sweep(
         fields = {**_plan_fields(opts, explicit), **{k: v for k, v in own.items() if v is not None}}
         plan = Plan.from_file(plan_file, **fields)
     resolved = _resolve(plan)
+    if dry_run:
+        from harness.orchestration.estimate import estimate, markdown
+        _setup(Device(plan.device), opts["threads"])
+        cost = estimate(resolved, log=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        out.print(markdown(cost), highlight=False, soft_wrap=True)
+        return
     if resolved.plan.recipes is not None:
         summary = _run_all(resolved, opts)
         _swap_report(resolved, summary)

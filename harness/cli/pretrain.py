@@ -38,8 +38,12 @@ def pretrain(
     if threads:
         torch.set_num_threads(threads)
     cfg = load_track(track)
-    task = task_for(cfg, data_root=data_root, cache_dir=cache_dir, device=device.value)
+    from harness.protocol import distributed
+    w = distributed.init(device.value)  # under torchrun: pretrain data parallel, rank 0 writes and reports
+    task = task_for(cfg, data_root=data_root, cache_dir=cache_dir, device=distributed.local_device(device.value, w))
     with ProgressDisplay() as progress:
         base = task.base_model(progress)
+    if not w.main:
+        return
     out.print(f"{cfg.id}: {base.path}\nsha256 {base.sha256}\n{cfg.metric} {base.metric:.2f}", highlight=False,
               soft_wrap=True)

@@ -42,6 +42,16 @@ class DatasetBundle:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
+    def training_split(self, recipe) -> Dataset:
+        """The train split as a training ``recipe`` (:class:`specs.track.Recipe`) uses it. In-memory
+        datasets are augmented on the training device by the loop itself, so this is ``train``."""
+        return self.train
+
+    @property
+    def crop_fill(self) -> Optional[tuple[float, ...]]:
+        """The normalized value of a raw zero pixel per channel (what padding before normalization gives)."""
+        return tuple(-m / s for m, s in zip(self.mean, self.std)) if self.mean else None
+
 
 # A loader takes (data_root, image_size); both may be None (loader defaults apply).
 Loader = Callable[[Optional[Path], Optional[int]], DatasetBundle]

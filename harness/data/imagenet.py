@@ -14,6 +14,7 @@ ImageNet mean/std unless the track gives its own (timm's ViT checkpoints use 0.5
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -38,6 +39,17 @@ class ImageFolderBundle(DatasetBundle):
     classes: tuple[str, ...] = ()
     model_variant: str = "imagenet"  # the architecture family a model name should take on this data
 
+    def training_split(self, recipe) -> Dataset:
+        """``train``, or, for a recipe with RandAugment or random erasing, the same images under timm's
+        training transform with them (:func:`train_transform`)."""
+        if not (recipe.auto_augment or recipe.random_erase):
+            return self.train
+        from torch.utils.data import Subset
+        subset = isinstance(self.train, Subset)  # (a bundle limited to some images, e.g. for a cost estimate)
+        ds = copy.copy(self.train.dataset if subset else self.train)  # the same file list: no rescan
+        ds.transform = train_transform(self.image_size, self.mean, self.std, recipe)
+        return Subset(ds, self.train.indices) if subset else ds
+
 
 def _split_dir(root: Path, split: str) -> Path:
     path = root / split
@@ -61,6 +73,22 @@ def transforms(image_size: int, mean: tuple[float, ...], std: tuple[float, ...])
     test = T.Compose([T.Resize(round(image_size / CROP_FRACTION), interpolation=bilinear),
                       T.CenterCrop(image_size), *norm])
     return train, test
+
+
+def train_transform(image_size: int, mean: tuple[float, ...], std: tuple[float, ...], recipe):
+    """timm's ImageNet training transform (``timm.data.create_transform``) configured as torchvision's
+    reference recipe with ``--auto-augment`` / ``--random-erase``: RandomResizedCrop (bilinear, scale
+    0.08-1) + horizontal flip + the recipe's auto-augment + normalize + random erasing (constant, one
+    box); no colour jitter (torchvision's reference has none)."""
+    from timm.data import create_transform
+
+    try:
+        return create_transform(image_size, is_training=True, auto_augment=recipe.auto_augment,
+                                interpolation="bilinear", mean=mean, std=std, re_prob=recipe.random_erase,
+                                re_mode="const", re_count=1, color_jitter=0.0, hflip=0.5)
+    except (AssertionError, KeyError, ValueError) as e:
+        raise DatasetError(f"auto_augment {recipe.auto_augment!r}: timm cannot build it ({e}); e.g. 'rand-m9-n2'") \
+            from None
 
 
 def imagenet(data_root: Optional[Path] = None, image_size: Optional[int] = None,

@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from harness.configs import read_mapping
 from harness.errors import HarnessError
-from harness.protocol.run import RunSpec, current_job, evaluate, record_unrun
+from harness.protocol.run import RunSpec, current_job, evaluate, evaluate_distributed, record_unrun
 from harness.store import recorded, run_dir_name, run_key_of
 from harness.store import atomic_write_text
 from harness.store import clean_stale_staging
@@ -54,6 +54,9 @@ class SlurmOptions(Strict):
 
     partition: Optional[str] = Field(None, description="partition (default: the cluster's default partition)")
     gpus_per_job: int = Field(0, ge=0, le=64, description="GPUs per run (with --device cuda)")
+    processes_per_job: Optional[int] = Field(
+        None, ge=1, le=64, description="processes per run, data parallel on one node (torchrun's machinery: "
+                                       "NCCL on GPUs, gloo on CPUs); default: gpus_per_job, or 1")
     cpus_per_job: int = Field(2, ge=1, le=1024, description="CPUs per run; also the run's torch threads")
     mem_gb: float = Field(8, gt=0, description="memory per run, GB")
     time_min: int = Field(60, ge=1, description="time limit per run, minutes; a run that exceeds it is recorded "
@@ -76,6 +79,10 @@ class SlurmOptions(Strict):
         if clash:
             raise ValueError(f"{', '.join(clash)} must be set through the named options, not extra_sbatch")
         return v
+
+    @property
+    def processes(self) -> int:
+        return self.processes_per_job or max(1, self.gpus_per_job)
 
     @property
     def signal_delay_s(self) -> int:
@@ -136,9 +143,10 @@ def _on_stop_signals(time_limit_s: float, delay_s: float) -> None:
 
 
 def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: float = 0,
-            events=None) -> ResultRecord:
+            events=None, processes: int = 1) -> ResultRecord:
     """What one Slurm job runs. Idempotent: a run already recorded ``ok`` is not run again (a
-    re-submitted or requeued job finds it). Every outcome leaves a record in the store."""
+    re-submitted or requeued job finds it). Every outcome leaves a record in the store. With
+    ``processes > 1`` the run is data parallel over that many processes on the job's node."""
     import torch
     torch.set_num_threads(_threads_for_job())
     _on_stop_signals(time_limit_s, signal_delay_s)
@@ -147,6 +155,8 @@ def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: f
     if existing is not None and existing.status == "ok":
         return existing
     try:  # events: a harness.orchestration.events.EventLog (live events and cancelling, on the shared store)
+        if processes > 1:
+            return evaluate_distributed(spec, processes)
         return events.run(spec) if events is not None else evaluate(spec)[0]
     except HarnessError as e:  # bad input seen on the node (e.g. a data root it cannot read)
         return record_unrun(spec, str(e), current_job())[0]
@@ -230,7 +240,8 @@ def run_on_slurm(todo: list[RunSpec], out: Path, options: SlurmOptions,
         executor.update_parameters(**options.executor_parameters())
         try:
             job_fn = functools.partial(run_job, time_limit_s=options.time_min * 60,
-                                       signal_delay_s=options.signal_delay_s, events=events)
+                                       signal_delay_s=options.signal_delay_s, events=events,
+                                       processes=options.processes)
             submitted = executor.map_array(job_fn, [spec for spec, _ in fresh])
         except Exception as e:
             raise HarnessError(f"sbatch refused the sweep: {str(e).strip().splitlines()[-1]}") from None

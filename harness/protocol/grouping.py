@@ -9,7 +9,9 @@ deep copy of it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -82,6 +84,17 @@ def _kind(module) -> tuple[str, bool]:
     return "other", False
 
 
+@contextlib.contextmanager
+def shape_pass():
+    """For forward passes whose outputs only matter through their shapes (tracing the graph, counting
+    MACs): oneDNN off. Every pruned model has new layer shapes, and oneDNN compiles kernels for each new
+    shape on first use, which costs more than the pass itself (4-5x on a batch-1 CIFAR ResNet-18)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about oneDNN's TF32 flag whenever the flags change
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
 class Untraceable(HarnessError):
     """Torch-Pruning cannot build the model's dependency graph; ``str()`` names the layer when known."""
 
@@ -108,9 +121,10 @@ def build_graph(model: nn.Module, example_inputs, config: PruneConfig) -> tp.Dep
         handles.append(m.register_forward_pre_hook(began))
         handles.append(m.register_forward_hook(ended))
     try:
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=config.forward_fn,
-            unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners)
+        with shape_pass():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=config.forward_fn,
+                unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners)
     except Exception as e:
         names = {m: n for n, m in model.named_modules()}
         if running:
@@ -173,9 +187,13 @@ def _depthwise(module: nn.Module) -> bool:
             and module.groups == module.in_channels == module.out_channels)
 
 
-def describe_groups(model: nn.Module, example_inputs, config: PruneConfig) -> list[Group]:
-    """All prunable groups of ``model``, rooted at conv/linear output channels."""
-    DG = build_graph(model, example_inputs, config)
+
+
+def describe_groups(model: nn.Module, example_inputs, config: PruneConfig,
+                    graph: Optional[tp.DependencyGraph] = None) -> list[Group]:
+    """All prunable groups of ``model``, rooted at conv/linear output channels. ``graph``: the model's
+    dependency graph when already built (it stays valid while the model is pruned through it)."""
+    DG = graph or build_graph(model, example_inputs, config)
     names = {m: n for n, m in model.named_modules()}
     params = {p: n for n, p in model.named_parameters()}
     groups = []
@@ -210,12 +228,14 @@ def describe_groups(model: nn.Module, example_inputs, config: PruneConfig) -> li
     return groups
 
 
-def apply_plan(model: nn.Module, example_inputs, config: PruneConfig, plan: dict[str, list[int]]) -> None:
-    """Remove root channels ``plan[group id]`` from ``model`` in place."""
+def apply_plan(model: nn.Module, example_inputs, config: PruneConfig, plan: dict[str, list[int]],
+               graph: Optional[tp.DependencyGraph] = None) -> None:
+    """Remove root channels ``plan[group id]`` from ``model`` in place (through ``graph``, its dependency
+    graph, when given)."""
     plan = {gid: idxs for gid, idxs in plan.items() if idxs}
     if not plan:
         return
-    DG = build_graph(model, example_inputs, config)
+    DG = graph or build_graph(model, example_inputs, config)
     modules = dict(model.named_modules())
     for gid, idxs in plan.items():
         root = modules[gid]
@@ -229,8 +249,19 @@ def apply_plan(model: nn.Module, example_inputs, config: PruneConfig, plan: dict
 @torch.no_grad()
 def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
     """MACs and parameters of ``model`` as Torch-Pruning counts them (one sample)."""
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs)  # counts on a deep copy
+    with shape_pass():
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)  # counts on a deep copy
     return float(macs), int(params)
+
+
+@torch.no_grad()
+def count_layer_macs(model: nn.Module, example_inputs) -> tuple[float, int, dict[str, float]]:
+    """:func:`count_macs_params` plus each module's own MACs (by module name; the same count)."""
+    with shape_pass():
+        macs, params, per_module, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+    names = {m: n for n, m in model.named_modules()}
+    layers = {names[m]: float(v) for m, v in per_module.items() if v and m in names}
+    return float(macs), int(params), layers
 
 
 def layer_channels(model: nn.Module) -> dict[str, int]:

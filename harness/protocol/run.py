@@ -14,10 +14,13 @@ error, and no partial artifacts are left behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import os
 import shutil
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -27,10 +30,12 @@ import torch.nn as nn
 
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
-from harness.protocol.grouping import check_applicable, count_macs_params, describe_groups, layer_channels
+from harness.protocol import distributed
+from harness.protocol.grouping import (build_graph, check_applicable, count_layer_macs, count_macs_params,
+                                       describe_groups, layer_channels)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
-from harness.protocol.pruning import Unreachable, make_planner, search_speedup
+from harness.protocol.pruning import Unreachable, make_planner, prune_round
 from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
@@ -161,11 +166,13 @@ def _check(spec: RunSpec) -> None:
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
     """Run the protocol once; returns the record and the run directory it was written to."""
     _check(spec)
+    spec, progress, w = _join_world(spec, progress)
     track, reg = spec.track, spec.regularizer
     key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
+    _check_recipes(spec, task)
     base = task.base_model(progress)
     needy = [s.manifest for s in (spec.method, reg) if s is not None and s.manifest.requires]
     if needy:  # a model a method cannot score: bad input, refused before anything is written
@@ -176,13 +183,14 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
                 check_applicable(manifest, probe, probe_input, probe_groups)
     recipe = spec.retrain_recipe()
     target_dir = run_dir(spec, key)
-    staging = new_staging(target_dir)
+    staging = new_staging(target_dir) if w.main else Path(tempfile.mkdtemp(prefix="pbench-rank-"))
 
     model = copy.deepcopy(base.model).to(spec.device)
     example = task.example_inputs()
     macs, params = count_macs_params(model, example)
     dense = Dense(macs, params, layer_channels(model))
     fields = _record_fields(spec, key, base.sha256, started, current_job())
+    fields["provenance"] = _with_training(fields["provenance"], spec, task, w)
     info = method_info(spec, spec.method, spec.hyperparameters)
     if reg is not None:
         fields["regularizer"] = method_info(spec, reg, spec.reg_hyperparameters)
@@ -195,7 +203,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             timing["reg_s"] = _sparsify_stage(spec, task, model, example, progress)
             if spec.save_models:
                 task.save(model, staging / "sparse.pt")
-        pruned = _prune_stage(spec, task, model, example, dense, progress)
+        pruned = _prune_everywhere(spec, task, model, example, dense, progress)
         timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
         model = pruned.model
         metric = metric.model_copy(update={"pruned": task.evaluate(model)})
@@ -227,23 +235,130 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             files={n: n for n in ("sparse.pt", "pruned.pt", "final.pt") if (staging / n).exists()},
             finished_at=_now(), **fields)
     except (MethodFailure, Unreachable) as e:
-        record = _failed(str(e), info, spec, metric, dense, timing, t_start, fields)
-    except HarnessError:
+        record, failure = _failed(str(e), info, spec, metric, dense, timing, t_start, fields), e
+    except HarnessError as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if not w.main and not distributed.everywhere(e):  # rank 0 is elsewhere: it records why (torchrun stops it)
+            distributed.note_failure(_rank_notes(target_dir), one_line(e))
         raise
     except Exception as e:  # a crash inside the harness must not lose the sweep: record it
-        record = _failed(f"internal error: {one_line(e)}", info, spec, metric, dense, timing, t_start, fields)
+        error = _distributed_error(e, target_dir) if w.distributed else f"internal error: {one_line(e)}"
+        record, failure = _failed(error, info, spec, metric, dense, timing, t_start, fields), e
+    else:
+        failure = None
     if record.status == "failed":
         for f in staging.iterdir():
             f.unlink()
-    publish(record, staging, target_dir)
+    if not w.main:
+        shutil.rmtree(staging, ignore_errors=True)
+        if failure is not None and not distributed.everywhere(failure):
+            if not isinstance(failure, distributed.WorkerStopped):  # (stopped because another rank failed)
+                distributed.note_failure(_rank_notes(target_dir), one_line(failure))
+            return record, target_dir  # out of step with rank 0: exit, and torchrun stops the others
+    else:
+        publish(record, staging, target_dir)
+    if failure is None or distributed.everywhere(failure):
+        distributed.barrier()  # rank 0 has published before any rank exits (an exit stops the others)
     return record, target_dir
 
 
+# --------------------------------------------------------------------------- one run over N processes
+
+
+def _join_world(spec: RunSpec, progress: Optional[Progress]) -> tuple[RunSpec, Optional[Progress], "distributed.World"]:
+    """Under torchrun: join the process group, take this rank's GPU, and leave files, latency and
+    progress to rank 0 (which alone talks to the methods and writes the record)."""
+    w = distributed.init(spec.device)
+    if not w.distributed:
+        return spec, progress, w
+    spec = dataclasses.replace(spec, device=distributed.local_device(spec.device, w),
+                               save_models=spec.save_models and w.main, measure_latency=spec.measure_latency and w.main)
+    return spec, progress if w.main else None, w
+
+
+def _check_recipes(spec: RunSpec, task: Task) -> None:
+    """Bad input, before anything runs: every recipe this run trains with must suit the task here."""
+    if spec.track.checkpoint.pretrain is not None:
+        task.check_recipe(spec.track.checkpoint.pretrain, "checkpoint.pretrain")
+    if spec.regularizer is not None:
+        task.check_recipe(spec.track.sparsify, "sparsify")
+    task.check_recipe(spec.retrain_recipe(), "retrain")
+
+
+def _with_training(prov, spec: RunSpec, task: Task, w: "distributed.World"):
+    """The provenance with the process count, the backend and what each training stage applies."""
+    stages = {"retrain": spec.retrain_recipe()}
+    if spec.regularizer is not None:
+        stages["sparsify"] = spec.track.sparsify
+    training = {name: s for name, r in stages.items() if (s := task.training_settings(r)) is not None}
+    return prov.model_copy(update={"world_size": w.size, "backend": w.backend, "training": training})
+
+
+def _prune_everywhere(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
+                      progress: Optional[Progress]) -> Pruned:
+    """The prune stage on rank 0 (the only rank that talks to the method); every rank gets its result,
+    the pruned model included (sent from the CPU, placed on each rank's device)."""
+    return distributed.on_main(
+        lambda: _prune_stage(spec, task, model, example, dense, progress),
+        to_others=lambda p: dataclasses.replace(p, model=copy.deepcopy(p.model).cpu()),
+        from_main=lambda p: dataclasses.replace(p, model=p.model.to(spec.device)))
+
+
+def evaluate_distributed(spec: RunSpec, processes: int) -> ResultRecord:
+    """``evaluate(spec)`` over ``processes`` local processes, launched with torchrun's machinery
+    (:func:`harness.protocol.distributed.launch`; NCCL on GPUs, gloo on CPU), supervised: when a process
+    dies before rank 0 has recorded the run (rank 0 itself killed, out of memory...), this records it
+    as failed. Returns rank 0's record."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    key = run_key_of(spec)
+    before = recorded(spec, key)
+    threads = max(1, torch.get_num_threads() // processes)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # as torchrun does: CPUs shared by the processes
+    try:
+        return distributed.launch(_evaluate_rank, (spec, threads), processes, run_id=key[:16])[0]
+    except ChildFailedError as e:
+        mine = recorded(spec, key)
+        if mine is not None and (before is None or mine.started_at != before.started_at):
+            return mine  # rank 0 recorded the failure itself
+        notes = distributed.noted_failures(_rank_notes(run_dir(spec, key)), wait_s=0)  # (and removes them)
+        rank, failure = e.get_first_failure()
+        why = f"exit code {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+        last = [line for line in str(message).splitlines() if line.strip()][-1:]
+        detail = notes[0] if notes else last[0].strip() if last else ""
+        return record_unrun(spec, f"distributed run failed: rank {rank} ended ({why}) before the run was "
+                                  f"recorded" + (f": {detail}" if detail else ""), current_job())[0]
+
+
+def _evaluate_rank(spec: RunSpec, threads: int) -> Optional[ResultRecord]:
+    """One process of :func:`evaluate_distributed` (rank 0 returns the record; bad input is recorded)."""
+    torch.set_num_threads(threads)
+    try:
+        return evaluate(spec)[0]
+    except HarnessError as e:
+        return record_unrun(spec, str(e), current_job())[0] if distributed.world().main else None
+
+
+def _rank_notes(target_dir: Path) -> Path:
+    return target_dir.with_name(f".{target_dir.name}.ranks")
+
+
+def _distributed_error(e: Exception, target_dir: Path) -> str:
+    """The failure of a distributed run as one line: what another rank said about its own failure,
+    else what this rank saw (a peer's closed connection, or torchrun stopping it)."""
+    distributed.shield()
+    notes = distributed.noted_failures(_rank_notes(target_dir)) if distributed.world().main else []
+    seen = one_line(e) if isinstance(e, distributed.WorkerStopped) else f"internal error: {one_line(e)}"
+    return f"distributed run failed: {notes[0]}" if notes else \
+        f"distributed run failed on rank {distributed.world().rank}: {seen}"
+
+
 def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progress: Optional[Progress]) -> float:
-    """Step 1: start the regularizer (same runner as the importance method) and sparse-train ``model``
-    in place with the track's ``sparsify`` recipe; returns the wall time (seconds)."""
-    with _client(spec, spec.regularizer, spec.reg_hyperparameters) as client:
+    """Step 1: start the regularizer (same runner as the importance method; under torchrun on rank 0
+    only) and sparse-train ``model`` in place with the track's ``sparsify`` recipe; returns the wall time
+    (seconds)."""
+    main = distributed.world().main
+    with _client(spec, spec.regularizer, spec.reg_hyperparameters) if main else nullcontext() as client:
         groups = describe_groups(model, example, task.prune_config(model))
         return sparsify(task, model, spec.track.sparsify, client, groups, spec.seed, progress)
 
@@ -259,8 +374,12 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
         base_channels: dict[str, int] = {}
         macs, params = dense.macs, dense.params
         rounds = track.pruning.rounds
+        # rounds are guided by per-layer MACs; progressive pruning prunes its own copy in place (see prune_round)
+        layers = count_layer_macs(model, example)[2]
+        model = copy.deepcopy(model) if rounds > 1 else model
+        graph = build_graph(model, example, task.prune_config(model)) if rounds > 1 else None
         for r in range(rounds):
-            groups = describe_groups(model, example, task.prune_config(model))
+            groups = describe_groups(model, example, task.prune_config(model), graph)
             if r == 0:
                 base_channels = {g.id: g.n_channels for g in groups}
             obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
@@ -268,8 +387,8 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
             scores = client.score(r, groups, obs)
             planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
                                    track.pruning.min_channel_fraction)
-            found = search_speedup(model, example, task.prune_config, planner, dense.macs, macs,
-                                   spec.speedup ** ((r + 1) / rounds))
+            found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
+                                        spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
             model, macs, params = found.model, found.macs, found.params
             task.after_prune(model)
             if progress:

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from harness.errors import MethodFailure
+from harness.protocol import distributed
 from harness.protocol.observations import param_keys
 from harness.protocol.train import Progress
 from harness.runners.base import MethodClient, RegGrads, RegularizerLink
@@ -71,15 +72,19 @@ def make_grad_hook(model: nn.Module, groups: list[Group], link: RegularizerLink)
     return hook
 
 
-def sparsify(task: Task, model: nn.Module, recipe: Recipe, client: MethodClient, groups: list[Group], seed: int,
+def sparsify(task: Task, model: nn.Module, recipe: Recipe, client: Optional[MethodClient], groups: list[Group], seed: int,
              progress: Optional[Progress] = None) -> float:
     """Sparse-train ``model`` in place with ``recipe``, adding the regularizer's gradients after
-    every backward pass. Returns the wall time (seconds)."""
-    link = client.regularizer_link(groups)
+    every backward pass. Returns the wall time (seconds).
+
+    Under torchrun only rank 0 has a ``client`` (``None`` elsewhere): it asks the regularizer once per
+    step and every rank adds the same answer (the ranks hold the same weights)."""
+    link = client.regularizer_link(groups) if client is not None else None
     t0 = time.perf_counter()
     try:
         task.train(model, recipe, seed=seed, progress=progress, stage="sparsify",
-                   grad_hook=make_grad_hook(model, groups, link))
+                   grad_hook=make_grad_hook(model, groups, distributed.shared(link)))
     finally:
-        link.close()
+        if link is not None:
+            link.close()
     return time.perf_counter() - t0

@@ -18,6 +18,7 @@ from specs.track import Recipe, TrackConfig
 
 if TYPE_CHECKING:
     from harness.protocol.checkpoints import BaseCheckpoint
+    from specs.result import TrainingSettings
 
 
 
@@ -74,6 +75,14 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module) -> float:
         """The track's metric on the test split (percent)."""
+
+    def check_recipe(self, recipe: Recipe, what: str) -> None:
+        """Raise HarnessError (bad input, before anything runs) if this task cannot train with ``recipe``
+        here (e.g. its batch does not split over the run's processes). ``what`` names it in the message."""
+
+    def training_settings(self, recipe: Recipe) -> Optional["TrainingSettings"]:
+        """What training with ``recipe`` applies on this device (recorded in the provenance), if known."""
+        return None
 
     def after_prune(self, model: nn.Module) -> None:
         """Fix attributes Torch-Pruning cannot update (e.g. attention heads): the model adapter's fix-up."""

@@ -23,7 +23,8 @@ from harness.models import classifier_of, variants_of
 from harness.registry import resolve
 from harness.protocol.train import GradHook, Progress
 from harness.tasks.base import Task
-from harness.protocol.train import calibration_batches, evaluate_top1, train
+from harness.protocol.train import calibration_batches, check_recipe, evaluate_top1, settings, train_bundle
+from specs.result import TrainingSettings
 from specs.track import DatasetRef, Recipe
 
 
@@ -81,8 +82,14 @@ class ClassificationTask(Task):
 
     def train(self, model: nn.Module, recipe: Recipe, seed: int, progress: Optional[Progress] = None,
               stage: str = "train", grad_hook: Optional[GradHook] = None) -> nn.Module:
-        return train(model, self.data.train, recipe, seed=seed, device=self.device, grad_hook=grad_hook,
-                     progress=progress, stage=stage)
+        return train_bundle(model, self.data, recipe, seed=seed, device=self.device, grad_hook=grad_hook,
+                            progress=progress, stage=stage)
+
+    def check_recipe(self, recipe: Recipe, what: str) -> None:
+        check_recipe(recipe, self.data.training_split(recipe), what)
+
+    def training_settings(self, recipe: Recipe) -> TrainingSettings:
+        return settings(recipe, self.data.training_split(recipe), self.device)
 
     def evaluate(self, model: nn.Module) -> float:
         return evaluate_top1(model, self.data.test, device=self.device)

@@ -82,6 +82,13 @@ def trainer_overrides(recipe: Recipe, image_size: int, seed: int, device: str) -
         raise HarnessError("detection recipes do not support label_smoothing")
     if recipe.augmentation == "randaug":
         raise HarnessError("detection recipes support augmentation none, crop or crop_flip, not randaug")
+    unsupported = [f for f in ("mixup_alpha", "cutmix_alpha", "auto_augment", "random_erase", "ra_repeats",
+                               "clip_grad_norm", "channels_last", "compile") if getattr(recipe, f)]
+    if unsupported or recipe.amp == "bf16" or not recipe.nesterov or recipe.bias_norm_decay:
+        what = unsupported[0] if unsupported else "amp: bf16" if recipe.amp == "bf16" else \
+            "nesterov: false" if not recipe.nesterov else "bias_norm_decay"
+        raise HarnessError(f"detection recipes do not support {what} (Ultralytics' trainer has its own "
+                           f"augmentation and optimizer set-up)")
     args = dict(
         epochs=recipe.epochs, batch=recipe.batch_size, nbs=recipe.batch_size, imgsz=image_size,
         optimizer="AdamW" if recipe.optimizer == "adamw" else "SGD", lr0=recipe.lr, momentum=recipe.momentum,
@@ -234,6 +241,16 @@ class DetectionTask(Task):
 
     # --- training ---------------------------------------------------------------------------
 
+    def check_recipe(self, recipe: Recipe, what: str) -> None:
+        from harness.protocol import distributed
+        if distributed.world().distributed:
+            raise HarnessError("detection tracks run in one process (Ultralytics' trainer launches its own DDP); "
+                               "run without torchrun")
+        try:
+            trainer_overrides(recipe, 640, 0, self.device)  # validation only: the size does not matter
+        except HarnessError as e:
+            raise HarnessError(f"{what}: {e}") from None
+
     def train(self, model: nn.Module, recipe: Recipe, seed: int, progress: Optional[Progress] = None,
               stage: str = "train", grad_hook: Optional[GradHook] = None) -> nn.Module:
         """Train in place with Ultralytics' trainer; the model ends with the EMA weights, in eval mode."""
@@ -247,7 +264,7 @@ class DetectionTask(Task):
                                           "name": "train"}, model=model, grad_hook=grad_hook)
             if progress:
                 trainer.add_callback("on_train_epoch_end", lambda t: progress(
-                    stage, t.epoch + 1, t.epochs, **({"loss": float(t.tloss.sum())} if t.tloss is not None else {})))
+                    stage, t.epoch + 1, t.epochs, **_epoch_loss(t)))
             trainer.train()
             ema = trainer.ema.ema if trainer.ema is not None else model
             model.load_state_dict(ema.state_dict())
@@ -354,3 +371,13 @@ class _Trainer(DetectionTrainer):
 
     def final_eval(self):
         pass
+
+
+def _epoch_loss(trainer) -> dict:
+    """``{"loss": the epoch's mean total training loss}`` from an Ultralytics trainer, if it has one
+    (``tloss`` is a tensor of the loss items, or a dict of them in recent versions)."""
+    items = trainer.tloss
+    if items is None:
+        return {}
+    values = items.values() if isinstance(items, dict) else [items]
+    return {"loss": float(sum(float(torch.as_tensor(v).sum()) for v in values))}
