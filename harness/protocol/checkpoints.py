@@ -1,13 +1,39 @@
 """Base checkpoints: a local file with a known sha256, or trained by the harness
 with the track's pretrain recipe and cached by the hash of everything that
-determines it (model, dataset, recipe, seed)."""
+determines it (model, dataset, recipe, seed).
+
+**Reproducible bases.** CPU training is bitwise deterministic for a given numeric environment, but
+that environment differs between machines and callers: PyTorch and oneDNN pick kernels by the CPU's
+instruction set (AVX-512 vs AVX2 round differently), and reductions are split by the number of torch
+threads (``--jobs 2`` gives each worker one thread). The committed digits records' base ``a3d9a9fe…``
+was trained on an AVX-512 machine with 2 threads; a fresh AVX2 machine trains ``2905edf4…`` (reproduced
+here with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``), and 1 thread gives yet another digest.
+A file's digest also depended on its *name*: ``torch.save(obj, path)`` names the zip archive inside after the
+file, so the same weights saved under another cache key had another sha256; :func:`write_state` serializes
+through a buffer (archive name ``archive``), so the digest depends on the weights alone.
+So CPU pretraining runs in a child process with one canonical environment (:data:`CANONICAL_CPU_ENV`:
+AVX2 kernels for ATen, oneDNN and MKL, :data:`PRETRAIN_THREADS` threads), whatever the caller's thread
+count, ``--jobs`` or CPU (any x86-64 CPU with AVX2 trains the same bits). GPU pretraining runs in
+process and is not bitwise portable; a track can pin the digest it expects (``checkpoint.sha256``, also
+for pretrain tracks): a cached or freshly trained file that differs raises :class:`BaseMismatch`, one
+line naming both digests (the protocol records it as the run's failure).
+
+**The digest before the run.** The base checkpoint's sha256 is part of every run key, so it must be
+known before a run starts (sweeps skip recorded runs, Slurm jobs are keyed by the driver):
+:func:`base_sha256` gives it without loading a model — the published file's digest, the cached file's,
+else the track's pin, else (``train=True``) by training the base once.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,7 +50,17 @@ from harness.protocol.train import Progress, evaluate_top1, train
 from specs.track import Checkpoint, TrackConfig
 
 #: bump when the training loop changes in a way that changes trained weights
-TRAINER_VERSION = 2  # 2: initial weights seeded by pretrain_seed alone
+TRAINER_VERSION = 3  # 2: initial weights seeded by pretrain_seed alone; 3: canonical CPU environment
+#: torch/OpenMP/MKL threads of CPU pretraining (fixed: results depend on how reductions are split; one thread
+#: also avoids OpenMP barrier stalls on a busy machine)
+PRETRAIN_THREADS = 1
+#: the numeric environment of CPU pretraining (read by the libraries at start-up, hence a child process)
+CANONICAL_CPU_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
+                     "OMP_NUM_THREADS": str(PRETRAIN_THREADS), "MKL_NUM_THREADS": str(PRETRAIN_THREADS)}
+
+
+class BaseMismatch(HarnessError):
+    """The base checkpoint file is not the one the track (or the run key) expects."""
 
 
 def default_cache_dir() -> Path:
@@ -44,11 +80,53 @@ def build_model(track: TrackConfig, data: DatasetBundle) -> nn.Module:
                         image_size=data.image_size, **track.model.kwargs)
 
 
+def initial_model(track: TrackConfig, data: DatasetBundle) -> nn.Module:
+    """The untrained base model: its initial weights depend on ``pretrain_seed`` only, never on whatever
+    the caller's generator state happens to be."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(track.checkpoint.pretrain_seed)
+        return build_model(track, data)
+
+
 def pretrain_key(track: TrackConfig) -> str:
     ident = {"model": track.model.model_dump(mode="json"), "dataset": track.dataset.model_dump(mode="json"),
              "recipe": track.checkpoint.pretrain.model_dump(mode="json"), "seed": track.checkpoint.pretrain_seed,
              "trainer": TRAINER_VERSION}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def cache_path(track: TrackConfig, cache_dir: Optional[Path] = None) -> Path:
+    """Where a classification track's trained base checkpoint is cached."""
+    cache = Path(cache_dir or default_cache_dir()) / "checkpoints"
+    return cache / f"{track.model.name}-{track.dataset.name}-{pretrain_key(track)[:16]}.pt"
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered while its size and modification time stay the same."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
+def write_state(model: nn.Module, path: Path) -> None:
+    """Save ``model``'s state dict (on the CPU) so that the file's bytes depend on the weights only."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    Path(path).write_bytes(buf.getvalue())
+
+
+def check_pin(track: TrackConfig, path: Path, digest: str) -> None:
+    """A trained (cached) base must be the one the track pins, if it pins one."""
+    pin = track.checkpoint.sha256
+    if pin and digest != pin:
+        raise BaseMismatch(f"base checkpoint {path} has sha256 {digest}, but track {track.id} pins {pin} (trained "
+                           f"on another kind of machine or by other code: delete the file to retrain it here, or "
+                           f"update the pin)")
 
 
 def _load_state(model: nn.Module, path: Path) -> None:
@@ -65,38 +143,91 @@ def verified_file(ck: Checkpoint) -> tuple[Path, str]:
     if not path.is_file():
         raise HarnessError(f"base checkpoint not found: expected {path}"
                            + (f" (sha256 {ck.sha256})" if ck.sha256 else ""))
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if ck.sha256 and digest != ck.sha256:
-        raise HarnessError(f"{path}: sha256 {digest} does not match the track's {ck.sha256}")
+        raise BaseMismatch(f"{path}: sha256 {digest} does not match the track's {ck.sha256}")
     return path, digest
 
 
-def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path] = None, device: str = "cpu",
-              progress: Optional[Progress] = None) -> BaseCheckpoint:
+def base_sha256(track: TrackConfig, data_root: Optional[Path] = None, cache_dir: Optional[Path] = None,
+                device: str = "cpu", train: bool = True, progress: Optional[Progress] = None) -> Optional[str]:
+    """The sha256 of the base checkpoint runs of ``track`` start from, known before any run: the published
+    file's (checked against the track's), the cached trained file's (checked against the track's pin), else
+    the pin; with nothing cached and no pin, ``train=True`` trains the base now (``None`` otherwise).
+    Raises :class:`BaseMismatch` when a file differs from the pin."""
     ck = track.checkpoint
-    with torch.random.fork_rng(devices=[]):  # the initial weights depend on pretrain_seed only, never on
-        torch.manual_seed(ck.pretrain_seed)  # whatever the caller's generator state happens to be
-        model = build_model(track, data)
+    if ck.path is not None:
+        return verified_file(ck)[1]
+    path = cache_path(track, cache_dir)
+    if path.is_file():
+        digest = file_sha256(path)
+        check_pin(track, path, digest)
+        return digest
+    if ck.sha256:
+        return ck.sha256
+    if not train:
+        return None
+    from harness.tasks import task_for  # a task knows where its base is cached (detection has its own cache)
+    return task_for(track, data_root=data_root, cache_dir=cache_dir, device=device).base_model(progress).sha256
+
+
+def _pretrain_in_child(track: TrackConfig, data_root: Optional[Path], out: Path,
+                       progress: Optional[Progress]) -> None:
+    """Train the base on the CPU in a fresh process under :data:`CANONICAL_CPU_ENV`; its state dict goes
+    to ``out``. Progress lines from the child are passed on to ``progress``."""
+    import harness
+    root = str(Path(harness.__file__).resolve().parents[1])  # the child imports this very harness
+    env = {**os.environ, **CANONICAL_CPU_ENV,
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with tempfile.TemporaryDirectory(prefix="pbench-pretrain-") as tmp:
+        spec = Path(tmp) / "track.json"
+        spec.write_text(track.model_dump_json())
+        cmd = [sys.executable, "-m", "harness.protocol.checkpoints", str(spec), str(out)]
+        if data_root is not None:
+            cmd += ["--data-root", str(data_root)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            if line.startswith("progress ") and progress:
+                done, total, info = line.split(" ", 3)[1:]
+                progress("pretrain", int(done), int(total), **json.loads(info))
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            last = err.strip().splitlines()[-1] if err.strip() else f"exit code {proc.returncode}"
+            raise HarnessError(f"pretraining the base of track {track.id} failed: {last}")
+
+
+def _train_base(track: TrackConfig, data: DatasetBundle, model: nn.Module, data_root: Optional[Path], path: Path,
+                device: str, progress: Optional[Progress]) -> None:
+    tmp = path.with_suffix(".tmp")
+    ck = track.checkpoint
+    if device == "cpu":
+        _pretrain_in_child(track, data_root, tmp, progress)
+        _load_state(model, tmp)
+    else:
+        train(model, data.train, ck.pretrain, seed=ck.pretrain_seed, device=device, progress=progress,
+              stage="pretrain")
+        write_state(model, tmp)
+    os.replace(tmp, path)
+
+
+def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path] = None, device: str = "cpu",
+              progress: Optional[Progress] = None, data_root: Optional[Path] = None) -> BaseCheckpoint:
+    ck = track.checkpoint
+    model = initial_model(track, data)
     if ck.path is not None:
         path, digest = verified_file(ck)
         _load_state(model, path)
         return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
 
-    cache = Path(cache_dir or default_cache_dir()) / "checkpoints"
-    cache.mkdir(parents=True, exist_ok=True)
-    key = pretrain_key(track)
-    path = cache / f"{track.model.name}-{track.dataset.name}-{key[:16]}.pt"
-    with open(cache / f".{path.name}.lock", "w") as lock:
+    path = cache_path(track, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs train a missing checkpoint once
         if not path.exists():
-            train(model, data.train, ck.pretrain, seed=ck.pretrain_seed, device=device, progress=progress,
-                  stage="pretrain")
-            tmp = path.with_suffix(".tmp")
-            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-            os.replace(tmp, path)
-        else:
-            _load_state(model, path)
-    digest = sha256_file(path)
+            _train_base(track, data, model, data_root, path, device, progress)
+        digest = file_sha256(path)
+        check_pin(track, path, digest)
+        _load_state(model, path)
     return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
 
 
@@ -115,3 +246,31 @@ def _base_metric(model: nn.Module, data: DatasetBundle, path: Path, digest: str,
     except OSError:
         pass  # read-only checkpoint folder: recompute next time
     return top1
+
+
+def _child_main(argv: list[str]) -> None:
+    """``python -m harness.protocol.checkpoints TRACK.json OUT.pt [--data-root DIR]``: CPU pretraining in
+    the canonical environment (started by :func:`_pretrain_in_child`, which sets it)."""
+    import argparse
+
+    from harness.tasks.classification import load_track_dataset
+    parser = argparse.ArgumentParser()
+    parser.add_argument("track", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data-root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(PRETRAIN_THREADS)
+    track = TrackConfig.model_validate_json(args.track.read_text())
+    data = load_track_dataset(track.dataset, args.data_root)
+    model = initial_model(track, data)
+
+    def progress(stage: str, done: int, total: int, **info) -> None:
+        print(f"progress {done} {total} {json.dumps(info)}", flush=True)
+
+    ck = track.checkpoint
+    train(model, data.train, ck.pretrain, seed=ck.pretrain_seed, device="cpu", progress=progress, stage="pretrain")
+    write_state(model, args.out)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

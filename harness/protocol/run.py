@@ -14,6 +14,7 @@ error, and no partial artifacts are left behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -26,10 +27,12 @@ import torch.nn as nn
 
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
+from harness.protocol.batchnorm import recalibrate
+from harness.protocol.checkpoints import BaseMismatch, base_sha256
 from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
-from harness.protocol.pruning import Unreachable, make_planner, search_speedup
+from harness.protocol.pruning import Ties, Unreachable, make_planner, search_speedup
 from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
@@ -37,7 +40,8 @@ from harness.runners import client_class
 from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
                            run_key_of)
 from harness.tasks import Task, task_for
-from specs.result import BeforeAfter, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
+from specs.result import (BeforeAfter, Diagnostics, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing,
+                          TrackInfo)
 from specs.sdk import one_line, seed_everything
 from specs.track import TrackConfig
 
@@ -66,12 +70,44 @@ class RunSpec:
     measure_latency: bool = True
     #: recipe-swap mode: retrain with the track's alternative recipe of this name (None = ``track.retrain``)
     recipe: Optional[str] = None
+    #: sha256 of the base checkpoint (part of the run key), resolved before the run by :func:`with_base`;
+    #: None = resolve it when the key is computed. A base that differs at run time is a recorded failure
+    base_sha256: Optional[str] = None
 
     def retrain_recipe(self):
         try:
             return self.track.retrain_recipe(self.recipe)
         except ValueError as e:
             raise HarnessError(str(e)) from None
+
+
+def with_base(spec: RunSpec, train: bool = True) -> RunSpec:
+    """``spec`` with ``base_sha256`` resolved (:func:`harness.protocol.checkpoints.base_sha256`: the published
+    file's digest, the cached trained base's, the track's pin, or - ``train`` - the base trained now).
+    Raises :class:`HarnessError` when it cannot be known without training and ``train`` is false, and
+    :class:`BaseMismatch` when a file differs from the track's pin."""
+    if spec.base_sha256 is not None:
+        return spec
+    digest = base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=train)
+    if digest is None:
+        raise HarnessError(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
+                           f"its sha256: run `pbench-harness pretrain {spec.track.id}` first (with the same cache "
+                           f"folder), or pin checkpoint.sha256 in the track")
+    return dataclasses.replace(spec, base_sha256=digest)
+
+
+def with_bases(specs: list[RunSpec], train: bool = True) -> list[RunSpec]:
+    """:func:`with_base` for many runs, resolving each distinct base once."""
+    resolved: dict[tuple, str] = {}
+    out = []
+    for spec in specs:
+        ident = (spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device)
+        if spec.base_sha256 is None and ident in resolved:
+            spec = dataclasses.replace(spec, base_sha256=resolved[ident])
+        spec = with_base(spec, train)
+        resolved.setdefault(ident, spec.base_sha256)
+        out.append(spec)
+    return out
 
 
 def _now() -> str:
@@ -130,6 +166,7 @@ class Pruned:
     base_channels: dict[str, int]  # root channels of every group of the unpruned model
     step_s: float                  # observations + scoring + pruning
     score_s: float                 # inside the method
+    ties: list[Ties] = field(default_factory=list)  # per round: how much the method's scores tied
 
 
 def method_info(spec: RunSpec, source: MethodSource, hyperparameters: dict) -> MethodInfo:
@@ -152,12 +189,20 @@ def _check(spec: RunSpec) -> None:
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
     """Run the protocol once; returns the record and the run directory it was written to."""
     _check(spec)
+    try:
+        spec = with_base(spec)
+    except BaseMismatch as e:  # the cached base is not the track's pinned one: recorded under the pin
+        spec = dataclasses.replace(spec, base_sha256=spec.track.checkpoint.sha256)
+        return _record_failure(spec, run_key_of(spec), str(e))
     track, reg = spec.track, spec.regularizer
     key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
-    base = task.base_model(progress)
+    try:
+        base = _base_stage(spec, task, progress)
+    except BaseMismatch as e:
+        return _record_failure(spec, key, str(e))
     recipe = spec.retrain_recipe()
     target_dir = run_dir(spec, key)
     staging = new_staging(target_dir)
@@ -180,7 +225,9 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         pruned = _prune_stage(spec, task, model, example, dense, progress)
         timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
         model = pruned.model
-        metric = metric.model_copy(update={"pruned": task.evaluate(model)})
+        metric = metric.model_copy(update={"pruned": task.evaluate(model),
+                                           "pruned_recal": _recalibrate_stage(spec, task, model)})
+        fields["diagnostics"] = _diagnostics(pruned.ties)
         if spec.save_models:
             task.save(model, staging / "pruned.pt")
         t0 = time.perf_counter()
@@ -218,6 +265,33 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     return record, target_dir
 
 
+def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
+    """The base checkpoint, which must be the one the run is keyed by (else :class:`BaseMismatch`)."""
+    base = task.base_model(progress)
+    if base.sha256 != spec.base_sha256:
+        raise BaseMismatch(f"base checkpoint {base.path} has sha256 {base.sha256}, but the run was keyed by "
+                           f"{spec.base_sha256} (the file changed since: re-run to key it by the new base)")
+    return base
+
+
+def _recalibrate_stage(spec: RunSpec, task: Task, model: nn.Module) -> Optional[float]:
+    """The metric of a copy of the pruned ``model`` whose BatchNorm statistics are re-estimated on the
+    track's calibration images (:mod:`harness.protocol.batchnorm`); ``None`` without BatchNorm. ``model``
+    itself is not changed: retraining starts from the pruned model as it is."""
+    recal = copy.deepcopy(model)
+    if not recalibrate(recal, task.calibration_batches(spec.seed), task.loss):
+        return None
+    return task.evaluate(recal)
+
+
+def _diagnostics(ties: list[Ties]) -> Diagnostics:
+    """The record's tie diagnostics, summed over pruning rounds."""
+    units = sum(t.units for t in ties)
+    constant = sorted({g for t in ties for g in t.constant_groups})
+    return Diagnostics(tied_fraction=sum(t.tied for t in ties) / units if units else 0.0,
+                       constant_groups=constant, groups=max((t.groups for t in ties), default=0))
+
+
 def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progress: Optional[Progress]) -> float:
     """Step 1: start the regularizer (same runner as the importance method) and sparse-train ``model``
     in place with the track's ``sparsify`` recipe; returns the wall time (seconds)."""
@@ -237,6 +311,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
         base_channels: dict[str, int] = {}
         macs, params = dense.macs, dense.params
         rounds = track.pruning.rounds
+        ties = []
         for r in range(rounds):
             groups = describe_groups(model, example, task.prune_config(model))
             if r == 0:
@@ -245,14 +320,15 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
                           calibration=track.calibration)
             scores = client.score(r, groups, obs)
             planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
-                                   track.pruning.min_channel_fraction)
+                                   track.pruning.min_channel_fraction, seed=spec.seed, round_=r)
+            ties.append(planner.ties())
             found = search_speedup(model, example, task.prune_config, planner, dense.macs, macs,
                                    spec.speedup ** ((r + 1) / rounds))
             model, macs, params = found.model, found.macs, found.params
             task.after_prune(model)
             if progress:
                 progress("prune", r + 1, rounds, macs=macs, speedup=dense.macs / macs)
-        return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds)
+        return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds, ties)
 
 
 def _record_fields(spec: RunSpec, key: str, checkpoint_sha256: Optional[str], started: str,
@@ -274,12 +350,18 @@ def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None) -> tu
     timed out, was preempted, or stopped on bad input) as ``failed`` with ``error``, so that it is
     reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never replaced."""
     key = run_key_of(spec)
-    target_dir = run_dir(spec, key)
     existing = recorded(spec, key)
     if existing is not None and existing.status == "ok":  # the job finished its run before it was stopped
-        return existing, target_dir
+        return existing, run_dir(spec, key)
+    return _record_failure(spec, key, error, job)
+
+
+def _record_failure(spec: RunSpec, key: str, error: str, job: Optional[JobInfo] = None
+                    ) -> tuple[ResultRecord, Path]:
+    """Publish a ``failed`` record for a run that never got to run (its section: the base it is keyed by)."""
+    target_dir = run_dir(spec, key)
     now, reg = _now(), spec.regularizer
-    fields = _record_fields(spec, key, None, now, job)
+    fields = _record_fields(spec, key, spec.base_sha256, now, job)
     if reg is not None:
         fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
                                            hyperparameters=resolved_hyperparameters(reg, spec.reg_hyperparameters))
