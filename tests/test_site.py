@@ -41,16 +41,15 @@ RECORDS = [record("a", 2, 0, 80.0), record("a", 2, 1, 84.0), record("b", 2, 0, 8
 def test_leaderboard_equals_hand_computation():
     rows = {(r.method, r.speedup): r for r in lb.rows(RECORDS)}
     a2, b2, a4, b4 = rows["a", 2], rows["b", 2], rows["a", 4], rows["b", 4]
-    assert a2.final == 82.0 and a2.final_std == pytest.approx(statistics.stdev([80.0, 84.0]))
-    assert b2.final == 83.0 and b2.final_std == 0.0
-    assert (b2.rank, a2.rank) == (1, 2)  # ranked on the mean
-    assert a2.delta == pytest.approx(-8.0) and a2.params_ratio == pytest.approx(0.4)
-    assert a4.rank == 1 and b4.rank is None and b4.final is None and b4.n_failed == 1 and b4.error == "boom"
+    assert a2.final.mean == 82.0 and a2.final.std == pytest.approx(statistics.stdev([80.0, 84.0]))
+    assert b2.final.mean == 83.0 and b2.final.std == 0.0
+    assert (b2.rank, a2.rank) == (1, 1)  # two seeds, differences inside the noise: a tie
+    assert a2.delta.mean == pytest.approx(-8.0) and a2.params_ratio == pytest.approx(0.4)
+    assert a4.rank == 1 and b4.rank is None and b4.final.n == 0 and b4.n_failed == 1 and b4.error == "boom"
     md = lb.markdown(lb.rows(RECORDS))
-    assert "| t | 4x | protected_global | - | b | - | 90.00 | n/a | failed |" in md  # marked, not dropped
+    assert "| t | 4x | protected_global | - | b | - | 0 (+1 failed) | 90.00 | n/a | n/a | failed |" in md  # shown
+    assert "| 70.00 |" in md and "70.00 ±" not in md  # one seed: the value alone
     assert "| n/a |" in md  # these records carry no latency measurement: shown as such
-
-
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="no chromium (apt-get install chromium)")
 def test_site_renders_in_headless_chromium(tmp_path):
     from playwright.sync_api import sync_playwright
@@ -66,7 +65,9 @@ def test_site_renders_in_headless_chromium(tmp_path):
         page.goto((tmp_path / "site" / "index.html").as_uri())
         page.click("text=t")
         assert page.locator("h1").inner_text() == "t"
-        assert page.locator("table tr").count() == 1 + 4  # header + cells a@2, b@2, a@4, b@4 (failed, still shown)
+        main = page.locator("table").first
+        assert main.locator("tr").count() == 1 + 4  # header + cells a@2, b@2, a@4, b@4 (failed, still shown)
+        assert page.locator("table.average").count() == 1  # the Average view over 2x and 4x
         assert page.locator("tr.failed").count() == 1
         assert page.locator("svg").count() >= 3
         visible = page.locator(".run:visible")

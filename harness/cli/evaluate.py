@@ -98,6 +98,12 @@ def _setup(device: Device, threads: Optional[int], executor: Optional["Executor"
         torch.set_num_threads(threads)
 
 
+def _warn_constant(record: ResultRecord) -> None:
+    warning = leaderboard.constant_scores_warning(record)
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
+
+
 def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
     m = record.metric
     who = leaderboard.run_name(record)
@@ -105,7 +111,9 @@ def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
         return f"{who} {record.speedup.target:g}x seed {record.seed}: FAILED: {record.error}"
     reg = f", sparsify {record.timing.reg_s:.1f}s" if record.timing.reg_s is not None else ""
     return (f"{who} {record.speedup.target:g}x seed {record.seed}: "
-            f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f} -> final {m.final:.2f} ({m.delta:+.2f}); "
+            f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f}"
+            + (f" (BN re-estimated {m.pruned_recal:.2f})" if m.pruned_recal is not None else "")
+            + f" -> final {m.final:.2f} ({m.delta:+.2f}); "
             f"speedup {record.speedup.achieved:.2f}x (target {record.speedup.target:g}x), "
             f"params {record.params.pruned / record.params.base:.1%}, min channels kept "
             f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s{reg}"
@@ -139,6 +147,7 @@ def evaluate(
     with ProgressDisplay() as progress:
         record, run_dir = run_protocol(spec, progress)
     out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
+    _warn_constant(record)
     if record.status != "ok":
         raise typer.Exit(1)
 
@@ -192,6 +201,8 @@ def _run_all(specs: list[RunSpec], out_dir: Path, jobs: int, retry_failed: bool,
         line = _summary(record) if how == "ran" else \
             f"{leaderboard.run_name(record)} {record.speedup.target:g}x seed {record.seed}: skipped ({record.status}, recorded)"
         out.print(f"[{next(counter)}/{len(specs)}] {line}", highlight=False, soft_wrap=True)
+        if how == "ran":
+            _warn_constant(record)
 
     def log(line: str) -> None:
         console.print(line, highlight=False, soft_wrap=True)
@@ -232,7 +243,7 @@ def sweep(
                      cache_dir=cache_dir, device=device.value, call_timeout=call_timeout, save_models=not no_models)
     summary = _run_all(specs, out_dir, jobs, retry_failed, executor, slurm_config)
     out.print()
-    out.print(leaderboard.markdown(leaderboard.rows(summary.records)), highlight=False, soft_wrap=True)
+    out.print(leaderboard.report(summary.records), highlight=False, soft_wrap=True)
     _fail_count(summary, len(specs), out_dir)
 
 
@@ -283,7 +294,9 @@ def recipe_swap(
                            save_models=not no_models)
     summary = _run_all(specs, out_dir, jobs, retry_failed, executor, slurm_config)
     out.print()
+    for line in leaderboard.base_warnings(summary.records):
+        console.print(line, highlight=False, soft_wrap=True)
     for target in targets:
-        report = swap.analyse(summary.records, [s.id for s in sources], recipe_list, target, own_map)
-        out.print(swap.markdown(report), highlight=False, soft_wrap=True)
+        for report in swap.analyse_sections(summary.records, [s.id for s in sources], recipe_list, target, own_map):
+            out.print(swap.markdown(report), highlight=False, soft_wrap=True)
     _fail_count(summary, len(specs), out_dir)

@@ -7,6 +7,11 @@ half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 ``jobs`` worker processes (``executor="local"``) or to Slurm, one job per run
 (``executor="slurm"``, :mod:`harness.orchestration.cluster`); one failing run never stops the
 others.
+
+Every run is keyed by its base checkpoint's sha256 (:func:`harness.protocol.run.with_bases` resolves
+it once per track before any run: the local executor trains a missing base here first; Slurm needs
+it trained or pinned), so records of another base in the same store are neither skipped for nor mixed
+with this sweep's: ``log`` gets one line naming them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness.protocol.run import RunSpec, evaluate
+from harness.protocol.run import RunSpec, evaluate, with_bases
 from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
 from specs.result import ResultRecord
@@ -51,13 +56,32 @@ def _absolute(spec: RunSpec) -> RunSpec:
                                cache_dir=spec.cache_dir and Path(spec.cache_dir).resolve())
 
 
+def other_bases(specs: list[RunSpec], records) -> list[str]:
+    """One line per track of ``specs`` whose store also holds records made from another base checkpoint
+    (or another version of the track): they stay out of this sweep's leaderboard."""
+    from harness.views.leaderboard import short
+    mine = {(s.track.id, s.track.hash(), s.base_sha256) for s in specs}
+    lines = []
+    for track in sorted({t for t, _, _ in mine}):
+        others = sorted({(r.track.hash, r.provenance.checkpoint_sha256) for r in records if r.track.id == track}
+                        - {(h, b) for t, h, b in mine if t == track})
+        if others:
+            named = ", ".join(f"base {short(b)} (track {short(h)})" for h, b in others)
+            lines.append(f"warning: the store also holds records of {track} from {named}; this sweep's runs "
+                         f"(base {short(next(b for t, _, b in mine if t == track))}) are never pooled with them")
+    return lines
+
+
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
               on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
               slurm=None, log=print) -> SweepSummary:
     """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.orchestration.cluster.SlurmOptions`
     as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``)."""
+    specs = with_bases(specs, train=executor != "slurm")
     clean_stale_staging(out)
     store = Store.load(out)
+    for line in other_bases(specs, store.records.values()):
+        log(line)
     summary = SweepSummary()
     todo = []
     for spec in specs:
