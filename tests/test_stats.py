@@ -70,10 +70,15 @@ def test_no_test_with_one_seed_and_degenerate_spreads():
     assert stats.compare({0: 99.0}, {0: 10.0}).test == "none"
     assert stats.compare({0: 99.0}, {0: 10.0}).p == 1.0  # one seed never separates anything
     same = stats.compare({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
-    assert same.p == 1.0 and same.statistic is None
-    shifted = stats.compare({0: 1.5, 1: 2.5}, {0: 1.0, 1: 2.0})  # a constant nonzero paired difference
-    assert shifted.p == 0.0 and shifted.statistic == math.inf
-    assert sp.ttest_rel([1.5, 2.5], [1.0, 2.0]).pvalue == 0.0  # what scipy says too
+    assert same.p == 1.0 and same.diff == 0
+    # equal per-seed differences (one test image each time: 97.78 vs 97.5, ...): scipy's paired test says
+    # t = inf, p = 0 (or t ~ 1e14 from rounding); no variance estimate, so Welch's on the same values instead
+    a, b = {0: 97.5 + 1 / 3.6, 1: 96.9444 + 1 / 3.6, 2: 98.0556 + 1 / 3.6}, {0: 97.5, 1: 96.9444, 2: 98.0556}
+    assert sp.ttest_rel(list(a.values()), list(b.values())).pvalue < 1e-10
+    c = stats.compare(a, b)
+    ref = sp.ttest_ind(list(a.values()), list(b.values()), equal_var=False)
+    assert c.test == "Welch t" and c.p == pytest.approx(ref.pvalue, rel=1e-9) and c.p > 0.5
+    assert stats.compare({0: 96.11, 1: 96.11}, {0: 96.39, 1: 96.39}).test == "none"  # no spread anywhere
 
 
 def test_holm_by_hand():

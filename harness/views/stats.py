@@ -10,7 +10,10 @@ static site, the recipe-swap report and the web platform. Every function takes p
 - :func:`compare`: is one method's metric different from another's? Two-sided test at the seed level:
   the **paired t-test** on the per-seed differences when both were run with the same seeds (the same seed
   means the same calibration images and the same retraining order, so pairing removes that shared
-  noise), else **Welch's t-test** (unequal variances).
+  noise), else **Welch's t-test** (unequal variances). A test whose variance estimate is zero (up to
+  rounding) is not used: with few seeds and a metric counted in whole test images, equal per-seed
+  differences happen by chance, and t = ±inf would call them certain. The paired test then falls back to
+  Welch's on the same values, and Welch's with no spread on either side to no test (p = 1).
 - :func:`rank`: competition ranking with ties. All pairwise p-values within one leaderboard cell
   (one track, base checkpoint, speedup, strategy, recipe) are adjusted with **Holm's step-down
   correction** (family-wise error rate 5%); a method's rank is 1 + the number of methods that are
@@ -176,7 +179,7 @@ Test = Literal["paired t", "Welch t", "none"]
 class Comparison:
     """Two-sided test of ``a`` against ``b``. ``diff`` = mean(a) - mean(b) (over the seeds the test used);
     ``p`` is the raw p-value, ``p_adjusted`` the Holm-adjusted one within its family (set by :func:`rank`),
-    ``test`` "none" when no test is possible (fewer than two seeds on a side): p = 1."""
+    ``test`` "none" when no test is possible (fewer than two seeds on a side, or no spread at all): p = 1."""
 
     a: Hashable
     b: Hashable
@@ -205,27 +208,26 @@ def _two_sided(stat: float, df: float) -> float:
     return min(1.0, 2.0 * t_sf(abs(stat), df))
 
 
-def _degenerate(diff: float) -> tuple[Optional[float], float]:
-    """No spread at all: a nonzero difference is certain (t = ±inf, p = 0), none is no evidence (p = 1);
-    as scipy, which returns p = 0 for t = ±inf."""
-    return (math.copysign(math.inf, diff), 0.0) if diff != 0 else (None, 1.0)
+def _no_spread(var: float, values: Iterable[float]) -> bool:
+    """A variance that is zero up to floating-point rounding of ``values``."""
+    scale = max((abs(v) for v in values), default=0.0)
+    return var <= (1e-9 * max(1.0, scale)) ** 2
 
 
 def compare(a: Mapping[int, float], b: Mapping[int, float], names: tuple[Hashable, Hashable] = ("a", "b")
             ) -> Comparison:
     """Test whether ``a`` and ``b`` (seed -> metric) differ: the paired t-test when both have the same
-    seeds (at least two), else Welch's t-test (at least two seeds on each side), else no test (p = 1).
+    seeds (at least two) and their differences spread, else Welch's t-test (at least two seeds and some
+    spread), else no test (p = 1).
     ``names`` label the two sides in the returned :class:`Comparison`."""
+    values = [*a.values(), *b.values()]
     if set(a) == set(b) and len(a) >= 2:
         seeds = sorted(a)
         d = [a[s] - b[s] for s in seeds]
-        diff, n = _mean(d), len(d)
-        var = _var(d)
-        if var == 0:
-            stat, p = _degenerate(diff)
-            return Comparison(*names, "paired t", diff, stat, n - 1, p)
-        stat = diff / math.sqrt(var / n)
-        return Comparison(*names, "paired t", diff, stat, n - 1, _two_sided(stat, n - 1))
+        diff, n, var = _mean(d), len(d), _var(d)
+        if not _no_spread(var, values):
+            stat = diff / math.sqrt(var / n)
+            return Comparison(*names, "paired t", diff, stat, n - 1, _two_sided(stat, n - 1))
     xa, xb = list(a.values()), list(b.values())
     if not xa or not xb:
         raise ValueError("compare: both sides need at least one value")
@@ -233,9 +235,8 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], names: tuple[Hashabl
     if len(xa) < 2 or len(xb) < 2:
         return Comparison(*names, "none", diff, None, None, 1.0)
     va, vb = _var(xa) / len(xa), _var(xb) / len(xb)
-    if va + vb == 0:
-        stat, p = _degenerate(diff)
-        return Comparison(*names, "Welch t", diff, stat, len(xa) + len(xb) - 2, p)
+    if _no_spread(va + vb, values):
+        return Comparison(*names, "none", diff, None, None, 1.0)
     stat = diff / math.sqrt(va + vb)
     # Welch-Satterthwaite degrees of freedom
     df = (va + vb) ** 2 / (va ** 2 / (len(xa) - 1) + vb ** 2 / (len(xb) - 1))
