@@ -9,8 +9,8 @@ half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 others.
 
 Every run is keyed by its base checkpoint's sha256 (:func:`harness.protocol.run.with_bases` resolves
-it once per track before any run: the local executor trains a missing base here first; Slurm needs
-it trained or pinned), so records of another base in the same store are neither skipped for nor mixed
+it once per track before any run: the local executor trains a missing base here first, a Slurm sweep
+in one Slurm job), so records of another base in the same store are neither skipped for nor mixed
 with this sweep's: ``log`` gets one line naming them.
 """
 
@@ -77,7 +77,11 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
               slurm=None, log=print) -> SweepSummary:
     """Run every spec not yet recorded; ``executor="slurm"`` takes :class:`harness.orchestration.cluster.SlurmOptions`
     as ``slurm`` (``jobs`` is then Slurm's business: ``array_parallelism``)."""
-    specs = with_bases(specs, train=executor != "slurm")
+    if executor == "slurm":
+        from harness.orchestration.cluster import SlurmOptions, with_bases_on_slurm
+        specs = with_bases_on_slurm(specs, slurm or SlurmOptions(), log)
+    else:  # a mismatching base stops the sweep here, in one line, before any run
+        specs = with_bases(specs, verify=True)
     clean_stale_staging(out)
     store = Store.load(out)
     for line in other_bases(specs, store.records.values()):

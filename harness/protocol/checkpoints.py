@@ -150,11 +150,13 @@ def verified_file(ck: Checkpoint) -> tuple[Path, str]:
 
 
 def base_sha256(track: TrackConfig, data_root: Optional[Path] = None, cache_dir: Optional[Path] = None,
-                device: str = "cpu", train: bool = True, progress: Optional[Progress] = None) -> Optional[str]:
+                device: str = "cpu", train: bool = True, progress: Optional[Progress] = None,
+                verify: bool = False) -> Optional[str]:
     """The sha256 of the base checkpoint runs of ``track`` start from, known before any run: the published
     file's (checked against the track's), the cached trained file's (checked against the track's pin), else
-    the pin; with nothing cached and no pin, ``train=True`` trains the base now (``None`` otherwise).
-    Raises :class:`BaseMismatch` when a file differs from the pin."""
+    the pin (unless ``verify``: then a pinned base is trained and checked too); with nothing cached,
+    ``train=True`` trains the base now (``None`` otherwise). Raises :class:`BaseMismatch` when a file
+    differs from the pin."""
     ck = track.checkpoint
     if ck.path is not None:
         return verified_file(ck)[1]
@@ -163,7 +165,7 @@ def base_sha256(track: TrackConfig, data_root: Optional[Path] = None, cache_dir:
         digest = file_sha256(path)
         check_pin(track, path, digest)
         return digest
-    if ck.sha256:
+    if ck.sha256 and not verify:
         return ck.sha256
     if not train:
         return None

@@ -81,14 +81,15 @@ class RunSpec:
             raise HarnessError(str(e)) from None
 
 
-def with_base(spec: RunSpec, train: bool = True) -> RunSpec:
+def with_base(spec: RunSpec, train: bool = True, verify: bool = False) -> RunSpec:
     """``spec`` with ``base_sha256`` resolved (:func:`harness.protocol.checkpoints.base_sha256`: the published
-    file's digest, the cached trained base's, the track's pin, or - ``train`` - the base trained now).
+    file's digest, the cached trained base's, the track's pin unless ``verify``, or - ``train`` - the base
+    trained now).
     Raises :class:`HarnessError` when it cannot be known without training and ``train`` is false, and
     :class:`BaseMismatch` when a file differs from the track's pin."""
     if spec.base_sha256 is not None:
         return spec
-    digest = base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=train)
+    digest = base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=train, verify=verify)
     if digest is None:
         raise HarnessError(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
                            f"its sha256: run `pbench-harness pretrain {spec.track.id}` first (with the same cache "
@@ -96,7 +97,7 @@ def with_base(spec: RunSpec, train: bool = True) -> RunSpec:
     return dataclasses.replace(spec, base_sha256=digest)
 
 
-def with_bases(specs: list[RunSpec], train: bool = True) -> list[RunSpec]:
+def with_bases(specs: list[RunSpec], train: bool = True, verify: bool = False) -> list[RunSpec]:
     """:func:`with_base` for many runs, resolving each distinct base once."""
     resolved: dict[tuple, str] = {}
     out = []
@@ -104,7 +105,7 @@ def with_bases(specs: list[RunSpec], train: bool = True) -> list[RunSpec]:
         ident = (spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device)
         if spec.base_sha256 is None and ident in resolved:
             spec = dataclasses.replace(spec, base_sha256=resolved[ident])
-        spec = with_base(spec, train)
+        spec = with_base(spec, train, verify)
         resolved.setdefault(ident, spec.base_sha256)
         out.append(spec)
     return out
