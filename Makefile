@@ -79,6 +79,7 @@ bench: venv
 	$(PY) benchmarks/regularizer_vs_torch_pruning.py
 	@if docker info >/dev/null 2>&1; then $(PY) benchmarks/docker_exchange.py; \
 	else echo "bench: no Docker Engine, skipping benchmarks/docker_exchange.py"; fi
+	$(PY) benchmarks/cli_startup.py
 	$(PY) benchmarks/digits_leaderboard.py
 
 clean:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 from harness.registry import Registry
-from specs.manifest import MethodManifest
-from specs.sdk.server import MethodLoadError, load_manifest
+from specs.manifest import MethodLoadError, MethodManifest, load_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS_DIR = REPO_ROOT / "methods"

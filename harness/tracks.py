@@ -8,9 +8,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.registry import Registry
 from specs.base import explain
@@ -21,16 +21,7 @@ TRACKS_DIR = Path(__file__).resolve().parent / "tracks"
 
 def parse_track_file(path: Path) -> TrackConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise HarnessError(f"{path}: cannot read track file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise HarnessError(f"{path}: not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"{path}: a track file must be a mapping, got {type(data).__name__}")
+    data = read_mapping(path, "track file")
     try:
         return TrackConfig.model_validate(data)
     except ValidationError as e:
@@ -64,3 +55,14 @@ def track_for(model: str, dataset: str) -> TrackConfig:
         raise HarnessError(f"no track for model {model!r} on dataset {dataset!r} (tracks cover: {', '.join(pairs)}); "
                            f"pass --track FILE for a custom setting")
     return matches[0]
+
+
+def tracks_of_model(model: str) -> list[TrackConfig]:
+    """The registered tracks of a model (``--model`` alone selects its track when it has one)."""
+    from harness.models import MODELS
+    reg = registry()
+    found = [t for t in (reg.get(n) for n in reg.names()) if t.model.name == model]
+    if not found:
+        MODELS.get(model)  # an unknown model name: suggest close ones
+        raise HarnessError(f"model {model!r} has no registered track: give --dataset (or --track FILE)")
+    return found

@@ -9,11 +9,12 @@ handshake.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from specs.base import Identifier, Scalar, Strict, Versioned
+from specs.base import Identifier, Scalar, Strict, Versioned, explain
 
 #: What the harness can collect on the track's calibration budget. Every tensor is float32 on
 #: CPU and deterministic for a run seed. "Member" layers are the layers of the groups in the
@@ -47,6 +48,13 @@ from specs.base import Identifier, Scalar, Strict, Versioned
 ObservationKind = Literal["weights", "gradients", "sq_gradients", "inputs", "outputs", "output_gradients"]
 
 Capability = Literal["importance", "regularizer"]
+
+#: what a method that lacks a capability is told (one text per capability, wherever it is checked)
+_MISSING = {
+    "importance": "importance scores (it is a regularizer: pair it with an importance method)",
+    "regularizer": "regularizer (regularizers: the methods whose manifest provides 'regularizer', e.g. group_norm, "
+                   "group_lasso, growing_reg, bn_scale_l1)",
+}
 
 
 class HyperParameter(Strict):
@@ -120,6 +128,11 @@ class MethodManifest(Versioned):
             raise ValueError("observations lists a kind twice")
         return self
 
+    def require(self, capability: Capability) -> None:
+        """Raise ValueError (one line, with a hint) unless the method provides ``capability``."""
+        if capability not in self.provides:
+            raise ValueError(f"method {self.id!r} provides no {_MISSING[capability]}")
+
     def resolve_hyperparameters(self, overrides: dict[str, Scalar] | None = None) -> dict[str, Scalar]:
         """Defaults updated by ``overrides``; unknown names and bad values raise ValueError."""
         overrides = dict(overrides or {})
@@ -129,3 +142,18 @@ class MethodManifest(Versioned):
                              f"(it has: {', '.join(sorted(self.hyperparameters)) or 'none'})")
         return {name: hp.check(overrides.get(name, hp.default), f"hyperparameter {name!r}")
                 for name, hp in self.hyperparameters.items()}
+
+
+class MethodLoadError(Exception):
+    """A method folder that cannot be loaded (no or invalid manifest, missing entrypoint)."""
+
+
+def load_manifest(method_dir: Path) -> MethodManifest:
+    """The validated ``manifest.json`` of a method folder (pydantic only: no torch)."""
+    path = Path(method_dir) / "manifest.json"
+    if not path.is_file():
+        raise MethodLoadError(f"{path}: no manifest.json (copy method_template/manifest.json)")
+    try:
+        return MethodManifest.model_validate_json(path.read_text())
+    except ValidationError as e:
+        raise MethodLoadError(f"{path}: invalid manifest: {explain(e)}") from None

@@ -75,7 +75,9 @@ def test_leaderboard_reports_an_invalid_record(tmp_path):
      "hyperparameter 'p' 7 is above the maximum 2"),
     (["--method", "magnitude_l2", "--track", "digits-resnet18", "--speedup", "2", "--hp", "q=1"],
      "method 'magnitude_l2' has no hyperparameter 'q'"),
-    (["--method", "magnitude_l2", "--speedup", "2"], "give --track, or both --model and --dataset"),
+    (["--method", "magnitude_l2", "--speedup", "2"], "give --track, or --model"),
+    (["--method", "magnitude_l2", "--model", "resnet18"], "model 'resnet18' has 4 tracks"),
+    (["--method", "magnitude_l2", "--model", "yolov8"], "COCO 2017 layout"),
     (["--method", "magnitude_l2", "--track", "nope", "--speedup", "2"], "unknown track 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):

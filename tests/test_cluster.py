@@ -39,8 +39,8 @@ def test_slurm_options_map_to_submitit_parameters(tmp_path):
     ("partiton: gpu\n", "partiton: Extra inputs are not permitted"),
     ("time_min: 0\n", "time_min: Input should be greater than or equal to 1"),
     ("extra_sbatch: {time: '1:00:00'}\n", "time must be set through the named options"),
-    ("- a\n- b\n", "Input should be a valid dictionary"),
-    ("partition: [gpu\n", "not valid YAML/JSON"),
+    ("- a\n- b\n", "a Slurm options file must be a mapping"),
+    ("partition: [gpu\n", "not valid YAML at line"),
 ])
 def test_bad_slurm_options_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "slurm.yaml"

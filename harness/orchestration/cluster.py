@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
+from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.protocol.run import RunSpec, current_job, evaluate, record_unrun, with_bases
 from harness.store import recorded, run_dir_name, run_key_of
@@ -106,14 +106,9 @@ class SlurmOptions(Strict):
 def load_slurm_options(path: Optional[Path]) -> SlurmOptions:
     if path is None:
         return SlurmOptions()
+    raw = read_mapping(path, "Slurm options file")
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as e:
-        raise HarnessError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise HarnessError(f"{path}: not valid YAML/JSON ({str(e).splitlines()[0]})") from None
-    try:
-        return SlurmOptions.model_validate(raw or {})
+        return SlurmOptions.model_validate(raw)
     except ValidationError as e:
         raise HarnessError(f"{path}: invalid Slurm options: {explain(e)}") from None
 

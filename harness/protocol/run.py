@@ -133,21 +133,6 @@ def current_job() -> Optional[JobInfo]:
     return JobInfo(job_id=job_id, node=env.get("SLURMD_NODENAME"))
 
 
-def _check_regularizer(spec: RunSpec) -> None:
-    """Bad input, raised before anything runs or is written."""
-    reg = spec.regularizer
-    if reg is None:
-        if spec.reg_hyperparameters:
-            raise HarnessError("regularizer hyperparameters given without a regularizer")
-        return
-    if "regularizer" not in reg.manifest.provides:
-        raise HarnessError(f"method {reg.id!r} provides no regularizer (it provides "
-                           f"{'+'.join(reg.manifest.provides)}); e.g. group_norm, group_lasso, growing_reg, bn_scale_l1")
-    if spec.track.sparsify.epochs == 0:
-        raise HarnessError(f"track {spec.track.id} has no sparse-training budget (sparsify.epochs is 0)")
-    resolved_hyperparameters(reg, spec.reg_hyperparameters)
-
-
 @dataclass
 class Dense:
     """What the unpruned model measures (MACs and parameters on the example input, channels per layer)."""
@@ -179,12 +164,24 @@ def method_info(spec: RunSpec, source: MethodSource, hyperparameters: dict) -> M
 
 
 def _check(spec: RunSpec) -> None:
-    """Bad input, raised before anything runs or is written."""
+    """Bad input, raised before anything runs or is written (:class:`harness.plan.Plan` checks the same
+    for whole plans; this guards callers that build a RunSpec themselves)."""
     if not 1.0 < spec.speedup <= 1000:
         raise HarnessError(f"speedup must be > 1 (e.g. 2, 4, 8), got {spec.speedup:g}")
-    if "importance" not in spec.method.manifest.provides:
-        raise HarnessError(f"method {spec.method.id!r} provides no importance scores (it is a regularizer)")
-    _check_regularizer(spec)
+    try:
+        spec.method.manifest.require("importance")
+        if spec.regularizer is not None:
+            spec.regularizer.manifest.require("regularizer")
+    except ValueError as e:
+        raise HarnessError(str(e)) from None
+    reg = spec.regularizer
+    if reg is None and spec.reg_hyperparameters:
+        raise HarnessError("regularizer hyperparameters given without a regularizer")
+    if reg is not None and spec.track.sparsify.epochs == 0:
+        raise HarnessError(f"track {spec.track.id} has no sparse-training budget (sparsify.epochs is 0)")
+    resolved_hyperparameters(spec.method, spec.hyperparameters)
+    if reg is not None:
+        resolved_hyperparameters(reg, spec.reg_hyperparameters)
 
 
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:

@@ -121,9 +121,14 @@ class MethodClient(ABC):
         """Peak memory of the running method so far, where the runner can measure it."""
         return None
 
+    def _require(self, capability: str) -> None:
+        try:
+            self.manifest.require(capability)
+        except ValueError as e:
+            raise MethodFailure(str(e)) from None
+
     def score(self, round: int, groups: list[Group], observations: dict[str, Tensors]) -> Tensors:
-        if "importance" not in self.manifest.provides:
-            raise MethodFailure(f"method {self.manifest.id!r} provides no importance scores")
+        self._require("importance")
         t0 = time.perf_counter()
         try:
             raw = self._score(round, groups, observations)
@@ -132,8 +137,7 @@ class MethodClient(ABC):
         return validate_scores(groups, raw)
 
     def regularize(self, step: int, total_steps: int, groups: list[Group], weights: Tensors) -> Tensors:
-        if "regularizer" not in self.manifest.provides:
-            raise MethodFailure(f"method {self.manifest.id!r} provides no regularizer")
+        self._require("regularizer")
         return validate_reg_grads(weights, self._regularize(step, total_steps, groups, weights))
 
     def __enter__(self) -> "MethodClient":

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from specs import wire
 from specs.base import explain
-from specs.manifest import MethodManifest
+from specs.manifest import MethodLoadError, MethodManifest, load_manifest
 from specs.messages import (ErrorReply, Group, Hello, HelloReply, RegularizeReply, RegularizeRequest, ScoreReply,
                             ScoreRequest, Shutdown, TensorFile, harness_message)
 from specs.sdk import SOCKET_NAME, one_line, seed_everything
@@ -30,20 +30,6 @@ from specs.sdk.members import split_compact
 from specs.sdk.methods import ImportanceMethod, MethodBase, Observations, RegularizerMethod
 
 # --------------------------------------------------------------------------- loading
-
-
-class MethodLoadError(Exception):
-    pass
-
-
-def load_manifest(method_dir: Path) -> MethodManifest:
-    path = Path(method_dir) / "manifest.json"
-    if not path.is_file():
-        raise MethodLoadError(f"{path}: no manifest.json (copy method_template/manifest.json)")
-    try:
-        return MethodManifest.model_validate_json(path.read_text())
-    except ValidationError as e:
-        raise MethodLoadError(f"{path}: invalid manifest: {explain(e)}") from None
 
 
 def load_method_class(method_dir: Path, manifest: MethodManifest) -> type:

@@ -1,0 +1,273 @@
+"""The run plan: one validated object for everything a user asks the harness to run.
+
+``evaluate`` (one method), ``sweep`` (methods x regularizers x speedups x seeds), ``recipe-swap``
+(methods x retraining recipes) and the web platform's task builder all build a :class:`Plan` —
+from CLI flags, from a plan file (``pbench-harness sweep --plan plan.yaml``) or from a form — and
+run it with :func:`run_plan`. All validation lives here: :meth:`Plan.resolve` turns names into
+a track, method sources and one :class:`~harness.protocol.run.RunSpec` per run, or raises a
+:class:`PlanError` naming the offending field with a one-line message (the CLI prints it; the web
+form shows it next to the field).
+
+This module imports neither torch nor the protocol at import time (the CLI's ``--help`` stays fast).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal, Optional
+
+from pydantic import Field, ValidationError
+
+from harness.configs import read_mapping
+from harness.errors import HarnessError
+from harness.registry import UnknownName
+from specs.base import Scalar, Strict, explain
+from specs.track import TRACK_RECIPE, Strategy, TrackConfig
+
+if TYPE_CHECKING:
+    from harness.methods import MethodSource
+    from harness.orchestration.sweep import OnResult, SweepSummary
+    from harness.protocol.run import RunSpec
+
+Runner = Literal["inprocess", "subprocess", "docker"]
+Device = Literal["cpu", "cuda"]
+Executor = Literal["local", "slurm"]
+#: ``methods``/``regularizers`` entries meaning "every discovered method that provides it" / "none"
+ALL, NONE = "all", "-"
+
+
+class PlanError(HarnessError):
+    """Bad input in a plan. ``field`` names the plan field at fault (``None``: the plan as a whole)."""
+
+    def __init__(self, field: Optional[str], message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class Plan(Strict):
+    """What to run. Every field has a default but the track (``track``, or ``model`` [+ ``dataset``])."""
+
+    track: Optional[str] = Field(None, description="track id or track file")
+    model: Optional[str] = Field(None, description="model name: selects its track (with dataset, the pair's)")
+    dataset: Optional[str] = Field(None, description="dataset name (with model)")
+    methods: list[str] = Field(default_factory=lambda: [ALL], min_length=1,
+                               description="importance method ids or folders, or 'all'")
+    regularizers: list[str] = Field(default_factory=lambda: [NONE], min_length=1,
+                                    description="regularizer ids or folders paired with every method; '-' = none, "
+                                                "'all' = every regularizer")
+    speedups: Optional[list[float]] = Field(None, min_length=1, description="MACs speedup targets (default: the "
+                                                                            "track's)")
+    seeds: Optional[list[int]] = Field(None, min_length=1, description="run seeds (default: the track's)")
+    strategy: Optional[Strategy] = Field(None, description="override the track's pruning strategy")
+    recipes: Optional[list[str]] = Field(None, description="recipe-swap mode: retraining recipes of the track "
+                                                           "('track' = its own)")
+    own: dict[str, str] = Field(default_factory=dict, description="recipe-swap: each method's own recipe")
+    hyperparameters: dict[str, Scalar] = Field(default_factory=dict, description="importance hyperparameters")
+    reg_hyperparameters: dict[str, Scalar] = Field(default_factory=dict, description="regularizer hyperparameters")
+    runner: Runner = "subprocess"
+    device: Device = "cpu"
+    out: Path = Path("results")
+    data_root: Optional[Path] = None
+    cache_dir: Optional[Path] = None
+    call_timeout: Optional[float] = Field(None, gt=0, description="per-call deadline for the method, seconds")
+    save_models: bool = True
+    executor: Executor = "local"
+    jobs: int = Field(1, ge=1, description="local executor: runs in parallel (worker processes)")
+    slurm_config: Optional[Path] = None
+    retry_failed: bool = False
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def build(cls, **fields) -> "Plan":
+        """``Plan(**fields)`` with a validation error as a one-line :class:`PlanError`."""
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as e:
+            first = e.errors()[0]["loc"]
+            raise PlanError(str(first[0]) if first else None, f"invalid plan: {explain(e)}") from None
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides) -> "Plan":
+        """A YAML/JSON plan file; ``overrides`` (e.g. flags given on the command line) win."""
+        path = Path(path)
+        try:
+            data = read_mapping(path, "plan file")
+        except HarnessError as e:
+            raise PlanError(None, str(e)) from None
+        try:
+            return cls.build(**{**data, **overrides})
+        except PlanError as e:
+            raise PlanError(e.field, f"{path}: {e}") from None
+
+    # -- resolution ----------------------------------------------------------------------------
+    def resolve(self) -> "ResolvedPlan":
+        """Names -> objects, and one RunSpec per run; bad input raises :class:`PlanError`."""
+        from harness.protocol.run import RunSpec
+        if self.slurm_config is not None and self.executor != "slurm":
+            raise PlanError("slurm_config", "--slurm-config needs --executor slurm")
+        if self.own and self.recipes is None:
+            raise PlanError("own", "--own needs --recipes (the recipe-swap mode)")
+        track = self._track()
+        targets = self.speedups or list(track.pruning.speedups)
+        bad = [t for t in targets if not 1.0 < t <= 1000]
+        if bad:
+            raise PlanError("speedups", f"speedup must be > 1 (e.g. 2, 4, 8), got {bad[0]:g}")
+        seeds = self.seeds or list(track.seeds)
+        methods = self._methods()
+        if self.recipes is not None:
+            combos = [dict(method=m, recipe=None if r == TRACK_RECIPE else r) for m in methods
+                      for r in self._recipes(track, methods)]
+        else:
+            combos = [dict(method=m, regularizer=r) for m in methods for r in self._regularizers(track)]
+        common = dict(runner=self.runner, out=self.out, data_root=self.data_root, cache_dir=self.cache_dir,
+                      device=self.device, call_timeout=self.call_timeout, save_models=self.save_models,
+                      hyperparameters=dict(self.hyperparameters), reg_hyperparameters=dict(self.reg_hyperparameters))
+        specs = [RunSpec(track=track, speedup=t, seed=s, **combo, **common)
+                 for combo in combos for t in targets for s in seeds]
+        for spec in specs[: len(combos)]:  # hyperparameters fit every method (bad input before the first run)
+            self._check_hyperparameters(spec)
+        slurm = self._slurm()
+        return ResolvedPlan(self, track, targets, seeds, methods, specs, slurm)
+
+    def _track(self) -> TrackConfig:
+        from harness.tracks import load_track, track_for, tracks_of_model
+        try:
+            if self.track:
+                cfg = load_track(self.track)
+                if (self.model and self.model != cfg.model.name) or (self.dataset and self.dataset != cfg.dataset.name):
+                    raise PlanError("track", f"track {cfg.id} is {cfg.model.name} on {cfg.dataset.name}; drop "
+                                             f"--model/--dataset or pick another track")
+            elif self.model and self.dataset:
+                from harness.data import DATASETS
+                from harness.models import MODELS
+                MODELS.get(self.model)  # unknown names: suggest close ones
+                DATASETS.get(self.dataset)
+                cfg = track_for(self.model, self.dataset)
+            elif self.model:
+                tracks = tracks_of_model(self.model)
+                if len(tracks) != 1:
+                    raise PlanError("model", f"model {self.model!r} has {len(tracks)} tracks "
+                                             f"({', '.join(t.id for t in tracks)}): give --dataset or --track")
+                cfg = tracks[0]
+            elif self.dataset:
+                raise PlanError("model", "give --model with --dataset (or --track)")
+            else:
+                raise PlanError("track", "give --track, or --model (and --dataset if the model has several tracks)")
+        except (HarnessError, UnknownName) as e:
+            if isinstance(e, PlanError):
+                raise
+            raise PlanError("track" if self.track else "model", str(e)) from None
+        if self.strategy is not None and self.strategy != cfg.pruning.strategy:
+            cfg = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"strategy": self.strategy})})
+        return cfg
+
+    def _methods(self) -> list["MethodSource"]:
+        from harness.methods import providing
+        if self.methods == [ALL]:
+            return providing("importance")
+        sources = [_find("methods", name) for name in self.methods]
+        for src in sources:
+            _require("methods", src, "importance")
+        return sources
+
+    def _regularizers(self, track: TrackConfig) -> list[Optional["MethodSource"]]:
+        from harness.methods import providing
+        out: list[Optional[MethodSource]] = []
+        for name in self.regularizers:
+            name = name.strip()
+            if name in ("", NONE, "none"):
+                out.append(None)
+            elif name == ALL:
+                out += providing("regularizer")
+            else:
+                src = _find("regularizers", name)
+                _require("regularizers", src, "regularizer")
+                out.append(src)
+        if any(r is not None for r in out) and track.sparsify.epochs == 0:
+            raise PlanError("regularizers", f"track {track.id} has no sparse-training budget (sparsify.epochs is 0)")
+        if self.reg_hyperparameters and all(r is None for r in out):
+            raise PlanError("reg_hyperparameters", "regularizer hyperparameters given without a regularizer")
+        return out
+
+    def _recipes(self, track: TrackConfig, methods: list["MethodSource"]) -> list[str]:
+        if len(methods) < 2:
+            raise PlanError("methods", "recipe swap: give at least two methods to compare")
+        if self.regularizers not in ([NONE], ["none"]):
+            raise PlanError("regularizers", "recipe swap compares importance methods: drop --regularizers")
+        if len(self.recipes) < 2:
+            raise PlanError("recipes", f"recipe swap: give at least two recipes (track {track.id} has: "
+                                       f"{', '.join([TRACK_RECIPE, *track.recipes])})")
+        for name in self.recipes:
+            try:
+                track.retrain_recipe(name)
+            except ValueError as e:
+                raise PlanError("recipes", str(e)) from None
+        ids = [m.id for m in methods]
+        for method, recipe in self.own.items():
+            if method not in ids or recipe not in self.recipes:
+                raise PlanError("own", f"own: expected method=recipe with a method from --methods and a recipe from "
+                                       f"--recipes, got {method}={recipe}")
+        return list(self.recipes)
+
+    def _check_hyperparameters(self, spec: "RunSpec") -> None:
+        from harness.store import resolved_hyperparameters
+        try:
+            resolved_hyperparameters(spec.method, spec.hyperparameters)
+        except HarnessError as e:
+            raise PlanError("hyperparameters", str(e)) from None
+        if spec.regularizer is not None:
+            try:
+                resolved_hyperparameters(spec.regularizer, spec.reg_hyperparameters)
+            except HarnessError as e:
+                raise PlanError("reg_hyperparameters", str(e)) from None
+
+    def _slurm(self):
+        if self.executor != "slurm":
+            return None
+        from harness.orchestration.cluster import SlurmOptions, load_slurm_options
+        try:
+            slurm = load_slurm_options(self.slurm_config) if self.slurm_config else SlurmOptions()
+        except HarnessError as e:
+            raise PlanError("slurm_config", str(e)) from None
+        if self.device == "cuda" and slurm.gpus_per_job == 0:
+            raise PlanError("slurm_config", "--device cuda on Slurm: set gpus_per_job >= 1 in the --slurm-config file")
+        return slurm
+
+
+def _find(field_name: str, name: str) -> "MethodSource":
+    from harness.methods import find_method
+    try:
+        return find_method(name.strip())
+    except (HarnessError, UnknownName) as e:
+        raise PlanError(field_name, str(e)) from None
+
+
+def _require(field_name: str, source: "MethodSource", capability: str) -> None:
+    try:
+        source.manifest.require(capability)
+    except ValueError as e:
+        raise PlanError(field_name, str(e)) from None
+
+
+@dataclass
+class ResolvedPlan:
+    """A plan whose names are resolved: the track, the targets and seeds, the importance methods, one
+    RunSpec per run (combination x target x seed), and the Slurm options (``executor: slurm``)."""
+
+    plan: Plan
+    track: TrackConfig
+    targets: list[float]
+    seeds: list[int]
+    methods: list["MethodSource"]
+    specs: list["RunSpec"] = field(default_factory=list)
+    slurm: Optional[object] = None
+
+
+def run_plan(resolved: ResolvedPlan, on_result: Optional["OnResult"] = None, progress=None,
+             log: Callable[[str], None] = print) -> "SweepSummary":
+    """Run (or skip, if recorded) every run of the plan with the sweep machinery."""
+    from harness.orchestration.sweep import run_sweep
+    plan = resolved.plan
+    return run_sweep(resolved.specs, plan.out, jobs=plan.jobs, retry_failed=plan.retry_failed, on_result=on_result,
+                     progress=progress, executor=plan.executor, slurm=resolved.slurm, log=log)
