@@ -81,6 +81,11 @@ def _digits() -> str:
     n = len(records) // max(1, len(targets))
     base_metric = statistics.fmean(r.metric.base for r in ok)
     batch = next((r.latency.throughput_batch for r in ok if r.latency), 0)
+    from harness.tracks import load_track
+    pin = load_track(section.track).checkpoint.sha256
+    pinned = "the track pins it" if pin == section.base_sha256 else \
+        f"the track pins `{lb.short(pin)}…`: run `make digits-leaderboard`"
+    threads = "/".join(str(t) for t in sorted({r.provenance.torch_threads for r in ok if r.provenance.torch_threads}))
 
     def per_target(f) -> str:
         return " / ".join(f(target) for target in targets)
@@ -92,9 +97,10 @@ def _digits() -> str:
         f"Every importance method and PruningBench's regularizer pairings on the embedded `digits-resnet18` track: "
         f"{len(records)} runs ({len(combos)} combinations x {'/'.join(f'{t:g}x' for t in targets)} x seeds "
         f"{', '.join(map(str, seeds))}; {len(records) - len(ok)} failed) on the CPU, all from one base checkpoint "
-        f"(sha256 `{lb.short(section.base_sha256)}…`, top-1 {base_metric:.2f}; the track pins it). "
+        f"(sha256 `{lb.short(section.base_sha256)}…`, top-1 {base_metric:.2f}; {pinned}). "
         f"`make digits-leaderboard` reproduces them ({wall:.0f} s from the first run's start to the last one's end "
-        f"on 2 cores, base pretraining excluded); every figure in this section is generated from the records in "
+        f"on 2 cores, {threads} torch thread(s) per run, base pretraining excluded); every figure in this section "
+        f"is generated from the records in "
         f"`benchmarks/results/digits-resnet18/` by `python -m harness.docs`. Latency is the measured batch-1 "
         f"inference speedup (median of repeats after warm-up). Medians over the {n} runs per target: MACs "
         + per_target(lambda t: f"{med([r.speedup.achieved for r in of(t)]):.2f}x") + " gave batch-1 latency "
@@ -152,7 +158,8 @@ def _digits() -> str:
         + per_target(lambda t: names(vs_final, t)) + " differ significantly from Random (5%, Holm over all pairs "
           "of a cell, as the ranks), " + per_target(lambda t: names(vs_final1, t)) + " when only the comparisons "
           "with Random form the family (unadjusted p < 0.05: " + per_target(lambda t: names(raw_final, t))
-        + f", where {chance} would pass by chance); the distinct ranks are " + per_target(lambda t: str(len({r.rank for r in at[t]})))
+        + f", where {chance} would pass by chance); the distinct ranks are "
+        + per_target(lambda t: str(len({r.rank for r in at[t]})))
         + (". No test separates any two methods: this track does not tell which criterion retrains best."
            if all(len({r.rank for r in at[t]}) == 1 for t in targets) else
            ". Where a cell's interval is wider than the gaps between methods, their ranks are ties."),

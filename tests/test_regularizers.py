@@ -287,7 +287,7 @@ def test_evaluate_with_regularizer_end_to_end(tiny_track_file, tiny_track, tmp_p
     assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, None, 2.0,
                                      "protected_global", 0, hp, base_sha256=base)
     assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", "1.0.0", None, "bn_scale_l1@1.0.0", 2.0,
-                                     "protected_global", 0, hp, {"reg": 0.1}, base_sha256=base)  # hyperparameters are identity
+                                     "protected_global", 0, hp, {"reg": 0.1}, base_sha256=base)  # hp are identity
     assert {"sparse.pt", "pruned.pt", "final.pt"} == set(record.files)
 
     # the same sparse training without the regularizer (same recipe, same seed)

@@ -145,7 +145,7 @@ def verified_file(ck: Checkpoint) -> tuple[Path, str]:
                            + (f" (sha256 {ck.sha256})" if ck.sha256 else ""))
     digest = file_sha256(path)
     if ck.sha256 and digest != ck.sha256:
-        raise BaseMismatch(f"{path}: sha256 {digest} does not match the track's {ck.sha256}")
+        raise HarnessError(f"{path}: sha256 {digest} does not match the track's {ck.sha256}")
     return path, digest
 
 

@@ -187,20 +187,16 @@ def _check(spec: RunSpec) -> None:
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
     """Run the protocol once; returns the record and the run directory it was written to."""
     _check(spec)
-    try:
-        spec = with_base(spec)
-    except BaseMismatch as e:  # the cached base is not the track's pinned one: recorded under the pin
-        spec = dataclasses.replace(spec, base_sha256=spec.track.checkpoint.sha256)
-        return _record_failure(spec, run_key_of(spec), str(e))
     track, reg = spec.track, spec.regularizer
-    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     try:
-        base = _base_stage(spec, task, progress)
-    except BaseMismatch as e:
-        return _record_failure(spec, key, str(e))
+        spec, base = _base_stage(spec, task, progress)
+    except BaseMismatch as e:  # not the base the run is keyed by (or the track pins): recorded under that key
+        spec = dataclasses.replace(spec, base_sha256=spec.base_sha256 or track.checkpoint.sha256)
+        return _record_failure(spec, run_key_of(spec), str(e))
+    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     recipe = spec.retrain_recipe()
     target_dir = run_dir(spec, key)
     staging = new_staging(target_dir)
@@ -264,12 +260,16 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
 
 
 def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
-    """The base checkpoint, which must be the one the run is keyed by (else :class:`BaseMismatch`)."""
+    """``(spec, base)``: the base checkpoint (loaded, or trained and cached: data and file problems are bad
+    input, as ever), and ``spec`` keyed by it. A base other than the one ``spec`` was keyed by, or than the
+    track pins, raises :class:`BaseMismatch`."""
     base = task.base_model(progress)
+    if spec.base_sha256 is None:
+        return dataclasses.replace(spec, base_sha256=base.sha256), base
     if base.sha256 != spec.base_sha256:
         raise BaseMismatch(f"base checkpoint {base.path} has sha256 {base.sha256}, but the run was keyed by "
                            f"{spec.base_sha256} (the file changed since: re-run to key it by the new base)")
-    return base
+    return spec, base
 
 
 def _recalibrate_stage(spec: RunSpec, task: Task, model: nn.Module) -> Optional[float]:
