@@ -151,10 +151,10 @@ def test_committed_digits_records_come_from_the_pinned_base():
 
 
 @pytest.mark.slow
-def test_the_current_code_trains_the_pinned_digits_base():
-    """Trains the digits base as a fresh machine does (shared with `make demo` through the cache in CI):
-    the committed records' base must be what today's code gives, else `make digits-leaderboard` is due."""
+def test_the_current_code_trains_the_pinned_digits_base(tmp_path):
+    """Trains the digits base from scratch as a fresh machine does: the pinned base of the committed
+    records must be what today's code gives, else `make digits-leaderboard` is due."""
     from harness.tracks import load_track
     track = load_track("digits-resnet18")
     unpinned = track.model_copy(update={"checkpoint": track.checkpoint.model_copy(update={"sha256": None})})
-    assert task_for(unpinned).base_model().sha256 == track.checkpoint.sha256
+    assert task_for(unpinned, cache_dir=tmp_path).base_model().sha256 == track.checkpoint.sha256
