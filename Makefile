@@ -61,7 +61,7 @@ submit: venv docker
 # Every method (and PruningBench's regularizer pairings) on digits at 2x/4x/8x, timed; records go to
 # benchmarks/results/ and the README table is regenerated from them.
 digits-leaderboard: venv
-	$(PY) benchmarks/digits_leaderboard.py --out benchmarks/results
+	$(PY) benchmarks/digits_leaderboard.py --out benchmarks/results --jobs 2
 	$(PY) -m harness.docs
 
 test: venv docker browser

@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  harness train(), crop + flip:     {train_figs['harness_crop_flip']:9.0f} images/s")
     print(f"  ratio harness / minimal: {train_figs['ratio']:.3f}x (target >= 0.9x)")
     prune_figs = prune_step_times(args.device, args.methods.split(","), args.rounds, args.calibration, args.width)
-    print(f"pruning step, cifar100-resnet18 to 2x (subprocess runner), vs PruningBench's published step time:")
+    print("pruning step, cifar100-resnet18 to 2x (subprocess runner), vs PruningBench's published step time:")
     for method, row in prune_figs.items():
         pub = row["published_step_s"]
         per = row[f"rounds_{args.rounds}"]["per_round_s"]

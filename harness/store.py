@@ -38,11 +38,13 @@ _STAGING = re.compile(r"\.staging-(\d+)(?:@([^@/]+)@)?")
 def run_key(track_hash: str, method_id: str, method_version: str, image_digest: Optional[str],
             regularizer: Optional[str], speedup: float, strategy: str, seed: int,
             hyperparameters: Optional[dict] = None, reg_hyperparameters: Optional[dict] = None,
-            recipe: Optional[tuple[str, str]] = None) -> str:
-    """Canonical identity of a run (its result is unique per key): track hash, method id, version,
-    image digest and resolved hyperparameters, regularizer (``id@version``) and its hyperparameters,
-    speedup, strategy, seed, and (recipe-swap runs only) the retraining recipe's name and hash."""
-    ident = {"track": track_hash, "method": [method_id, method_version, image_digest, hyperparameters or {}],
+            recipe: Optional[tuple[str, str]] = None, *, base_sha256: str) -> str:
+    """Canonical identity of a run (its result is unique per key): track hash, base checkpoint sha256,
+    method id, version, image digest and resolved hyperparameters, regularizer (``id@version``) and its
+    hyperparameters, speedup, strategy, seed, and (recipe-swap runs only) the retraining recipe's name
+    and hash. Runs from two base checkpoints never share a key, so they are never taken for each other."""
+    ident = {"track": track_hash, "base": base_sha256,
+             "method": [method_id, method_version, image_digest, hyperparameters or {}],
              "regularizer": [regularizer, reg_hyperparameters or {}] if regularizer else None,
              "speedup": float(speedup), "strategy": strategy, "seed": int(seed)}
     if recipe is not None:
@@ -120,15 +122,26 @@ def image_digest_of(spec: "RunSpec", source: Optional["MethodSource"] = None) ->
     return image_digest(image or image_tag(source.manifest))
 
 
+def base_sha256_of(spec: "RunSpec") -> str:
+    """The sha256 of the base checkpoint run ``spec`` starts from: ``spec.base_sha256`` when the caller
+    resolved it (:func:`harness.protocol.run.with_base`), else resolved now (the track's file, its cached
+    trained base, its pin, or the base trained once: :func:`harness.protocol.checkpoints.base_sha256`)."""
+    if spec.base_sha256 is not None:
+        return spec.base_sha256
+    from harness.protocol.checkpoints import base_sha256  # torch: only when a key is computed
+    return base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=True)
+
+
 def run_key_of(spec: "RunSpec") -> str:
     """The canonical identity of the run ``spec`` describes (:func:`run_key`); a regularizer counts
-    as ``id@version``; under docker the image digest is part of it."""
+    as ``id@version``; under docker the image digest is part of it, and always the base checkpoint's."""
     reg = spec.regularizer
     recipe = None if spec.recipe is None else (spec.recipe, spec.retrain_recipe().hash())
     return run_key(spec.track.hash(), spec.method.id, spec.method.manifest.version, image_digest_of(spec),
                    f"{reg.id}@{reg.manifest.version}" if reg else None, spec.speedup, spec.track.pruning.strategy,
                    spec.seed, resolved_hyperparameters(spec.method, spec.hyperparameters),
-                   resolved_hyperparameters(reg, spec.reg_hyperparameters) if reg else None, recipe)
+                   resolved_hyperparameters(reg, spec.reg_hyperparameters) if reg else None, recipe,
+                   base_sha256=base_sha256_of(spec))
 
 
 def run_dir_name(spec: "RunSpec", key: str) -> str:
@@ -191,7 +204,10 @@ class Store:
                 store.invalid.append(str(e))
                 continue
             if record.run_key in store.records:
-                store.invalid.append(f"{path}: duplicate run key {record.run_key[:12]} "
+                other = store.records[record.run_key].provenance.checkpoint_sha256
+                why = "" if other == record.provenance.checkpoint_sha256 else \
+                    " from another base checkpoint (a record keyed before run keys held the base: regenerate it)"
+                store.invalid.append(f"{path}: duplicate run key {record.run_key[:12]}{why} "
                                      f"(also {store.paths[record.run_key]})")
                 continue
             store.records[record.run_key] = record

@@ -37,6 +37,9 @@ class MetricInfo(Strict):
     name: Metric
     base: Optional[float] = None
     pruned: Optional[float] = Field(None, description="after pruning, before retraining")
+    pruned_recal: Optional[float] = Field(
+        None, description="after pruning, before retraining, with BatchNorm running statistics re-estimated on "
+                          "the track's calibration images (no gradient step); null for models without BatchNorm")
     final: Optional[float] = None
     delta: Optional[float] = Field(None, description="final - base")
 
@@ -61,6 +64,24 @@ class Latency(Strict):
     throughput_pruned: float = Field(description="samples/s")
     speedup_throughput: float
     repeats: int
+
+
+class Diagnostics(Strict):
+    """How degenerate the method's scores were, as the planner ranked them (all groups together for the
+    global strategies, each group alone for ``local``; summed over pruning rounds). Equal scores are ordered
+    by a permutation seeded with the run seed, so a method whose scores are constant everywhere prunes at
+    random."""
+
+    tied_fraction: float = Field(ge=0, le=1, description="fraction of channels whose score equals another "
+                                                         "channel's score")
+    constant_groups: list[str] = Field(default_factory=list, description="groups (of two or more channels) whose "
+                                                                         "scores are all equal")
+    groups: int = Field(ge=0, description="groups of two or more channels that were scored")
+
+    @property
+    def all_constant(self) -> bool:
+        """Every scored group had constant scores: the channels were chosen by the tie-break alone."""
+        return self.groups > 0 and len(self.constant_groups) >= self.groups
 
 
 class JobInfo(Strict):
@@ -126,6 +147,8 @@ class ResultRecord(Versioned):
     layer_channels: dict[str, tuple[int, int]] = Field(default_factory=dict)
     timing: Timing = Timing()
     latency: Optional[Latency] = None
+    diagnostics: Optional[Diagnostics] = Field(None, description="ties among the method's scores (null when the "
+                                                                 "run failed before scoring)")
     provenance: Provenance
     job: Optional[JobInfo] = None
     files: dict[str, str] = Field(default_factory=dict, description="artifact name -> file name beside the record")

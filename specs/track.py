@@ -152,10 +152,14 @@ class Recipe(Strict):
 
 class Checkpoint(Strict):
     """The base model. ``path`` + ``sha256`` for published checkpoints; when ``path``
-    is null the harness trains one with ``pretrain`` and caches it by hash."""
+    is null the harness trains one with ``pretrain`` and caches it by hash. ``sha256``
+    pins the expected digest either way: a published file, or the checkpoint the
+    pretrain recipe gives (a cached or freshly trained file that differs is an error
+    naming both digests)."""
 
     path: Optional[str] = None
-    sha256: Optional[Sha256] = None
+    sha256: Optional[Sha256] = Field(None, description="expected sha256 of the base checkpoint file: the published "
+                                                       "file's, or (with `pretrain`) the trained one's")
     pretrain: Optional[Recipe] = None
     pretrain_seed: int = 0
 

@@ -46,7 +46,8 @@ def test_evaluate_then_leaderboard(tiny_track_file, tmp_path):
     assert res.exit_code == 0, res.output
     assert "| tiny-digits | 2x | protected_global | 1 | magnitude_l2 |" in res.output
     res = invoke("leaderboard", tmp_path, "--format", "csv")
-    assert res.output.splitlines()[0].startswith("track,speedup,strategy,recipe,rank,importance")
+    assert res.output.splitlines()[0].startswith("track,track_hash,base_sha256,speedup,strategy,recipe,importance,"
+                                                 "regularizer,n,mean,std,ci95_low,ci95_high,rank,")
 
 
 def test_leaderboard_reports_an_invalid_record(tmp_path):

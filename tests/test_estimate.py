@@ -33,9 +33,9 @@ def test_dry_run_projects_the_runs_it_would_run(tiny_track_file, tmp_path):
     assert stages == [["prune", "retrain", "evaluate", "latency"], ["sparsify", "prune", "retrain", "evaluate",
                                                                      "latency"]]
     assert all(st.seconds > 0 for s in cost.shapes for st in s.stages)
-    from harness.protocol.checkpoints import trained_path
+    from harness.protocol.checkpoints import cache_path
     from harness.tracks import load_track
-    assert (cost.pretrain is None) == trained_path(load_track(str(tiny_track_file))).exists()
+    assert (cost.pretrain is None) == cache_path(load_track(str(tiny_track_file))).exists()
     assert cost.runs == 4 and cost.device_hours == pytest.approx(cost.seconds / 3600)
     assert not out.exists() or not find_records(out)  # nothing was written
 

@@ -44,12 +44,14 @@ def test_a_ranking_that_flips_with_the_recipe():
     assert report.cells[("A", "short")].std == pytest.approx(2 ** 0.5)
     assert report.cells[("B", "short")].mean == 78.5
     assert report.rankings == {"short": ["A", "B"], "track": ["B", "A"]}
+    assert report.tie_ranks["short"] == {"A": 1, "B": 1}  # two seeds: not significant, a tie
     [pair] = report.pairs
     assert pair.winners == {"short": "A", "track": "B"} and not pair.holds and pair.published == "B"
     assert report.holds is False and report.kendall[("short", "track")] == -1.0
     text = swap.markdown(report)
     assert "does NOT hold: A vs B: A under short, B under track" in text
-    assert "81.00 ± 1.41 (n=2, rank 1)" in text
+    assert "81.00 ± 12.71 (n=2, rank 1)" in text  # ± the 95% CI: t(0.975, 1) = 12.71 times 1.41 / sqrt 2
+    assert "88.00 (n=1, rank 1)" in text  # one seed: the value alone
 
 
 def test_a_ranking_that_holds_but_was_published_unfairly():
@@ -131,9 +133,22 @@ def test_recipe_swap_rejects_bad_input(tiny_track_file, tmp_path, extra, message
 
 
 def test_winners_within_seed_noise_are_marked():
-    records = [record("A", "x", 80), record("A", "x", 84, seed=1), record("B", "x", 81),  # 82 ± 2.83 vs 81
-               record("A", None, 90), record("B", None, 85)]                              # 90 vs 85, std 0
+    records = [record("A", "x", 80 + d, seed=s) for s, d in enumerate((0, 1, 0.5))] + \
+              [record("B", "x", 70 + d, seed=s) for s, d in enumerate((0, 1.2, 0.4))] + \
+              [record("A", None, 90 + d, seed=s) for s, d in enumerate((0, 4, -3))] + \
+              [record("B", None, 89 + d, seed=s) for s, d in enumerate((2, -2, 1))]
     report = swap.analyse(records, ["A", "B"], ["x", "track"], 2.0)
-    assert report.pairs[0].within_noise == {"x"}
+    assert report.pairs[0].within_noise == {"track"}  # 10 points apart with paired seeds vs 0.67 in the noise
     text = swap.markdown(report)
-    assert "| A | B | A* | A | yes |" in text and "no more than one standard deviation" in text
+    assert "| A | B | A | A* | yes |" in text and "not significantly different at the 5% level" in text
+
+
+def test_reports_per_base_checkpoint():
+    other = [r.model_copy(update={"provenance": r.provenance.model_copy(update={"checkpoint_sha256": "b" * 64}),
+                                  "run_key": r.run_key + "b"}) for r in (record("A", "x", 10), record("B", "x", 99))]
+    mine = [record("A", "x", 80), record("B", "x", 70)]
+    with pytest.raises(ValueError, match="2 base checkpoints"):
+        swap.analyse(mine + other, ["A", "B"], ["x"], 2.0)
+    reports = swap.analyse_sections(mine + other, ["A", "B"], ["x"], 2.0)
+    assert [r.rankings["x"] for r in reports] == [["A", "B"], ["B", "A"]]  # never pooled
+    assert "base bbbbbbbbbbbb" in swap.markdown(reports[1])

@@ -292,12 +292,13 @@ def test_evaluate_with_regularizer_end_to_end(tiny_track_file, tiny_track, tmp_p
                                                                        {"reg": 0.2})
     assert record.timing.reg_s > 0 and record.timing.step_s > 0
     hp, version = record.method.hyperparameters, find_method("magnitude_l2").manifest.version
+    base = record.provenance.checkpoint_sha256
     assert record.run_key == run_key(tiny_track.hash(), "magnitude_l2", version, None, "bn_scale_l1@1.0.0", 2.0,
-                                     "protected_global", 0, hp, reg.hyperparameters)
+                                     "protected_global", 0, hp, reg.hyperparameters, base_sha256=base)
     assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", version, None, None, 2.0,
-                                     "protected_global", 0, hp)
+                                     "protected_global", 0, hp, base_sha256=base)
     assert record.run_key != run_key(tiny_track.hash(), "magnitude_l2", version, None, "bn_scale_l1@1.0.0", 2.0,
-                                     "protected_global", 0, hp, {"reg": 0.1})  # hyperparameters are identity
+                                     "protected_global", 0, hp, {"reg": 0.1}, base_sha256=base)  # hp are identity
     assert {"sparse.pt", "pruned.pt", "final.pt"} == set(record.files)
 
     # the same sparse training without the regularizer (same recipe, same seed)

@@ -41,14 +41,40 @@ RECORDS = [record("a", 2, 0, 80.0), record("a", 2, 1, 84.0), record("b", 2, 0, 8
 def test_leaderboard_equals_hand_computation():
     rows = {(r.method, r.speedup): r for r in lb.rows(RECORDS)}
     a2, b2, a4, b4 = rows["a", 2], rows["b", 2], rows["a", 4], rows["b", 4]
-    assert a2.final == 82.0 and a2.final_std == pytest.approx(statistics.stdev([80.0, 84.0]))
-    assert b2.final == 83.0 and b2.final_std == 0.0
-    assert (b2.rank, a2.rank) == (1, 2)  # ranked on the mean
-    assert a2.delta == pytest.approx(-8.0) and a2.params_ratio == pytest.approx(0.4)
-    assert a4.rank == 1 and b4.rank is None and b4.final is None and b4.n_failed == 1 and b4.error == "boom"
+    assert a2.final.mean == 82.0 and a2.final.std == pytest.approx(statistics.stdev([80.0, 84.0]))
+    assert b2.final.mean == 83.0 and b2.final.std == 0.0
+    assert (b2.rank, a2.rank) == (1, 1)  # two seeds, differences inside the noise: a tie
+    assert a2.delta.mean == pytest.approx(-8.0) and a2.params_ratio == pytest.approx(0.4)
+    assert a4.rank == 1 and b4.rank is None and b4.final.n == 0 and b4.n_failed == 1 and b4.error == "boom"
     md = lb.markdown(lb.rows(RECORDS))
-    assert "| t | 4x | protected_global | - | b | - | 90.00 | n/a | failed |" in md  # marked, not dropped
+    assert "| t | 4x | protected_global | - | b | - | 0 (+1 failed) | 90.00 | n/a | n/a | failed |" in md  # shown
+    assert "| 70.00 |" in md and "70.00 ±" not in md  # one seed: the value alone
     assert "| n/a |" in md  # these records carry no latency measurement: shown as such
+def test_csv_columns_and_average_view():
+    import csv
+    import io
+
+    from scipy import stats as sp
+    rows = list(csv.DictReader(io.StringIO(lb.to_csv(lb.rows(RECORDS)))))
+    for column in ("n", "mean", "std", "ci95_low", "ci95_high", "rank", "pruned_recal_mean", "base_sha256"):
+        assert column in rows[0]
+    a2 = next(r for r in rows if r["importance"] == "a" and r["speedup"] == "2.0")
+    low, high = sp.t.interval(0.95, 1, loc=82.0, scale=sp.sem([80.0, 84.0]))
+    assert (int(a2["n"]), float(a2["mean"]), float(a2["std"])) == (2, 82.0, pytest.approx(2 * 2 ** 0.5))
+    assert (float(a2["ci95_low"]), float(a2["ci95_high"])) == (pytest.approx(low), pytest.approx(high))
+    a4 = next(r for r in rows if r["importance"] == "a" and r["speedup"] == "4.0")
+    assert (a4["n"], a4["std"], a4["ci95_low"], a4["rank"]) == ("1", "", "", "1")  # n = 1: no spread
+    avg = {(a.method, a.ranked): a.mean_rank for a in lb.average(lb.rows(RECORDS))}
+    assert avg == {("a", 2): 1.0, ("b", 1): 1.0}  # b failed at 4x: ranked at one speedup of two
+
+
+def test_report_warns_and_sections_per_base():
+    other = [r.model_copy(update={"run_key": r.run_key + "x", "provenance": r.provenance.model_copy(
+        update={"checkpoint_sha256": "f" * 64})}) for r in RECORDS]
+    text = lb.report(RECORDS + other)
+    assert text.startswith("warning: records of t come from 2 base checkpoints")
+    assert text.count("### t · base") == 2
+    assert all(r.final.n <= 2 for r in lb.rows(RECORDS + other))  # never pooled into n = 4
 
 
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="no chromium (apt-get install chromium)")
@@ -66,7 +92,9 @@ def test_site_renders_in_headless_chromium(tmp_path):
         page.goto((tmp_path / "site" / "index.html").as_uri())
         page.click("text=t")
         assert page.locator("h1").inner_text() == "t"
-        assert page.locator("table tr").count() == 1 + 4  # header + cells a@2, b@2, a@4, b@4 (failed, still shown)
+        main = page.locator("table").first
+        assert main.locator("tr").count() == 1 + 4  # header + cells a@2, b@2, a@4, b@4 (failed, still shown)
+        assert page.locator("table.average").count() == 1  # the Average view over 2x and 4x
         assert page.locator("tr.failed").count() == 1
         assert page.locator("svg").count() >= 3
         visible = page.locator(".run:visible")

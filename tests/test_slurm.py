@@ -112,6 +112,21 @@ def test_slurm_sweep_gives_the_local_sweeps_records(slurm, tiny_track_file, tmp_
     assert again.exit_code == 0 and "skipped 2" in again.output  # nothing submitted twice
 
 
+def test_a_missing_base_is_trained_in_a_slurm_job_first(slurm, tiny_track_file, tmp_path):
+    """Runs are keyed by the base's sha256: the driver gets a base it does not have trained by a job."""
+    from harness.protocol.checkpoints import base_sha256
+    from harness.tracks import load_track
+    cache = tmp_path / "cache"
+    res = CliRunner().invoke(app, _sweep(tiny_track_file, tmp_path / "out", "random", "--executor", "slurm",
+                                         "--slurm-config", str(_options(tmp_path)), "--cache-dir", str(cache)))
+    assert res.exit_code == 0, res.output
+    assert "training the base checkpoint of tiny-digits in Slurm job" in res.output
+    [record] = Store.load(tmp_path / "out").records.values()
+    assert record.status == "ok" and record.job is not None
+    digest = base_sha256(load_track(str(tiny_track_file)), cache_dir=cache, train=False)  # now in the cache
+    assert record.provenance.checkpoint_sha256 == digest
+
+
 def _squeue() -> dict[str, str]:
     res = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True, check=True)
     return dict(line.split() for line in res.stdout.splitlines() if line.strip())

@@ -63,6 +63,13 @@ def _setup(device: Device, threads: Optional[int], executor: Executor = Executor
         torch.set_num_threads(threads)
 
 
+def _warn_constant(record: ResultRecord) -> None:
+    from harness.views.leaderboard import constant_scores_warning
+    warning = constant_scores_warning(record)
+    if warning:
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
+
+
 def _resolve(plan: Plan) -> ResolvedPlan:
     try:
         resolved = plan.resolve()
@@ -81,7 +88,9 @@ def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
         return f"{who} {record.speedup.target:g}x seed {record.seed}: {record.status.upper()}: {record.error}"
     reg = f", sparsify {record.timing.reg_s:.1f}s" if record.timing.reg_s is not None else ""
     return (f"{who} {record.speedup.target:g}x seed {record.seed}: "
-            f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f} -> final {m.final:.2f} ({m.delta:+.2f}); "
+            f"{m.name} base {m.base:.2f} -> pruned {m.pruned:.2f}"
+            + (f" (BN re-estimated {m.pruned_recal:.2f})" if m.pruned_recal is not None else "")
+            + f" -> final {m.final:.2f} ({m.delta:+.2f}); "
             f"speedup {record.speedup.achieved:.2f}x (target {record.speedup.target:g}x), "
             f"params {record.params.pruned / record.params.base:.1%}, min channels kept "
             f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s{reg}"
@@ -129,6 +138,7 @@ def evaluate(
             record, run_dir = run_protocol(spec, progress)
         if distributed.world().main:  # under torchrun: rank 0 speaks for the run
             out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
+            _warn_constant(record)
         failed += record.status != "ok"
     if failed:
         raise typer.Exit(1)
@@ -213,6 +223,8 @@ def _run_all(resolved: ResolvedPlan, opts: dict):
         line = _summary(record) if how == "ran" else \
             f"{run_name(record)} {record.speedup.target:g}x seed {record.seed}: skipped ({record.status}, recorded)"
         out.print(f"[{next(counter)}/{len(specs)}] {line}", highlight=False, soft_wrap=True)
+        if how == "ran":
+            _warn_constant(record)
 
     def log(line: str) -> None:
         console.print(line, highlight=False, soft_wrap=True)
@@ -273,17 +285,20 @@ def sweep(
         from harness.views import leaderboard
         summary = _run_all(resolved, opts)
         out.print()
-        out.print(leaderboard.markdown(leaderboard.rows(summary.records)), highlight=False, soft_wrap=True)
+        out.print(leaderboard.report(summary.records), highlight=False, soft_wrap=True)
     _fail_count(summary, len(resolved.specs), plan.out)
 
 
 def _swap_report(resolved: ResolvedPlan, summary) -> None:
     from harness.orchestration import recipe_swap as swap
     out.print()
+    from harness.views.leaderboard import base_warnings
+    for line in base_warnings(summary.records):
+        console.print(line, highlight=False, soft_wrap=True)
     for target in resolved.targets:
-        report = swap.analyse(summary.records, [s.id for s in resolved.methods], resolved.plan.recipes, target,
-                              resolved.plan.own)
-        out.print(swap.markdown(report), highlight=False, soft_wrap=True)
+        for report in swap.analyse_sections(summary.records, [s.id for s in resolved.methods],
+                                            resolved.plan.recipes, target, resolved.plan.own):
+            out.print(swap.markdown(report), highlight=False, soft_wrap=True)
 
 
 @app.command("recipe-swap")

@@ -46,7 +46,7 @@ def blind_eval_cmd(
     for r in results:
         out.print(f"{r.bundle}: {r.status}", highlight=False, soft_wrap=True)
     good = [rec for r in results if r.status == "ok" for rec in r.records]
-    table = lb.markdown(lb.rows(good)) if good else "no submission completed\n"
+    table = lb.report(good) if good else "no submission completed\n"
     atomic_write_text(out_dir / "leaderboard.md", table)
     out.print()
     out.print(table, highlight=False, soft_wrap=True, end="")

@@ -35,9 +35,11 @@ def leaderboard(
     results: Annotated[Path, typer.Argument(help="results folder (searched recursively for result.json)")],
     fmt: Annotated[Format, typer.Option("--format", help="md, csv or html")] = Format.md,
 ) -> None:
-    """Leaderboard (mean ± std over seeds, ranks per speedup) from result records."""
+    """Leaderboard (n, mean ± 95% CI over seeds, tie ranks; a section per base checkpoint) from result records."""
     records, invalid = _load(results)
     rows = lb.rows(records)
+    for line in lb.base_warnings(records):
+        console.print(line, highlight=False, soft_wrap=True)
     if fmt == Format.html:
         from harness.views.site import leaderboard_page
         text = leaderboard_page(records)

@@ -147,6 +147,9 @@ def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Opti
     if not bundles:
         raise HarnessError(f"{submissions}: no submission bundles")
     secrets = [str(Path(data_root).resolve()), str(data_root)] if data_root else []
+    # one base for every submission (and part of every run key): resolved, and checked, once
+    from harness.protocol.checkpoints import base_sha256
+    base = base_sha256(track, data_root, cache_dir)
     results: list[BlindResult] = []
     for bundle in bundles:
         say(f"{bundle.name}: verifying")
@@ -168,7 +171,7 @@ def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Opti
                     track=track, method=source, speedup=speedup, seed=seed, runner="docker",
                     runner_options={"image": digest}, out=Path(out) / "results", data_root=data_root,
                     cache_dir=cache_dir, call_timeout=call_timeout, run_timeout=run_timeout, save_models=False,
-                    sandbox=sandbox))
+                    sandbox=sandbox, base_sha256=base))
                 records.append(record)
         results.append(BlindResult(bundle.name, _status(records, secrets), sub.manifest.id, records))
     atomic_write_text(Path(out) / "status.json",

@@ -13,6 +13,11 @@ submits it again.
 
 The result store, the checkpoint cache and the data root must be on a file
 system every node sees.
+
+Runs are keyed by their base checkpoint's sha256, so the driver needs it before
+it submits anything; a base that is neither cached, published nor pinned is
+trained first by one Slurm job per track (:func:`with_bases_on_slurm`), never on
+the login node.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from harness.configs import read_mapping
 from harness.errors import HarnessError
-from harness.protocol.run import RunSpec, current_job, evaluate, evaluate_distributed, record_unrun
+from harness.protocol.run import RunSpec, current_job, evaluate, evaluate_distributed, record_unrun, with_bases
 from harness.store import recorded, run_dir_name, run_key_of
 from harness.store import atomic_write_text
 from harness.store import clean_stale_staging
@@ -168,6 +173,51 @@ def run_job(spec: RunSpec, time_limit_s: float = float("inf"), signal_delay_s: f
         job = job.model_copy(update={"state": stop.state})
         return record_unrun(spec, f"Slurm job {job.job_id} ended {stop.state} (re-run with --retry-failed)",
                             job)[0]
+
+
+def pretrain_job(spec: RunSpec) -> str:
+    """What a base-training Slurm job runs: the sha256 of ``spec``'s base checkpoint, trained into the shared
+    cache if it is not there yet."""
+    import torch
+    from harness.protocol.checkpoints import base_sha256
+    torch.set_num_threads(_threads_for_job())
+    return base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=True)
+
+
+def with_bases_on_slurm(specs: list[RunSpec], options: SlurmOptions, log: Callable[[str], None] = print
+                        ) -> list[RunSpec]:
+    """:func:`harness.protocol.run.with_bases` for a Slurm sweep: a base that must be trained first is
+    trained by a Slurm job (one per track, with the sweep's resources), and the driver waits for it."""
+    from harness.protocol.checkpoints import base_sha256
+    missing: dict[tuple, RunSpec] = {}
+    for spec in specs:
+        ident = (spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device)
+        if spec.base_sha256 is None and ident not in missing and \
+                base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=False, verify=True) is None:
+            missing[ident] = spec
+    if missing:
+        submitit = _submitit()
+        if shutil.which("sbatch") is None:
+            raise HarnessError("--executor slurm: no `sbatch` on PATH (is this a Slurm login node? SLURM_CONF set?)")
+        folder = Path(options.folder or Path(specs[0].out).resolve() / ".slurm" /
+                      time.strftime(f"%Y%m%d-%H%M%S-{os.getpid()}-pretrain")).resolve()
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        executor.update_parameters(**{**options.executor_parameters(), "slurm_job_name": "pbench-pretrain"})
+        try:
+            from harness.orchestration.sweep import _absolute
+            jobs = [(spec, executor.submit(pretrain_job, _absolute(spec))) for spec in missing.values()]
+        except Exception as e:
+            raise HarnessError(f"sbatch refused the pretraining job: {str(e).strip().splitlines()[-1]}") from None
+        for spec, job in jobs:
+            log(f"training the base checkpoint of {spec.track.id} in Slurm job {job.job_id} first (runs are keyed "
+                f"by its sha256; logs in {folder})")
+        for spec, job in jobs:
+            try:
+                job.result()
+            except Exception as e:
+                raise HarnessError(f"Slurm job {job.job_id} could not train the base of {spec.track.id}: "
+                                   f"{one_line(e)[:300]}") from None
+    return with_bases(specs, train=False)
 
 
 def _slurm_state(job) -> str:

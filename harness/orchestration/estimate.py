@@ -152,12 +152,12 @@ def evaluation_cost(task, model, count: int = 2) -> StageCost:
 
 def _base(track, task):
     """(base network, its checkpoint is available): the cached or published checkpoint, else random weights."""
-    from harness.protocol.checkpoints import _load_state, build_model, trained_path
+    from harness.protocol.checkpoints import _load_state, build_model, cache_path
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(track.checkpoint.pretrain_seed)
         model = build_model(track, task.data)
     path = Path(os.path.expanduser(track.checkpoint.path)) if track.checkpoint.path else \
-        trained_path(track, task.cache_dir)
+        cache_path(track, task.cache_dir)
     if path.is_file():
         _load_state(model, path)
     return model.to(task.device).eval(), path.is_file() or track.checkpoint.path is not None
@@ -223,7 +223,6 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
         if reg is None or reg.id in sparse:
             continue
         log(f"measuring sparse training with {reg.id}")
-        groups = describe_groups(base, example, task.prune_config(base))
         with _client(spec, reg, spec.reg_hyperparameters) as client:
             sparse[reg.id] = training_cost(
                 task, base, track.sparsify, "sparsify", steps,

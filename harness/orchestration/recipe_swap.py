@@ -10,27 +10,26 @@ recipe is given, whether the as-published comparison (A+FT_A vs B+FT_B) agrees
 with the same-recipe comparisons.
 
 Computed only from result records; a cell with no successful run is reported as
-missing, and no verdict is drawn from an incomplete matrix.
+missing, and no verdict is drawn from an incomplete matrix. Records made from different
+base checkpoints (or track versions) are never compared: :func:`analyse_sections` gives
+one report per section (:class:`harness.views.leaderboard.Section`). Cells are summarized
+with :mod:`harness.views.stats` (n, mean, std, 95% CI); a pair's winner under a recipe is
+marked "within noise" when the two are not significantly different at 5% (paired t-test
+by seed, else Welch; Holm over the pairs under that recipe; always with one seed).
 """
 
 from __future__ import annotations
 
 import itertools
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from harness.views.leaderboard import run_name
+from harness.views import stats
+from harness.views.leaderboard import Section, run_name, section_of
+from harness.views.stats import Summary, kendall_tau
 from specs.result import ResultRecord
 from specs.track import TRACK_RECIPE
-
-
-@dataclass
-class Cell:
-    mean: float
-    std: float
-    n: int
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Pair:
     published: Optional[str] = None  # "a", "b" or "tie": a with its own recipe vs b with its own; None without
     #: ``own`` for both
     holds: bool = False  # the same winner under every recipe
-    #: recipes under which the two means differ by no more than the larger std over seeds
+    #: recipes under which the two are not significantly different (5%, Holm; always with one seed)
     within_noise: set[str] = field(default_factory=set)
 
 
@@ -52,12 +51,15 @@ class SwapReport:
     metric: str
     methods: list[str]
     recipes: list[str]
-    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    cells: dict[tuple[str, str], Summary] = field(default_factory=dict)
     missing: list[tuple[str, str]] = field(default_factory=list)
     rankings: dict[str, list[str]] = field(default_factory=dict)
     kendall: dict[tuple[str, str], float] = field(default_factory=dict)
     pairs: list[Pair] = field(default_factory=list)
     own: dict[str, str] = field(default_factory=dict)
+    section: Optional[Section] = None
+    #: per recipe: competition ranks with ties (harness.views.stats.rank)
+    tie_ranks: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -80,58 +82,55 @@ def _winner(x: float, y: float, a: str, b: str) -> Optional[str]:
     return a if x > y else b if y > x else None
 
 
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b of two score lists over the same items (ties allowed); 1.0 for < 2 items."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = x[i] - x[j], y[i] - y[j]
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            ties_x += 1
-        elif dy == 0:
-            ties_y += 1
-        elif (dx > 0) == (dy > 0):
-            concordant += 1
-        else:
-            discordant += 1
-    denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
-    return 1.0 if denom == 0 else (concordant - discordant) / denom
+def analyse_sections(records: list[ResultRecord], methods: list[str], recipes: list[str], speedup: float,
+                     own: Optional[dict[str, str]] = None) -> list[SwapReport]:
+    """:func:`analyse` for each section (track version and base checkpoint) that has records of ``speedup``."""
+    by_section: dict[Section, list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        if r.speedup.target == speedup:
+            by_section[section_of(r)].append(r)
+    ordered = sorted(by_section.items(), key=lambda kv: kv[0].sort_key)
+    return [analyse(rs, methods, recipes, speedup, own) for _, rs in ordered]
 
 
 def analyse(records: list[ResultRecord], methods: list[str], recipes: list[str], speedup: float,
             own: Optional[dict[str, str]] = None) -> SwapReport:
     """The recipe-swap report for ``methods`` x ``recipes`` at ``speedup`` from ``records``
-    (records of other settings are ignored; recipe ``track`` is the track's own)."""
-    finals: dict[tuple[str, str], list[float]] = defaultdict(list)
+    (records of other settings are ignored; recipe ``track`` is the track's own). The records of
+    ``speedup`` must come from one section (one base checkpoint): else ValueError."""
+    finals: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     track, metric = "", ""
+    secs = {section_of(r) for r in records if r.speedup.target == speedup}
+    if len(secs) > 1:
+        raise ValueError(f"records from {len(secs)} base checkpoints or track versions: compare them "
+                         f"separately (analyse_sections)")
     for r in records:
         recipe = r.recipe or TRACK_RECIPE
         if r.status != "ok" or r.speedup.target != speedup or recipe not in recipes:
             continue
         track, metric = r.track.id, r.metric.name
-        finals[(run_name(r, recipe=False), recipe)].append(r.metric.final)
+        finals[(run_name(r, recipe=False), recipe)][r.seed] = r.metric.final
     report = SwapReport(track=track, speedup=speedup, metric=metric, methods=list(methods), recipes=list(recipes),
-                        own=dict(own or {}))
+                        own=dict(own or {}), section=next(iter(secs), None))
     for m, rec in itertools.product(methods, recipes):
         xs = finals.get((m, rec))
         if xs:
-            report.cells[(m, rec)] = Cell(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0,
-                                          len(xs))
+            report.cells[(m, rec)] = stats.summarize(xs.values())
         else:
             report.missing.append((m, rec))
     if not report.complete:
         return report
     mean = {k: c.mean for k, c in report.cells.items()}
+    tests = {rec: stats.rank({m: finals[(m, rec)] for m in methods}) for rec in recipes}
     for rec in recipes:
         report.rankings[rec] = sorted(methods, key=lambda m: (-mean[(m, rec)], m))
+        report.tie_ranks[rec] = tests[rec].ranks
     for r1, r2 in itertools.combinations(recipes, 2):
         report.kendall[(r1, r2)] = kendall_tau([mean[(m, r1)] for m in methods], [mean[(m, r2)] for m in methods])
     for a, b in itertools.combinations(methods, 2):
         winners = {rec: _winner(mean[(a, rec)], mean[(b, rec)], a, b) for rec in recipes}
         pair = Pair(a, b, winners, holds=len(set(winners.values())) == 1 and None not in winners.values(),
-                    within_noise={rec for rec in recipes if abs(mean[(a, rec)] - mean[(b, rec)])
-                                  <= max(report.cells[(a, rec)].std, report.cells[(b, rec)].std)})
+                    within_noise={rec for rec in recipes if not tests[rec].differs(a, b)})
         if a in report.own and b in report.own:
             pair.published = _winner(mean[(a, report.own[a])], mean[(b, report.own[b])], a, b) or "tie"
         report.pairs.append(pair)
@@ -140,14 +139,16 @@ def analyse(records: list[ResultRecord], methods: list[str], recipes: list[str],
 
 def markdown(report: SwapReport) -> str:
     rs = report.recipes
-    lines = [f"### Recipe swap: {report.track} at {report.speedup:g}x ({report.metric}, mean ± std over seeds)", "",
+    base = f", base {report.section.base_sha256[:12]}" if report.section and report.section.base_sha256 else ""
+    lines = [f"### Recipe swap: {report.track} at {report.speedup:g}x ({report.metric}, mean ± 95% CI over "
+             f"seeds{base})", "",
              "| Method | " + " | ".join(f"retrain {r}" for r in rs) + " |", "|---|" + "---|" * len(rs)]
     for m in report.methods:
         row = []
         for rec in rs:
             c = report.cells.get((m, rec))
-            rank = report.rankings.get(rec, []).index(m) + 1 if report.rankings else None
-            row.append("missing" if c is None else f"{c.mean:.2f} ± {c.std:.2f} (n={c.n}"
+            rank = report.tie_ranks.get(rec, {}).get(m)
+            row.append("missing" if c is None else f"{stats.fmt(c)} (n={c.n}"
                        + (f", rank {rank})" if rank else ")"))
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines.append("")
@@ -166,7 +167,8 @@ def markdown(report: SwapReport) -> str:
                 cells.append(p.published or "n/a")
             lines.append("| " + " | ".join(cells) + f" | {'yes' if p.holds else 'no'} |")
         if any(p.within_noise for p in report.pairs):
-            lines.append("\n\\* the two means differ by no more than one standard deviation over seeds")
+            lines.append("\n\\* within noise: not significantly different at the 5% level (paired t-test by seed, "
+                         "else Welch; Holm over the pairs under that recipe), or fewer than two seeds")
         lines.append("")
     for (r1, r2), tau in report.kendall.items():
         lines.append(f"Kendall's tau between the rankings under {r1} and {r2}: {tau:+.2f}")

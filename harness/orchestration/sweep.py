@@ -7,6 +7,11 @@ half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 ``jobs`` worker processes (``executor="local"``) or to Slurm, one job per run
 (``executor="slurm"``, :mod:`harness.orchestration.cluster`); one failing run never stops the
 others. No run starts while the disk is nearly full (:mod:`harness.orchestration.preflight`).
+
+Every run is keyed by its base checkpoint's sha256 (:func:`harness.protocol.run.with_bases` resolves
+it once per track before any run: the local executor trains a missing base here first, a Slurm sweep
+in one Slurm job), so records of another base in the same store are neither skipped for nor mixed
+with this sweep's: ``log`` gets one line naming them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.orchestration.preflight import check_free_space
-from harness.protocol.run import RunSpec, evaluate
+from harness.protocol.run import RunSpec, evaluate, with_bases
 from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
 from specs.result import ResultRecord
@@ -56,6 +61,22 @@ def _absolute(spec: RunSpec) -> RunSpec:
                                cache_dir=spec.cache_dir and Path(spec.cache_dir).resolve())
 
 
+def other_bases(specs: list[RunSpec], records) -> list[str]:
+    """One line per track of ``specs`` whose store also holds records made from another base checkpoint
+    (or another version of the track): they stay out of this sweep's leaderboard."""
+    from harness.views.leaderboard import short
+    mine = {(s.track.id, s.track.hash(), s.base_sha256) for s in specs}
+    lines = []
+    for track in sorted({t for t, _, _ in mine}):
+        others = sorted({(r.track.hash, r.provenance.checkpoint_sha256) for r in records if r.track.id == track}
+                        - {(h, b) for t, h, b in mine if t == track})
+        if others:
+            named = ", ".join(f"base {short(b)} (track {short(h)})" for h, b in others)
+            lines.append(f"warning: the store also holds records of {track} from {named}; this sweep's runs "
+                         f"(base {short(next(b for t, _, b in mine if t == track))}) are never pooled with them")
+    return lines
+
+
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
               on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
               slurm=None, log=print, events: Optional["EventLog"] = None,
@@ -66,8 +87,15 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
     to the store and can be cancelled. Raises :class:`~harness.orchestration.preflight.LowDisk` instead
     of starting a run (or a batch of runs) while less than ``min_free_mb`` is free
     (:func:`~harness.orchestration.preflight.check_free_space`)."""
+    if executor == "slurm":
+        from harness.orchestration.cluster import SlurmOptions, with_bases_on_slurm
+        specs = with_bases_on_slurm(specs, slurm or SlurmOptions(), log)
+    else:  # a mismatching base stops the sweep here, in one line, before any run
+        specs = with_bases(specs, verify=True)
     clean_stale_staging(out)
     store = Store.load(out)
+    for line in other_bases(specs, store.records.values()):
+        log(line)
     summary = SweepSummary()
     todo = []
     for spec in specs:

@@ -11,6 +11,11 @@ an integer ``t`` (more channels removed as ``t`` grows):
 - ``local``: every group removes the same fraction ``t / LOCAL_STEPS`` of its
   channels (lowest scores first).
 
+Equal scores are ordered by a permutation of all channels seeded with the run seed
+(and the round), never by group, layer or channel order: a method whose scores tie
+(e.g. constant scores) loses channels spread at random over the model, not the first
+groups stripped to their floor. :meth:`Planner.diagnostics` says how many scores tied.
+
 The search finds the smallest ``t`` whose *physically pruned* model reaches the
 target MACs speedup, measured with Torch-Pruning's op counter on a pruned copy.
 """
@@ -32,10 +37,24 @@ from specs.messages import Group
 from specs.track import Strategy
 
 LOCAL_STEPS = 1000
+#: offset of the tie-breaking generator's seed (keeps it apart from the other seeded streams of a run)
+TIE_SEED = 20_000
 
 
 class Unreachable(HarnessError):
     """The strategy cannot reach the speedup target (e.g. the 10% floor forbids it)."""
+
+
+@dataclass
+class Ties:
+    """How much a round's scores tie, as the planner ranks them (all groups together for the global
+    strategies, each group alone for ``local``): ``tied`` of ``units`` channels have a score equal to another
+    channel's; ``constant_groups`` (of ``groups`` with two or more channels) have one score for all."""
+
+    units: int
+    tied: int
+    groups: int
+    constant_groups: list[str]
 
 
 @dataclass
@@ -46,20 +65,27 @@ class Planner:
     unit_scores: dict[str, torch.Tensor]  # per group: one score per unit (channel, or channel slot across ch_groups)
     caps: dict[str, int]                   # per group: max units removable this round
     strategy: Strategy
+    tie_break: dict[str, torch.Tensor]     # per group: each unit's position in a seeded permutation of all units
 
     @property
     def t_max(self) -> int:
         return LOCAL_STEPS if self.strategy == "local" else sum(self.caps.values())
 
+    def _sorted_units(self, gid: str) -> torch.Tensor:
+        """The units of group ``gid``, lowest score first, equal scores in the seeded tie-break order."""
+        s, tb = self.unit_scores[gid], self.tie_break[gid]
+        by_tie = torch.argsort(tb)
+        return by_tie[torch.sort(s[by_tie], stable=True).indices]
+
     def _order(self) -> list[tuple[str, int]]:
         if not hasattr(self, "_global_order"):
             keys = []
-            for gi, g in enumerate(self.groups):
-                s = self.unit_scores[g.id]
-                order = torch.sort(s, stable=True).indices[: self.caps[g.id]]
-                keys.extend((float(s[u]), gi, rank, g.id, int(u)) for rank, u in enumerate(order))
-            keys.sort()  # score, then group order, then within-group rank: deterministic ties
-            self._global_order = [(k[3], k[4]) for k in keys]
+            for g in self.groups:
+                s, tb = self.unit_scores[g.id], self.tie_break[g.id]
+                kept = self._sorted_units(g.id)[: self.caps[g.id]]
+                keys.extend((float(s[u]), int(tb[u]), g.id, int(u)) for u in kept)
+            keys.sort()  # score, then the seeded permutation (unique): never group or channel order
+            self._global_order = [(k[2], k[3]) for k in keys]
         return self._global_order
 
     def units(self, t: int) -> dict[str, list[int]]:
@@ -67,9 +93,8 @@ class Planner:
         if self.strategy == "local":
             out = {}
             for g in self.groups:
-                s = self.unit_scores[g.id]
-                k = min(self.caps[g.id], math.floor(t / LOCAL_STEPS * len(s)))
-                out[g.id] = torch.sort(s, stable=True).indices[:k].tolist()
+                k = min(self.caps[g.id], math.floor(t / LOCAL_STEPS * len(self.unit_scores[g.id])))
+                out[g.id] = self._sorted_units(g.id)[:k].tolist()
             return out
         out = {g.id: [] for g in self.groups}
         for gid, u in self._order()[:t]:
@@ -85,10 +110,26 @@ class Planner:
             out[g.id] = sorted(u + k * size for u in units[g.id] for k in range(g.ch_groups))
         return out
 
+    def ties(self) -> Ties:
+        """How many of this round's unit scores tie (see :class:`Ties`)."""
+        scored = [g for g in self.groups if len(self.unit_scores[g.id])]
+        constant = [g.id for g in scored if len(self.unit_scores[g.id]) > 1
+                    and bool((self.unit_scores[g.id] == self.unit_scores[g.id][0]).all())]
+        pools = [self.unit_scores[g.id] for g in scored]
+        if self.strategy != "local" and pools:
+            pools = [torch.cat([p.to(torch.float64) for p in pools])]
+        tied = 0
+        for p in pools:
+            _, inverse, counts = torch.unique(p, return_inverse=True, return_counts=True)
+            tied += int((counts[inverse] > 1).sum())
+        return Ties(units=sum(len(p) for p in pools), tied=tied,
+                    groups=sum(len(self.unit_scores[g.id]) > 1 for g in scored), constant_groups=constant)
+
 
 def make_planner(groups: list[Group], scores: dict[str, torch.Tensor], base_channels: dict[str, int],
-                 strategy: Strategy, min_fraction: float) -> Planner:
-    """``base_channels``: root channels of each group in the unpruned base model (for the floor)."""
+                 strategy: Strategy, min_fraction: float, seed: int, round_: int = 0) -> Planner:
+    """``base_channels``: root channels of each group in the unpruned base model (for the floor);
+    ``seed`` (the run seed) and ``round_`` seed the permutation that orders equal scores."""
     unit_scores, caps = {}, {}
     for g in groups:
         if g.n_channels % g.ch_groups:
@@ -100,7 +141,11 @@ def make_planner(groups: list[Group], scores: dict[str, torch.Tensor], base_chan
         base_units = base_channels.get(g.id, g.n_channels) // g.ch_groups
         keep = max(1, math.ceil(min_fraction * base_units)) if strategy == "protected_global" else 1
         caps[g.id] = max(0, units_now - keep)
-    return Planner(groups, unit_scores, caps, strategy)
+    sizes = [len(unit_scores[g.id]) for g in groups]
+    gen = torch.Generator().manual_seed(TIE_SEED + 64 * int(seed) + int(round_))
+    perm = torch.randperm(sum(sizes), generator=gen)
+    tie_break = dict(zip((g.id for g in groups), torch.split(perm, sizes)))
+    return Planner(groups, unit_scores, caps, strategy, tie_break)
 
 
 @dataclass

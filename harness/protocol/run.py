@@ -31,11 +31,13 @@ import torch.nn as nn
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from harness.protocol import distributed
+from harness.protocol.batchnorm import recalibrate
+from harness.protocol.checkpoints import BaseMismatch, base_sha256
 from harness.protocol.grouping import (build_graph, check_applicable, count_layer_macs, count_macs_params,
                                        describe_groups, layer_channels)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
-from harness.protocol.pruning import Unreachable, make_planner, prune_round
+from harness.protocol.pruning import Ties, Unreachable, make_planner, prune_round
 from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
@@ -44,7 +46,8 @@ from harness.runners.sandbox import check_resources, limits_for
 from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
                            run_key_of)
 from harness.tasks import Task, task_for
-from specs.result import BeforeAfter, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing, TrackInfo
+from specs.result import (BeforeAfter, Diagnostics, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing,
+                          TrackInfo)
 from specs.sdk import one_line, seed_everything
 from specs.manifest import SandboxLimits
 from specs.track import TrackConfig
@@ -80,12 +83,45 @@ class RunSpec:
     def limits(self):
         """The caps this run's runner enforces (:func:`harness.runners.sandbox.limits_for`)."""
         return limits_for(self.runner, self.sandbox, self.track.sandbox)
+    #: sha256 of the base checkpoint (part of the run key), resolved before the run by :func:`with_base`;
+    #: None = resolve it when the key is computed. A base that differs at run time is a recorded failure
+    base_sha256: Optional[str] = None
 
     def retrain_recipe(self):
         try:
             return self.track.retrain_recipe(self.recipe)
         except ValueError as e:
             raise HarnessError(str(e)) from None
+
+
+def with_base(spec: RunSpec, train: bool = True, verify: bool = False) -> RunSpec:
+    """``spec`` with ``base_sha256`` resolved (:func:`harness.protocol.checkpoints.base_sha256`: the published
+    file's digest, the cached trained base's, the track's pin unless ``verify``, or - ``train`` - the base
+    trained now).
+    Raises :class:`HarnessError` when it cannot be known without training and ``train`` is false, and
+    :class:`BaseMismatch` when a file differs from the track's pin."""
+    if spec.base_sha256 is not None:
+        return spec
+    digest = base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=train, verify=verify)
+    if digest is None:
+        raise HarnessError(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
+                           f"its sha256: run `pbench-harness pretrain {spec.track.id}` first (with the same cache "
+                           f"folder), or pin checkpoint.sha256 in the track")
+    return dataclasses.replace(spec, base_sha256=digest)
+
+
+def with_bases(specs: list[RunSpec], train: bool = True, verify: bool = False) -> list[RunSpec]:
+    """:func:`with_base` for many runs, resolving each distinct base once."""
+    resolved: dict[tuple, str] = {}
+    out = []
+    for spec in specs:
+        ident = (spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device)
+        if spec.base_sha256 is None and ident in resolved:
+            spec = dataclasses.replace(spec, base_sha256=resolved[ident])
+        spec = with_base(spec, train, verify)
+        resolved.setdefault(ident, spec.base_sha256)
+        out.append(spec)
+    return out
 
 
 def _now() -> str:
@@ -129,6 +165,7 @@ class Pruned:
     base_channels: dict[str, int]  # root channels of every group of the unpruned model
     step_s: float                  # observations + scoring + pruning
     score_s: float                 # inside the method
+    ties: list[Ties] = field(default_factory=list)  # per round: how much the method's scores tied
 
 
 def method_info(spec: RunSpec, source: MethodSource, hyperparameters: dict) -> MethodInfo:
@@ -168,12 +205,15 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     _check(spec)
     spec, progress, w = _join_world(spec, progress)
     track, reg = spec.track, spec.regularizer
-    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
     task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     _check_recipes(spec, task)
-    base = task.base_model(progress)
+    try:
+        spec, base = _base_stage(spec, task, progress)
+    except BaseMismatch as e:  # not the base the run is keyed by (or the track pins): recorded under that key
+        spec = dataclasses.replace(spec, base_sha256=spec.base_sha256 or track.checkpoint.sha256)
+        return _record_failure(spec, run_key_of(spec), str(e))
     needy = [s.manifest for s in (spec.method, reg) if s is not None and s.manifest.requires]
     if needy:  # a model a method cannot score: bad input, refused before anything is written
         with torch.random.fork_rng(devices=[]):  # the check leaves the run's random stream alone
@@ -181,6 +221,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             probe_groups = describe_groups(probe, probe_input, task.prune_config(probe))
             for manifest in needy:
                 check_applicable(manifest, probe, probe_input, probe_groups)
+    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
     recipe = spec.retrain_recipe()
     target_dir = run_dir(spec, key)
     staging = new_staging(target_dir) if w.main else Path(tempfile.mkdtemp(prefix="pbench-rank-"))
@@ -206,9 +247,11 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
         pruned = _prune_everywhere(spec, task, model, example, dense, progress)
         timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
         model = pruned.model
-        metric = metric.model_copy(update={"pruned": task.evaluate(model)})
+        metric = metric.model_copy(update={"pruned": task.evaluate(model),
+                                           "pruned_recal": _recalibrate_stage(spec, task, model)})
+        fields["diagnostics"] = _diagnostics(pruned.ties)
         if progress:
-            progress("evaluate", 1, 2, metric=track.metric, pruned=metric.pruned)
+            progress("evaluate", 1, 2, metric=track.metric, pruned=metric.pruned, pruned_recal=metric.pruned_recal)
         if spec.save_models:
             task.save(model, staging / "pruned.pt")
         t0 = time.perf_counter()
@@ -260,6 +303,37 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     if failure is None or distributed.everywhere(failure):
         distributed.barrier()  # rank 0 has published before any rank exits (an exit stops the others)
     return record, target_dir
+
+
+def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
+    """``(spec, base)``: the base checkpoint (loaded, or trained and cached: data and file problems are bad
+    input, as ever), and ``spec`` keyed by it. A base other than the one ``spec`` was keyed by, or than the
+    track pins, raises :class:`BaseMismatch`."""
+    base = task.base_model(progress)
+    if spec.base_sha256 is None:
+        return dataclasses.replace(spec, base_sha256=base.sha256), base
+    if base.sha256 != spec.base_sha256:
+        raise BaseMismatch(f"base checkpoint {base.path} has sha256 {base.sha256}, but the run was keyed by "
+                           f"{spec.base_sha256} (the file changed since: re-run to key it by the new base)")
+    return spec, base
+
+
+def _recalibrate_stage(spec: RunSpec, task: Task, model: nn.Module) -> Optional[float]:
+    """The metric of a copy of the pruned ``model`` whose BatchNorm statistics are re-estimated on the
+    track's calibration images (:mod:`harness.protocol.batchnorm`); ``None`` without BatchNorm. ``model``
+    itself is not changed: retraining starts from the pruned model as it is."""
+    recal = copy.deepcopy(model)
+    if not recalibrate(recal, task.calibration_batches(spec.seed), task.loss):
+        return None
+    return task.evaluate(recal)
+
+
+def _diagnostics(ties: list[Ties]) -> Diagnostics:
+    """The record's tie diagnostics, summed over pruning rounds."""
+    units = sum(t.units for t in ties)
+    constant = sorted({g for t in ties for g in t.constant_groups})
+    return Diagnostics(tied_fraction=sum(t.tied for t in ties) / units if units else 0.0,
+                       constant_groups=constant, groups=max((t.groups for t in ties), default=0))
 
 
 # --------------------------------------------------------------------------- one run over N processes
@@ -378,6 +452,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
         layers = count_layer_macs(model, example)[2]
         model = copy.deepcopy(model) if rounds > 1 else model
         graph = build_graph(model, example, task.prune_config(model)) if rounds > 1 else None
+        ties = []
         for r in range(rounds):
             groups = describe_groups(model, example, task.prune_config(model), graph)
             if r == 0:
@@ -386,14 +461,15 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
                           calibration=track.calibration)
             scores = client.score(r, groups, obs)
             planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
-                                   track.pruning.min_channel_fraction)
+                                   track.pruning.min_channel_fraction, seed=spec.seed, round_=r)
+            ties.append(planner.ties())
             found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
                                         spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
             model, macs, params = found.model, found.macs, found.params
             task.after_prune(model)
             if progress:
                 progress("prune", r + 1, rounds, macs=macs, speedup=dense.macs / macs)
-        return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds)
+        return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds, ties)
 
 
 def _record_fields(spec: RunSpec, key: str, checkpoint_sha256: Optional[str], started: str,
@@ -417,12 +493,18 @@ def record_unrun(spec: RunSpec, error: str, job: Optional[JobInfo] = None,
     so that it is reported and re-run by ``--retry-failed``. An ``ok`` record the run did write is never
     replaced."""
     key = run_key_of(spec)
-    target_dir = run_dir(spec, key)
     existing = recorded(spec, key)
     if existing is not None and existing.status == "ok":  # the job finished its run before it was stopped
-        return existing, target_dir
+        return existing, run_dir(spec, key)
+    return _record_failure(spec, key, error, job, status)
+
+
+def _record_failure(spec: RunSpec, key: str, error: str, job: Optional[JobInfo] = None,
+                    status: Literal["failed", "cancelled"] = "failed") -> tuple[ResultRecord, Path]:
+    """Publish a ``status`` record for a run that never got to run (its section: the base it is keyed by)."""
+    target_dir = run_dir(spec, key)
     now, reg = _now(), spec.regularizer
-    fields = _record_fields(spec, key, None, now, job)
+    fields = _record_fields(spec, key, spec.base_sha256, now, job)
     if reg is not None:
         fields["regularizer"] = MethodInfo(id=reg.id, version=reg.manifest.version, runner=spec.runner,
                                            hyperparameters=resolved_hyperparameters(reg, spec.reg_hyperparameters))

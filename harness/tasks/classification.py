@@ -46,7 +46,7 @@ class ClassificationTask(Task):
 
     def base_model(self, progress: Optional[Progress] = None) -> BaseCheckpoint:
         self._check_variant()
-        return load_base(self.track, self.data, self.cache_dir, self.device, progress)
+        return load_base(self.track, self.data, self.cache_dir, self.device, progress, data_root=self.data_root)
 
     def _check_variant(self) -> None:
         """ImageNet data with a model name that has an ImageNet variant must say which one it means:

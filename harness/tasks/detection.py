@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 import harness.models.yolo as yolo  # sets Ultralytics' offline environment before anything imports it
-from harness.protocol.checkpoints import BaseCheckpoint, default_cache_dir, pretrain_key, verified_file
+from harness.protocol.checkpoints import BaseCheckpoint, check_pin, default_cache_dir, pretrain_key, verified_file
 from harness.data.coco import CocoBundle, CocoImages, collate, letterbox_geometry
 from harness.errors import HarnessError
 from harness.models import build_model
@@ -189,6 +189,7 @@ class DetectionTask(Task):
                 else:
                     self._load(model, path)
             digest = sha256_file(path)
+            check_pin(self.track, path, digest)
         model.eval()
         return BaseCheckpoint(model, path, digest, self._base_metric(model, path, digest))
 

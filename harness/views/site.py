@@ -1,8 +1,11 @@
 """A static HTML site from result records: an index and one page per track.
 
-Each track page has the leaderboard table (mean ± std over seeds), a plot of the
-final metric against the achieved speedup per method, params kept against the
-metric, and the channels every layer kept for a run chosen from a list.
+Each track page has one section per base checkpoint (and track version): records of
+different bases are never pooled or ranked together, and a warning names them. A section
+has the leaderboard table (n, mean ± 95% CI over seeds, tie ranks; see
+:mod:`harness.views.leaderboard`), the Average view (mean rank over speedups), a plot of
+the final metric against the achieved speedup per method and of params kept against the
+metric; then the channels every layer kept for a run chosen from a list.
 Plots are inline SVG (matplotlib), so the site needs no network and no server
 beyond ``python -m http.server`` (``pbench-harness serve``).
 """
@@ -22,7 +25,8 @@ from specs.result import ResultRecord
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
-th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.failed{color:#b00}
+th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.failed{color:#b00}.warn{color:#a60;font-weight:600}
+.legend{font-size:.85rem;color:#444;max-width:1000px}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}.plots figure{margin:0}.prov{font-size:.8rem;color:#555}
 """
 
@@ -90,9 +94,28 @@ def _table(rows: list[lb.Row], all_columns: bool = False) -> str:
     body = []
     for r in rows:
         cells = lb.cells(r)[first:]
-        cls = ' class="failed"' if r.final is None else ""
+        cls = ' class="failed"' if r.final.n == 0 else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _average_table(rows: list[lb.Row]) -> str:
+    avg = lb.average(rows)
+    if len({r.speedup for r in rows}) < 2 or not avg:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in lb.AVERAGE_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in lb.average_cells(a)) + "</tr>"
+                   for a in avg)
+    return f'<h3>Average over speedups</h3><table class="average"><tr>{head}</tr>{body}</table>'
+
+
+def _warnings(records: list[ResultRecord]) -> str:
+    return "".join(f'<p class="warn">{html.escape(w)}</p>' for w in lb.base_warnings(records))
+
+
+def _legend(rows: list[lb.Row]) -> str:
+    flag = " " + lb.FLAG_LEGEND if any(r.constant_scores for r in rows) else ""
+    return f'<p class="legend">{html.escape(lb.LEGEND + flag)}</p>'
 
 
 def _provenance(records: list[ResultRecord]) -> str:
@@ -111,9 +134,15 @@ def _page(title: str, body: str) -> str:
 
 
 def leaderboard_page(records: list[ResultRecord]) -> str:
-    """The leaderboard table alone, as one HTML page."""
-    return _page("PruningBench leaderboard", f"<h1>Leaderboard</h1>{_table(lb.rows(records), all_columns=True)}"
-                 + (_provenance(records) if records else ""))
+    """The leaderboard tables alone (one per section), as one HTML page."""
+    rows = lb.rows(records)
+    by_section = lb.sections(rows)
+    body = [_warnings(records)]
+    for section, srows in by_section.items():
+        srecords = [r for r in records if lb.section_of(r) == section]
+        body.append(f"<h2>{html.escape(section.label)}</h2>{_table(srows, all_columns=True)}"
+                    f"{_average_table(srows)}{_provenance(srecords)}")
+    return _page("PruningBench leaderboard", "<h1>Leaderboard</h1>" + "".join(body) + (_legend(rows) if rows else ""))
 
 
 def build_site(records: list[ResultRecord], out: Path) -> list[Path]:
@@ -127,20 +156,27 @@ def build_site(records: list[ResultRecord], out: Path) -> list[Path]:
     index = ["<h1>PruningBench leaderboards</h1><ul>"]
     for track, rs in sorted(by_track.items()):
         rows = lb.rows(rs)
-        speed, params = _plots(rs)
-        ok = sorted((r for r in rs if r.status == "ok"), key=lambda r: (r.method.id, r.speedup.target, r.seed))
-        options = "".join(f'<option value="run{i}">{html.escape(r.method.id)} {r.speedup.target:g}x seed {r.seed}'
-                          f"</option>" for i, r in enumerate(ok))
+        blocks = []
+        for section, srows in lb.sections(rows).items():
+            srecords = [r for r in rs if lb.section_of(r) == section]
+            speed, params = _plots(srecords)
+            blocks.append(f"<h2>{html.escape(section.label)}</h2>{_table(srows)}{_average_table(srows)}"
+                          f"<div class=plots><figure>{speed}<figcaption>final metric vs achieved speedup (bars: "
+                          f"range over seeds)</figcaption></figure><figure>{params}<figcaption>parameters kept vs "
+                          f"final metric</figcaption></figure></div>{_provenance(srecords)}")
+        ok = sorted((r for r in rs if r.status == "ok"),
+                    key=lambda r: (r.provenance.checkpoint_sha256 or "", r.method.id, r.speedup.target, r.seed))
+        several = len(lb.sections(rows)) > 1
+        options = "".join(f'<option value="run{i}">{html.escape(lb.run_name(r))} {r.speedup.target:g}x seed {r.seed}'
+                          + (f" (base {lb.short(r.provenance.checkpoint_sha256, 8)})" if several else "")
+                          + "</option>" for i, r in enumerate(ok))
         layer_figs = "".join(f'<div class="run" id="run{i}" style="display:{"block" if i == 0 else "none"}">'
                              f"{_layers_svg(r)}</div>" for i, r in enumerate(ok))
         script = ("<script>function show(id){document.querySelectorAll('.run').forEach("
                   "e=>e.style.display=e.id===id?'block':'none')}</script>")
-        body = (f"<p><a href=index.html>all tracks</a></p><h1>{html.escape(track)}</h1>{_table(rows)}"
-                f"<div class=plots><figure>{speed}<figcaption>final metric vs achieved speedup (bars: range over "
-                f"seeds)</figcaption></figure><figure>{params}<figcaption>parameters kept vs final metric"
-                f"</figcaption></figure></div><h2>Channels kept per layer</h2>"
-                f'<select id=run onchange="show(this.value)">{options}</select>{layer_figs}{script}'
-                f"{_provenance(rs)}")
+        body = (f"<p><a href=index.html>all tracks</a></p><h1>{html.escape(track)}</h1>{_warnings(rs)}"
+                f"{''.join(blocks)}{_legend(rows)}<h2>Channels kept per layer</h2>"
+                f'<select id=run onchange="show(this.value)">{options}</select>{layer_figs}{script}')
         path = out / f"{track}.html"
         atomic_write_text(path, _page(f"{track} — PruningBench", body))
         pages.append(path)
