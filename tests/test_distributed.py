@@ -88,13 +88,12 @@ def _trained(hook_link=None):
 def _counting_link(calls: list):
     """A real regularizer (group_norm, in-process runner) behind a link that counts its calls."""
     from harness.methods import find_method
-    from harness.protocol.sparsify import open_link
     from harness.runners import client_class
     client = client_class("inprocess")(find_method("group_norm"), {}, seed=0)
     client.start()
 
     def make(groups):
-        link = open_link(client, groups)
+        link = client.regularizer_link(groups)
 
         def counted(step, total, weights):
             calls.append(step)

@@ -23,7 +23,7 @@ import torch_pruning as tp
 from harness.methods import find_method
 from harness.protocol.grouping import PruneConfig, apply_plan, build_graph, describe_groups, ROOT_TYPES
 from harness.protocol.observations import collect
-from harness.protocol.sparsify import make_grad_hook, open_link
+from harness.protocol.sparsify import make_grad_hook
 from harness.runners import client_class
 from specs.sdk import channel_sq_norms, grouped, member_coefficients, member_positions, member_rows
 
@@ -119,7 +119,7 @@ def test_group_lasso_gradient_equals_autograd_on_grouped_convs(groups, runner):
     reg = 1e-2
     truth = group_lasso_truth(model, groups, reg)
     with client_class(runner)(find_method("group_lasso"), {"reg": reg}, seed=0) as client:
-        link = open_link(client, list(described.values()))
+        link = client.regularizer_link(list(described.values()))
         hook = make_grad_hook(model, list(described.values()), link)
         for p in model.parameters():
             p.grad = torch.zeros_like(p)

@@ -199,7 +199,7 @@ def _run_arch(arch_id: str) -> dict:
     from harness.methods import discover
     from harness.protocol.grouping import (NotApplicable, check_applicable, count_macs_params, describe_groups)
     from harness.protocol.observations import collect
-    from harness.protocol.sparsify import make_grad_hook, open_link
+    from harness.protocol.sparsify import make_grad_hook
     from harness.runners import client_class
     from specs.sdk import one_line
     from specs.track import Calibration
@@ -233,7 +233,7 @@ def _run_arch(arch_id: str) -> dict:
             else:
                 sparse = copy.deepcopy(model)
                 with client_class("inprocess")(source, {}, seed=0) as client:
-                    hook = make_grad_hook(sparse, groups, open_link(client, groups))
+                    hook = make_grad_hook(sparse, groups, client.regularizer_link(groups))
                     for p in sparse.parameters():
                         p.grad = torch.zeros_like(p)
                     hook(0, 1)
