@@ -42,7 +42,7 @@ def test_predicted_macs_match_the_counter_on_pruned_copies(name, width, size):
     total, _, layers = count_layer_macs(model, example)
     scores = {g.id: torch.rand(g.n_channels, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
               for g in groups}
-    planner = make_planner(groups, scores, {g.id: g.n_channels for g in groups}, "protected_global", 0.1)
+    planner = make_planner(groups, scores, {g.id: g.n_channels for g in groups}, "protected_global", 0.1, seed=0)
     predict = macs_predictor(model, layers, total, groups)
     for frac in (0.1, 0.4, 0.8):
         plan = planner.plan(int(frac * planner.t_max))
@@ -67,7 +67,7 @@ def test_predicted_step_is_the_smallest_within_the_predictor():
     model, example, groups = setup("vgg19", 0.125, 16)
     total, _, layers = count_layer_macs(model, example)
     scores = {g.id: torch.arange(g.n_channels, dtype=torch.float64) for g in groups}
-    planner = make_planner(groups, scores, {g.id: g.n_channels for g in groups}, "global", 0.1)
+    planner = make_planner(groups, scores, {g.id: g.n_channels for g in groups}, "global", 0.1, seed=0)
     predict = macs_predictor(model, layers, total, groups)
     t = predicted_step(planner, predict, total / 2)
     assert predict(planner.plan(t)) <= total / 2 < predict(planner.plan(t - 1))
