@@ -1,18 +1,22 @@
 """The platform's JSON API through an HTTP client (FastAPI's TestClient): plan validation with the CLI's
-messages, access control and CSRF, queue limits, path traversal and upload limits, leaderboard
-statistics against scipy, the ``cancelled`` status. Nothing here trains a model."""
+messages, access control and CSRF, queue limits, path traversal and upload limits, leaderboards (statistics
+against scipy, ranks equal to ``harness.views.leaderboard``'s, one section per base checkpoint), the
+``cancelled`` status. Nothing here trains a model."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import statistics
 import zipfile
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -37,23 +41,28 @@ def local(tmp_path):
         yield client
 
 
-def _record(method, speedup, seed, final, status="ok", track="t", reg=None, latency=None, key=None):
+def _record(method, speedup, seed, final, status="ok", track="t", reg=None, latency=None, key=None, base_sha=None,
+            recal=None, constant=False):
     ok = status == "ok"
     return ResultRecord.model_validate(dict(
-        status=status, error=None if ok else f"{status}: why", run_key=key or hashlib.sha256(f"{method}{reg}{speedup}{seed}".encode()).hexdigest(),
+        status=status, error=None if ok else f"{status}: why",
+        run_key=key or hashlib.sha256(f"{method}{reg}{speedup}{seed}{base_sha or ''}".encode()).hexdigest(),
         method={"id": method, "version": "1", "runner": "subprocess"}, track={"id": track, "hash": "0" * 64},
         regularizer={"id": reg, "version": "1", "runner": "subprocess"} if reg else None,
         model="resnet18", dataset="digits", seed=seed, strategy="protected_global",
         speedup={"target": speedup, "achieved": speedup * 1.01 if ok else None},
         macs={"base": 100.0, "pruned": 100 / speedup if ok else None}, params={"base": 100, "pruned": 40 if ok else None},
         metric={"name": "top1", "base": 90.0, "pruned": 10.0 if ok else None, "final": final if ok else None,
-                "delta": final - 90.0 if ok else None},
+                "pruned_recal": recal if ok else None, "delta": final - 90.0 if ok else None},
         latency=None if latency is None or not ok else {
             "device": "cpu", "batch1_base_ms": 2.0, "batch1_pruned_ms": 2.0 / latency, "speedup_batch1": latency,
             "throughput_batch": 32, "throughput_base": 100.0, "throughput_pruned": 100.0 * latency,
             "speedup_throughput": latency, "repeats": 5},
+        diagnostics={"tied_fraction": 1.0 if constant else 0.0, "constant_groups": ["g0", "g1"] if constant else [],
+                     "groups": 2} if ok else None,
         layer_channels={"conv1": [64, 32]}, min_channel_fraction=0.5, timing={"step_s": 1.0, "total_s": 2.0},
-        provenance={"harness_version": "0", "spec_version": "1.0"}, started_at="a", finished_at="b"))
+        provenance={"harness_version": "0", "spec_version": "1.0", "checkpoint_sha256": base_sha},
+        started_at="a", finished_at="b"))
 
 
 def _write(store: Path, records) -> None:
@@ -322,46 +331,197 @@ def test_an_unsafe_model_pickle_is_refused_without_running(tmp_path):
 
 
 # -- leaderboards ----------------------------------------------------------------------------------
+def _serve(tmp_path, records):
+    _write(tmp_path / "s", records)
+    return TestClient(create_app(ServerConfig(store=tmp_path / "s"), start_queue=False), base_url=BASE)
+
+
+class _Board(HTMLParser):
+    """The page's leaderboard tables: per section (its label), the rows' (data-name, first cell's text)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections: list[tuple[str, list[tuple[str, str]]]] = []
+        self._in, self._name, self._cell, self._text = None, None, 0, ""
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "h2" and a.get("class") == "section-label":
+            self._in, self._text = "label", ""
+        elif tag == "span" and self._in == "label":  # the label ends where its record count starts
+            self.sections.append((self._text.strip(), []))
+            self._in = None
+        elif tag == "tr" and "data-name" in a and self.sections:
+            self._name, self._cell = a["data-name"], 0
+        elif tag == "td" and self._name is not None:
+            self._cell += 1
+            if self._cell == 1:
+                self._in, self._text = "cell", ""
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._in == "cell":
+            self.sections[-1][1].append((self._name, self._text.strip()))
+            self._in, self._name = None, None
+
+    def handle_data(self, data):
+        if self._in:
+            self._text += data
+
+
+def _page_ranks(html: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    parser = _Board()
+    parser.feed(html)
+    return parser.sections
+
+
+def _scipy_ranks(samples: dict[str, list[float]]) -> dict[str, int]:
+    """Independent reference: scipy's paired t-test (the seeds pair), Holm over all pairs, 1 + #better."""
+    names = list(samples)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    ps = [stats.ttest_rel(samples[a], samples[b]).pvalue for a, b in pairs]
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    better = {n: 0 for n in names}
+    for k, i in enumerate(order):
+        if ps[i] >= 0.05 / (len(ps) - k):
+            break
+        a, b = pairs[i]
+        better[b if statistics.fmean(samples[a]) > statistics.fmean(samples[b]) else a] += 1
+    return {n: 1 + better[n] for n in names}
+
+
 def test_leaderboard_statistics_against_scipy(tmp_path):
     a = [80.0, 82.0, 84.0]        # a and b overlap: a tie
     b = [81.0, 83.5, 82.5]
     c = [90.0, 90.5, 91.0]        # clearly better
-    records = [_record("a", 2, s, v, latency=1.5) for s, v in enumerate(a)]
+    records = [_record("a", 2, s, v, latency=1.5, recal=v - 40) for s, v in enumerate(a)]
     records += [_record("b", 2, s, v, latency=1.8) for s, v in enumerate(b)]
     records += [_record("c", 2, s, v, latency=1.2) for s, v in enumerate(c)]
     records += [_record("a", 4, s, v - 5) for s, v in enumerate(a)] + [_record("c", 4, s, v - 1) for s, v in enumerate(c)]
     records += [_record("b", 4, 0, 0, status="failed"), _record("b", 4, 1, 0, status="cancelled")]
-    _write(tmp_path / "s", records)
-    app = create_app(ServerConfig(store=tmp_path / "s"), start_queue=False)
-    with TestClient(app, base_url=BASE) as client:
+    with _serve(tmp_path, records) as client:
         board = client.get("/api/leaderboards/t", params={"view": "2x"}).json()
-        e = {x["name"]: x for x in board["entries"]}
+        [section] = board["sections"]
+        e = {x["name"]: x for x in section["entries"]}
         for name, values in (("a", a), ("b", b), ("c", c)):
-            assert e[name]["n"] == 3 and e[name]["mean"] == pytest.approx(statistics.fmean(values))
-            assert e[name]["std"] == pytest.approx(statistics.stdev(values))
+            final = e[name]["final"]
+            assert final["n"] == e[name]["n"] == 3 and final["mean"] == pytest.approx(statistics.fmean(values))
+            assert final["std"] == pytest.approx(statistics.stdev(values))
             lo, hi = stats.t.interval(0.95, 2, loc=statistics.fmean(values), scale=stats.sem(values))
-            assert e[name]["ci95"] == pytest.approx((hi - lo) / 2)
-        assert stats.ttest_ind(a, b, equal_var=False).pvalue > 0.05 and stats.ttest_ind(c, b, equal_var=False).pvalue < 0.05
-        assert [(x["name"], x["rank_label"]) for x in board["entries"]] == [("c", "1"), ("b", "2="), ("a", "2=")]
+            assert (final["ci95_low"], final["ci95_high"]) == (pytest.approx(lo), pytest.approx(hi))
+            assert final["half_width"] == pytest.approx((hi - lo) / 2)
+        lo, hi = stats.t.interval(0.95, 2, loc=statistics.fmean(a) - 40, scale=stats.sem(a))
+        assert (e["a"]["pruned_recal"]["ci95_low"], e["a"]["pruned_recal"]["ci95_high"]) == (pytest.approx(lo),
+                                                                                               pytest.approx(hi))
+        assert e["b"]["pruned_recal"]["n"] == 0 and e["b"]["pruned_recal"]["text"] == "n/a"
+        # the seeds pair: paired t-tests, Holm over the three pairs; a and b are not separated
+        assert _scipy_ranks({"a": a, "b": b, "c": c}) == {"a": 2, "b": 2, "c": 1}
+        assert [(x["name"], x["rank"], x["tied"]) for x in section["entries"]] == [
+            ("c", 1, False), ("b", 2, True), ("a", 2, True)]
+        assert board["legend"] == lb.LEGEND and "Holm" in board["legend"] and board["warnings"] == []
         # at 4x, b has no ok run: shown (failed + cancelled), never ranked
-        board4 = client.get("/api/leaderboards/t", params={"view": "4x"}).json()
-        e4 = {x["name"]: x for x in board4["entries"]}
+        e4 = {x["name"]: x for x in client.get("/api/leaderboards/t", params={"view": "4x"}).json()["sections"][0][
+            "entries"]}
         assert e4["b"]["rank"] is None and (e4["b"]["n_failed"], e4["b"]["n_cancelled"]) == (1, 1)
-        # Average view: per seed, the mean over the speedups; b (missing 4x) is not averaged
-        avg = {x["name"]: x for x in client.get("/api/leaderboards/t").json()["entries"]}
-        per_seed_a = [(v + v - 5) / 2 for v in a]
-        assert avg["a"]["values"] == pytest.approx(per_seed_a) and avg["a"]["mean"] == pytest.approx(statistics.fmean(per_seed_a))
-        assert avg["b"]["rank"] is None and "not averaged" in avg["b"]["error"]
-        assert avg["c"]["rank"] == 1
-        # filters
+        assert len(e4["b"]["failed_keys"]) == 2 and e4["b"]["error"]
+        # the Average view: the mean rank over the speedups (b ranked at one of two)
+        avg = {x["name"]: x for x in client.get("/api/leaderboards/t").json()["sections"][0]["average"]}
+        assert {n: (x["mean_rank"], x["ranked"], x["ranks"]) for n, x in avg.items()} == {
+            "a": (2.0, 2, {"2x": 2, "4x": 2}), "b": (2.0, 1, {"2x": 2, "4x": None}), "c": (1.0, 2, {"2x": 1, "4x": 1})}
+        # filters hide rows and never re-rank
         only = client.get("/api/leaderboards/t", params={"view": "2x", "importance": ["a", "b"]}).json()
-        assert sorted(x["name"] for x in only["entries"]) == ["a", "b"]
-        assert [x["rank_label"] for x in only["entries"]] == ["1=", "1="]
-        # the pages render the same board, and the plots
+        assert [(x["name"], x["rank"]) for x in only["sections"][0]["entries"]] == [("b", 2), ("a", 2)]
+        assert [p["name"] for p in only["sections"][0]["points"]] == ["b", "a", "a"]
+        # the chart points: every speedup; the Pareto front of final mean vs latency speedup
+        points = {(p["name"], p["speedup"]): p for p in board["sections"][0]["points"]}
+        assert {k for k, p in points.items() if p["pareto"]} == {("b", 2.0), ("c", 2.0)}  # a: slower than b, worse
+        assert points["c", 4.0]["latency_speedup"] is None and points["c", 4.0]["final"]["mean"] == 89.5
+        # bad input: one line, 422
+        for params in ({"view": "fast"}, {"view": "0.5x"}, {"setting": "nope"}):
+            res = client.get("/api/leaderboards/t", params=params)
+            assert res.status_code == 422 and "\n" not in res.json()["error"], res.text
+        assert client.get("/api/leaderboards/none").status_code == 404
+        # the page shows the same board, the legend, and the plots with CI bars
         page = client.get("/tracks/t?view=2x").text
-        assert "2=" in page and "<svg" in page and "Pareto" in page
+        assert _page_ranks(page) == [(section["label"], [("c", "1"), ("b", "2"), ("a", "2")])]
+        assert str(escape(lb.LEGEND)) in page and "<svg" in page and "Pareto" in page
+        assert "same rank as a: no test separates them" in page
+        avg_page = client.get("/tracks/t").text
+        # best first as the library sorts: ranked at most speedups, then the mean rank
+        assert [n for n, _ in _page_ranks(avg_page)[0][1]] == ["c", "a", "b"]
+        assert re.search(r'data-name="b">.*?<td class="rank">2.00</td><td>1/2</td>', avg_page, re.S)
         cmp = client.get("/compare", params={"runs": ",".join(e["c"]["keys"][:2])}).text
         assert cmp.count('<a href="/runs/') >= 2
+        assert client.get("/tracks/t?view=fast", headers={"accept": "text/html"}).status_code == 422
+
+
+def _many_records(base_sha=None, shift=0.0) -> list[ResultRecord]:
+    """Five methods (one with a regularizer, one with constant scores, one with other seeds: Welch) at 2x and 4x."""
+    curves = {("lamp", None): [97.1, 97.5, 97.3, 97.0], ("taylor", None): [97.2, 97.4, 97.1, 97.3],
+              ("l1", "group_norm"): [95.1, 95.3, 95.8, 94.9], ("random", None): [90.0, 91.2, 89.5, 90.4],
+              ("flat", None): [95.0, 95.9, 94.6, 95.4]}
+    out = []
+    for (method, reg), values in curves.items():
+        seeds = [4, 5, 6] if method == "l1" else range(4)
+        for speedup, drop in ((2, 0.0), (4, 3.0)):
+            out += [_record(method, speedup, s, v - drop * (1 + 0.1 * i) + shift, reg=reg, base_sha=base_sha,
+                            latency=speedup * 0.6 + 0.01 * i, recal=v - 20, constant=method == "flat")
+                    for i, (s, v) in enumerate(zip(seeds, values))]
+    out += [_record("lamp", 4, 9, 0, status="failed", base_sha=base_sha)]
+    return out
+
+
+def test_the_platform_ranks_as_the_library_does(tmp_path):
+    records = _many_records("a" * 64) + _many_records("b" * 64, shift=-0.4)
+    rows = lb.rows(records)
+    with _serve(tmp_path, records) as client:
+        for speedup in (2, 4):
+            board = client.get("/api/leaderboards/t", params={"view": f"{speedup}x"}).json()
+            page = _page_ranks(client.get(f"/tracks/t?view={speedup}x").text)
+            assert [s["label"] for s in board["sections"]] == [label for label, _ in page]
+            for section, (_, page_rows) in zip(board["sections"], page):
+                expected = [(r.name, r.rank, r.final.n, r.final.mean, r.final.ci95_low, r.pruned_recal.ci95_high)
+                            for r in rows if r.section.base_sha256 == section["base_sha256"] and r.speedup == speedup]
+                assert [(e["name"], e["rank"], e["n"], e["final"]["mean"], e["final"]["ci95_low"],
+                         e["pruned_recal"]["ci95_high"]) for e in section["entries"]] == expected
+                assert page_rows == [(name, "-" if rank is None else str(rank)) for name, rank, *_ in expected]
+                assert len(set(e["rank"] for e in section["entries"])) > 1  # the records do separate methods
+            flat = [e for s in board["sections"] for e in s["entries"] if e["method"] == "flat"]
+            assert all(e["constant_scores"] and len(e["warnings"]) == e["n"] for e in flat)
+            assert board["flag_legend"] == lb.FLAG_LEGEND
+        average = client.get("/api/leaderboards/t").json()
+        expected = [(a.section.base_sha256, a.method, a.regularizer, a.mean_rank, a.ranked) for a in lb.average(rows)]
+        assert [(s["base_sha256"], a["method"], a["regularizer"], a["mean_rank"], a["ranked"])
+                for s in average["sections"] for a in s["average"]] == expected
+        page = client.get("/tracks/t?view=2x").text
+        flagged = re.findall(r'data-name="([^"]+)">\s*<td class="rank"[^>]*>\d</td>\s*<td class="l"><a [^>]+>\w+</a> '
+                             r'<span class="flag" title="warning: flat 2x seed \d: the scores were constant', page)
+        assert flagged == ["flat", "flat"]  # one row per section
+        assert str(escape(lb.FLAG_LEGEND)) in page
+
+
+def test_two_base_checkpoints_are_two_sections_never_one_cell(tmp_path):
+    one = [_record(m, 2, s, v + (m == "good") * 5, base_sha="1" * 64, latency=1.5) for m in ("good", "bad") for s, v in
+           enumerate([90.0, 91.0, 90.5])]
+    other = [r.model_copy(update={"run_key": hashlib.sha256(r.run_key.encode()).hexdigest(),
+                                  "provenance": r.provenance.model_copy(update={"checkpoint_sha256": "2" * 64})})
+             for r in one]  # the same runs (methods, seeds, values) from another base checkpoint
+    [warning] = lb.base_warnings(one + other)
+    with _serve(tmp_path, one + other) as client:
+        board = client.get("/api/leaderboards/t", params={"view": "2x"}).json()
+        assert board["warnings"] == [warning] and "come from 2 base checkpoints" in warning
+        assert [s["base_sha256"] for s in board["sections"]] == ["1" * 64, "2" * 64]
+        for section in board["sections"]:
+            assert [(e["name"], e["n"], e["rank"]) for e in section["entries"]] == [("good", 3, 1), ("bad", 3, 2)]
+            assert section["runs"] == 6 and len(section["points"]) == 2
+        assert all(len(s["average"]) == 2 for s in client.get("/api/leaderboards/t").json()["sections"])
+        page = client.get("/tracks/t?view=2x").text
+        assert str(escape(warning)) in page
+        sections = _page_ranks(page)
+        assert [label for label, _ in sections] == [lb.Section("t", "0" * 64, sha).label for sha in ("1" * 64, "2" * 64)]
+        assert all(rows == [("good", "1"), ("bad", "2")] for _, rows in sections)
+        assert page.count('<svg class="chart"') == 4  # two charts per section
+        index = client.get("/").text
+        assert "2 base checkpoints" in index
 
 
 def test_cancelled_is_a_status_like_failed():

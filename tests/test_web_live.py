@@ -176,7 +176,7 @@ def test_restart_resumes_without_running_twice_and_runs_cancel(tmp_path, micro_t
         wait(lambda: server.client.get(f"/api/plans/{plan2}").json()["plan"]["state"] == "cancelled", 60)
         assert server.client.get(f"/api/runs/{key2}").json()["record"]["status"] == "cancelled"
         board = server.client.get("/api/leaderboards/micro-digits", params={"view": "2x"}).json()
-        by_name = {e["name"]: e for e in board["entries"]}
+        by_name = {e["name"]: e for s in board["sections"] for e in s["entries"]}
         assert by_name["magnitude_l1"]["rank"] == 1 and by_name["sleepy"]["n_cancelled"] == 2
     assert not list(store.rglob(".staging-*"))
     print(f"\ncancel -> recorded cancelled: {cancel_s:.2f} s")
@@ -231,7 +231,7 @@ def test_browser_builds_a_digits_task_and_follows_it_live(tmp_path, micro_track,
         record = json.loads(Path(download.value.path()).read_text())
         assert record == server.client.get(f"/api/runs/{key}").json()["record"] and record["status"] == "ok"
         page.goto(f"{server.url}/tracks/micro-digits?view=2x")
-        row = page.locator("#board tbody tr", has_text="magnitude_l1")
+        row = page.locator("table.board tbody tr", has_text="magnitude_l1")
         expect(row).to_have_count(1)
         timings["submit_to_leaderboard_s"] = time.monotonic() - t_submit
         timings["submit_to_run_page_finished_s"] = t_done - t_submit

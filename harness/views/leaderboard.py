@@ -68,6 +68,12 @@ def section_of(r: ResultRecord) -> Section:
     return Section(r.track.id, r.track.hash, r.provenance.checkpoint_sha256)
 
 
+def cell_of(r: ResultRecord) -> tuple:
+    """The row ``r`` is counted in (:attr:`Row.cell`): (section, speedup, strategy, recipe, method, regularizer)."""
+    return (section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id,
+            r.regularizer.id if r.regularizer else "-")
+
+
 @dataclass
 class Row:
     section: Section
@@ -109,6 +115,11 @@ class Row:
         """The cell this row is ranked in: (section, speedup, strategy, recipe)."""
         return (self.section, self.speedup, self.strategy, self.recipe)
 
+    @property
+    def cell(self) -> tuple:
+        """What the row's records share (:func:`cell_of`)."""
+        return (*self.setting, self.method, self.regularizer)
+
 
 def run_name(r: ResultRecord, recipe: bool = True) -> str:
     """``method[+regularizer]``, and `` (retrain <recipe>)`` for a recipe-swap run."""
@@ -149,8 +160,7 @@ def rows(records: list[ResultRecord]) -> list[Row]:
     """Every cell of ``records``, ranked, sorted by section, strategy, recipe, speedup and rank."""
     cells: dict[tuple, list[ResultRecord]] = defaultdict(list)
     for r in records:
-        reg = r.regularizer.id if r.regularizer else "-"
-        cells[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, reg)].append(r)
+        cells[cell_of(r)].append(r)
     out = []
     for (section, speedup, strategy, recipe, method, reg), rs in cells.items():
         ok = [r for r in rs if r.status == "ok"]

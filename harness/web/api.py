@@ -13,8 +13,10 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
+from harness.errors import HarnessError
 from harness.orchestration.events import events_path, read_events
 from harness.web.auth import COOKIE, SESSION_DAYS, Principal, viewer
+from harness.web.boards import Leaderboard, board
 from harness.web.planning import PlanRequest, resolve_request
 from harness.web.queue import ACTIVE, PlanRecord, PlanRun, now
 from harness.web.runs import valid_key
@@ -353,18 +355,26 @@ def run_file(key: str, name: str, request: Request, who: User):
 
 
 # -- leaderboards and comparisons ----------------------------------------------------------------
-@router.get("/leaderboards/{track}", tags=["leaderboards"])
+@router.get("/leaderboards/{track}", tags=["leaderboards"], response_model=Leaderboard,
+            responses={404: {"description": "no records of the track"},
+                       422: {"description": "an unknown setting or a view that is not a speedup"}})
 def leaderboard(track: str, request: Request, who: User,
                 setting: Annotated[Optional[str], Query(description="strategy[ · retrain recipe]")] = None,
                 view: Annotated[str, Query(description="'average' or a speedup, e.g. '4x'")] = "average",
-                importance: Annotated[Optional[list[str]], Query()] = None,
-                regularizer: Annotated[Optional[list[str]], Query()] = None) -> dict:
-    """One leaderboard: entries with n, mean, std, 95% CI and tie ranks, for a setting and a view."""
-    from harness.web.boards import board
+                importance: Annotated[Optional[list[str]], Query(description="show only these methods")] = None,
+                regularizer: Annotated[Optional[list[str]], Query(description="show only these ('-': none)")] = None
+                ) -> Leaderboard:
+    """One leaderboard, ranked as ``pbench-harness leaderboard`` ranks (harness.views.leaderboard): one section per
+    base checkpoint and track version (never pooled; ``warnings`` names them), per entry n, mean ± 95% CI of the
+    final, pruned and Pruned+BN metrics and its tie rank in the cell; the Average view is the mean rank over the
+    speedups. Filters hide entries without changing any rank."""
     records = list(P(request).store.records().values())
     if not any(r.track.id == track for r in records):
         raise HTTPException(404, f"no records of track {track!r}")
-    return board(records, track, setting, view, importance, regularizer).as_dict()
+    try:
+        return board(records, track, setting, view, importance, regularizer)
+    except HarnessError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 @router.get("/compare", tags=["leaderboards"])

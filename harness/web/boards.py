@@ -1,248 +1,175 @@
-"""Leaderboards as the platform shows them: per track, strategy (and retraining recipe) and
-speedup, plus an Average view over the speedups; computed from result records only.
+"""Leaderboards as the platform shows them: thin views over :mod:`harness.views.leaderboard`.
 
-Each entry (one importance method + regularizer) states its n (ok seeds), the mean, standard
-deviation and 95% confidence interval of the final metric (Student t), and a rank with ties:
-``rank = 1 + the number of entries significantly better`` (Welch's t-test, two-sided, 5%), so
-entries whose difference is inside the noise share a rank (shown ``2=``). With a single seed there
-is no noise estimate: only equal means tie. Failed and cancelled runs are counted and shown, never
-ranked.
+The statistics and ranks are the shared library's, so the platform, ``pbench-harness leaderboard`` and
+the static site rank identically. :func:`harness.views.leaderboard.rows` gives one row per (section,
+speedup, strategy, recipe, method, regularizer) with n, mean ± 95% CI (Student t) of the final, pruned and
+pruned+BN metrics, and competition ranks with ties per cell (two-sided paired t-test by seed where the
+seeds pair, else Welch; Holm over all pairs of the cell); the Average view is
+:func:`harness.views.leaderboard.average` (each method's mean rank over the speedups). Records of
+different base checkpoints or track versions are separate **sections**, never pooled or ranked together,
+and :func:`harness.views.leaderboard.base_warnings` names them.
 
-The statistics live in :func:`cell_stats` and :func:`tie_ranks` only, so that a shared statistics
-module can replace them in one place.
+What this module adds: the choice of a setting (``strategy[ · retrain recipe]``) and a view (one speedup
+or ``average``); filters by importance method and regularizer that **hide rows and never re-rank** (a
+rank is its cell's, whatever is shown); run keys, cancelled counts and batch-1 latency in ms from the
+records; per section, the points of the two charts and their Pareto front. The pydantic models below are
+the JSON of ``GET /api/leaderboards/{track}`` (and its OpenAPI schema).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
 from typing import Optional
 
-from harness.views.leaderboard import run_name
+from pydantic import BaseModel, Field
+
+from harness.errors import HarnessError
+from harness.views import leaderboard as lb
+from harness.views import stats
 from specs.result import ResultRecord
 
-ALPHA = 0.05
+AVERAGE = "average"
+AVERAGE_LEGEND = ("Average: PruningBench's Average view, each method's mean rank over the section's speedups (the "
+                  "ranks of the speedup tabs); Ranked: at how many of those speedups it has a rank (none where no "
+                  "run was ok).")
+FILTER_LEGEND = "Filters hide rows: a rank is always over every method of its cell."
 
 
-@dataclass
-class Stats:
-    n: int
-    mean: Optional[float]
-    std: Optional[float]
-    ci95: Optional[float]  # half width of the 95% confidence interval of the mean
+class Stat(BaseModel):
+    """One metric over the ok seeds of a cell (:class:`harness.views.stats.Summary`)."""
+
+    n: int = Field(description="ok seeds with a value")
+    mean: Optional[float] = None
+    std: Optional[float] = Field(None, description="sample standard deviation (n - 1); null for n < 2")
+    ci95_low: Optional[float] = Field(None, description="95% confidence interval of the mean (Student t, n - 1 "
+                                                        "degrees of freedom); null for n < 2")
+    ci95_high: Optional[float] = None
+    half_width: Optional[float] = Field(None, description="(ci95_high - ci95_low) / 2")
+    text: str = Field(description="as the CLI prints it: 'mean ± half_width', the value alone for n = 1, 'n/a' "
+                                  "for n = 0")
+
+    @classmethod
+    def of(cls, s: stats.Summary) -> "Stat":
+        return cls(n=s.n, mean=s.mean, std=s.std, ci95_low=s.ci95_low, ci95_high=s.ci95_high,
+                   half_width=s.half_width, text=stats.fmt(s))
 
 
-def cell_stats(values: list[float]) -> Stats:
-    """n, mean, sample std and the 95% CI half width (Student t, n-1 dof) of ``values``."""
-    n = len(values)
-    if n == 0:
-        return Stats(0, None, None, None)
-    mean = statistics.fmean(values)
-    if n == 1:
-        return Stats(1, mean, None, None)
-    from scipy import stats
-    std = statistics.stdev(values)
-    return Stats(n, mean, std, float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n))
+class Entry(BaseModel):
+    """One method (+ regularizer) in one cell (section, speedup, setting): a row of a speedup tab."""
+
+    name: str = Field(description="method[+regularizer]")
+    method: str
+    regularizer: str = Field(description="'-' for none")
+    rank: Optional[int] = Field(description="competition rank on the final metric within the cell: 1 + the "
+                                            "methods significantly better (harness.views.leaderboard.rows); "
+                                            "null without an ok run")
+    tied: bool = Field(description="another method of the cell has the same rank")
+    shared_with: list[str] = Field(description="the methods of the cell with the same rank")
+    n: int = Field(description="ok seeds (= final.n)")
+    n_failed: int = Field(description="failed runs (cancelled ones not included)")
+    n_cancelled: int
+    final: Stat
+    pruned: Stat = Field(description="after pruning, before retraining")
+    pruned_recal: Stat = Field(description="Pruned+BN: after pruning with BatchNorm statistics re-estimated on the "
+                                           "track's calibration images, before retraining")
+    delta: Stat = Field(description="final - base")
+    seeds: dict[int, float] = Field(description="seed -> final metric of the ok runs (what the ranks test)")
+    base: Optional[float] = Field(description="the base checkpoint's metric")
+    achieved: Optional[float] = Field(description="achieved MACs speedup, mean over ok runs")
+    params_kept: Optional[float] = Field(description="pruned / base parameters, mean over ok runs")
+    latency_speedup: Optional[float] = Field(description="measured batch-1 latency speedup, mean over ok runs")
+    latency_ms: Optional[float] = Field(description="the pruned model's batch-1 latency (ms), mean over ok runs")
+    step_s: Optional[float] = Field(description="mean seconds of one importance-scoring step")
+    reg_s: Optional[float] = Field(description="mean seconds of regularized training")
+    constant_scores: bool = Field(description=f"shown {lb.FLAG}: some run's scores were constant in every group, "
+                                              f"so it pruned by the seeded tie-break alone (at random)")
+    tied_fraction: Optional[float] = Field(description="mean fraction of channels whose score equals another's")
+    warnings: list[str] = Field(description="one line per run with constant scores")
+    error: str = Field(description="the first failure's reason when no run is ok")
+    keys: list[str] = Field(description="run keys of the ok runs")
+    failed_keys: list[str] = Field(description="run keys of the failed and cancelled runs")
 
 
-def _better(a: list[float], b: list[float]) -> bool:
-    """Is the mean of ``a`` significantly higher than that of ``b``?"""
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    if ma <= mb:
-        return False
-    if len(a) < 2 or len(b) < 2:
-        return True  # no noise estimate: the means decide
-    va, vb = statistics.variance(a), statistics.variance(b)
-    if va == 0 and vb == 0:
-        return True
-    from scipy import stats
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue) < ALPHA
+class AverageEntry(BaseModel):
+    """One method (+ regularizer) in the Average view of a section (:class:`harness.views.leaderboard.AverageRow`)."""
 
-
-def tie_ranks(samples: list[list[float]]) -> list[int]:
-    """``1 + #entries significantly better`` for each entry's per-seed values."""
-    return [1 + sum(_better(other, mine) for j, other in enumerate(samples) if j != i)
-            for i, mine in enumerate(samples)]
-
-
-def _mean(xs) -> Optional[float]:
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else None
-
-
-@dataclass
-class Entry:
-    name: str  # method[+regularizer]
+    name: str
     method: str
     regularizer: str
-    stats: Stats
-    values: list[float]  # per seed (Average view: per seed, averaged over the speedups)
-    n_failed: int = 0
-    n_cancelled: int = 0
-    rank: Optional[int] = None
-    tied: bool = False
-    base: Optional[float] = None
-    pruned: Optional[float] = None
-    delta: Optional[float] = None
-    achieved: Optional[float] = None
-    params_kept: Optional[float] = None  # fraction
-    macs_kept: Optional[float] = None
-    latency_speedup: Optional[float] = None  # measured, batch 1
-    latency_ms: Optional[float] = None  # pruned model, batch 1
-    step_s: Optional[float] = None
-    reg_s: Optional[float] = None
-    error: str = ""
-    keys: list[str] = field(default_factory=list)  # ok runs
-    failed_keys: list[str] = field(default_factory=list)
-    speedups_covered: int = 1
-
-    @property
-    def rank_label(self) -> str:
-        return "-" if self.rank is None else f"{self.rank}{'=' if self.tied else ''}"
-
-    def as_dict(self) -> dict:
-        s = self.stats
-        return {"name": self.name, "method": self.method, "regularizer": self.regularizer, "rank": self.rank,
-                "rank_label": self.rank_label, "tied": self.tied, "n": s.n, "mean": s.mean, "std": s.std,
-                "ci95": s.ci95, "values": self.values, "n_failed": self.n_failed, "n_cancelled": self.n_cancelled,
-                "base": self.base, "pruned": self.pruned, "delta": self.delta, "achieved": self.achieved,
-                "params_kept": self.params_kept, "macs_kept": self.macs_kept,
-                "latency_speedup": self.latency_speedup, "latency_ms": self.latency_ms, "step_s": self.step_s,
-                "reg_s": self.reg_s, "error": self.error, "keys": self.keys, "failed_keys": self.failed_keys,
-                "speedups_covered": self.speedups_covered}
+    mean_rank: float = Field(description="mean of its ranks over the speedups at which it was ranked")
+    ranked: int = Field(description="speedups at which it was ranked")
+    speedups: int = Field(description="speedups of the section")
+    ranks: dict[str, Optional[int]] = Field(description="'<speedup>x' -> its rank there (null: no ok run)")
+    constant_scores: bool
+    keys: list[str] = Field(description="run keys of its ok runs at every speedup")
 
 
-@dataclass
-class Board:
+class Point(BaseModel):
+    """One chart point: a method's cell at one speedup."""
+
+    name: str
+    speedup: float = Field(description="target MACs speedup")
+    achieved: Optional[float] = Field(description="achieved MACs speedup (mean)")
+    final: Stat
+    latency_speedup: Optional[float]
+    rank: Optional[int]
+    pareto: bool = Field(description="on the Pareto front of final mean vs latency speedup of the points shown")
+
+
+class BoardSection(BaseModel):
+    """The records of one (track, track hash, base checkpoint): ranked on their own."""
+
     track: str
-    metric: str
-    setting: str  # strategy[ · retrain <recipe>]
-    view: str  # "2x", "4x", ... or "average"
-    speedups: list[float]  # of this setting
-    settings: list[str]
-    entries: list[Entry]
-    methods: list[str]  # all importance methods of the track (for the filters)
-    regularizers: list[str]
+    track_hash: str
+    base_sha256: Optional[str] = Field(description="the base checkpoint every run of the section started from")
+    label: str
+    runs: int = Field(description="records of the section in this setting")
+    speedups: list[float] = Field(description="target speedups of the section in this setting")
+    entries: list[Entry] = Field(description="the view's speedup, best first (empty in the Average view)")
+    average: list[AverageEntry] = Field(description="the Average view, best first (empty for a speedup view)")
+    points: list[Point] = Field(description="every shown method at every speedup: the charts")
     note: str = ""
 
-    def as_dict(self) -> dict:
-        return {"track": self.track, "metric": self.metric, "setting": self.setting, "view": self.view,
-                "speedups": self.speedups, "settings": self.settings, "methods": self.methods,
-                "regularizers": self.regularizers, "note": self.note,
-                "entries": [e.as_dict() for e in self.entries]}
+
+class Leaderboard(BaseModel):
+    """``GET /api/leaderboards/{track}``: one setting and view of a track, one section per base checkpoint."""
+
+    track: str
+    metric: str
+    setting: str = Field(description="strategy[ · retrain recipe]")
+    settings: list[str] = Field(description="the track's settings, most runs first")
+    view: str = Field(description="'average' or '<speedup>x'")
+    views: list[str]
+    speedups: list[float] = Field(description="target speedups of the setting (all sections)")
+    methods: list[str] = Field(description="importance methods of the setting (for the filters)")
+    regularizers: list[str]
+    importance: list[str] = Field(description="the importance filter (empty: all)")
+    regularizer: list[str] = Field(description="the regularizer filter (empty: all)")
+    warnings: list[str] = Field(description="one line per track whose records come from several base checkpoints "
+                                            "or track versions (harness.views.leaderboard.base_warnings)")
+    legend: str = Field(description="what the numbers and ranks are: the test and the correction")
+    flag_legend: Optional[str] = Field(description=f"what {lb.FLAG} means, when an entry shown has it")
+    average_legend: str
+    filter_legend: str
+    sections: list[BoardSection]
 
 
-def setting_of(r: ResultRecord) -> str:
-    return r.strategy + (f" · retrain {r.recipe}" if r.recipe else "")
+def setting_of(strategy: str, recipe: Optional[str]) -> str:
+    return strategy + (f" · retrain {recipe}" if recipe else "")
 
 
-def _reg(r: ResultRecord) -> str:
-    return r.regularizer.id if r.regularizer else "-"
-
-
-def _entry(name: str, rs: list[ResultRecord]) -> Entry:
-    ok = sorted((r for r in rs if r.status == "ok"), key=lambda r: r.seed)
-    bad = [r for r in rs if r.status != "ok"]
-    values = [r.metric.final for r in ok]
-    lat = [r.latency for r in ok if r.latency]
-    return Entry(
-        name=name, method=rs[0].method.id, regularizer=_reg(rs[0]), stats=cell_stats(values), values=values,
-        n_failed=sum(r.status == "failed" for r in bad), n_cancelled=sum(r.status == "cancelled" for r in bad),
-        base=_mean(r.metric.base for r in rs), pruned=_mean(r.metric.pruned for r in ok),
-        delta=_mean(r.metric.delta for r in ok), achieved=_mean(r.speedup.achieved for r in ok),
-        params_kept=_mean(r.params.pruned / r.params.base for r in ok if r.params.base),
-        macs_kept=_mean(r.macs.pruned / r.macs.base for r in ok if r.macs.base),
-        latency_speedup=_mean(x.speedup_batch1 for x in lat), latency_ms=_mean(x.batch1_pruned_ms for x in lat),
-        step_s=_mean(r.timing.step_s for r in ok), reg_s=_mean(r.timing.reg_s for r in ok),
-        error=(bad[0].error or "") if bad and not ok else "", keys=[r.run_key for r in ok],
-        failed_keys=[r.run_key for r in bad])
-
-
-def _average_entry(name: str, rs: list[ResultRecord], speedups: list[float]) -> Entry:
-    by_speedup: dict[float, list[ResultRecord]] = defaultdict(list)
-    for r in rs:
-        by_speedup[r.speedup.target].append(r)
-    cells = [_entry(name, by_speedup[s]) for s in speedups if s in by_speedup]
-    covered = [s for s in speedups if any(r.status == "ok" for r in by_speedup.get(s, []))]
-    finals: dict[int, dict[float, float]] = defaultdict(dict)
-    for r in rs:
-        if r.status == "ok":
-            finals[r.seed][r.speedup.target] = r.metric.final
-    complete = len(covered) == len(speedups)
-    values = [statistics.fmean(f[s] for s in speedups) for _, f in sorted(finals.items())
-              if all(s in f for s in speedups)] if complete else []
-    e = Entry(name=name, method=rs[0].method.id, regularizer=_reg(rs[0]), stats=cell_stats(values), values=values,
-              n_failed=sum(c.n_failed for c in cells), n_cancelled=sum(c.n_cancelled for c in cells),
-              base=_mean(c.base for c in cells), pruned=_mean(c.pruned for c in cells),
-              delta=_mean(c.delta for c in cells) if complete else None,
-              achieved=None, params_kept=_mean(c.params_kept for c in cells), macs_kept=_mean(c.macs_kept for c in cells),
-              latency_speedup=_mean(c.latency_speedup for c in cells), latency_ms=_mean(c.latency_ms for c in cells),
-              step_s=_mean(c.step_s for c in cells), reg_s=_mean(c.reg_s for c in cells),
-              keys=[k for c in cells for k in c.keys], failed_keys=[k for c in cells for k in c.failed_keys],
-              speedups_covered=len(covered))
-    if not complete:
-        e.error = f"ok at {len(covered)} of {len(speedups)} speedups: not averaged"
-    return e
-
-
-def board(records: list[ResultRecord], track: str, setting: Optional[str] = None, view: str = "average",
-          importance: Optional[list[str]] = None, regularizers: Optional[list[str]] = None) -> Board:
-    """The board of ``track`` for ``setting`` (default: the one with most runs) and ``view``
-    (``"<speedup>x"`` or ``"average"``), keeping only the entries of the given importance methods
-    and regularizers (``"-"`` = none) when given."""
-    rs = [r for r in records if r.track.id == track]
-    settings = sorted({setting_of(r) for r in rs}, key=lambda s: (-sum(setting_of(r) == s for r in rs), s))
-    if setting is None or setting not in settings:
-        setting = settings[0] if settings else "protected_global"
-    rs = [r for r in rs if setting_of(r) == setting]
-    methods = sorted({r.method.id for r in rs})
-    regs = sorted({_reg(r) for r in rs})
-    speedups = sorted({r.speedup.target for r in rs})
-    if importance:
-        rs = [r for r in rs if r.method.id in importance]
-    if regularizers:
-        rs = [r for r in rs if _reg(r) in regularizers]
-    groups: dict[str, list[ResultRecord]] = defaultdict(list)
-    for r in rs:
-        groups[run_name(r, recipe=False)].append(r)
-    if view == "average":
-        entries = [_average_entry(name, g, speedups) for name, g in groups.items()]
-    else:
-        try:
-            target = float(view.rstrip("x"))
-        except ValueError:
-            target = speedups[0] if speedups else 2.0
-        view = f"{target:g}x"
-        entries = [_entry(name, [r for r in g if r.speedup.target == target]) for name, g in groups.items()
-                   if any(r.speedup.target == target for r in g)]
-    ranked = [e for e in entries if e.stats.n > 0]
-    for e, rank in zip(ranked, tie_ranks([e.values for e in ranked])):
-        e.rank = rank
-    counts = defaultdict(int)
-    for e in ranked:
-        counts[e.rank] += 1
-    for e in ranked:
-        e.tied = counts[e.rank] > 1
-    entries.sort(key=lambda e: (e.rank is None, e.rank or 0, -(e.stats.mean or 0), e.name))
-    metric = rs[0].metric.name if rs else "top1"
-    ns = {e.stats.n for e in ranked}
-    note = ("one seed per entry: no spread to test, so only equal means tie; run more seeds for confidence "
-            "intervals" if ns == {1} else "")
-    return Board(track=track, metric=metric, setting=setting, view=view, speedups=speedups, settings=settings,
-                 entries=entries, methods=methods, regularizers=regs, note=note)
-
-
-def curves(records: list[ResultRecord], track: str, setting: str, importance=None, regularizers=None) -> dict:
-    """Per entry name: [(achieved speedup mean, final mean, ci95 or None, target)] over the targets."""
-    out: dict[str, list[tuple]] = {}
-    b = board(records, track, setting, "average", importance, regularizers)
-    for s in b.speedups:
-        for e in board(records, track, setting, f"{s:g}x", importance, regularizers).entries:
-            if e.stats.mean is not None:
-                out.setdefault(e.name, []).append((e.achieved, e.stats.mean, e.stats.ci95, s, e.latency_speedup))
-    return out
+def parse_view(view: str) -> Optional[float]:
+    """The target speedup of ``view`` (``"4x"``, ``"4"``), ``None`` for ``"average"``."""
+    if view == AVERAGE:
+        return None
+    try:
+        target = float(view.removesuffix("x"))
+    except ValueError:
+        target = math.nan
+    if not math.isfinite(target) or target <= 1:
+        raise HarnessError(f"view must be 'average' or a speedup such as '4x', got {view!r}")
+    return target
 
 
 def pareto(points: list[tuple[float, float]]) -> list[int]:
@@ -252,3 +179,124 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
         if not any((x2 >= x and y2 >= y) and (x2 > x or y2 > y) for x2, y2 in points):
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
+
+
+def _mean(xs) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return math.fsum(xs) / len(xs) if xs else None
+
+
+def _entry(row: lb.Row, records: list[ResultRecord], shared_with: list[str]) -> Entry:
+    ok = [r for r in records if r.status == "ok"]
+    bad = [r for r in records if r.status != "ok"]
+    cancelled = sum(r.status == "cancelled" for r in bad)
+    return Entry(
+        name=row.name, method=row.method, regularizer=row.regularizer, rank=row.rank, tied=bool(shared_with),
+        shared_with=shared_with, n=row.final.n, n_failed=row.n_failed - cancelled, n_cancelled=cancelled,
+        final=Stat.of(row.final), pruned=Stat.of(row.pruned), pruned_recal=Stat.of(row.pruned_recal),
+        delta=Stat.of(row.delta), seeds=dict(sorted(row.finals.items())), base=row.base, achieved=row.achieved,
+        params_kept=row.params_ratio, latency_speedup=row.latency_speedup,
+        latency_ms=_mean(r.latency.batch1_pruned_ms for r in ok if r.latency), step_s=row.step_s, reg_s=row.reg_s,
+        constant_scores=row.constant_scores, tied_fraction=row.tied_fraction,
+        warnings=[w for r in sorted(ok, key=lambda r: r.seed) if (w := lb.constant_scores_warning(r))],
+        error=row.error or "", keys=[r.run_key for r in sorted(ok, key=lambda r: r.seed)],
+        failed_keys=[r.run_key for r in bad])
+
+
+def _shared(rows: list[lb.Row]) -> dict[tuple, list[str]]:
+    """Per row (:attr:`Row.cell`): the other rows of its cell with the same rank."""
+    by_rank: dict[tuple, list[str]] = defaultdict(list)
+    for r in rows:
+        if r.rank is not None:
+            by_rank[(r.setting, r.rank)].append(r.name)
+    return {r.cell: [n for n in by_rank[(r.setting, r.rank)] if n != r.name] if r.rank is not None else []
+            for r in rows}
+
+
+def _section(section: lb.Section, rows: list[lb.Row], records: list[ResultRecord], target: Optional[float],
+             shown) -> BoardSection:
+    by_cell: dict[tuple, list[ResultRecord]] = defaultdict(list)
+    for r in records:
+        by_cell[lb.cell_of(r)].append(r)
+    shared = _shared(rows)
+    visible = [r for r in rows if shown(r.method, r.regularizer)]
+    entries = [] if target is None else [_entry(r, by_cell[r.cell], shared[r.cell]) for r in visible
+                                         if r.speedup == target]
+    average = []
+    if target is None:
+        for a in lb.average(rows):
+            if not shown(a.method, a.regularizer):
+                continue
+            mine = [r for r in rows if (r.method, r.regularizer) == (a.method, a.regularizer)]
+            name = mine[0].name
+            complete = a.ranked == a.speedups
+            average.append(AverageEntry(
+                name=name, method=a.method, regularizer=a.regularizer, mean_rank=a.mean_rank, ranked=a.ranked,
+                speedups=a.speedups, ranks={f"{r.speedup:g}x": r.rank for r in mine},
+                constant_scores=a.constant_scores,
+                keys=[k for r in mine for k in sorted(x.run_key for x in by_cell[r.cell] if x.status == "ok")]
+                if complete else []))
+    points = [Point(name=r.name, speedup=r.speedup, achieved=r.achieved, final=Stat.of(r.final),
+                    latency_speedup=r.latency_speedup, rank=r.rank, pareto=False)
+              for r in visible if r.final.mean is not None]
+    timed = [p for p in points if p.latency_speedup is not None]
+    for i in pareto([(p.latency_speedup, p.final.mean) for p in timed]):
+        timed[i].pareto = True
+    cells = [r for r in rows if r.rank is not None and (target is None or r.speedup == target)]
+    ranked_per_cell = Counter(r.setting for r in cells)
+    single = any(r.final.n == 1 and ranked_per_cell[r.setting] > 1 for r in cells)
+    note = ("a method with one seed cannot be separated from any other (no test is possible), so it shares their "
+            "rank: run more seeds to rank it" if single else "")
+    return BoardSection(track=section.track, track_hash=section.track_hash, base_sha256=section.base_sha256,
+                        label=section.label, runs=len(records), speedups=sorted({r.speedup for r in rows}),
+                        entries=entries, average=average, points=points, note=note)
+
+
+def board(records: list[ResultRecord], track: str, setting: Optional[str] = None, view: str = AVERAGE,
+          importance: Optional[list[str]] = None, regularizers: Optional[list[str]] = None) -> Leaderboard:
+    """The board of ``track`` for ``setting`` (default: the one with most runs) and ``view`` (``"<speedup>x"`` or
+    ``"average"``), one section per base checkpoint and track version; only the entries of the given importance
+    methods and regularizers (``"-"`` = none) are shown when given. Bad input raises :class:`HarnessError`."""
+    rs = [r for r in records if r.track.id == track]
+    if not rs:
+        raise HarnessError(f"no records of track {track!r}")
+    counts = Counter(setting_of(r.strategy, r.recipe) for r in rs)
+    settings = sorted(counts, key=lambda s: (-counts[s], s))
+    if setting is None:
+        setting = settings[0]
+    elif setting not in counts:
+        raise HarnessError(f"track {track} has no runs in setting {setting!r}; its settings: {', '.join(settings)}")
+    target = parse_view(view)
+    rs = [r for r in rs if setting_of(r.strategy, r.recipe) == setting]  # whole cells: the ranks do not change
+    rows = lb.rows(rs)
+    by_section: dict[lb.Section, list[ResultRecord]] = defaultdict(list)
+    for r in rs:
+        by_section[lb.section_of(r)].append(r)
+
+    def shown(method: str, regularizer: str) -> bool:
+        return (not importance or method in importance) and (not regularizers or regularizer in regularizers)
+
+    sections = [_section(s, srows, by_section[s], target, shown) for s, srows in lb.sections(rows).items()]
+    speedups = sorted({r.speedup.target for r in rs})
+    flagged = any(r.constant_scores for r in rows if shown(r.method, r.regularizer)
+                  and (target is None or r.speedup == target))
+    return Leaderboard(
+        track=track, metric=rs[0].metric.name, setting=setting, settings=settings,
+        view=AVERAGE if target is None else f"{target:g}x", views=[AVERAGE] + [f"{s:g}x" for s in speedups],
+        speedups=speedups, methods=sorted({r.method.id for r in rs}),
+        regularizers=sorted({r.regularizer.id if r.regularizer else "-" for r in rs}),
+        importance=list(importance or []), regularizer=list(regularizers or []), warnings=lb.base_warnings(rs),
+        legend=lb.LEGEND, flag_legend=lb.FLAG_LEGEND if flagged else None, average_legend=AVERAGE_LEGEND,
+        filter_legend=FILTER_LEGEND, sections=sections)
+
+
+def leaders(b: Leaderboard) -> list[AverageEntry]:
+    """The best of the Average view of ``b``'s section with most runs: ranked at most speedups, then lowest mean
+    rank (several when they tie)."""
+    if not b.sections:
+        return []
+    avg = max(b.sections, key=lambda s: s.runs).average
+    if not avg:
+        return []
+    best = (avg[0].ranked, avg[0].mean_rank)
+    return [a for a in avg if (a.ranked, a.mean_rank) == best]

@@ -102,6 +102,11 @@ def _legend(names: list[str]) -> str:
     return f'<ul class="legend">{items}</ul>'
 
 
+def _error_bar(cx: float, y_lo: float, y_hi: float, c: str) -> str:
+    return (f'<path d="M{cx:.1f},{y_lo:.1f}V{y_hi:.1f}M{cx - 4:.1f},{y_lo:.1f}h8M{cx - 4:.1f},{y_hi:.1f}h8" '
+            f'stroke="{c}" stroke-width="1.2"/>')
+
+
 def line_chart(series: dict[str, list[tuple[float, float, Optional[float], str]]], xlabel: str, ylabel: str,
                logx: bool = True, width: int = 620, height: int = 360) -> str:
     """One line per series through (x, y) points with ±err bars; each point: (x, y, err, tooltip)."""
@@ -119,28 +124,31 @@ def line_chart(series: dict[str, list[tuple[float, float, Optional[float], str]]
         for x, y, err, tip in pts:
             cx, cy = f.px(x), f.py(y)
             if err:
-                y_lo, y_hi = f.py(y - err), f.py(y + err)
-                body.append(f'<path d="M{cx:.1f},{y_lo:.1f}V{y_hi:.1f}M{cx - 4:.1f},{y_lo:.1f}h8M{cx - 4:.1f},'
-                            f'{y_hi:.1f}h8" stroke="{c}" stroke-width="1.2"/>')
+                body.append(_error_bar(cx, f.py(y - err), f.py(y + err), c))
             body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{c}"><title>{_esc(name)}: '
                         f'{_esc(tip)}</title></circle>')
     return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{_legend(list(series))}</div>'
 
 
-def scatter_chart(points: list[tuple[str, float, float, str, Optional[str]]], front: list[tuple[float, float]],
-                  xlabel: str, ylabel: str, width: int = 620, height: int = 360) -> str:
-    """Points (series name, x, y, tooltip, link) coloured by series, and a step line through ``front``."""
+def scatter_chart(points: list[tuple[str, float, float, Optional[float], str, Optional[str]]],
+                  front: list[tuple[float, float]], xlabel: str, ylabel: str, width: int = 620,
+                  height: int = 360) -> str:
+    """Points (series name, x, y, ±err or None, tooltip, link) coloured by series, with error bars, and a step
+    line through ``front``."""
     pts = [p for p in points if p[1] is not None and p[2] is not None]
     if not pts:
         return '<p class="empty">no runs with a latency measurement yet</p>'
     names = list(dict.fromkeys(p[0] for p in pts))
-    f = _Frame([p[1] for p in pts], [p[2] for p in pts], width, height, False, xlabel, ylabel)
+    f = _Frame([p[1] for p in pts], [v for p in pts for v in (p[2] - (p[3] or 0), p[2] + (p[3] or 0))], width,
+               height, False, xlabel, ylabel)
     body = [f.axes()]
     if len(front) > 1:
         path = "M" + " L".join(f"{f.px(x):.1f},{f.py(y):.1f}" for x, y in sorted(front))
         body.append(f'<path d="{path}" class="front"/>')
-    for name, x, y, tip, href in pts:
+    for name, x, y, err, tip, href in pts:
         c = color(names.index(name))
+        if err:
+            body.append(_error_bar(f.px(x), f.py(y - err), f.py(y + err), c))
         dot = (f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="4" fill="{c}" fill-opacity=".85">'
                f'<title>{_esc(name)}: {_esc(tip)}</title></circle>')
         body.append(f'<a href="{_esc(href)}">{dot}</a>' if href else dot)

@@ -15,7 +15,9 @@ from typing_extensions import Annotated
 
 from harness.web import api, charts
 from harness.web.auth import Principal
-from harness.web.boards import board, curves, pareto
+from harness.errors import HarnessError
+from harness.views.leaderboard import FLAG
+from harness.web.boards import BoardSection, board, leaders
 from harness.web.app import HERE
 
 router = APIRouter(include_in_schema=False)
@@ -83,15 +85,15 @@ def index(request: Request, who: Who):
     tracks = []
     for tid in sorted(set(reg.names()) | set(by_track)):
         rs = by_track.get(tid, [])
-        top = None
+        top, sections = [], 0
         if rs:
             b = board(rs, tid)
-            top = next((e for e in b.entries if e.rank == 1), None)
+            top, sections = leaders(b), len(b.sections)
         t = reg.get(tid) if tid in reg.names() else None
         tracks.append({"id": tid, "description": t.description if t else "(not a registered track)",
                        "model": t.model.name if t else rs[0].model, "dataset": t.dataset.name if t else rs[0].dataset,
                        "ok": sum(r.status == "ok" for r in rs), "not_ok": sum(r.status != "ok" for r in rs),
-                       "methods": len({r.method.id for r in rs}), "top": top})
+                       "methods": len({r.method.id for r in rs}), "top": top, "sections": sections})
     plans = api.list_plans(request, who)
     recent = [api._run_summary(r) for r in sorted(records, key=lambda r: r.finished_at, reverse=True)[:12]]
     return _render(request, "index.html", who, tracks=tracks, plans=plans[:10], recent=recent)
@@ -134,6 +136,25 @@ def run_page(request: Request, who: Who, key: str):
                    live=run["status"] in ("queued", "running"))
 
 
+def _charts(section: BoardSection, metric: str) -> tuple[str, str]:
+    """The section's two charts: final metric vs achieved speedup (95% CI bars), and vs measured latency speedup
+    with the Pareto front of the means."""
+    series: dict[str, list] = {}
+    for p in section.points:
+        x = p.achieved or p.speedup
+        tip = (f"{p.speedup:g}x target, {x:.2f}x achieved: {p.final.text} (n={p.final.n}"
+               + (", 95% CI" if p.final.half_width is not None else "") + f"), rank {p.rank or '-'}")
+        series.setdefault(p.name, []).append((x, p.final.mean, p.final.half_width, tip))
+    speed = charts.line_chart(series, "achieved MACs speedup (log scale)", f"final {metric}")
+    timed = [p for p in section.points if p.latency_speedup is not None]
+    points = [(p.name, p.latency_speedup, p.final.mean, p.final.half_width,
+               f"{p.speedup:g}x: latency speedup {p.latency_speedup:.2f}x, {metric} {p.final.text}", None)
+              for p in timed]
+    front = [(p.latency_speedup, p.final.mean) for p in timed if p.pareto]
+    latency = charts.scatter_chart(points, front, "measured latency speedup, batch 1 (x)", f"final {metric}")
+    return speed, latency
+
+
 @router.get("/tracks/{track}", response_class=HTMLResponse)
 def board_page(request: Request, who: Who, track: str, setting: Optional[str] = None,
                view: str = "average", importance: Annotated[Optional[list[str]], Query()] = None,
@@ -141,30 +162,18 @@ def board_page(request: Request, who: Who, track: str, setting: Optional[str] = 
     records = [r for r in request.app.state.platform.store.records().values() if r.track.id == track]
     if not records:
         raise HTTPException(404, f"no records of track {track!r} yet")
-    b = board(records, track, setting, view, importance, regularizer)
-    lines = curves(records, track, b.setting, importance, regularizer)
-    series = {name: [(ach or s, mean, ci, f"{s:g}x target, {ach or s:.2f}x achieved: {mean:.2f}"
-                      + (f" ± {ci:.2f} (95% CI)" if ci else " (n=1)")) for ach, mean, ci, s, _ in pts]
-              for name, pts in lines.items()}
-    speed_svg = charts.line_chart(series, "achieved MACs speedup (log scale)", f"final {b.metric}")
-    cells = [(name, lat, mean, s) for name, pts in lines.items() for _, mean, _, s, lat in pts if lat is not None]
-    front_idx = pareto([(c[1], c[2]) for c in cells])
-    points = [(name, lat, mean, f"{s:g}x: latency speedup {lat:.2f}x, {b.metric} {mean:.2f}", None)
-              for name, lat, mean, s in cells]
-    pareto_svg = charts.scatter_chart(points, [(cells[i][1], cells[i][2]) for i in front_idx],
-                                      "measured latency speedup, batch 1 (x)", f"final {b.metric}")
-    front = [{"name": cells[i][0], "speedup": cells[i][3], "latency": cells[i][1], "final": cells[i][2]}
-             for i in front_idx]
-    views = ["average"] + [f"{s:g}x" for s in b.speedups]
+    try:
+        b = board(records, track, setting, view, importance, regularizer)
+    except HarnessError as e:
+        raise HTTPException(422, str(e)) from None
 
     def link(**changes) -> str:
-        q = {"setting": b.setting, "view": b.view, "importance": importance or [], "regularizer": regularizer or []}
+        q = {"setting": b.setting, "view": b.view, "importance": b.importance, "regularizer": b.regularizer}
         q.update(changes)
-        return f"/tracks/{track}?" + urlencode(q, doseq=True)
+        return f"/tracks/{quote(track)}?" + urlencode(q, doseq=True)
 
-    return _render(request, "board.html", who, b=b, views=views, link=link, speed_svg=speed_svg,
-                   pareto_svg=pareto_svg, front=front, importance=importance or [], regularizer=regularizer or [],
-                   n_records=len(records), settings=b.settings)
+    return _render(request, "board.html", who, b=b, link=link, n_records=len(records), flag=FLAG,
+                   blocks=[(s, *_charts(s, b.metric)) for s in b.sections])
 
 
 @router.get("/compare", response_class=HTMLResponse)
