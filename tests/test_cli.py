@@ -89,6 +89,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert not list(find_records(tmp_path))
 
 
+def test_the_data_root_comes_from_pbench_data(tmp_path, monkeypatch):
+    """The card's command without --data-root reads PBENCH_DATA (here a folder without COCO in it)."""
+    monkeypatch.setenv("PBENCH_DATA", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    res = invoke("evaluate", "--method", "fpgm", "--model", "yolov8", "--out", tmp_path / "out")
+    assert res.exit_code == 2 and f"coco: expected {tmp_path / 'data'}/annotations/" in " ".join(res.output.split())
+    assert len(res.output.strip().splitlines()) == 1 and not list(find_records(tmp_path / "out"))
+
+
 def test_speedup_must_be_a_number(tmp_path):
     res = invoke("evaluate", "--method", "random", "--track", "digits-resnet18", "--speedup", "abc")
     assert res.exit_code == 2 and "Invalid value for '--speedup'" in res.output

@@ -207,7 +207,7 @@ def test_make_tiny_script(tmp_path):
 
 @pytest.mark.parametrize("kind", sorted(LAYOUTS))
 def test_cifar_requires_data_root(kind):
-    with pytest.raises(DatasetError, match="--data-root is required"):
+    with pytest.raises(DatasetError, match="no data root: give --data-root or set PBENCH_DATA"):
         load_dataset(kind)
 
 

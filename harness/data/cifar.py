@@ -122,7 +122,7 @@ def load_cifar(kind: str, data_root: Path | None, image_size: int | None) -> Dat
     layout = LAYOUTS[kind]
     if data_root is None:
         raise DatasetError(
-            f"{kind}: --data-root is required; it must contain {layout.folder}/ (see datasets/README.md)"
+            f"{kind}: no data root: give --data-root or set PBENCH_DATA; it must contain {layout.folder}/ (see datasets/README.md)"
         )
 
     def split(train: bool):

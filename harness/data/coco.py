@@ -218,7 +218,7 @@ def _image_dir(root: Path, split: str) -> Path:
 def coco(data_root: Optional[Path] = None, image_size: Optional[int] = None) -> CocoBundle:
     """COCO 2017 detection (or any dataset in its layout): train/val images and instances json."""
     if data_root is None:
-        raise DatasetError(f"coco: --data-root is required ({LAYOUT})")
+        raise DatasetError(f"coco: no data root: give --data-root or set PBENCH_DATA ({LAYOUT})")
     if not data_root.is_dir():
         raise DatasetError(f"coco: data root {data_root} does not exist ({LAYOUT})")
     ann = {s: data_root / "annotations" / f"instances_{SPLITS[s]}.json" for s in SPLITS}

@@ -97,7 +97,7 @@ def imagenet(data_root: Optional[Path] = None, image_size: Optional[int] = None,
     from torchvision.datasets import ImageFolder
 
     if data_root is None:
-        raise DatasetError(f"imagenet: --data-root is required ({LAYOUT})")
+        raise DatasetError(f"imagenet: no data root: give --data-root or set PBENCH_DATA ({LAYOUT})")
     if not data_root.is_dir():
         raise DatasetError(f"imagenet: data root {data_root} does not exist ({LAYOUT})")
     train_dir, val_dir = _split_dir(data_root, "train"), _split_dir(data_root, "val")
