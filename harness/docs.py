@@ -48,13 +48,9 @@ DIGITS_COLUMNS = ["Speedup", "Rank", "Importance", "Regularizer", "n", "Pruned",
                   "Achieved", "Latency", "Step (s)", "Reg (s)"]
 
 
-def _seconds(iso: str) -> float:
-    import datetime as dt
-    return dt.datetime.fromisoformat(iso).timestamp()
-
-
 def _digits() -> str:
     """The whole digits-leaderboard section: every figure in it comes from the committed records."""
+    import math
     import statistics
 
     from harness.store import Store
@@ -76,7 +72,8 @@ def _digits() -> str:
     seeds = sorted({r.seed for r in records})
     targets = sorted({r.speedup.target for r in records})
     combos = sorted({lb.run_name(r) for r in records})
-    wall = max(_seconds(r.finished_at) for r in records) - min(_seconds(r.started_at) for r in records)
+    run_s = math.fsum(r.timing.total_s for r in records if r.timing and r.timing.total_s)  # not a span: records
+    # of one track may come from several sweeps (a sweep skips what is recorded)
     med = statistics.median
     n = len(records) // max(1, len(targets))
     base_metric = statistics.fmean(r.metric.base for r in ok)
@@ -98,8 +95,8 @@ def _digits() -> str:
         f"{len(records)} runs ({len(combos)} combinations x {'/'.join(f'{t:g}x' for t in targets)} x seeds "
         f"{', '.join(map(str, seeds))}; {len(records) - len(ok)} failed) on the CPU, all from one base checkpoint "
         f"(sha256 `{lb.short(section.base_sha256)}…`, top-1 {base_metric:.2f}; {pinned}). "
-        f"`make digits-leaderboard` reproduces them ({wall:.0f} s from the first run's start to the last one's end "
-        f"on 2 cores, {threads} torch thread(s) per run, base pretraining excluded); every figure in this section "
+        f"`make digits-leaderboard` reproduces them ({run_s:.0f} s of run time summed over the runs, "
+        f"on 2 cores, {threads} torch thread(s) per run, base pretraining excluded; `--jobs 2` runs two at a time); every figure in this section "
         f"is generated from the records in "
         f"`benchmarks/results/digits-resnet18/` by `python -m harness.docs`. Latency is the measured batch-1 "
         f"inference speedup (median of repeats after warm-up). Medians over the {n} runs per target: MACs "
