@@ -43,12 +43,20 @@ def test_dry_run_projects_the_runs_it_would_run(tiny_track_file, tmp_path):
     assert res.exit_code == 0, res.output
     assert re.search(r"\| magnitude_l2 \| 2x \| 1 \|", res.output) and "device-hours" in res.output
 
-    ran = CliRunner().invoke(app, _sweep(tiny_track_file, out))  # the run itself: its stage times
+    # the projection is the run's own budget x the measured cost of a step: the retraining of the run it
+    # projects (how close the seconds come is benchmarks/dry_run_accuracy.py: wall time on a shared
+    # 2-core machine is no test)
+    track = load_track(str(tiny_track_file))
+    retrain = {st.stage: st for st in cost.shapes[0].stages}["retrain"]
+    m = re.fullmatch(r"(\d+) ep x (\d+) steps x ([\d.]+) ms \+ ([\d.]+) s start", retrain.basis)
+    assert m, retrain.basis
+    epochs, steps, ms, start = int(m[1]), int(m[2]), float(m[3]), float(m[4])
+    assert (epochs, steps) == (track.retrain.epochs, 1437 // track.retrain.batch_size) and ms > 0
+    assert retrain.seconds == pytest.approx(epochs * steps * ms / 1e3 + start, rel=0.01, abs=0.06)
+    ran = CliRunner().invoke(app, _sweep(tiny_track_file, out))  # the run itself
     assert ran.exit_code == 0, ran.output
     [record] = Store.load(out).records.values()
-    projected = {st.stage: st.seconds for st in cost.shapes[0].stages}
-    for stage, actual in (("prune", record.timing.step_s), ("retrain", record.timing.retrain_s)):
-        assert actual / 5 <= projected[stage] <= actual * 5, (stage, projected[stage], actual)  # (a shared machine)
+    assert record.timing.retrain_s > 0 and record.timing.step_s > 0
 
     again = CliRunner().invoke(app, _sweep(tiny_track_file, out, "--dry-run"))
     assert again.exit_code == 0 and "for 0 runs (1 already recorded, not counted)" in again.output
