@@ -81,6 +81,7 @@ bench: venv
 	@if docker info >/dev/null 2>&1; then $(PY) benchmarks/docker_exchange.py; \
 	else echo "bench: no Docker Engine, skipping benchmarks/docker_exchange.py"; fi
 	$(PY) benchmarks/cli_startup.py
+	$(PY) benchmarks/dry_run_accuracy.py
 	$(PY) benchmarks/digits_leaderboard.py
 
 clean:
