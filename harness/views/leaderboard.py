@@ -68,12 +68,6 @@ def section_of(r: ResultRecord) -> Section:
     return Section(r.track.id, r.track.hash, r.provenance.checkpoint_sha256)
 
 
-def cell_of(r: ResultRecord) -> tuple:
-    """The row ``r`` is counted in (:attr:`Row.cell`): (section, speedup, strategy, recipe, method, regularizer)."""
-    return (section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id,
-            r.regularizer.id if r.regularizer else "-")
-
-
 @dataclass
 class Row:
     section: Section
@@ -101,6 +95,8 @@ class Row:
     finals: dict[int, float] = field(default_factory=dict)  # seed -> final metric (what the ranks test)
     recals: dict[int, float] = field(default_factory=dict)  # seed -> pruned_recal
     error: str = ""
+    #: the records counted in this row (ok, failed and cancelled), in store order
+    records: list[ResultRecord] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def track(self) -> str:
@@ -115,11 +111,6 @@ class Row:
         """The cell this row is ranked in: (section, speedup, strategy, recipe)."""
         return (self.section, self.speedup, self.strategy, self.recipe)
 
-    @property
-    def cell(self) -> tuple:
-        """What the row's records share (:func:`cell_of`)."""
-        return (*self.setting, self.method, self.regularizer)
-
 
 def run_name(r: ResultRecord, recipe: bool = True) -> str:
     """``method[+regularizer]``, and `` (retrain <recipe>)`` for a recipe-swap run."""
@@ -127,7 +118,13 @@ def run_name(r: ResultRecord, recipe: bool = True) -> str:
             + (f" (retrain {r.recipe})" if recipe and r.recipe else ""))
 
 
-def _mean(xs: list) -> Optional[float]:
+def setting_label(strategy: str, recipe: Optional[str]) -> str:
+    """``strategy[ · retrain recipe]``: how a setting is named in tables and on the platform."""
+    return strategy + (f" · retrain {recipe}" if recipe else "")
+
+
+def mean_or_none(xs) -> Optional[float]:
+    """The mean of the values of ``xs`` that are not ``None``; ``None`` when there are none."""
     xs = [x for x in xs if x is not None]
     return statistics.fmean(xs) if xs else None
 
@@ -160,7 +157,8 @@ def rows(records: list[ResultRecord]) -> list[Row]:
     """Every cell of ``records``, ranked, sorted by section, strategy, recipe, speedup and rank."""
     cells: dict[tuple, list[ResultRecord]] = defaultdict(list)
     for r in records:
-        cells[cell_of(r)].append(r)
+        reg = r.regularizer.id if r.regularizer else "-"
+        cells[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, reg)].append(r)
     out = []
     for (section, speedup, strategy, recipe, method, reg), rs in cells.items():
         ok = [r for r in rs if r.status == "ok"]
@@ -168,18 +166,20 @@ def rows(records: list[ResultRecord]) -> list[Row]:
         diags = [r.diagnostics for r in ok if r.diagnostics is not None]
         out.append(Row(
             section=section, speedup=speedup, strategy=strategy, recipe=recipe, method=method, regularizer=reg,
-            n_ok=len(ok), n_failed=len(failed), base=_mean([r.metric.base for r in rs]),
+            n_ok=len(ok), n_failed=len(failed), base=mean_or_none([r.metric.base for r in rs]),
             final=stats.summarize(r.metric.final for r in ok), pruned=stats.summarize(r.metric.pruned for r in ok),
             pruned_recal=stats.summarize(r.metric.pruned_recal for r in ok),
-            delta=stats.summarize(r.metric.delta for r in ok), achieved=_mean([r.speedup.achieved for r in ok]),
-            params_ratio=_mean([r.params.pruned / r.params.base for r in ok if r.params.base]),
-            step_s=_mean([r.timing.step_s for r in ok]), reg_s=_mean([r.timing.reg_s for r in ok]),
-            latency_speedup=_mean([r.latency.speedup_batch1 for r in ok if r.latency]),
+            delta=stats.summarize(r.metric.delta for r in ok),
+            achieved=mean_or_none([r.speedup.achieved for r in ok]),
+            params_ratio=mean_or_none([r.params.pruned / r.params.base for r in ok if r.params.base]),
+            step_s=mean_or_none([r.timing.step_s for r in ok]),
+            reg_s=mean_or_none([r.timing.reg_s for r in ok]),
+            latency_speedup=mean_or_none([r.latency.speedup_batch1 for r in ok if r.latency]),
             constant_scores=any(d.all_constant for d in diags),
-            tied_fraction=_mean([d.tied_fraction for d in diags]),
+            tied_fraction=mean_or_none([d.tied_fraction for d in diags]),
             finals={r.seed: r.metric.final for r in ok},
             recals={r.seed: r.metric.pruned_recal for r in ok if r.metric.pruned_recal is not None},
-            error=failed[0].error if failed and not ok else ""))
+            error=failed[0].error if failed and not ok else "", records=rs))
     ranked = rankings(out)
     for row in out:
         row.rank = ranked[row.setting].ranks.get(row.name)
@@ -267,7 +267,7 @@ def cells(r: Row) -> list[str]:
     params = "n/a" if r.params_ratio is None else f"{100 * r.params_ratio:.1f}%"
     achieved = "n/a" if r.achieved is None else f"{r.achieved:.2f}x"
     latency = "n/a" if r.latency_speedup is None else f"{r.latency_speedup:.2f}x"
-    strategy = r.strategy + (f" · retrain {r.recipe}" if r.recipe else "")
+    strategy = setting_label(r.strategy, r.recipe)
     method = r.method + (f" {FLAG}" if r.constant_scores else "")
     return [r.track, f"{r.speedup:g}x", strategy, str(r.rank or "-"), method, r.regularizer, n, _f(r.base),
             stats.fmt(r.pruned), stats.fmt(r.pruned_recal), final, _f(r.delta.mean, "+.2f"), params, achieved,
@@ -282,9 +282,8 @@ def table(columns: list[str], body: list[list[str]]) -> str:
 
 
 def average_cells(a: AverageRow) -> list[str]:
-    strategy = a.strategy + (f" · retrain {a.recipe}" if a.recipe else "")
-    return [strategy, a.method + (f" {FLAG}" if a.constant_scores else ""), a.regularizer, f"{a.mean_rank:.2f}",
-            f"{a.ranked}/{a.speedups}"]
+    return [setting_label(a.strategy, a.recipe), a.method + (f" {FLAG}" if a.constant_scores else ""), a.regularizer,
+            f"{a.mean_rank:.2f}", f"{a.ranked}/{a.speedups}"]
 
 
 AVERAGE_COLUMNS = ["Strategy", "Importance", "Regularizer", "Mean rank", "Speedups ranked"]

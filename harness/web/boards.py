@@ -155,10 +155,6 @@ class Leaderboard(BaseModel):
     sections: list[BoardSection]
 
 
-def setting_of(strategy: str, recipe: Optional[str]) -> str:
-    return strategy + (f" · retrain {recipe}" if recipe else "")
-
-
 def parse_view(view: str) -> Optional[float]:
     """The target speedup of ``view`` (``"4x"``, ``"4"``), ``None`` for ``"average"``."""
     if view == AVERAGE:
@@ -181,14 +177,13 @@ def pareto(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def _mean(xs) -> Optional[float]:
-    xs = [x for x in xs if x is not None]
-    return math.fsum(xs) / len(xs) if xs else None
+def _ok_keys(row: lb.Row) -> list[str]:
+    return [r.run_key for r in sorted(row.records, key=lambda r: r.seed) if r.status == "ok"]
 
 
-def _entry(row: lb.Row, records: list[ResultRecord], shared_with: list[str]) -> Entry:
-    ok = [r for r in records if r.status == "ok"]
-    bad = [r for r in records if r.status != "ok"]
+def _entry(row: lb.Row, shared_with: list[str]) -> Entry:
+    ok = sorted((r for r in row.records if r.status == "ok"), key=lambda r: r.seed)
+    bad = [r for r in row.records if r.status != "ok"]
     cancelled = sum(r.status == "cancelled" for r in bad)
     return Entry(
         name=row.name, method=row.method, regularizer=row.regularizer, rank=row.rank, tied=bool(shared_with),
@@ -196,32 +191,22 @@ def _entry(row: lb.Row, records: list[ResultRecord], shared_with: list[str]) -> 
         final=Stat.of(row.final), pruned=Stat.of(row.pruned), pruned_recal=Stat.of(row.pruned_recal),
         delta=Stat.of(row.delta), seeds=dict(sorted(row.finals.items())), base=row.base, achieved=row.achieved,
         params_kept=row.params_ratio, latency_speedup=row.latency_speedup,
-        latency_ms=_mean(r.latency.batch1_pruned_ms for r in ok if r.latency), step_s=row.step_s, reg_s=row.reg_s,
+        latency_ms=lb.mean_or_none([r.latency.batch1_pruned_ms for r in ok if r.latency]), step_s=row.step_s, reg_s=row.reg_s,
         constant_scores=row.constant_scores, tied_fraction=row.tied_fraction,
-        warnings=[w for r in sorted(ok, key=lambda r: r.seed) if (w := lb.constant_scores_warning(r))],
-        error=row.error or "", keys=[r.run_key for r in sorted(ok, key=lambda r: r.seed)],
+        warnings=[w for r in ok if (w := lb.constant_scores_warning(r))],
+        error=row.error or "", keys=_ok_keys(row),
         failed_keys=[r.run_key for r in bad])
 
 
-def _shared(rows: list[lb.Row]) -> dict[tuple, list[str]]:
-    """Per row (:attr:`Row.cell`): the other rows of its cell with the same rank."""
-    by_rank: dict[tuple, list[str]] = defaultdict(list)
+def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], shown) -> BoardSection:
+    by_rank: dict[tuple, list[str]] = defaultdict(list)  # the rows of a cell that share a rank
     for r in rows:
         if r.rank is not None:
             by_rank[(r.setting, r.rank)].append(r.name)
-    return {r.cell: [n for n in by_rank[(r.setting, r.rank)] if n != r.name] if r.rank is not None else []
-            for r in rows}
-
-
-def _section(section: lb.Section, rows: list[lb.Row], records: list[ResultRecord], target: Optional[float],
-             shown) -> BoardSection:
-    by_cell: dict[tuple, list[ResultRecord]] = defaultdict(list)
-    for r in records:
-        by_cell[lb.cell_of(r)].append(r)
-    shared = _shared(rows)
     visible = [r for r in rows if shown(r.method, r.regularizer)]
-    entries = [] if target is None else [_entry(r, by_cell[r.cell], shared[r.cell]) for r in visible
-                                         if r.speedup == target]
+    entries = [] if target is None else [
+        _entry(r, [n for n in by_rank[(r.setting, r.rank)] if n != r.name] if r.rank is not None else [])
+        for r in visible if r.speedup == target]
     average = []
     if target is None:
         for a in lb.average(rows):
@@ -234,8 +219,7 @@ def _section(section: lb.Section, rows: list[lb.Row], records: list[ResultRecord
                 name=name, method=a.method, regularizer=a.regularizer, mean_rank=a.mean_rank, ranked=a.ranked,
                 speedups=a.speedups, ranks={f"{r.speedup:g}x": r.rank for r in mine},
                 constant_scores=a.constant_scores,
-                keys=[k for r in mine for k in sorted(x.run_key for x in by_cell[r.cell] if x.status == "ok")]
-                if complete else []))
+                keys=[k for r in mine for k in sorted(_ok_keys(r))] if complete else []))
     points = [Point(name=r.name, speedup=r.speedup, achieved=r.achieved, final=Stat.of(r.final),
                     latency_speedup=r.latency_speedup, rank=r.rank, pareto=False)
               for r in visible if r.final.mean is not None]
@@ -248,7 +232,7 @@ def _section(section: lb.Section, rows: list[lb.Row], records: list[ResultRecord
     note = ("a method with one seed cannot be separated from any other (no test is possible), so it shares their "
             "rank: run more seeds to rank it" if single else "")
     return BoardSection(track=section.track, track_hash=section.track_hash, base_sha256=section.base_sha256,
-                        label=section.label, runs=len(records), speedups=sorted({r.speedup for r in rows}),
+                        label=section.label, runs=sum(len(r.records) for r in rows), speedups=sorted({r.speedup for r in rows}),
                         entries=entries, average=average, points=points, note=note)
 
 
@@ -260,23 +244,20 @@ def board(records: list[ResultRecord], track: str, setting: Optional[str] = None
     rs = [r for r in records if r.track.id == track]
     if not rs:
         raise HarnessError(f"no records of track {track!r}")
-    counts = Counter(setting_of(r.strategy, r.recipe) for r in rs)
+    counts = Counter(lb.setting_label(r.strategy, r.recipe) for r in rs)
     settings = sorted(counts, key=lambda s: (-counts[s], s))
     if setting is None:
         setting = settings[0]
     elif setting not in counts:
         raise HarnessError(f"track {track} has no runs in setting {setting!r}; its settings: {', '.join(settings)}")
     target = parse_view(view)
-    rs = [r for r in rs if setting_of(r.strategy, r.recipe) == setting]  # whole cells: the ranks do not change
+    rs = [r for r in rs if lb.setting_label(r.strategy, r.recipe) == setting]  # whole cells: ranks do not change
     rows = lb.rows(rs)
-    by_section: dict[lb.Section, list[ResultRecord]] = defaultdict(list)
-    for r in rs:
-        by_section[lb.section_of(r)].append(r)
 
     def shown(method: str, regularizer: str) -> bool:
         return (not importance or method in importance) and (not regularizers or regularizer in regularizers)
 
-    sections = [_section(s, srows, by_section[s], target, shown) for s, srows in lb.sections(rows).items()]
+    sections = [_section(s, srows, target, shown) for s, srows in lb.sections(rows).items()]
     speedups = sorted({r.speedup.target for r in rs})
     flagged = any(r.constant_scores for r in rows if shown(r.method, r.regularizer)
                   and (target is None or r.speedup == target))
