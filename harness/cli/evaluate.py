@@ -55,9 +55,8 @@ SeedsOpt = Annotated[Optional[str], typer.Option(help="comma-separated seeds (de
 def _setup(device: Device, threads: Optional[int], executor: Executor = Executor.local) -> None:
     """``--device cuda`` needs a GPU here, unless the runs go to Slurm jobs (whose nodes have them)."""
     if device == Device.cuda and executor != Executor.slurm:
-        import torch
-        if not torch.cuda.is_available():
-            raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
+        from harness.protocol.distributed import require_device
+        require_device(device.value)
     if threads:
         import torch
         torch.set_num_threads(threads)

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from harness.cli.common import ProgressDisplay, friendly, out
-from harness.errors import HarnessError
 
 app = typer.Typer()
 
@@ -33,8 +32,8 @@ def pretrain(
     from harness.tasks import task_for
     from harness.tracks import load_track
 
-    if device.value == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
+    from harness.protocol.distributed import require_device
+    require_device(device.value)
     if threads:
         torch.set_num_threads(threads)
     cfg = load_track(track)

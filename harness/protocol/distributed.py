@@ -38,6 +38,8 @@ import torch
 import torch.distributed as tdist
 import torch.nn as nn
 
+from harness.errors import HarnessError
+
 T = TypeVar("T")
 
 #: seconds a collective may wait for a peer before the run fails (a peer stuck outside the harness)
@@ -106,6 +108,12 @@ def shield() -> None:
     period anyway)."""
     if world().distributed:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def require_device(device: str) -> None:
+    """Bad input (:class:`HarnessError`) when ``device`` is ``cuda`` and this machine has no CUDA device."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: no CUDA device is available here (use --device cpu)")
 
 
 def local_device(device: str, w: Optional[World] = None) -> str:

@@ -102,10 +102,12 @@ def resolve_request(req: PlanRequest, cfg: ServerConfig, uploads: Optional["Uplo
     if used and not cfg.local_owner and req.runner != "docker":
         raise PlanError("runner", "uploaded methods run only under the docker runner on a shared server "
                                   "(choose runner docker)")
-    if check_device and req.device == "cuda" and cfg.executor == "local":
-        import torch
-        if not torch.cuda.is_available():
-            raise PlanError("device", "--device cuda: no CUDA device is available here (use --device cpu)")
+    if check_device and cfg.executor == "local":
+        from harness.protocol.distributed import require_device
+        try:
+            require_device(req.device)
+        except HarnessError as e:
+            raise PlanError("device", str(e)) from None
     fields = req.model_dump(exclude={"label"})
     fields.update(methods=methods, regularizers=regularizers, out=cfg.store, data_root=cfg.data_root,
                   cache_dir=cfg.cache_dir, executor=cfg.executor, jobs=cfg.jobs, slurm_config=cfg.slurm_config)
