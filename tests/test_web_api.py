@@ -309,8 +309,16 @@ def test_unsafe_or_invalid_method_zips_are_refused(tmp_path, case, status, messa
     assert leftovers == []
 
 
-def test_an_unsafe_model_pickle_is_refused_without_running(tmp_path):
+def test_model_weights_are_data_checked_against_their_architecture(tmp_path):
+    """An uploaded model is safetensors weights of an architecture the harness builds: they load strictly (a
+    wrong architecture or a pickle is refused, and nothing is kept), and a plan runs them as upload:<id> on
+    their own derived track whose base checkpoint is the file."""
     import torch
+    from safetensors.torch import save
+
+    from harness.models import build_model
+    from specs.track import ModelRef
+
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -319,15 +327,31 @@ def test_an_unsafe_model_pickle_is_refused_without_running(tmp_path):
             return os.system, (f"touch {marker}",)
 
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    model = build_model(ModelRef(name="torchvision:shufflenet_v2_x0_5"), num_classes=10, in_chans=1, image_size=8)
+    weights = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    form = {"architecture": "torchvision:shufflenet_v2_x0_5", "dataset": "digits"}
     app = create_app(ServerConfig(store=tmp_path / "s"), start_queue=False)
     with TestClient(app, base_url=BASE) as client:
         client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
-        res = client.post("/api/uploads/models", files={"file": ("evil.pt", (tmp_path / "evil.pt").read_bytes())})
-        assert res.status_code == 422 and "posix.system" in res.json()["error"], res.text
-        assert not marker.exists()
-        res = client.post("/api/uploads/models", files={"file": ("w.pt", b"not a torch file")})
-        assert res.status_code == 422 and "not a torch.save file" in res.json()["error"]
+        res = client.post("/api/uploads/models", data=form, files={"file": ("evil.pt", (tmp_path / "evil.pt").read_bytes())})
+        assert res.status_code == 422 and "not a safetensors file" in res.json()["error"], res.text
+        res = client.post("/api/uploads/models", data={**form, "architecture": "torchvision:resnet18"},
+                          files={"file": ("w.safetensors", weights)})
+        assert res.status_code == 422 and "tensors" in res.json()["error"], res.text
         assert client.get("/api/uploads").json()["models"] == []
+        assert [p.name for p in (tmp_path / "s" / ".web" / "uploads" / "models").iterdir()] == []
+        res = client.post("/api/uploads/models", data=form, files={"file": ("w.safetensors", weights)})
+        assert res.status_code == 201, res.text
+        up = res.json()
+        assert up["reference"] == f"upload:{up['id']}" and up["params"] == sum(p.numel() for p in model.parameters())
+        res = client.post("/api/plans?dry_run=true", json={"model": up["reference"], "methods": ["lamp"],
+                                                            "speedups": [2], "seeds": [0]})
+        assert res.status_code == 201 and res.json()["track"] == up["track"] == f"digits-upload-{up['id']}", res.text
+        res = client.post("/api/plans?dry_run=true", json={"model": up["reference"], "dataset": "cifar10"})
+        assert res.status_code == 422 and res.json()["field"] == "dataset"
+    assert not marker.exists()
+    track = json.loads((tmp_path / "s" / ".web" / "uploads" / "models" / f"{up['id']}.track.json").read_text())
+    assert track["checkpoint"]["sha256"] == hashlib.sha256(weights).hexdigest()
 
 
 # -- leaderboards ----------------------------------------------------------------------------------

@@ -85,6 +85,9 @@ def serve(
     max_queued_runs: Annotated[int, typer.Option(help="per user: runs waiting or running at once", min=1)] = 200,
     allowed_host: Annotated[Optional[list[str]], typer.Option(help="extra Host name to answer to (behind a proxy)")]
     = None,
+    https: Annotated[bool, typer.Option(help="the server sits behind HTTPS (a TLS proxy): session cookies get "
+                                             "Secure")] = False,
+    session_hours: Annotated[float, typer.Option(help="lifetime of a login session", min=0.01)] = 12,
 ) -> None:
     """The web platform on the result store: task builder, live runs, leaderboards, uploads, JSON API."""
     import uvicorn
@@ -96,7 +99,8 @@ def serve(
     try:
         cfg = ServerConfig(store=results, host=host, port=port, jobs=jobs, executor=executor,
                            slurm_config=slurm_config, users_file=users, data_root=data_root, cache_dir=cache_dir,
-                           max_queued_runs=max_queued_runs, allowed_hosts=allowed_host or [])
+                           max_queued_runs=max_queued_runs, allowed_hosts=allowed_host or [], https=https,
+                           session_hours=session_hours)
     except ValidationError as e:
         raise HarnessError(f"serve: {explain(e)}") from None
     check_access(cfg, token)

@@ -152,14 +152,14 @@ def evaluation_cost(task, model, count: int = 2) -> StageCost:
 
 def _base(track, task):
     """(base network, its checkpoint is available): the cached or published checkpoint, else random weights."""
-    from harness.protocol.checkpoints import _load_state, build_model, cache_path
+    from harness.protocol.checkpoints import load_state, build_model, cache_path
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(track.checkpoint.pretrain_seed)
         model = build_model(track, task.data)
     path = Path(os.path.expanduser(track.checkpoint.path)) if track.checkpoint.path else \
         cache_path(track, task.cache_dir)
     if path.is_file():
-        _load_state(model, path)
+        load_state(model, path)
     return model.to(task.device).eval(), path.is_file() or track.checkpoint.path is not None
 
 

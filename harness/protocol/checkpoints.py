@@ -136,9 +136,15 @@ def check_pin(track: TrackConfig, path: Path, digest: str) -> None:
                            f"update the pin)")
 
 
-def _load_state(model: nn.Module, path: Path) -> None:
+def load_state(model: nn.Module, path: Path) -> None:
+    """Load the state dict file ``path`` into ``model`` strictly (every name and shape must match): a
+    ``.safetensors`` file (data only), else a ``torch.save``d dict of tensors read with ``weights_only``."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as e:  # corrupt file, wrong architecture
         raise HarnessError(f"{path}: cannot load as a {type(model).__name__} state dict ({type(e).__name__})") from None
@@ -213,7 +219,7 @@ def _train_base(track: TrackConfig, data: DatasetBundle, model: nn.Module, data_
     ck, w = track.checkpoint, distributed.world()
     if device == "cpu" and not w.distributed:
         _pretrain_in_child(track, data_root, tmp, progress)
-        _load_state(model, tmp)
+        load_state(model, tmp)
     else:
         train_bundle(model, data, ck.pretrain, seed=ck.pretrain_seed, device=device, progress=progress,
                      stage="pretrain")
@@ -229,7 +235,7 @@ def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path]
     model = initial_model(track, data)
     if ck.path is not None:
         path, digest = verified_file(ck)
-        _load_state(model, path)
+        load_state(model, path)
         return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
 
     path = cache_path(track, cache_dir)
@@ -245,7 +251,7 @@ def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path]
         distributed.barrier()  # the others read the file only once rank 0 has written it
         digest = file_sha256(path)
         check_pin(track, path, digest)
-        _load_state(model, path)
+        load_state(model, path)
     return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
 
 

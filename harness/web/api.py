@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 
 from harness.errors import HarnessError
 from harness.orchestration.events import events_path, read_events
-from harness.web.auth import COOKIE, SESSION_DAYS, Principal, viewer
+from harness.web.auth import COOKIE, Principal, viewer
 from harness.web.boards import Leaderboard, board
-from harness.web.planning import PlanRequest, resolve_request
+from harness.web.planning import PlanError, PlanRequest, check_dataset_name, check_model_name, resolve_request
 from harness.web.queue import ACTIVE, PlanRecord, PlanRun, now
 from harness.web.runs import valid_key
-from harness.web.uploads import UploadedMethod, UploadedModel, UploadError
+from harness.web.uploads import UploadedMethod, UploadedModel, UploadError, receive_form
 
 router = APIRouter(prefix="/api")
 PLAN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+#: the largest byte offset into a log (a file offset beyond any log this server writes)
+MAX_OFFSET = 2**53
 User = Annotated[Principal, Depends(viewer)]
 
 
@@ -64,15 +67,18 @@ def login(body: Login, request: Request, response: Response) -> Me:
     if user is None:
         time.sleep(0.5)  # slow down guessing
         raise HTTPException(401, "unknown token")
-    response.set_cookie(COOKIE, platform.auth.session_cookie(user.name), max_age=SESSION_DAYS * 86400,
-                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, platform.auth.sessions.open(user.name), max_age=int(platform.cfg.session_hours * 3600),
+                        httponly=True, samesite="strict", secure=platform.cfg.https or request.url.scheme == "https")
     return Me(user=user.name, admin=user.admin, csrf=platform.auth.csrf_token(user.name),
               local_owner=platform.cfg.local_owner)
 
 
 @router.delete("/session", status_code=204, tags=["session"])
-def logout(who: User) -> Response:
-    """Forget the session cookie."""
+def logout(request: Request, who: User) -> Response:
+    """End the session: the server forgets it (the old cookie answers 401 from now on)."""
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        P(request).auth.sessions.close(cookie)
     response = Response(status_code=204)
     response.delete_cookie(COOKIE)
     return response
@@ -193,14 +199,20 @@ def get_plan(plan_id: str, request: Request, who: User) -> PlanOut:
 
 
 @router.get("/plans/{plan_id}/log", tags=["plans"])
-def plan_log(plan_id: str, request: Request, who: User, offset: Annotated[int, Query(ge=0)] = 0) -> dict:
+def plan_log(plan_id: str, request: Request, who: User, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0
+             ) -> dict:
     """The plan worker's log (the sweep's per-run lines) from byte ``offset``."""
     platform = P(request)
     _plan(platform, plan_id)
-    return _read_log(platform.queue.log_path(plan_id), offset)
+    return _read_log(platform, platform.queue.log_path(plan_id), offset)
 
 
-def _read_log(path: Path, offset: int, limit: int = 256 * 1024) -> dict:
+def _redacted(platform, data):
+    """``data`` (JSON) without the server's paths: event streams are not answered through the middleware."""
+    return json.loads(platform.redact(json.dumps(data)))
+
+
+def _read_log(platform, path: Path, offset: int, limit: int = 256 * 1024) -> dict:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -208,7 +220,7 @@ def _read_log(path: Path, offset: int, limit: int = 256 * 1024) -> dict:
     except FileNotFoundError:
         return {"text": "", "offset": offset}
     cut = data.rfind(b"\n") + 1 if len(data) == limit else len(data)
-    return {"text": data[:cut].decode(errors="replace"), "offset": offset + cut}
+    return {"text": platform.redact(data[:cut].decode(errors="replace")), "offset": offset + cut}
 
 
 def _may_cancel(who: Principal, owners: set[str]) -> None:
@@ -241,8 +253,8 @@ async def plan_events(plan_id: str, request: Request, who: User):
             sig = (run["status"], run["stage"], run["done"], run["total"])
             if seen.get(run["key"]) != sig:
                 seen[run["key"]] = sig
-                yield ServerSentEvent(event="run", data=run)
-        log = _read_log(platform.queue.log_path(plan_id), offset)
+                yield ServerSentEvent(event="run", data=_redacted(platform, run))
+        log = _read_log(platform, platform.queue.log_path(plan_id), offset)
         if log["text"]:
             offset = log["offset"]
             yield ServerSentEvent(event="log", data=log["text"])
@@ -302,20 +314,20 @@ def get_run(key: str, request: Request, who: User) -> dict:
 
 @router.get("/runs/{key}/events", response_class=EventSourceResponse, tags=["runs"])
 async def run_events(key: str, request: Request, who: User,
-                     offset: Annotated[int, Query(ge=0, description="byte offset to resume from")] = 0):
+                     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="byte offset to resume from")] = 0):
     """Server-sent events of a run, one per line of its event log (``start``, ``progress`` with stage, done,
     total, loss, lr, macs, speedup, base/pruned/final metric; ``end``); each carries ``t`` (unix s) and its
     ``id`` is the byte offset to resume from (``Last-Event-ID``). A final ``done`` event closes the stream."""
     platform = P(request)
     path = events_path(platform.store.root, _key(key))
     last = request.headers.get("last-event-id")
-    if last and last.isdigit():
+    if last and last.isdigit() and len(last) < 19:
         offset = int(last)
     idle = 0.0
     while True:
         events, new = await asyncio.to_thread(read_events, path, offset)
         for i, event in enumerate(events):
-            yield ServerSentEvent(event=event.get("kind", "message"), data=event,
+            yield ServerSentEvent(event=event.get("kind", "message"), data=_redacted(platform, event),
                                   id=str(new) if i == len(events) - 1 else None)
         offset = new
         if events:
@@ -335,13 +347,14 @@ async def run_events(key: str, request: Request, who: User,
 
 @router.post("/runs/{key}/cancel", tags=["runs"])
 def cancel_run(key: str, request: Request, who: User) -> dict:
-    """Cancel one run: it stops and is recorded ``cancelled`` (a finished run is not changed)."""
+    """Cancel one run for your plans: it stops and is recorded ``cancelled`` once no other user's plan wants it
+    (an admin stops it at once); a finished run is not changed."""
     platform = P(request)
     state = platform.queue.state(_key(key))
     if state.status not in ("queued", "running"):
         raise HTTPException(409, f"the run is {state.status}: nothing to cancel")
     _may_cancel(who, {p.owner for p in platform.queue.plans_of_run(key) if p.state in ACTIVE})
-    return {"key": key, "result": platform.queue.cancel_run(key, who.name)}
+    return {"key": key, "result": platform.queue.cancel_run(key, who.name, admin=who.admin)}
 
 
 @router.get("/runs/{key}/files/{name}", tags=["runs"], response_class=FileResponse)
@@ -394,22 +407,21 @@ def compare(request: Request, who: User, runs: Annotated[str, Query(description=
 
 
 # -- uploads -------------------------------------------------------------------------------------
-async def _spool(platform, upload: UploadFile, limit_mb: float) -> Path:
-    """The uploaded file in the uploads' scratch folder, refused (413) past ``limit_mb`` MB (the request body
-    itself is capped before parsing: :class:`harness.web.app.BodyLimits`)."""
-    path = platform.uploads.tmp_file()
-    size, limit = 0, int(limit_mb * 2**20)
-    try:
-        with open(path, "wb") as f:
-            while chunk := await upload.read(1 << 20):
-                size += len(chunk)
-                if size > limit:
-                    raise UploadError(f"the upload exceeds {limit_mb:g} MB", 413)
-                f.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+def _form_body(fields: dict, required: list[str]) -> dict:
+    """The OpenAPI description of an upload form (the body is parsed as it streams, not by FastAPI)."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["file", *required],
+        "properties": {"file": {"type": "string", "format": "binary"}, **fields}}}}}}
+
+
+async def _receive(request: Request, who: Principal, kind: str, limit_mb: float) -> tuple[dict, str, Path, str, int]:
+    """The upload form of ``request``, its file streamed into the uploads' ``kind`` folder (one copy, refused
+    past ``limit_mb`` MB; the request body itself is capped before this: :class:`harness.web.app.BodyLimits`)."""
+    uploads = P(request).uploads
+    dest = uploads.incoming(kind)
+    fields, filename, digest, size = await receive_form(request.stream(), request.headers.get("content-type", ""),
+                                                        dest, int(limit_mb * 2**20))
+    return fields, filename, dest, digest, size
 
 
 @router.get("/uploads", tags=["uploads"])
@@ -419,32 +431,51 @@ def list_uploads(request: Request, who: User) -> dict:
 
 
 @router.post("/uploads/models", status_code=201, response_model=UploadedModel, tags=["uploads"],
-             responses={413: {"description": "too large"}, 422: {"description": "not a safe whole-model file"}})
-async def upload_model(request: Request, who: User, file: Annotated[UploadFile, File(
-        description="a whole model saved with torch.save(model, path)")]) -> UploadedModel:
-    """Keep a whole pickled model (checked without running code from it); the answer's ``reference`` is its
-    track model reference (``name: file:<path>``, ``sha256``)."""
+             openapi_extra=_form_body({
+                 "architecture": {"type": "string", "maxLength": 200,
+                                  "description": "a registered model, torchvision:<name>, timm:<name> or hf:<type>"},
+                 "dataset": {"type": "string", "maxLength": 64, "description": "a registered dataset"}},
+                 ["architecture", "dataset"]),
+             responses={413: {"description": "too large"}, 415: {"description": "not a multipart form"},
+                        422: {"description": "not safetensors weights of that architecture"},
+                        429: {"description": "too many uploads being checked"}})
+async def upload_model(request: Request, who: User) -> UploadedModel:
+    """Keep model weights: a ``safetensors`` file (``file``) of an ``architecture`` the harness builds, trained on
+    ``dataset``. The weights must load into that architecture strictly; the answer's ``reference``
+    (``upload:<id>``) is the plan's ``model``, and the weights are the base checkpoint of its runs."""
     platform = P(request)
-    path = await _spool(platform, file, platform.cfg.max_model_mb)
-    try:
-        model, _ = await asyncio.to_thread(platform.uploads.add_model, path, file.filename or "model.pt",
-                                           who.name, now())
-    finally:
-        path.unlink(missing_ok=True)
+    with platform.uploads.check_slot(who.name):
+        fields, filename, path, digest, _ = await _receive(request, who, "models", platform.cfg.max_model_mb)
+        try:
+            architecture, dataset = (fields.get(k, "").strip() for k in ("architecture", "dataset"))
+            if not architecture or not dataset:
+                raise UploadError("give the architecture (e.g. torchvision:resnet18) and the dataset the weights "
+                                  "were trained on (e.g. digits) beside the file")
+            if architecture.startswith("upload:"):
+                raise PlanError("architecture", "the architecture is a model the harness builds, not an upload")
+            check_model_name(architecture, "architecture")
+            check_dataset_name(dataset)
+            model, _ = await asyncio.to_thread(platform.uploads.add_model, path, digest, filename, architecture,
+                                               dataset, who.name, now())
+        finally:
+            path.unlink(missing_ok=True)
     return model
 
 
 @router.post("/uploads/methods", status_code=201, response_model=UploadedMethod, tags=["uploads"],
+             openapi_extra=_form_body({}, []),
              responses={409: {"description": "id clash"}, 413: {"description": "too large"},
-                        422: {"description": "unsafe or invalid zip, invalid manifest"}})
-async def upload_method(request: Request, who: User, file: Annotated[UploadFile, File(
-        description="a zip of the method folder (manifest.json, method.py, ...)")]) -> UploadedMethod:
-    """Keep a method folder (a zip), validate its manifest and start its conformance checks (status
+                        415: {"description": "not a multipart form"},
+                        422: {"description": "unsafe or invalid zip, invalid manifest"},
+                        429: {"description": "too many uploads being checked"}})
+async def upload_method(request: Request, who: User) -> UploadedMethod:
+    """Keep a method folder (a zip in ``file``), validate its manifest and start its conformance checks (status
     ``checking`` -> ``passed``/``failed``; on a shared server in its docker image)."""
     platform = P(request)
-    path = await _spool(platform, file, platform.cfg.max_method_mb)
-    try:
-        up, _ = await asyncio.to_thread(platform.uploads.add_method, path, who.name, now())
-    finally:
-        path.unlink(missing_ok=True)
+    with platform.uploads.check_slot(who.name):
+        _, _, path, _, _ = await _receive(request, who, "methods", platform.cfg.max_method_mb)
+        try:
+            up, _ = await asyncio.to_thread(platform.uploads.add_method, path, who.name, now())
+        finally:
+            path.unlink(missing_ok=True)
     return up

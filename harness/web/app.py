@@ -58,6 +58,58 @@ class Platform:
         self.queue.stop()
         self._lock_file.close()
 
+    def redact(self, text: str) -> str:
+        """``text`` without the server's absolute paths (store, cache, data root, home) on a shared server: a
+        user learns the names of runs and uploads, never where they live on the machine."""
+        if self.cfg.local_owner:
+            return text
+        for path, name in self._paths:
+            text = text.replace(path, name)
+        return text
+
+    @property
+    def _paths(self) -> list[tuple[str, str]]:
+        from harness.protocol.checkpoints import default_cache_dir
+        places = [(self.cfg.store, "<store>"), (self.cfg.cache_dir or default_cache_dir(), "<cache>"),
+                  (self.cfg.data_root, "<data>"), (Path.home(), "~")]
+        out = []
+        for path, name in places:
+            if path is not None:
+                out += [(str(p), name) for p in {Path(path).expanduser().resolve(), Path(path).expanduser().absolute()}]
+        return sorted(out, key=lambda pn: -len(pn[0]))  # the longest first: the store may lie under home
+
+
+class RedactPaths:
+    """Takes the server's absolute paths out of every JSON answer and page (:meth:`Platform.redact`)."""
+
+    def __init__(self, app, platform: Platform):
+        self.app, self.platform = app, platform
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.platform.cfg.local_owner:
+            return await self.app(scope, receive, send)
+        start, body = {}, []
+
+        async def capture(message):
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                if not headers.get(b"content-type", b"").startswith((b"application/json", b"text/html")):
+                    start["pass"] = True
+                    return await send(message)
+                start["message"] = message
+            elif start.get("pass"):
+                return await send(message)
+            else:
+                body.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    data = self.platform.redact(b"".join(body).decode("utf-8", "replace")).encode()
+                    msg = start["message"]
+                    headers = [(k, v) for k, v in msg.get("headers", []) if k != b"content-length"]
+                    await send({**msg, "headers": [*headers, (b"content-length", str(len(data)).encode())]})
+                    await send({"type": "http.response.body", "body": data})
+
+        await self.app(scope, receive, capture)
+
 
 class BodyLimits:
     """Caps request bodies before anything parses them (413 at once when Content-Length says so, else as
@@ -147,6 +199,7 @@ def create_app(cfg: ServerConfig, token: Optional[str] = None, start_queue: bool
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(RedactPaths, platform=platform)
     margin = 1 << 16  # multipart framing around the file
     app.add_middleware(BodyLimits, limits={
         "/api/uploads/models": int(cfg.max_model_mb * 2**20) + margin,

@@ -1,7 +1,10 @@
 """Who is asking, and may they change anything.
 
 - API clients send ``Authorization: Bearer <token>``; browsers log in once (``POST /api/session``) and
-  carry a signed, HttpOnly, SameSite=Strict session cookie.
+  carry an HttpOnly, SameSite=Strict session cookie (``Secure`` behind HTTPS: ``serve --https``). A
+  session is a random id the server keeps (its sha256, in ``<store>/.web/sessions.json``): logging out
+  (``DELETE /api/session``) revokes it on the server, it expires after ``--session-hours``, and a user
+  taken out of the users file loses every session.
 - State-changing requests (POST/PUT/PATCH/DELETE) made with the cookie (or, on a local server, with
   no credentials at all) must also carry ``X-PBench-CSRF``: a per-user token the pages embed, which a
   page of another origin can neither read nor send; an ``Origin`` header, when present, must be this
@@ -13,19 +16,66 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import secrets
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 
+from harness.store import atomic_write_text
 from harness.web.config import LOCAL_USER, TOKEN_USER, ServerConfig, User, is_loopback, token_sha256
 
 COOKIE = "pbench_session"
 CSRF_HEADER = "X-PBench-CSRF"
-SESSION_DAYS = 14
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _same(sent: str, expected: str) -> bool:
+    """Constant-time comparison of a value from a request (any characters) with a server-made one."""
+    return hmac.compare_digest(sent.encode("utf-8", "replace"), expected.encode())
+
+
+class Sessions:
+    """Server-side sessions: ``sha256(id) -> (user, expiry)``, kept in a file so that a restart keeps them."""
+
+    def __init__(self, path: Path, hours: float):
+        self.path, self.seconds = path, hours * 3600
+        self._lock = threading.Lock()
+        try:
+            raw = json.loads(path.read_text())
+            self._by_hash = {k: (v["user"], float(v["expires"])) for k, v in raw.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self._by_hash = {}
+
+    @staticmethod
+    def _hash(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
+
+    def _save(self) -> None:
+        now = time.time()
+        self._by_hash = {k: v for k, v in self._by_hash.items() if v[1] > now}
+        atomic_write_text(self.path, json.dumps({k: {"user": u, "expires": e} for k, (u, e) in self._by_hash.items()}))
+
+    def open(self, user: str) -> str:
+        session_id = secrets.token_urlsafe(32)
+        with self._lock:
+            self._by_hash[self._hash(session_id)] = (user, time.time() + self.seconds)
+            self._save()
+        return session_id
+
+    def user(self, session_id: str) -> Optional[str]:
+        found = self._by_hash.get(self._hash(session_id))
+        return found[0] if found is not None and found[1] > time.time() else None
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            if self._by_hash.pop(self._hash(session_id), None) is not None:
+                self._save()
 
 
 @dataclass(frozen=True)
@@ -40,6 +90,7 @@ class Auth:
     def __init__(self, cfg: ServerConfig, secret: bytes, token: Optional[str] = None,
                  users: Optional[list[User]] = None):
         self.cfg, self.secret = cfg, secret
+        self.sessions = Sessions(cfg.web_dir / "sessions.json", cfg.session_hours)
         self.users: dict[str, User] = {}
         if token is not None:
             self.users[TOKEN_USER] = User(name=TOKEN_USER, token_sha256=token_sha256(token), admin=True)
@@ -58,19 +109,9 @@ class Auth:
     def _sign(self, text: str) -> str:
         return hmac.new(self.secret, text.encode(), hashlib.sha256).hexdigest()
 
-    def session_cookie(self, user: str) -> str:
-        issued = str(int(time.time()))
-        return f"{user}.{issued}.{self._sign(f'session:{user}:{issued}')}"
-
     def _from_cookie(self, value: str) -> Optional[User]:
-        try:
-            user, issued, sig = value.split(".")
-            age = time.time() - int(issued)
-        except ValueError:
-            return None
-        if age > SESSION_DAYS * 86400 or not hmac.compare_digest(sig, self._sign(f"session:{user}:{issued}")):
-            return None
-        return self.users.get(user)
+        name = self.sessions.user(value)
+        return self.users.get(name) if name is not None else None
 
     def csrf_token(self, user: str) -> str:
         return self._sign(f"csrf:{user}")[:32]
@@ -108,7 +149,7 @@ class Auth:
             if urlsplit(origin).netloc != here:
                 raise HTTPException(403, f"cross-origin request from {origin} refused")
         sent = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(sent, self.csrf_token(who.name)):
+        if not _same(sent, self.csrf_token(who.name)):
             raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header (reload the page; API clients use "
                                      f"Authorization: Bearer TOKEN)")
 

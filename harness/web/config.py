@@ -55,7 +55,7 @@ class UsersFile(Strict):
 
 
 def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
 def load_users(path: Path) -> list[User]:
@@ -102,6 +102,8 @@ class ServerConfig(Strict):
     max_method_mb: float = Field(5, gt=0, description="largest method zip (compressed)")
     max_method_unpacked_mb: float = Field(20, gt=0, description="largest method folder once unpacked")
     poll_s: float = Field(0.1, gt=0, description="how often event streams look for new events")
+    session_hours: float = Field(12, gt=0, le=24 * 30, description="a login session's lifetime")
+    https: bool = Field(False, description="the server sits behind HTTPS (a TLS proxy): session cookies get Secure")
 
     @model_validator(mode="after")
     def _paths(self) -> "ServerConfig":

@@ -10,9 +10,12 @@ server.
 After a restart, plans that were running are queued again and resumed: the sweep skips every run
 already recorded, so nothing runs twice; a run that was interrupted had no record and runs again.
 
-Cancelling a run asks it to stop (it is recorded ``cancelled``); cancelling a plan writes its stop
-file (no further run starts), cancels its runs in flight, and, if the worker has not ended within a
-grace period, kills it and records what was still in flight as ``cancelled``.
+A run that several plans want (the same run key: users asked for the same thing) belongs to all of
+them. A user who cancels it withdraws their plans' interest; it stops (recorded ``cancelled`` by every
+user who withdrew) only once no plan in the queue still wants it, or at once when an admin cancels it.
+Cancelling a plan writes its stop file (no further run starts) and withdraws from its runs in flight:
+those no other plan wants stop, and if the worker has not ended within a grace period it is killed and
+what was still in flight is recorded ``cancelled``; a run another plan wants finishes for that plan.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Literal, Optional
+
+from pydantic import Field
 
 from harness.orchestration.events import append_event, events_path, request_cancel
 from harness.store import atomic_write_text
@@ -67,6 +72,8 @@ class PlanRecord(Strict):
     error: Optional[str] = None
     cancelled_by: Optional[str] = None
     resumed: int = 0  # times it was resumed after a server restart
+    withdrawn: list[str] = Field(default_factory=list, description="run keys its owner cancelled (a run another "
+                                                                   "plan wants goes on for that plan)")
 
 
 class QueueLimit(Exception):
@@ -165,10 +172,31 @@ class PlanQueue:
         self._wake.set()
         return plan
 
-    def cancel_run(self, key: str, who: str) -> str:
-        """Ask run ``key`` to stop; returns what happened, in words."""
+    def wanted_by(self, key: str, but: Optional[str] = None) -> list[PlanRecord]:
+        """The queued or running plans (other than plan ``but``) that still want run ``key``."""
+        return [p for p in self.plans_of_run(key) if p.state in ACTIVE and p.id != but and key not in p.withdrawn]
+
+    def _withdraw(self, key: str, plans: list[PlanRecord]) -> None:
+        for plan in plans:
+            if key not in plan.withdrawn:
+                self._update(plan.id, withdrawn=[*plan.withdrawn, key])
+
+    def _stop(self, key: str, who: str) -> str:
         signalled = request_cancel(self.store.root, key, f"cancelled by {who} at {now()}")
         return "stopping now" if signalled else "will stop before its next step (or not start)"
+
+    def cancel_run(self, key: str, who: str, admin: bool = False) -> str:
+        """``who`` cancels run ``key``: their active plans withdraw from it, and it stops once no plan wants it
+        any more (an admin stops it at once); returns what happened, in words."""
+        with self._lock:
+            plans = self.plans_of_run(key)
+            self._withdraw(key, [p for p in plans if p.owner == who and p.state in ACTIVE])
+            others = self.wanted_by(key)
+            if others and not admin:
+                owners = sorted({p.owner for p in others})
+                return f"withdrawn from your plans; it goes on for {len(others)} other plan(s) of {', '.join(owners)}"
+            withdrew = sorted({p.owner for p in self.plans_of_run(key) if key in p.withdrawn} | {who})
+            return self._stop(key, f"{who} (admin)" if admin and others else ", ".join(withdrew))
 
     def cancel_plan(self, plan_id: str, who: str) -> PlanRecord:
         with self._lock:
@@ -178,10 +206,15 @@ class PlanQueue:
             if plan.state == "queued":
                 return self._update(plan_id, state="cancelled", cancelled_by=who, finished_at=now())
             self.stop_path(plan_id).write_text(who)
+            shared = False
             for run in plan.runs:  # the runs in flight stop (here: now; on a cluster node: at their next step)
                 if self.state(run.key).status == "running":
-                    request_cancel(self.store.root, run.key, f"cancelled by {who} at {now()}")
-            self._cancel_at = time.monotonic() + CANCEL_GRACE_S
+                    if self.wanted_by(run.key, but=plan_id):
+                        shared = True  # it finishes for the other plans; the worker starts nothing new
+                    else:
+                        self._stop(run.key, who)
+            if not shared:
+                self._cancel_at = time.monotonic() + CANCEL_GRACE_S
             return self._update(plan_id, cancelled_by=who)
 
     # -- the dispatcher ------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""Uploads: whole pickled models and method folders, kept in the store, never run on the server
-outside a sandbox.
+"""Uploads: model weights and method folders, kept in the store, never run on the server outside a
+sandbox.
 
-Models (``<store>/.web/uploads/models/<sha256>.pt``): a ``torch.save``d ``nn.Module``. It is never
-unpickled as such on the server: a worker process lists the globals its pickle references
-(``torch.serialization.get_unsafe_globals_in_checkpoint``, which reads without executing), refuses
-any that is not an ``nn.Module`` class of torch, torchvision, timm or ultralytics (``posix.system``,
-``builtins.eval``, unknown modules), and then loads it with ``weights_only=True`` allowing exactly
-those classes, to count its parameters. The upload's reference for a track is
-``model: {name: "file:<path>", sha256: <hex>}``.
+Every upload streams from the request body to its place in the store (one copy on disk, counted
+against its cap while it arrives) and is checked in a worker process; at most
+:data:`MAX_SCANS` checks run at once on the server and one per user (429 beyond that). A rejected
+upload leaves nothing behind.
+
+Models are **data, never code**: a ``safetensors`` file of weights (a JSON header and raw tensors: no
+pickle) beside an architecture the harness builds itself from a library (a registered name,
+``torchvision:<name>``, ``timm:<name>``, ``hf:<type>``) for a registered dataset. The worker builds
+that architecture for the dataset's default track and loads the weights into it strictly (every
+tensor's name and shape must match), as a run would; the upload then has its own derived track whose
+base checkpoint is the uploaded file (``<store>/.web/uploads/models/<sha256>.safetensors``), and plans
+use it as ``model: upload:<id>``. A pickled whole model (``torch.save(model)``) is refused: unpickling
+calls whatever the file names, and even torch's restricted loader with a module allow-list calls
+constructors with arguments from the file (issue 18's remote code execution).
 
 Methods (``<store>/.web/uploads/methods/<id>-<version>-<sha8>/``): a zip of a method folder
 (``manifest.json`` + ``method.py``, at the top or in one folder), unpacked by :func:`safe_extract`
@@ -24,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -31,6 +39,8 @@ import sys
 import tempfile
 import threading
 import zipfile
+import zlib
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Literal, Optional
 
@@ -38,14 +48,22 @@ from harness.errors import HarnessError
 from harness.store import atomic_write_text
 from harness.web.config import ServerConfig
 from specs.base import Strict
+from specs.sdk import one_line
 
 MAX_ENTRIES = 200
 MAX_RATIO = 100  # uncompressed / compressed, per entry (a zip bomb compresses ~1000:1)
 MAX_DEPTH = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.\- ]+$")
-#: packages whose nn.Module classes an uploaded model may be made of
-MODEL_PACKAGES = ("torch.", "torchvision.", "timm.", "ultralytics.")
+#: checks (model scans and method conformance) running or queued at once: on the server, and per user
+MAX_SCANS, MAX_SCANS_PER_USER = 2, 1
+#: fields besides the file in an upload form, and their size
+MAX_FIELDS, MAX_FIELD_BYTES = 8, 4096
+SAFETENSORS = ".safetensors"
 MethodStatus = Literal["checking", "passed", "failed", "needs-docker"]
+#: a method upload whose checks ended so keeps its record (why), not its files
+REJECTED = ("failed", "needs-docker")
+#: method uploads waiting for their conformance checks (run one at a time): on the server, and per user
+MAX_QUEUED_CHECKS, MAX_QUEUED_CHECKS_PER_USER = 8, 2
 
 
 class UploadError(HarnessError):
@@ -73,15 +91,18 @@ class UploadedMethod(Strict):
 
 
 class UploadedModel(Strict):
-    sha256: str
+    id: str  # plans use it as model: upload:<id>
+    sha256: str  # of the weights file
     filename: str
     size: int
     owner: str
     created_at: str
-    class_name: str
+    architecture: str
+    dataset: str
+    track: str  # the derived track's id
     params: int
-    modules: list[str]
-    reference: dict
+    tensors: int
+    reference: str  # "upload:<id>"
 
 
 # -- zips ------------------------------------------------------------------------------------------
@@ -101,65 +122,75 @@ def _check_name(name: str) -> PurePosixPath:
 
 def safe_extract(archive: Path, dest: Path, max_bytes: int) -> list[str]:
     """Unpack ``archive`` into the empty folder ``dest`` (the method folder: a lone top folder is
-    stripped); returns the files. Raises :class:`UploadError` before writing anything unsafe."""
+    stripped); returns the files. Raises :class:`UploadError` before writing anything unsafe; a corrupt
+    archive (bad CRC, broken deflate data, sizes that lie) is an :class:`UploadError` too."""
     try:
         zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise UploadError("not a zip archive") from None
-    with zf:
-        infos = [i for i in zf.infolist() if not i.filename.startswith("__MACOSX/")]
-        if len(infos) > MAX_ENTRIES:
-            raise UploadError(f"{len(infos)} entries in the zip (at most {MAX_ENTRIES})")
-        entries, seen, declared = [], set(), 0
-        for info in infos:
-            mode = info.external_attr >> 16
-            kind = stat.S_IFMT(mode)
-            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-                what = "a symbolic link" if kind == stat.S_IFLNK else "not a regular file"
-                raise UploadError(f"zip entry {info.filename!r} is {what}")
-            if info.flag_bits & 0x1:
-                raise UploadError(f"zip entry {info.filename!r} is encrypted")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise UploadError(f"zip entry {info.filename!r}: use stored or deflated compression")
-            path = _check_name(info.filename)
-            if info.is_dir() or not path.parts:
-                continue
-            low = str(path).lower()
-            if low in seen:
-                raise UploadError(f"zip entry {info.filename!r} appears twice")
-            seen.add(low)
-            declared += info.file_size
-            if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > 1 << 20:
-                raise UploadError(f"zip entry {info.filename!r} inflates {info.file_size // max(info.compress_size, 1)}"
-                                  f"x: refused as a zip bomb")
-            entries.append((info, path))
-        if declared > max_bytes:
-            raise UploadError(f"the method unpacks to {declared / 2**20:.1f} MB (at most {max_bytes / 2**20:.0f} MB)",
-                              413)
-        tops = {p.parts[0] for _, p in entries}
-        strip = len(tops) == 1 and all(len(p.parts) > 1 for _, p in entries)
-        if not any((p.parts[1:] if strip else p.parts) == ("manifest.json",) for _, p in entries):
-            raise UploadError("no manifest.json at the top of the zip (zip the method folder: manifest.json, "
-                              "method.py, ...)")
-        written, total = [], 0
-        for info, path in entries:
-            rel = PurePosixPath(*path.parts[1:]) if strip else path
-            target = dest.joinpath(*rel.parts)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-            except OSError:
-                raise UploadError(f"zip entry {info.filename!r} clashes with another entry") from None
-            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                size = 0
-                while chunk := src.read(1 << 16):
-                    size += len(chunk)
-                    total += len(chunk)
-                    if size > info.file_size or total > max_bytes:  # headers lie: count what inflates
-                        raise UploadError(f"zip entry {info.filename!r} inflates beyond its declared size", 413)
-                    out.write(chunk)
-            written.append(str(rel))
-        return written
+    try:
+        with zf:
+            return _extract(zf, dest, max_bytes)
+    except UploadError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, RuntimeError, OSError) as e:
+        raise UploadError(f"corrupt zip archive: {one_line(e)[:120]}") from None
+
+
+def _extract(zf: zipfile.ZipFile, dest: Path, max_bytes: int) -> list[str]:
+    infos = [i for i in zf.infolist() if not i.filename.startswith("__MACOSX/")]
+    if len(infos) > MAX_ENTRIES:
+        raise UploadError(f"{len(infos)} entries in the zip (at most {MAX_ENTRIES})")
+    entries, seen, declared = [], set(), 0
+    for info in infos:
+        mode = info.external_attr >> 16
+        kind = stat.S_IFMT(mode)
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+            what = "a symbolic link" if kind == stat.S_IFLNK else "not a regular file"
+            raise UploadError(f"zip entry {info.filename!r} is {what}")
+        if info.flag_bits & 0x1:
+            raise UploadError(f"zip entry {info.filename!r} is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise UploadError(f"zip entry {info.filename!r}: use stored or deflated compression")
+        path = _check_name(info.filename)
+        if info.is_dir() or not path.parts:
+            continue
+        low = str(path).lower()
+        if low in seen:
+            raise UploadError(f"zip entry {info.filename!r} appears twice")
+        seen.add(low)
+        declared += info.file_size
+        if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > 1 << 20:
+            raise UploadError(f"zip entry {info.filename!r} inflates {info.file_size // max(info.compress_size, 1)}"
+                              f"x: refused as a zip bomb")
+        entries.append((info, path))
+    if declared > max_bytes:
+        raise UploadError(f"the method unpacks to {declared / 2**20:.1f} MB (at most {max_bytes / 2**20:.0f} MB)",
+                          413)
+    tops = {p.parts[0] for _, p in entries}
+    strip = len(tops) == 1 and all(len(p.parts) > 1 for _, p in entries)
+    if not any((p.parts[1:] if strip else p.parts) == ("manifest.json",) for _, p in entries):
+        raise UploadError("no manifest.json at the top of the zip (zip the method folder: manifest.json, "
+                          "method.py, ...)")
+    written, total = [], 0
+    for info, path in entries:
+        rel = PurePosixPath(*path.parts[1:]) if strip else path
+        target = dest.joinpath(*rel.parts)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError:
+            raise UploadError(f"zip entry {info.filename!r} clashes with another entry") from None
+        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+            size = 0
+            while chunk := src.read(1 << 16):
+                size += len(chunk)
+                total += len(chunk)
+                if size > info.file_size or total > max_bytes:  # headers lie: count what inflates
+                    raise UploadError(f"zip entry {info.filename!r} inflates beyond its declared size", 413)
+                out.write(chunk)
+        written.append(str(rel))
+    return written
 
 
 def sha256_file(path: Path) -> str:
@@ -170,40 +201,147 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-# -- model scan (runs in a worker process) ---------------------------------------------------------
-def scan_model(path: Path) -> dict:
-    """What a pickled model file is, without running code from it: {class_name, params, modules} or
-    {error}. Used by ``python -m harness.web.worker scan-model``."""
-    import importlib
+# -- streamed upload forms -------------------------------------------------------------------------
+async def receive_form(chunks, content_type: str, dest: Path, limit: int) -> tuple[dict[str, str], str, str, int]:
+    """Parse a ``multipart/form-data`` body as it arrives: its one ``file`` part goes straight into the
+    new file ``dest`` (refused past ``limit`` bytes), the other fields (at most :data:`MAX_FIELDS` of
+    :data:`MAX_FIELD_BYTES`) are returned. Returns (fields, file name, sha256, size); on any error
+    ``dest`` is removed and an :class:`UploadError` says why."""
+    from python_multipart import MultipartParser
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import parse_options_header
 
-    import torch
-    import torch.nn as nn
+    kind, options = parse_options_header(content_type or "")
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise UploadError("send the upload as multipart/form-data with a 'file' field", 415)
+    fields: dict[str, bytearray] = {}
+    state = {"name": None, "filename": None, "header": b"", "headers": {}, "size": 0, "error": None}
+    h = hashlib.sha256()
+    out = open(dest, "xb")
+
+    def on_header_field(data, start, end):
+        state["header"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["headers"][state["header"].lower()] = state["headers"].get(state["header"].lower(), b"") + \
+            data[start:end]
+
+    def on_header_end():
+        state["header"] = b""
+
+    def on_headers_finished():
+        _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        state["name"] = opts.get(b"name", b"").decode("latin-1")
+        if state["name"] == "file":
+            if state["filename"] is not None:
+                state["error"] = UploadError("more than one 'file' field")
+            state["filename"] = opts.get(b"filename", b"upload").decode("utf-8", "replace")
+        elif len(fields) >= MAX_FIELDS:
+            state["error"] = UploadError(f"more than {MAX_FIELDS} form fields")
+        else:
+            fields[state["name"]] = bytearray()
+        state["headers"] = {}
+
+    def on_part_data(data, start, end):
+        if state["error"] is not None:
+            return
+        chunk = data[start:end]
+        if state["name"] == "file":
+            state["size"] += len(chunk)
+            if state["size"] > limit:
+                state["error"] = UploadError(f"the upload exceeds {limit / 2**20:g} MB", 413)
+                return
+            h.update(chunk)
+            out.write(chunk)
+        else:
+            field = fields[state["name"]]
+            field += chunk
+            if len(field) > MAX_FIELD_BYTES:
+                state["error"] = UploadError(f"form field {state['name'][:40]!r} is longer than {MAX_FIELD_BYTES} "
+                                             f"bytes")
+
+    parser = MultipartParser(boundary, {"on_header_field": on_header_field, "on_header_value": on_header_value,
+                                        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+                                        "on_part_data": on_part_data})
     try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:
-        return {"error": f"not a torch.save file ({type(e).__name__})"}
-    classes = []
-    for name in names:
-        module, _, attr = name.rpartition(".")
-        if not name.startswith(MODEL_PACKAGES):
-            return {"error": f"the pickle references {name}, which is not a module class of torch, torchvision, "
-                             f"timm or ultralytics: refused (it could run code)"}
+        async for chunk in chunks:
+            parser.write(chunk)
+            if state["error"] is not None:
+                raise state["error"]
+        parser.finalize()
+        if state["filename"] is None:
+            raise UploadError("no 'file' field in the form")
+        out.close()
         try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            return {"error": f"the pickle references {name}, which does not exist here"}
-        if not (isinstance(obj, type) and issubclass(obj, (nn.Module, torch.Size))):
-            return {"error": f"the pickle references {name}, which is not an nn.Module class: refused"}
-        classes.append(obj)
+            text = {k: bytes(v).decode() for k, v in fields.items()}
+        except UnicodeDecodeError:
+            raise UploadError("form fields must be UTF-8 text") from None
+        return text, state["filename"], h.hexdigest(), state["size"]
+    except BaseException as e:
+        out.close()
+        dest.unlink(missing_ok=True)
+        if isinstance(e, MultipartParseError):
+            raise UploadError(f"malformed multipart body: {one_line(e)[:120]}", 400) from None
+        raise
+
+
+# -- model check (runs in a worker process) --------------------------------------------------------
+def upload_track(architecture: str, dataset: str, weights: Path, digest: str, upload_id: str):
+    """The derived track of uploaded weights: ``dataset``'s default track with the model replaced by
+    ``architecture`` and the weights file as its published base checkpoint."""
+    from harness.tracks import default_track
+    from specs.track import Checkpoint, ModelRef, TrackConfig
+
+    base = default_track(dataset)
+    if base.metric != "top1":
+        raise UploadError(f"uploaded models are classifiers; {dataset} is a {base.metric} dataset")
+    track = base.model_copy(update={
+        "id": f"{dataset}-upload-{upload_id}", "model": ModelRef(name=architecture),
+        "checkpoint": Checkpoint(path=str(weights), sha256=digest),
+        "description": f"{base.id} with the model replaced by uploaded {architecture} weights {upload_id}"})
+    return TrackConfig.model_validate(track.model_dump(by_alias=True))
+
+
+def check_model(weights: Path, architecture: str, dataset: str, store: Path) -> dict:
+    """Whether ``weights`` (safetensors) load strictly into ``architecture`` built for ``dataset``, as a run
+    would load its base: {track, params, tensors} or {error}. Used by ``python -m harness.web.worker
+    check-model``; nothing from the file is executed (safetensors is data)."""
+    from safetensors import SafetensorError, safe_open
+
+    from harness.models.refs import check_reference
+    from harness.protocol.checkpoints import load_state
+    from harness.tasks import task_for
+    from harness.web.config import ServerConfig
+
     try:
-        with torch.serialization.safe_globals(classes):
-            model = torch.load(str(path), weights_only=True, map_location="cpu")
-    except Exception as e:
-        return {"error": f"cannot load it with weights_only=True: {str(e).splitlines()[0][:200]}"}
-    if not isinstance(model, nn.Module):
-        return {"error": f"it holds a {type(model).__name__}, not a whole model (torch.save(model, path))"}
-    return {"class_name": f"{type(model).__module__}.{type(model).__qualname__}",
-            "params": sum(p.numel() for p in model.parameters()), "modules": sorted(names)}
+        with safe_open(str(weights), framework="pt") as f:
+            tensors = len(list(f.keys()))
+    except (SafetensorError, OSError, ValueError) as e:
+        return {"error": f"not a safetensors file ({one_line(e)[:120]}); save weights with "
+                         f"safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"}
+    try:
+        check_reference(architecture)
+        track = upload_track(architecture, dataset, weights, sha256_file(weights), "check")
+        cfg = ServerConfig.read(store)
+        model = task_for(track, data_root=cfg.data_root).architecture()
+        with safe_open(str(weights), framework="pt") as f:
+            got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        wrong = [k for k in want if k in got and got[k] != want[k]]
+        what = f"{architecture} on {dataset}"
+        if missing:
+            return {"error": f"the weights lack {len(missing)} tensors of {what}, e.g. {missing[0]!r}"}
+        if extra:
+            return {"error": f"the weights have {len(extra)} tensors that {what} does not, e.g. {extra[0]!r}"}
+        if wrong:
+            return {"error": f"tensor {wrong[0]!r} has shape {list(got[wrong[0]])}; {what} needs "
+                             f"{list(want[wrong[0]])}"}
+        load_state(model, weights)
+    except HarnessError as e:
+        return {"error": str(e).replace(str(weights), "the uploaded file")}
+    return {"params": sum(p.numel() for p in model.parameters()), "tensors": tensors}
 
 
 def _read_all(model, paths) -> list:
@@ -230,14 +368,13 @@ class Uploads:
         self.models_dir = self.root / "models"
         for d in (self.methods_dir, self.models_dir, self.root / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.models_dir.glob(".incoming-*"), *self.methods_dir.glob(".incoming-*"),
+                      *(self.root / "tmp").iterdir()]:  # left by a server that died while receiving
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
+        self._slots: dict[str, int] = {}
         self._checks: list[str] = []
         self._checker: Optional[threading.Thread] = None
-
-    def tmp_file(self) -> Path:
-        fd, path = tempfile.mkstemp(dir=self.root / "tmp", prefix="upload-")
-        os.close(fd)
-        return Path(path)
 
     # -- methods -------------------------------------------------------------------------------
     def methods(self) -> list[UploadedMethod]:
@@ -280,18 +417,25 @@ class Uploads:
                 raise UploadError(f"method id {m.id!r} is a reference method of this harness: give yours another "
                                   f"id in manifest.json", 409)
             with self._lock:
-                for other in self.methods():
-                    if other.id == m.id and other.version == m.version:
+                everyone = self.methods()
+                for other in everyone:
+                    if other.id == m.id and other.version == m.version and other.status not in REJECTED:
                         if other.sha256 == digest:
                             return other, False
                         raise UploadError(f"{m.id} {m.version} was uploaded before with other content: bump the "
                                           f"version in manifest.json", 409)
+                checking = [o.owner for o in everyone if o.status == "checking"]
+                if len(checking) >= MAX_QUEUED_CHECKS or checking.count(owner) >= MAX_QUEUED_CHECKS_PER_USER:
+                    who = "you have" if checking.count(owner) >= MAX_QUEUED_CHECKS_PER_USER else "the server has"
+                    raise UploadError(f"{who} methods waiting for their checks already: try again when they are "
+                                      f"done", 429)
                 name = f"{m.id}-{m.version}-{digest[:8]}"
                 up = UploadedMethod(name=name, id=m.id, version=m.version, provides=list(m.provides), sha256=digest,
                                     size=archive.stat().st_size, owner=owner, created_at=created_at,
                                     runner="subprocess" if self.cfg.local_owner else "docker",
                                     detail="conformance checks queued")
                 target = self.methods_dir / name
+                shutil.rmtree(target, ignore_errors=True)  # a rejected upload of the same id and version
                 atomic_write_text(staging / "upload.json", up.model_dump_json(indent=1) + "\n")
                 os.replace(staging, target)
                 self._checks.append(name)
@@ -317,6 +461,9 @@ class Uploads:
             except subprocess.TimeoutExpired:
                 if (up := self.method(name)) is not None:
                     self._save_method(up.model_copy(update={"status": "failed", "detail": "checks timed out"}))
+            up = self.method(name)
+            if up is not None and up.status in REJECTED:  # keep why, not the files
+                shutil.rmtree(self.methods_dir / name / "method", ignore_errors=True)
 
     def wait_checks(self, timeout: float = 300) -> None:
         if self._checker is not None:
@@ -356,28 +503,68 @@ class Uploads:
         shutil.copy(TEMPLATE_DIR / "Dockerfile", source.path / "Dockerfile")
         return build_image(source)
 
+    # -- check slots ---------------------------------------------------------------------------
+    @contextmanager
+    def check_slot(self, owner: str):
+        """A place among the checks running at once (:data:`MAX_SCANS`, :data:`MAX_SCANS_PER_USER`): taken
+        before the upload is received, released once its check ended; :class:`UploadError` 429 when full."""
+        with self._lock:
+            mine = self._slots.get(owner, 0)
+            if sum(self._slots.values()) >= MAX_SCANS or mine >= MAX_SCANS_PER_USER:
+                who = "you have" if mine >= MAX_SCANS_PER_USER else "the server has"
+                raise UploadError(f"{who} uploads being checked already: try again when they are done", 429)
+            self._slots[owner] = mine + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._slots[owner] -= 1
+
+    def incoming(self, kind: str) -> Path:
+        """A fresh name in the folder ``kind`` (``models``/``methods``) for an upload being received: it
+        lands there, on the same file system as its final place."""
+        return self.root / kind / f".incoming-{secrets.token_hex(8)}{SAFETENSORS if kind == 'models' else '.zip'}"
+
     # -- models --------------------------------------------------------------------------------
     def models(self) -> list[UploadedModel]:
-        return _read_all(UploadedModel, self.models_dir.glob("*.json"))
+        return _read_all(UploadedModel, self.models_dir.glob("[0-9a-f]" * 16 + ".json"))
 
-    def add_model(self, upload: Path, filename: str, owner: str, created_at: str) -> tuple[UploadedModel, bool]:
-        digest = sha256_file(upload)
-        meta = self.models_dir / f"{digest}.json"
-        if meta.exists():
-            return UploadedModel.model_validate_json(meta.read_text()), False
+    def model(self, upload_id: str) -> Optional[UploadedModel]:
+        if not re.fullmatch(r"[0-9a-f]{16}", upload_id):
+            return None
         try:
-            proc = _worker("scan-model", str(upload), timeout=600)
-            result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
-        except (subprocess.TimeoutExpired, ValueError):
-            result = {}
-        if "error" in result or not result:
-            raise UploadError(f"model rejected: {result.get('error', 'the scan did not finish')}")
-        target = self.models_dir / f"{digest}.pt"
-        os.replace(upload, target)
-        safe_name = re.sub(r"[^A-Za-z0-9_.\-]", "_", filename)[:120] or "model.pt"
-        model = UploadedModel(sha256=digest, filename=safe_name, size=target.stat().st_size, owner=owner,
-                              created_at=created_at, class_name=result["class_name"], params=result["params"],
-                              modules=result["modules"],
-                              reference={"name": f"file:{target.resolve()}", "sha256": digest})
-        atomic_write_text(meta, model.model_dump_json(indent=1) + "\n")
-        return model, True
+            return UploadedModel.model_validate_json((self.models_dir / f"{upload_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def track_file(self, up: UploadedModel) -> Path:
+        return self.models_dir / f"{up.id}.track.json"
+
+    def add_model(self, received: Path, digest: str, filename: str, architecture: str, dataset: str, owner: str,
+                  created_at: str) -> tuple[UploadedModel, bool]:
+        """Check the weights file ``received`` (sha256 ``digest``) against ``architecture`` on ``dataset`` in a
+        worker process and keep it; returns (the upload, whether it is new). ``received`` is moved or removed."""
+        try:
+            upload_id = hashlib.sha256(f"{digest}\n{architecture}\n{dataset}".encode()).hexdigest()[:16]
+            known = self.model(upload_id)
+            if known is not None:
+                return known, False
+            weights = self.models_dir / f"{digest}{SAFETENSORS}"
+            try:
+                proc = _worker("check-model", str(received), architecture, dataset, str(self.cfg.store), timeout=600)
+                result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
+            except (subprocess.TimeoutExpired, ValueError):
+                result = {}
+            if "error" in result or not result:
+                raise UploadError(f"model rejected: {result.get('error', 'the check did not finish')}")
+            os.replace(received, weights)
+            track = upload_track(architecture, dataset, weights, digest, upload_id)
+            model = UploadedModel(id=upload_id, sha256=digest, filename=re.sub(r"[^A-Za-z0-9_.\-]", "_", filename)[:120]
+                                  or "model.safetensors", size=weights.stat().st_size, owner=owner,
+                                  created_at=created_at, architecture=architecture, dataset=dataset, track=track.id,
+                                  params=result["params"], tensors=result["tensors"], reference=f"upload:{upload_id}")
+            atomic_write_text(self.track_file(model), track.model_dump_json(by_alias=True, indent=1) + "\n")
+            atomic_write_text(self.models_dir / f"{upload_id}.json", model.model_dump_json(indent=1) + "\n")
+            return model, True
+        finally:
+            received.unlink(missing_ok=True)

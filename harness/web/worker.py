@@ -4,7 +4,8 @@
   the plan's log. Exit 0 when every run has a record, 2 on bad input, 3 when the plan was cancelled.
   It stops (with its sweep workers: one process group) when the server process is gone.
 - ``check-method STORE NAME``: the conformance suite on an uploaded method.
-- ``scan-model PATH``: what an uploaded model file is, without running code from it (one JSON line).
+- ``check-model PATH ARCHITECTURE DATASET STORE``: whether uploaded weights (safetensors) load into
+  the architecture, as a run would load them (one JSON line).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def main(argv=None) -> int:
     c = sub.add_parser("check-method")
     c.add_argument("store", type=Path)
     c.add_argument("name")
-    s = sub.add_parser("scan-model")
-    s.add_argument("path", type=Path)
+    s = sub.add_parser("check-model")
+    for name in ("path", "architecture", "dataset", "store"):
+        s.add_argument(name)
     args = parser.parse_args(argv)
     if args.cmd == "plan":
         return run_plan(args.store, args.plan_id, args.parent)
@@ -100,8 +102,8 @@ def main(argv=None) -> int:
         up = Uploads(ServerConfig.read(args.store)).run_checks(args.name)
         print(f"{up.name}: {up.status}: {up.detail}", flush=True)
         return 0
-    from harness.web.uploads import scan_model
-    print(json.dumps(scan_model(args.path)), flush=True)
+    from harness.web.uploads import check_model
+    print(json.dumps(check_model(Path(args.path), args.architecture, args.dataset, Path(args.store))), flush=True)
     return 0
 
 

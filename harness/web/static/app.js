@@ -328,7 +328,7 @@ function initUploads() {
       try {
         const r = await api("POST", url, new FormData(form));
         out.style.color = "var(--ok)";
-        out.textContent = r.reference ? `kept: ${r.class_name}, ${r.params.toLocaleString()} parameters, sha256 ${r.sha256.slice(0, 16)}…` : `kept as upload:${r.name} (${r.status}: ${r.detail})`;
+        out.textContent = r.reference ? `kept as ${r.reference}: ${r.architecture} on ${r.dataset}, ${r.params.toLocaleString()} parameters` : `kept as upload:${r.name} (${r.status}: ${r.detail})`;
         setTimeout(() => location.reload(), 1200);
       } catch (e) { out.style.color = "var(--fail)"; out.textContent = `refused (${e.status}): ${e.message}`; }
     });
