@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
 from harness.errors import HarnessError
@@ -23,7 +24,21 @@ from harness.web.queue import ACTIVE, PlanRecord, PlanRun, now
 from harness.web.runs import valid_key
 from harness.web.uploads import UploadedMethod, UploadedModel, UploadError, receive_form
 
-router = APIRouter(prefix="/api")
+class ErrorOut(BaseModel):
+    """Every error answer: one line, and the plan field at fault where there is one."""
+
+    error: str
+    field: Optional[str] = None
+
+
+#: what any operation may answer besides its own results (each route adds its own)
+ERRORS = {400: {"model": ErrorOut, "description": "bad request (a Host this server does not answer to, a broken body)"},
+          401: {"model": ErrorOut, "description": "not logged in"},
+          403: {"model": ErrorOut, "description": "not allowed (CSRF, a foreign Origin, someone else's plan)"},
+          404: {"model": ErrorOut, "description": "no such plan, run or file"},
+          413: {"model": ErrorOut, "description": "the request body is too large"},
+          422: {"model": ErrorOut, "description": "invalid input: {error, field}"}}
+router = APIRouter(prefix="/api", responses=ERRORS)
 PLAN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 #: the largest byte offset into a log (a file offset beyond any log this server writes)
 MAX_OFFSET = 2**53
@@ -148,8 +163,8 @@ class DryRun(BaseModel):
 
 
 @router.post("/plans", status_code=201, response_model=PlanOut | DryRun, tags=["plans"],
-             responses={422: {"description": "invalid plan: {error, field}"},
-                        429: {"description": "the user's queue limit"}})
+             responses={422: {"model": ErrorOut, "description": "invalid plan: {error, field}"},
+                        429: {"model": ErrorOut, "description": "the user's queue limit"}})
 def submit_plan(body: PlanRequest, request: Request, who: User,
                 dry_run: Annotated[bool, Query(description="validate and count, queue nothing")] = False):
     """Validate a plan exactly as the CLI does and queue it (the sweep runs it; recorded runs are skipped)."""
@@ -369,8 +384,8 @@ def run_file(key: str, name: str, request: Request, who: User):
 
 # -- leaderboards and comparisons ----------------------------------------------------------------
 @router.get("/leaderboards/{track}", tags=["leaderboards"], response_model=Leaderboard,
-            responses={404: {"description": "no records of the track"},
-                       422: {"description": "an unknown setting or a view that is not a speedup"}})
+            responses={404: {"model": ErrorOut, "description": "no records of the track"},
+                       422: {"model": ErrorOut, "description": "an unknown setting or a view that is not a speedup"}})
 def leaderboard(track: str, request: Request, who: User,
                 setting: Annotated[Optional[str], Query(description="strategy[ · retrain recipe]")] = None,
                 view: Annotated[str, Query(description="'average' or a speedup, e.g. '4x'")] = "average",
@@ -417,10 +432,12 @@ def _form_body(fields: dict, required: list[str]) -> dict:
 async def _receive(request: Request, who: Principal, kind: str, limit_mb: float) -> tuple[dict, str, Path, str, int]:
     """The upload form of ``request``, its file streamed into the uploads' ``kind`` folder (one copy, refused
     past ``limit_mb`` MB; the request body itself is capped before this: :class:`harness.web.app.BodyLimits`)."""
-    uploads = P(request).uploads
-    dest = uploads.incoming(kind)
-    fields, filename, digest, size = await receive_form(request.stream(), request.headers.get("content-type", ""),
-                                                        dest, int(limit_mb * 2**20))
+    dest = P(request).uploads.incoming(kind)
+    try:
+        fields, filename, digest, size = await receive_form(request.stream(), request.headers.get("content-type", ""),
+                                                            dest, int(limit_mb * 2**20))
+    except ClientDisconnect:  # the file is gone already; nobody reads the answer
+        raise UploadError("the upload was interrupted", 400) from None
     return fields, filename, dest, digest, size
 
 
@@ -436,9 +453,9 @@ def list_uploads(request: Request, who: User) -> dict:
                                   "description": "a registered model, torchvision:<name>, timm:<name> or hf:<type>"},
                  "dataset": {"type": "string", "maxLength": 64, "description": "a registered dataset"}},
                  ["architecture", "dataset"]),
-             responses={413: {"description": "too large"}, 415: {"description": "not a multipart form"},
-                        422: {"description": "not safetensors weights of that architecture"},
-                        429: {"description": "too many uploads being checked"}})
+             responses={413: {"model": ErrorOut, "description": "too large"}, 415: {"model": ErrorOut, "description": "not a multipart form"},
+                        422: {"model": ErrorOut, "description": "not safetensors weights of that architecture"},
+                        429: {"model": ErrorOut, "description": "too many uploads being checked"}})
 async def upload_model(request: Request, who: User) -> UploadedModel:
     """Keep model weights: a ``safetensors`` file (``file``) of an ``architecture`` the harness builds, trained on
     ``dataset``. The weights must load into that architecture strictly; the answer's ``reference``
@@ -464,10 +481,10 @@ async def upload_model(request: Request, who: User) -> UploadedModel:
 
 @router.post("/uploads/methods", status_code=201, response_model=UploadedMethod, tags=["uploads"],
              openapi_extra=_form_body({}, []),
-             responses={409: {"description": "id clash"}, 413: {"description": "too large"},
-                        415: {"description": "not a multipart form"},
-                        422: {"description": "unsafe or invalid zip, invalid manifest"},
-                        429: {"description": "too many uploads being checked"}})
+             responses={409: {"model": ErrorOut, "description": "id clash"}, 413: {"model": ErrorOut, "description": "too large"},
+                        415: {"model": ErrorOut, "description": "not a multipart form"},
+                        422: {"model": ErrorOut, "description": "unsafe or invalid zip, invalid manifest"},
+                        429: {"model": ErrorOut, "description": "too many uploads being checked"}})
 async def upload_method(request: Request, who: User) -> UploadedMethod:
     """Keep a method folder (a zip in ``file``), validate its manifest and start its conformance checks (status
     ``checking`` -> ``passed``/``failed``; on a shared server in its docker image)."""

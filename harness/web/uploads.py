@@ -287,6 +287,23 @@ async def receive_form(chunks, content_type: str, dest: Path, limit: int) -> tup
 
 
 # -- model check (runs in a worker process) --------------------------------------------------------
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (8 bytes of length, then JSON), read as data: a cheap first
+    check in the server, before a worker process loads the tensors."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= min(100 << 20, path.stat().st_size - 8):
+                raise ValueError("header length")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header")
+        return header
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UploadError("not a safetensors file; save weights with safetensors.torch.save_file("
+                          "model.state_dict(), 'model.safetensors')") from None
+
+
 def upload_track(architecture: str, dataset: str, weights: Path, digest: str, upload_id: str):
     """The derived track of uploaded weights: ``dataset``'s default track with the model replaced by
     ``architecture`` and the weights file as its published base checkpoint."""
@@ -550,6 +567,7 @@ class Uploads:
             if known is not None:
                 return known, False
             weights = self.models_dir / f"{digest}{SAFETENSORS}"
+            safetensors_header(received)
             try:
                 proc = _worker("check-model", str(received), architecture, dataset, str(self.cfg.store), timeout=600)
                 result = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {}
