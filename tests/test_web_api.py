@@ -592,3 +592,27 @@ def test_an_uploaded_method_is_checked_then_usable_and_docker_only_when_shared(t
     with TestClient(app, base_url=BASE, headers={"Authorization": "Bearer alice-token-0123456"}) as client:
         res = client.post("/api/plans?dry_run=true", json=plan)
         assert res.status_code == 422 and res.json()["field"] == "runner" and "docker" in res.json()["error"]
+
+
+def test_a_method_whose_checks_fail_keeps_its_reason_not_its_files(tmp_path):
+    """The failed upload cannot be used as a staging area for files on the server (issue 18): its record says
+    why it failed, its folder is gone, and the same id and version may be uploaded again (replacing it)."""
+    store = tmp_path / "s"
+    files = _method_files("broken_l1")
+    files["method.py"] = files["method.py"] + "\nraise SystemExit('import-time failure')\n"
+    app = create_app(ServerConfig(store=store), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
+        res = client.post("/api/uploads/methods", files={"file": ("m.zip", _zip(tmp_path, files))})
+        assert res.status_code == 201, res.text
+        app.state.platform.uploads.wait_checks()
+        [failed] = client.get("/api/uploads").json()["methods"]
+        assert failed["status"] == "failed" and failed["detail"], failed
+        left = [p.relative_to(store / ".web" / "uploads").as_posix()
+                for p in (store / ".web" / "uploads").rglob("*") if p.is_file()]
+        assert left == [f"methods/{failed['name']}/upload.json"]
+        files["method.py"] += "# another try\n"
+        res = client.post("/api/uploads/methods", files={"file": ("m.zip", _zip(tmp_path, files, "again.zip"))})
+        assert res.status_code == 201 and res.json()["status"] == "checking", res.text
+        app.state.platform.uploads.wait_checks()
+        assert [m["name"] for m in client.get("/api/uploads").json()["methods"]] == [res.json()["name"]]

@@ -53,6 +53,7 @@ class Platform:
         self.store = StoreView(cfg.store)
         self.queue = PlanQueue(cfg, self.store)
         self.uploads = Uploads(cfg)
+        self.uploads.clean()
 
     def close(self) -> None:
         self.queue.stop()

@@ -304,7 +304,8 @@ class PlanQueue:
         if not dangling:
             return
         try:
-            resolved = resolve_request(plan.request, self.cfg, check_device=False)
+            from harness.web.uploads import Uploads
+            resolved = resolve_request(plan.request, self.cfg, Uploads(self.cfg), check_device=False)
         except Exception:
             return
         by_key = dict(zip(resolved.keys, resolved.specs))

@@ -385,13 +385,18 @@ class Uploads:
         self.models_dir = self.root / "models"
         for d in (self.methods_dir, self.models_dir, self.root / "tmp"):
             d.mkdir(parents=True, exist_ok=True)
-        for stale in [*self.models_dir.glob(".incoming-*"), *self.methods_dir.glob(".incoming-*"),
-                      *(self.root / "tmp").iterdir()]:  # left by a server that died while receiving
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
         self._lock = threading.Lock()
         self._slots: dict[str, int] = {}
         self._checks: list[str] = []
         self._checker: Optional[threading.Thread] = None
+
+    def clean(self) -> None:
+        """Remove what a server that died while receiving or unpacking left (called by the server at its
+        start, when it holds the store's lock: never by a worker, which would cut a live upload)."""
+        for stale in [*self.models_dir.glob(".incoming-*"), *self.methods_dir.glob(".incoming-*"),
+                      *(self.root / "tmp").iterdir()]:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
 
     # -- methods -------------------------------------------------------------------------------
     def methods(self) -> list[UploadedMethod]:
@@ -436,6 +441,8 @@ class Uploads:
             with self._lock:
                 everyone = self.methods()
                 for other in everyone:
+                    if other.id == m.id and other.version == m.version and other.status in REJECTED:
+                        shutil.rmtree(self.methods_dir / other.name, ignore_errors=True)  # replaced by this one
                     if other.id == m.id and other.version == m.version and other.status not in REJECTED:
                         if other.sha256 == digest:
                             return other, False
