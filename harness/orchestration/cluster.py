@@ -22,6 +22,7 @@ the login node.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import functools
 import json
@@ -37,9 +38,7 @@ from pydantic import Field, ValidationError, field_validator
 from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.protocol.run import RunSpec, current_job, evaluate, evaluate_distributed, record_unrun, with_bases
-from harness.store import recorded, run_dir_name, run_key_of
-from harness.store import atomic_write_text
-from harness.store import clean_stale_staging
+from harness.store import atomic_write_text, clean_stale_staging, recorded, run_dir_name, run_key_of
 from specs.base import Strict, explain
 from specs.result import JobInfo, ResultRecord
 from specs.sdk import one_line
@@ -108,6 +107,14 @@ class SlurmOptions(Strict):
         if self.extra_sbatch:
             params["slurm_additional_parameters"] = {k.replace("-", "_"): v for k, v in self.extra_sbatch.items()}
         return params
+
+
+def absolute(spec: RunSpec) -> RunSpec:
+    """``spec`` with the paths a job on another node resolves the same way (its working directory may
+    differ)."""
+    return dataclasses.replace(spec, out=Path(spec.out).resolve(),
+                               data_root=spec.data_root and Path(spec.data_root).resolve(),
+                               cache_dir=spec.cache_dir and Path(spec.cache_dir).resolve())
 
 
 def load_slurm_options(path: Optional[Path]) -> SlurmOptions:
@@ -204,8 +211,7 @@ def with_bases_on_slurm(specs: list[RunSpec], options: SlurmOptions, log: Callab
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         executor.update_parameters(**{**options.executor_parameters(), "slurm_job_name": "pbench-pretrain"})
         try:
-            from harness.orchestration.sweep import _absolute
-            jobs = [(spec, executor.submit(pretrain_job, _absolute(spec))) for spec in missing.values()]
+            jobs = [(spec, executor.submit(pretrain_job, absolute(spec))) for spec in missing.values()]
         except Exception as e:
             raise HarnessError(f"sbatch refused the pretraining job: {str(e).strip().splitlines()[-1]}") from None
         for spec, job in jobs:

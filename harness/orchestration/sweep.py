@@ -16,7 +16,6 @@ with this sweep's: ``log`` gets one line naming them.
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -52,13 +51,6 @@ def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, p
         import torch
         torch.set_num_threads(threads)
     return events.run(spec, progress) if events is not None else evaluate(spec, progress)[0]
-
-
-def _absolute(spec: RunSpec) -> RunSpec:
-    """Paths a job on another node resolves the same way (its working directory may differ)."""
-    return dataclasses.replace(spec, out=Path(spec.out).resolve(),
-                               data_root=spec.data_root and Path(spec.data_root).resolve(),
-                               cache_dir=spec.cache_dir and Path(spec.cache_dir).resolve())
 
 
 def other_bases(specs: list[RunSpec], records) -> list[str]:
@@ -120,9 +112,9 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
                              before=f"starting run {first} of {len(todo)}" if first > 1 else "starting the sweep")
 
     if executor == "slurm":
-        from harness.orchestration.cluster import SlurmOptions, run_on_slurm
+        from harness.orchestration.cluster import SlurmOptions, absolute, run_on_slurm
         preflight(1)
-        run_on_slurm([_absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log, events=events)
+        run_on_slurm([absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log, events=events)
         return summary
     if jobs <= 1:
         for i, spec in enumerate(todo, 1):

@@ -24,7 +24,6 @@ from harness.web.queue import PlanQueue, QueueLimit
 from harness.web.runs import StoreView
 from harness.web.uploads import UploadError, Uploads
 
-HERE = Path(__file__).resolve().parent
 
 
 class Platform:
@@ -199,7 +198,7 @@ def create_app(cfg: ServerConfig, token: Optional[str] = None, start_queue: bool
     app.add_exception_handler(pages.LoginNeeded, pages.login_redirect)
     app.include_router(api.router)
     app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/static", StaticFiles(directory=pages.HERE / "static"), name="static")
     app.add_middleware(RedactPaths, platform=platform)
     margin = 1 << 16  # multipart framing around the file
     app.add_middleware(BodyLimits, limits={

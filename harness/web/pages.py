@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Optional
 from urllib.parse import quote, urlencode
 
@@ -18,9 +19,9 @@ from harness.web.auth import Principal
 from harness.errors import HarnessError
 from harness.views.leaderboard import FLAG
 from harness.web.boards import BoardSection, board, leaders
-from harness.web.app import HERE
 
 router = APIRouter(include_in_schema=False)
+HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 STATUS_ORDER = ["running", "queued", "ok", "failed", "cancelled", "interrupted", "not run"]
 
