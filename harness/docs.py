@@ -214,13 +214,19 @@ def _digits() -> str:
         + ". Over all the evidence: " + separation(recal) + f". Against {control} cell by cell: "
         + per_target(lambda t: passing("pruned_recal", t)) + " rows differ; the smallest p is "
         + per_target(lambda t: smallest("pruned_recal", t)) + "; detectable differences "
-        + per_target(lambda t: mdd("pruned_recal", t)) + f" points ({control}'s own Pruned+BN: "
-        + per_target(lambda t: control_ci(t)) + "). Its agreement with Final over the cells is Spearman's ρ "
+        + per_target(lambda t: mdd("pruned_recal", t)) + " points"
+        + (f" (beyond the metric's whole range at {', '.join(f'{t:g}x' for t in beyond)}: at this n no difference "
+           f"to the control is detectable there)" if (beyond := [t for t in targets
+                                                               if (power["pruned_recal"][t].mdd or 0) > 100]) else "")
+        + f"; {control}'s own Pruned+BN: "
+        + per_target(lambda t: control_ci(t)) + ". Its agreement with Final over the cells is Spearman's ρ "
         + per_target(lambda t: corr(t, stats.spearman)) + ", Kendall's τ "
         + per_target(lambda t: corr(t, stats.kendall_tau)) + ".",
         "- How to read the mean ranks: they pool the speedups and seeds as blocks of one population, so a method "
         "that wins at 2x and loses at 8x sits in the middle; and a mean rank depends on which other methods are "
-        "ranked (Benavoli et al. 2016), so adding rows can move a pair across the critical difference. The track "
+        "ranked (Benavoli et al. 2016), so adding rows can move a pair across the critical difference; rows that "
+        "pair one importance criterion with several regularizers count as separate methods, so a family of "
+        "near-identical rows enters k, and the critical difference, several times. The track "
         "checks that every method runs end to end under the protocol, with measured speedups and step times, in "
         "minutes on a CPU; rankings that transfer to CIFAR or ImageNet need the PruningBench tracks on GPUs.",
     ])

@@ -263,3 +263,20 @@ def test_the_readme_figures_are_generated():
     for path, text in figures().items():
         assert path.read_text() == text, f"{path} is stale: run `python -m harness.docs`"
     assert len(figures()) == 2
+
+
+def test_across_tracks_pools_the_blocks_of_the_methods_every_track_ran(digits):
+    records, _ = digits
+    # a second track with 5 of the 17 rows, its metric on another scale: ranks do not care
+    five = {"bn_scale", "fpgm", "lamp", "random", "thinet"}
+    other = [r.model_copy(update={"track": r.track.model_copy(update={"id": "other", "hash": "1" * 64}),
+                                  "metric": r.metric.model_copy(update={"final": r.metric.final / 100})})
+             for r in records if lb.run_name(r) in five]
+    rows = lb.rows(records + other)
+    a = lb.across_tracks(rows, "final")
+    assert a.n_blocks == 18 and set(a.names) == five
+    value = {(r.track.id, lb.run_name(r), r.speedup.target, r.seed): r.metric.final for r in records + other}
+    blocks = sorted({k[:1] + k[2:] for k in value})
+    x = np.array([[value[(b[0], n, *b[1:])] for n in sorted(five)] for b in blocks])
+    assert a.friedman_statistic == pytest.approx(sp.friedmanchisquare(*x.T).statistic)
+    assert "Across tracks" in lb.markdown(rows) and lb.across_tracks(lb.rows(records), "final") is None
