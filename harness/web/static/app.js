@@ -260,8 +260,8 @@ function initRun() {
       return `<span class="name">${esc(s)}</span><div class="bar"><i style="width:${pct}%"></i></div><span class="info">${st.done}/${st.total}</span><span class="info">${esc(info)}</span>`;
     }).join("") : '<span class="muted" style="grid-column: 1 / -1">waiting for events…</span>';
     if (!fromRecord) $("#metrics").innerHTML = ["base", "pruned", "final"].map((k) => `<div>${k === "pruned" ? "after pruning" : k}</div><div><b>${fmt(metrics[k])}</b> ${metrics.name || ""}</div>`).join("");
-    $("#probes").innerHTML = probes.length ? `<table class="data"><thead><tr><th>round</th><th>MACs</th><th>speedup</th></tr></thead><tbody>${probes.map((p) => `<tr><td>${p.done}/${p.total}</td><td>${(p.macs / 1e6).toFixed(2)}M</td><td>${fmt(p.speedup)}x</td></tr>`).join("")}</tbody></table>` : '<span class="muted">none yet</span>';
-    $("#loss-chart").innerHTML = lossChart(loss);
+    if (!(fromRecord && !probes.length)) $("#probes").innerHTML = probes.length ? `<table class="data"><thead><tr><th>round</th><th>MACs</th><th>speedup</th></tr></thead><tbody>${probes.map((p) => `<tr><td>${p.done}/${p.total}</td><td>${(p.macs / 1e6).toFixed(2)}M</td><td>${fmt(p.speedup)}x</td></tr>`).join("")}</tbody></table>` : '<span class="muted">none yet</span>';
+    if (!(fromRecord && !Object.keys(loss).length)) $("#loss-chart").innerHTML = lossChart(loss);
     log.textContent = lines.join("\n");
     log.scrollTop = log.scrollHeight;
   };
