@@ -196,6 +196,9 @@ def test_leaderboard_json_carries_the_analysis(digits):
     assert {r["name"]: r["mean_rank"] for r in avg["rows"]} == pytest.approx(a.mean_ranks)
     assert avg["pruned_recal"]["friedman"]["p"] < 1e-6 and section["control"] == "random"
     assert len(section["cells"]) == 51 and data["across_tracks"] == {"final": None, "pruned_recal": None}
+    from harness.views.site import leaderboard_page  # the static site's Average view: both diagrams, inline
+    page = leaderboard_page(digits[0])
+    assert page.count('<g class="cdd">') == 2 and "Friedman χ² = 54.8" in page and "CD = 8.23" in page
 
 
 def test_platform_average_view_carries_the_analysis(digits, tmp_path):
@@ -239,8 +242,8 @@ def test_target_difference_gives_the_seeds_each_cell_needs(digits, tmp_path):
     for speedup, p in power.items():
         need = cd.seeds_needed(p.sd, 1.0, 16)
         assert f"| {speedup:g}x | Final | {p.sd:.2f} | 3 | {p.mdd:.2f} | {need} |" in res.output
-    empty = CliRunner().invoke(app, args + ["--out", str(tmp_path)])
-    assert empty.exit_code == 2 and "at least 2 seeds" in empty.output
+    with pytest.raises(ValueError, match="no cell has two seeds"):  # the CLI: one line, exit 2
+        lb.seeds_needed([r for r in digits[0] if r.seed == 0], 1.0)
     alone = ["sweep", "--track", "digits-resnet18", "--target-difference", "1.0", "--out", str(tmp_path)]
     assert CliRunner().invoke(app, alone).exit_code == 2  # it needs --dry-run
     zero = CliRunner().invoke(app, args[:-1] + ["0", "--out", str(DIGITS_RESULTS)])
