@@ -435,7 +435,7 @@ def average_markdown(rs: list[Row]) -> str:
     for (_, strategy, recipe), group in groups(rs).items():
         if len({r.speedup for r in group}) < 2 and max((r.final.n for r in group), default=0) < 2:
             continue
-        avg = [a for a in average(group)]
+        avg = average(group)
         parts.append(f"Average view ({setting_label(strategy, recipe)}): {analysis_line(analysis(group, 'final'))}."
                      + (f" {analysis_line(analysis(group, 'pruned_recal'))}."
                         if any(r.recals for r in group) else "") + "\n")
