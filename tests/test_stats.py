@@ -1,5 +1,5 @@
 """harness.views.stats against scipy (confidence intervals, paired and Welch tests) and hand computations
-(Holm, ranks with ties, mean per-cell ranks). The critical-difference Average view: tests/test_cd.py."""
+(Holm, ranks with ties). The critical-difference Average view: tests/test_cd.py."""
 
 from __future__ import annotations
 
@@ -148,11 +148,6 @@ def test_lower_is_better():
     samples = {"a": {0: 1.0, 1: 1.1, 2: 0.9}, "b": {0: 5.0, 1: 5.2, 2: 4.9}}
     assert stats.rank(samples, higher_is_better=False).ranks == {"a": 1, "b": 2}
     assert stats.rank(samples).ranks == {"a": 2, "b": 1}
-
-
-def test_average_ranks():
-    avg = stats.average_ranks([{"a": 1, "b": 1, "c": 3}, {"a": 2, "b": 1, "c": 2}, {"a": 1, "b": 3}])
-    assert avg == {"a": (pytest.approx(4 / 3), 3), "b": (pytest.approx(5 / 3), 3), "c": (2.5, 2)}
 
 
 @pytest.mark.parametrize("x, y", [([1, 2, 3, 4], [1, 3, 2, 4]), ([1, 1, 2, 3], [2, 1, 3, 3]),

@@ -202,26 +202,6 @@ def sections(rs: list[Row]) -> dict[Section, list[Row]]:
     return out
 
 
-def differs_from(rs: list[Row], reference: str = "random", metric: str = "final",
-                 family: str = "all") -> dict[tuple, list[str]]:
-    """Per cell (:attr:`Row.setting`) holding ``reference``: the rows whose ``metric`` is significantly different
-    from the reference's. ``family="all"``: the tests and correction of the ranks (Holm over every pair of
-    the cell); ``"reference"``: Holm over the comparisons with the reference only (many-to-one); ``"none"``:
-    unadjusted p-values (expect ``alpha`` x the number of rows to pass by chance)."""
-    out = {}
-    for setting, ranking in rankings(rs, metric).items():
-        if reference not in ranking.ranks:
-            continue
-        others = [n for n in ranking.order() if n != reference]
-        if family == "all":
-            out[setting] = [n for n in others if ranking.differs(n, reference)]
-        else:
-            tests = [ranking.comparison(n, reference) for n in others]
-            adjusted = stats.holm([c.p for c in tests]) if family == "reference" else [c.p for c in tests]
-            out[setting] = [n for n, q in zip(others, adjusted) if q < ranking.alpha]
-    return out
-
-
 # ------------------------------------------------------------------------------------ the Average view
 
 #: the two metrics the Average view analyses: the leaderboard's (after retraining) and Pruned+BN (before it)

@@ -20,9 +20,8 @@ recipe-swap report and the web platform. Distributions come from ``scipy.stats``
   correction** (family-wise error rate 5%); a method's rank is 1 + the number of methods that are
   significantly better than it. Methods that no test separates share a rank; a method with one seed
   can never be separated from anything (no test is possible), so it ties with every other.
-- :func:`average_ranks`: the mean of per-cell ranks over the speedups of a track (the per-speedup tabs'
-  ranks summarised; the Average view itself is the critical-difference analysis of
-  :mod:`harness.views.cd`, over blocks of (speedup, seed)).
+- The Average view (each method over all of a track's speedups and seeds) is the critical-difference
+  analysis of :mod:`harness.views.cd`.
 - :func:`kendall_tau` (tau-b) and :func:`spearman`: rank agreement of two metrics (ties allowed).
 
 The distribution functions (:func:`t_sf`, :func:`t_cdf`, :func:`t_ppf`) are scipy's Student t.
@@ -38,7 +37,7 @@ from typing import Hashable, Iterable, Literal, Mapping, Optional, Sequence
 ALPHA = 0.05
 CONFIDENCE = 0.95
 
-__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "Ranking", "Summary", "average_ranks", "compare", "fmt", "holm",
+__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "Ranking", "Summary", "compare", "fmt", "holm",
            "kendall_tau", "rank", "spearman", "summarize", "t_cdf", "t_ppf", "t_sf"]
 
 
@@ -258,16 +257,6 @@ def rank(samples: Mapping[Hashable, Mapping[int, float]], alpha: float = ALPHA,
             better[loser] += 1
     means = {k: _mean(list(v.values())) for k, v in samples.items()}
     return Ranking({k: 1 + better[k] for k in names}, means, comparisons, alpha)
-
-
-def average_ranks(ranks: Iterable[Mapping[Hashable, int]]) -> dict[Hashable, tuple[float, int]]:
-    """PruningBench's Average view: per entry, (mean rank over the settings it was ranked in, how many).
-    ``ranks`` holds one rank mapping per setting (e.g. per speedup of a track)."""
-    totals: dict[Hashable, list[int]] = {}
-    for setting in ranks:
-        for name, r in setting.items():
-            totals.setdefault(name, []).append(r)
-    return {name: (math.fsum(rs) / len(rs), len(rs)) for name, rs in totals.items()}
 
 
 # ------------------------------------------------------------------------------------ rank correlation
