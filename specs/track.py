@@ -232,6 +232,9 @@ class TrackConfig(Versioned):
     sandbox: SandboxLimits = Field(
         default_factory=SandboxLimits,
         description="caps on method containers under the docker runner (operational: not part of the track hash)")
+    control: Identifier = Field(
+        "random", description="the method every other one is compared with in each cell of the leaderboard (Holm "
+                              "over the k - 1 comparisons); how results are read, not part of the track hash")
 
     @model_validator(mode="after")
     def _recipe_names(self) -> "TrackConfig":
@@ -241,8 +244,9 @@ class TrackConfig(Versioned):
 
     def hash(self) -> str:
         """sha256 of the canonical JSON of the (validated) setting: everything but the alternative
-        recipes, the sandbox caps and the spec version (none of them changes what a track measures)."""
-        return sha256_json(canonical(self, exclude={"recipes", "sandbox", "spec_version"}))
+        recipes, the sandbox caps, the control of the comparisons and the spec version (none of them changes
+        what a track measures)."""
+        return sha256_json(canonical(self, exclude={"recipes", "sandbox", "control", "spec_version"}))
 
     def retrain_recipe(self, name: Optional[str]) -> Recipe:
         """The retraining recipe called ``name`` (``None`` or ``"track"``: the track's own)."""

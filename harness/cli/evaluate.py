@@ -257,6 +257,10 @@ def sweep(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="run nothing: measure a few steps of each stage on this device and print the projected "
                           "device-hours per run and for the sweep")] = False,
+    target_difference: Annotated[Optional[float], typer.Option(
+        "--target-difference",
+        help="with --dry-run: instead of the device time, how many seeds each cell needs to detect this difference "
+             "of the metric to the track's control, from the between-seed spread recorded in --out")] = None,
     opts: dict = None,
 ) -> None:
     """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
@@ -270,7 +274,15 @@ def sweep(
         explicit = _explicit(ctx, opts)
         fields = {**_plan_fields(opts, explicit), **{k: v for k, v in own.items() if v is not None}}
         plan = Plan.from_file(plan_file, **fields)
+    if target_difference is not None and not dry_run:
+        raise HarnessError("--target-difference goes with --dry-run (it runs nothing)")
+    if target_difference is not None and not target_difference > 0:
+        raise HarnessError(f"--target-difference must be > 0 (a difference of the track's metric), got "
+                           f"{target_difference:g}")
     resolved = _resolve(plan)
+    if target_difference is not None:
+        out.print(_seeds_needed(resolved, target_difference), highlight=False, soft_wrap=True)
+        return
     if dry_run:
         from harness.orchestration.estimate import estimate, markdown
         _setup(Device(plan.device), opts["threads"])
@@ -286,6 +298,22 @@ def sweep(
         out.print()
         out.print(leaderboard.report(summary.records), highlight=False, soft_wrap=True)
     _fail_count(summary, len(resolved.specs), plan.out)
+
+
+def _seeds_needed(resolved: ResolvedPlan, difference: float) -> str:
+    """The seeds table of ``sweep --dry-run --target-difference`` from the track's records in the plan's --out."""
+    from harness.store import Store
+    from harness.views.leaderboard import seeds_needed
+    track = resolved.track
+    out_dir = resolved.plan.out
+    records = [r for r in (Store.load(out_dir).records.values() if Path(out_dir).is_dir() else [])
+               if r.track.id == track.id and r.track.hash == track.hash()]
+    try:
+        return seeds_needed(records, difference)
+    except ValueError as e:
+        raise HarnessError(f"--target-difference: {out_dir} holds {len(records)} records of {track.id} (this track "
+                           f"version): {e}; run a sweep with at least 2 seeds first, or point --out at its "
+                           f"results") from None
 
 
 def _swap_report(resolved: ResolvedPlan, summary) -> None:

@@ -16,7 +16,7 @@ from harness.store import Store
 
 app = typer.Typer()
 
-Format = enum.Enum("Format", {f: f for f in ("md", "csv", "html")}, type=str)
+Format = enum.Enum("Format", {f: f for f in ("md", "csv", "html", "json")}, type=str)
 
 
 def _load(results: Path) -> list:
@@ -33,9 +33,11 @@ def _load(results: Path) -> list:
 @friendly
 def leaderboard(
     results: Annotated[Path, typer.Argument(help="results folder (searched recursively for result.json)")],
-    fmt: Annotated[Format, typer.Option("--format", help="md, csv or html")] = Format.md,
+    fmt: Annotated[Format, typer.Option("--format", help="md, csv, html or json (json: the cells and the Average "
+                                                         "view's Friedman test, critical difference, mean ranks, "
+                                                         "control comparisons and power)")] = Format.md,
 ) -> None:
-    """Leaderboard (n, mean ± 95% CI over seeds, tie ranks; a section per base checkpoint) from result records."""
+    """Leaderboard (n, mean ± 95% CI over seeds, tie ranks, critical-difference Average view) from result records."""
     records, invalid = _load(results)
     rows = lb.rows(records)
     for line in lb.base_warnings(records):
@@ -43,6 +45,9 @@ def leaderboard(
     if fmt == Format.html:
         from harness.views.site import leaderboard_page
         text = leaderboard_page(records)
+    elif fmt == Format.json:
+        import json
+        text = json.dumps(lb.to_json(rows), indent=1, allow_nan=False) + "\n"
     else:
         text = lb.markdown(rows) if fmt == Format.md else lb.to_csv(rows)
     out.print(text, highlight=False, soft_wrap=True, end="")

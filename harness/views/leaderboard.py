@@ -13,7 +13,13 @@ pruning (``pruned``) and after pruning with BatchNorm re-estimated (``pruned_rec
 **Ranks** are per (section, speedup, strategy, recipe) on the final metric: competition ranks with ties
 from two-sided tests at 5% (paired t-test by seed where the seeds pair, else Welch), Holm-corrected over
 every pair of the cell; a method's rank is 1 + the number of methods significantly better than it.
-:func:`average` is PruningBench's Average view: each method's mean rank over the speedups.
+
+**The Average view** (:func:`average`, :func:`analysis`) uses all the evidence of a (section, strategy,
+recipe): the critical-difference analysis of :mod:`harness.views.cd` over the blocks (speedup, seed) on the
+final metric and on Pruned+BN (Friedman, Nemenyi's critical difference), each method against the track's
+control per speedup (Holm over k − 1; :func:`control_cells`), and what each cell could detect
+(:func:`power_cells`); :func:`to_json` is ``leaderboard --format json``, :func:`seeds_needed` is
+``sweep --dry-run --target-difference``.
 
 A method whose scores were constant in every group (the planner then pruned by its seeded tie-break
 alone, i.e. at random) is flagged (``constant_scores``).
@@ -28,7 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
-from harness.views import stats
+from harness.views import cd, stats
 from harness.views.stats import Summary
 from specs.result import ResultRecord
 
@@ -196,61 +202,276 @@ def sections(rs: list[Row]) -> dict[Section, list[Row]]:
     return out
 
 
-def differs_from(rs: list[Row], reference: str = "random", metric: str = "final",
-                 family: str = "all") -> dict[tuple, list[str]]:
-    """Per cell (:attr:`Row.setting`) holding ``reference``: the rows whose ``metric`` is significantly different
-    from the reference's. ``family="all"``: the tests and correction of the ranks (Holm over every pair of
-    the cell); ``"reference"``: Holm over the comparisons with the reference only (many-to-one); ``"none"``:
-    unadjusted p-values (expect ``alpha`` x the number of rows to pass by chance)."""
+# ------------------------------------------------------------------------------------ the Average view
+
+#: the two metrics the Average view analyses: the leaderboard's (after retraining) and Pruned+BN (before it)
+ANALYSED = {"final": "Final", "pruned_recal": "Pruned+BN"}
+
+
+def control_of(track: str) -> str:
+    """The control of ``track``'s comparisons: the registered track's ``control`` (Random unless it names
+    another); Random for a track that is not registered here."""
+    try:
+        from harness.tracks import registry
+        return registry().get(track).control
+    except Exception:  # an uploaded or retired track: records carry only its id and hash
+        return cd.DEFAULT_CONTROL
+
+
+def groups(rs: list[Row]) -> dict[tuple, list[Row]]:
+    """``rs`` by what the Average view analyses together: (section, strategy, recipe), in order."""
+    out: dict[tuple, list[Row]] = {}
+    for r in rs:
+        out.setdefault((r.section, r.strategy, r.recipe), []).append(r)
+    return out
+
+
+def _values(row: Row, metric: str) -> dict[int, float]:
+    return row.finals if metric == "final" else row.recals
+
+
+def analysis(rs: list[Row], metric: str = "final") -> cd.Analysis:
+    """The critical-difference analysis (:mod:`harness.views.cd`) of the rows of one (section, strategy, recipe):
+    blocks (speedup, seed), the rows' per-seed values of ``metric``."""
+    blocks: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in rs:
+        for seed, v in _values(row, metric).items():
+            blocks[(row.speedup, seed)][row.name] = v
+    return cd.analyse(blocks, metric, groups={b: b[0] for b in blocks})
+
+
+def across_tracks(rs: list[Row], metric: str = "final") -> Optional[cd.Analysis]:
+    """The analysis over blocks (section, speedup, seed) of several sections (tracks), on the methods every
+    section ran (ranks are scale-free, so top-1 and mAP blocks mix); ``None`` with fewer than 2 sections or 3
+    shared methods. Rows of a recipe-swap are left out."""
+    rs = [r for r in rs if r.recipe is None]
+    secs = {(r.section, r.strategy) for r in rs}
+    if len(secs) < 2:
+        return None
+    shared = set.intersection(*({r.name for r in rs if (r.section, r.strategy) == s} for s in secs))
+    if len(shared) < 3:
+        return None
+    blocks: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in rs:
+        if row.name in shared:
+            for seed, v in _values(row, metric).items():
+                blocks[(row.section.label, row.strategy, row.speedup, seed)][row.name] = v
+    return cd.analyse(blocks, metric, groups={b: b[:3] for b in blocks})
+
+
+def control_cells(rs: list[Row], metric: str = "final", control: Optional[str] = None
+                  ) -> dict[float, list[cd.ControlTest]]:
+    """Per speedup of one (section, strategy, recipe): each row against the control (Holm over k − 1)."""
     out = {}
-    for setting, ranking in rankings(rs, metric).items():
-        if reference not in ranking.ranks:
-            continue
-        others = [n for n in ranking.order() if n != reference]
-        if family == "all":
-            out[setting] = [n for n in others if ranking.differs(n, reference)]
-        else:
-            tests = [ranking.comparison(n, reference) for n in others]
-            adjusted = stats.holm([c.p for c in tests]) if family == "reference" else [c.p for c in tests]
-            out[setting] = [n for n, q in zip(others, adjusted) if q < ranking.alpha]
+    for speedup in sorted({r.speedup for r in rs}):
+        cell = [r for r in rs if r.speedup == speedup]
+        ctl = control or control_of(cell[0].track)
+        out[speedup] = cd.control_tests({r.name: _values(r, metric) for r in cell}, ctl)
+    return out
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a cell could detect: the pooled standard deviation of the per-seed differences to the control, the
+    (median) seeds shared with it, and the minimum detectable difference at 80% power and level 5% / (k − 1)."""
+
+    speedup: float
+    sd: Optional[float]
+    n: int
+    comparisons: int
+    mdd: Optional[float]
+
+
+def power_cells(rs: list[Row], metric: str = "final", control: Optional[str] = None) -> dict[float, Power]:
+    """Per speedup of one (section, strategy, recipe): :class:`Power` against the control."""
+    out = {}
+    for speedup in sorted({r.speedup for r in rs}):
+        cell = [r for r in rs if r.speedup == speedup]
+        samples = {r.name: _values(r, metric) for r in cell}
+        sd, n = cd.difference_sd(samples, control or control_of(cell[0].track))
+        m = max(1, sum(1 for v in samples.values() if v) - 1)
+        out[speedup] = Power(speedup, sd, n, m, None if sd is None else cd.minimum_detectable_difference(sd, n, m))
     return out
 
 
 @dataclass
 class AverageRow:
-    """PruningBench's Average view: one method's mean rank over the speedups of a section."""
+    """The Average view: one method's mean rank over the blocks (speedup, seed) of a (section, strategy,
+    recipe) on the final metric (:func:`analysis`), the methods it is separated from, and its comparisons with
+    the control per speedup."""
 
     section: Section
     strategy: str
     recipe: Optional[str]
     method: str
     regularizer: str
-    mean_rank: float
-    ranked: int  # speedups at which the method was ranked
+    mean_rank: Optional[float]  # None: left out of the analysis (no ok run at some speedup)
+    ranked: int  # speedups at which the method has a per-cell rank
     speedups: int  # speedups of the section
     constant_scores: bool = False
+    better_than: list[str] = field(default_factory=list)  # separated by the critical difference, worse
+    worse_than: list[str] = field(default_factory=list)
+    versus_control: dict[float, cd.ControlTest] = field(default_factory=dict)  # speedup -> test (final metric)
+
+    @property
+    def name(self) -> str:
+        return self.method + (f"+{self.regularizer}" if self.regularizer != "-" else "")
 
 
 def average(rs: list[Row]) -> list[AverageRow]:
-    """Mean rank per method over each (section, strategy, recipe)'s speedups, best first."""
-    groups: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rs:
-        groups[(r.section, r.strategy, r.recipe)].append(r)
+    """The Average view of every (section, strategy, recipe): best mean rank first, rows left out of the
+    analysis last."""
     out = []
-    for (section, strategy, recipe), group in groups.items():
-        by_speedup: dict[float, dict[tuple, int]] = defaultdict(dict)
-        flagged = set()
+    for (section, strategy, recipe), group in groups(rs).items():
+        a = analysis(group, "final")
+        versus = control_cells(group, "final")
+        by_name: dict[str, list[Row]] = defaultdict(list)
         for r in group:
-            if r.rank is not None:
-                by_speedup[r.speedup][(r.method, r.regularizer)] = r.rank
-            if r.constant_scores:
-                flagged.add((r.method, r.regularizer))
-        n_speedups = len({r.speedup for r in group})
-        for (method, reg), (mean_rank, ranked) in stats.average_ranks(by_speedup.values()).items():
-            out.append(AverageRow(section, strategy, recipe, method, reg, mean_rank, ranked, n_speedups,
-                                  (method, reg) in flagged))
-    return sorted(out, key=lambda a: (a.section.sort_key, a.strategy, a.recipe or "", -a.ranked, a.mean_rank,
-                                      a.method, a.regularizer))
+            by_name[r.name].append(r)
+        for name, mine in by_name.items():
+            out.append(AverageRow(
+                section, strategy, recipe, mine[0].method, mine[0].regularizer, a.mean_ranks.get(name),
+                sum(r.rank is not None for r in mine), len({r.speedup for r in group}),
+                any(r.constant_scores for r in mine), a.better_than(name) if name in a.mean_ranks else [],
+                [b for b in a.names if name in a.better_than(b)],
+                {s: t for s, tests in versus.items() for t in tests if t.name == name}))
+    return sorted(out, key=lambda a: (a.section.sort_key, a.strategy, a.recipe or "", a.mean_rank is None,
+                                      a.mean_rank or 0.0, a.method, a.regularizer))
+
+
+def analysis_line(a: cd.Analysis) -> str:
+    """One line: Friedman's test, the critical difference, what it separates."""
+    if a.friedman_p is None:
+        return (f"{ANALYSED[a.metric]}: {a.k} methods over {a.n_blocks} blocks (speedup, seed): too few for "
+                f"Friedman's test (it needs 3 methods and 2 blocks)")
+    line = (f"{ANALYSED[a.metric]}: Friedman χ² = {a.friedman_statistic:.1f}, p = {cd.fmt_p(a.friedman_p)} "
+            f"({a.k} methods, {a.n_blocks} blocks (speedup, seed)); Nemenyi critical difference "
+            f"{a.critical_difference:.2f} ranks at 5%: ")
+    pairs = a.separated()
+    if not a.rejects:
+        line += "Friedman's test does not reject, so no pair is separated"
+    elif not pairs:
+        line += "no two mean ranks are that far apart"
+    else:
+        best: dict = defaultdict(list)
+        for x, y in pairs:
+            best[x].append(y)
+        def named(ys) -> str:
+            return ", ".join(f"{y} ({a.mean_ranks[y]:.2f})" for y in ys)
+
+        line += "; ".join(f"{x} ({a.mean_ranks[x]:.2f}) ahead of {named(ys)}" for x, ys in best.items())
+    if a.excluded:
+        line += f"; left out (no ok run at some speedup): {', '.join(map(str, a.excluded))}"
+    return line
+
+
+def _versus(t: Optional[cd.ControlTest]) -> str:
+    if t is None:
+        return "-"
+    return f"{t.diff:+.2f} (p {cd.fmt_p(t.p_adjusted)}){' *' if t.significant else ''}"
+
+
+def average_columns(rs: list[Row]) -> list[str]:
+    """The Average table's columns for one (section, strategy, recipe)."""
+    control = control_of(rs[0].track) if rs else cd.DEFAULT_CONTROL
+    return (["Strategy", "Importance", "Regularizer", "Mean rank", "Ahead of (CD)"]
+            + [f"vs {control} {s:g}x" for s in sorted({r.speedup for r in rs})])
+
+
+def average_cells(a: AverageRow, speedups: list[float]) -> list[str]:
+    """A row of the Average table; ``speedups``: the section's (the control's own cells say "control")."""
+    control = not a.versus_control and a.name == control_of(a.section.track)
+    return ([setting_label(a.strategy, a.recipe), a.method + (f" {FLAG}" if a.constant_scores else ""),
+             a.regularizer, "left out" if a.mean_rank is None else f"{a.mean_rank:.2f}",
+             ", ".join(a.better_than) or "-"]
+            + ["control" if control else _versus(a.versus_control.get(s)) for s in speedups])
+
+
+def power_line(rs: list[Row], metric: str = "final") -> str:
+    """The minimum detectable difference to the control per speedup, in one line."""
+    cells = power_cells(rs, metric)
+    control = control_of(rs[0].track)
+    parts = [f"{p.speedup:g}x {p.mdd:.2f} (n = {p.n}, sd of the differences {p.sd:.2f})" for p in cells.values()
+             if p.mdd is not None]
+    if not parts:
+        return f"{ANALYSED[metric]}: no cell has 2 seeds shared with {control}: no power to report"
+    m = max(p.comparisons for p in cells.values())
+    return (f"{ANALYSED[metric]}, smallest difference to {control} a cell detects with 80% power (paired t, "
+            f"5% / {m}): " + "; ".join(parts))
+
+
+AVERAGE_LEGEND = ("Average: the critical-difference analysis (Demšar 2006). Within each block (speedup, seed) the "
+                  "methods are ranked on the metric (1 = best, ties share); Mean rank is the mean over the blocks. "
+                  "Friedman's test asks whether the mean ranks differ more than chance would make them; where it "
+                  "rejects, two methods whose mean ranks are more than the Nemenyi critical difference (CD) apart "
+                  "are separated (Ahead of). vs control: the mean difference to the control per speedup (paired "
+                  "t-test by seed, Holm over the k - 1 comparisons with the control; * p < 0.05).")
+
+
+def average_markdown(rs: list[Row]) -> str:
+    """The Average view of one section's rows: per (strategy, recipe), the analysis of Final with its table, the
+    analysis of Pruned+BN, the power lines."""
+    parts = []
+    for (_, strategy, recipe), group in groups(rs).items():
+        if len({r.speedup for r in group}) < 2 and max((r.final.n for r in group), default=0) < 2:
+            continue
+        avg = average(group)
+        parts.append(f"Average view ({setting_label(strategy, recipe)}): {analysis_line(analysis(group, 'final'))}."
+                     + (f" {analysis_line(analysis(group, 'pruned_recal'))}."
+                        if any(r.recals for r in group) else "") + "\n")
+        speedups = sorted({r.speedup for r in group})
+        parts.append(table(average_columns(group), [average_cells(a, speedups) for a in avg]))
+        parts.append(power_line(group, "final") + ".\n")
+    return "\n".join(parts)
+
+
+def analysis_json(a: Optional[cd.Analysis]) -> Optional[dict]:
+    """The analysis as the JSON outputs carry it."""
+    if a is None:
+        return None
+    return {"metric": a.metric, "friedman": None if a.friedman_p is None else
+            {"statistic": a.friedman_statistic, "p": a.friedman_p},
+            "critical_difference": a.critical_difference, "blocks": a.n_blocks, "methods": a.k,
+            "mean_rank": {str(n): a.mean_ranks[n] for n in a.names}, "excluded": [str(n) for n in a.excluded],
+            "separated": [[str(x), str(y)] for x, y in a.separated()],
+            "cliques": [[str(n) for n in c] for c in a.cliques()]}
+
+
+def to_json(rs: list[Row]) -> dict:
+    """``leaderboard --format json``: per section and setting, the cells and the Average view (Friedman, the
+    critical difference, each row's mean rank, the comparisons with the control, the power)."""
+    out = []
+    for (section, strategy, recipe), group in groups(rs).items():
+        final, recal = analysis(group, "final"), analysis(group, "pruned_recal")
+        versus = {m: control_cells(group, m) for m in ANALYSED}
+        power = {m: power_cells(group, m) for m in ANALYSED}
+        cells_out = []
+        for r in group:
+            tests = {m: next((t for t in versus[m][r.speedup] if t.name == r.name), None) for m in ANALYSED}
+            cells_out.append({
+                "speedup": r.speedup, "importance": r.method, "regularizer": r.regularizer, "name": r.name,
+                "n": r.final.n, "n_failed": r.n_failed, "rank": r.rank, **{
+                    m: {"mean": getattr(r, m).mean, "std": getattr(r, m).std, "ci95_low": getattr(r, m).ci95_low,
+                        "ci95_high": getattr(r, m).ci95_high, "seeds": {str(k): v for k, v in
+                                                                        sorted(_values(r, m).items())}}
+                    for m in ANALYSED}, "pruned_mean": r.pruned.mean,
+                "versus_control": {m: None if t is None else {"diff": t.diff, "p": t.p, "p_holm": t.p_adjusted,
+                                                              "significant": t.significant, "test": t.test}
+                                   for m, t in tests.items()}})
+        rows_out = [{"name": a.name, "importance": a.method, "regularizer": a.regularizer, "mean_rank": a.mean_rank,
+                     "pruned_recal_mean_rank": recal.mean_ranks.get(a.name), "ahead_of": a.better_than,
+                     "behind": a.worse_than, "ranked": a.ranked, "speedups": a.speedups,
+                     "constant_scores": a.constant_scores} for a in average(group)]
+        out.append({
+            "track": section.track, "track_hash": section.track_hash, "base_sha256": section.base_sha256,
+            "strategy": strategy, "recipe": recipe, "control": control_of(section.track), "cells": cells_out,
+            "average": {"friedman": analysis_json(final)["friedman"],
+                        "critical_difference": final.critical_difference, "rows": rows_out,
+                        "final": analysis_json(final), "pruned_recal": analysis_json(recal),
+                        "power": {m: [{"speedup": p.speedup, "sd": p.sd, "n": p.n, "comparisons": p.comparisons,
+                                       "minimum_detectable_difference": p.mdd} for p in power[m].values()]
+                                  for m in ANALYSED}}})
+    return {"sections": out, "across_tracks": {m: analysis_json(across_tracks(rs, m)) for m in ANALYSED}}
 
 
 def _f(x: Optional[float], fmt: str = ".2f") -> str:
@@ -281,14 +502,6 @@ def table(columns: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def average_cells(a: AverageRow) -> list[str]:
-    return [setting_label(a.strategy, a.recipe), a.method + (f" {FLAG}" if a.constant_scores else ""), a.regularizer,
-            f"{a.mean_rank:.2f}", f"{a.ranked}/{a.speedups}"]
-
-
-AVERAGE_COLUMNS = ["Strategy", "Importance", "Regularizer", "Mean rank", "Speedups ranked"]
-
-
 def markdown(rs: list[Row], average_view: bool = True) -> str:
     """Sections (a heading each when there are several) with their tables, the Average view, the legend."""
     by_section = sections(rs)
@@ -297,12 +510,20 @@ def markdown(rs: list[Row], average_view: bool = True) -> str:
         if len(by_section) > 1:
             parts.append(f"### {section.label}\n")
         parts.append(table(COLUMNS, [cells(r) for r in srows]))
-        avg = average(srows)
-        if average_view and len({r.speedup for r in srows}) > 1 and avg:
-            parts.append(f"Average over speedups ({section.track}):\n\n" + table(AVERAGE_COLUMNS,
-                                                                                [average_cells(a) for a in avg]))
+        if average_view:
+            text = average_markdown(srows)
+            if text:
+                parts.append(text)
+    if average_view:
+        for metric in ANALYSED:
+            across = across_tracks(rs, metric)
+            if across is not None:
+                parts.append(f"Across tracks (blocks: section, speedup, seed; the methods every track ran): "
+                             f"{analysis_line(across)}; mean ranks: "
+                             + ", ".join(f"{n} {across.mean_ranks[n]:.2f}" for n in across.names) + ".\n")
     if rs:
-        parts.append(LEGEND + (" " + FLAG_LEGEND if any(r.constant_scores for r in rs) else "") + "\n")
+        parts.append(LEGEND + (" " + AVERAGE_LEGEND if average_view else "")
+                     + (" " + FLAG_LEGEND if any(r.constant_scores for r in rs) else "") + "\n")
     return "\n".join(parts)
 
 
@@ -345,3 +566,32 @@ def constant_scores_warning(r: ResultRecord) -> Optional[str]:
         return None
     return (f"warning: {run_name(r)} {r.speedup.target:g}x seed {r.seed}: the scores were constant in every group "
             f"({d.groups} groups), so the channels were chosen by the seeded tie-break alone (at random)")
+
+
+# ------------------------------------------------------------------------------------ seeds by need
+
+def seeds_needed(records: list[ResultRecord], difference: float) -> str:
+    """``sweep --dry-run --target-difference D``: per section, setting, speedup and metric (Final, Pruned+BN), the
+    measured standard deviation of the per-seed differences to the control, the seeds recorded, the difference
+    they can detect (80% power, paired t at 5% / (k − 1)) and the seeds that would detect ``difference``.
+    Raises ``ValueError`` when no cell has 2 seeds shared with the control."""
+    lines = [f"Seeds each cell needs to detect a difference of {difference:g} to the control with 80% power "
+             f"(two-sided paired t-test by seed at 5% / (k − 1), Holm's first step; the spread is the cell's "
+             f"measured standard deviation of the per-seed differences to the control):", "",
+             "| section | setting | speedup | metric | sd of differences | seeds now | detectable now | seeds needed |",
+             "|---|---|---|---|---|---|---|---|"]
+    found = False
+    rs = rows(records)
+    for (section, strategy, recipe), group in groups(rs).items():
+        for metric, label in ANALYSED.items():
+            for p in power_cells(group, metric).values():
+                if p.sd is None:
+                    continue
+                found = True
+                need = cd.seeds_needed(p.sd, difference, p.comparisons)
+                lines.append(f"| {section.track} · base {short(section.base_sha256)} | "
+                             f"{setting_label(strategy, recipe)} | {p.speedup:g}x | {label} | {p.sd:.2f} | {p.n} | "
+                             f"{p.mdd:.2f} | {need} |")
+    if not found:
+        raise ValueError("no cell has two seeds shared with its control: the between-seed spread cannot be measured")
+    return "\n".join(lines)

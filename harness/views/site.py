@@ -3,9 +3,10 @@
 Each track page has one section per base checkpoint (and track version): records of
 different bases are never pooled or ranked together, and a warning names them. A section
 has the leaderboard table (n, mean ± 95% CI over seeds, tie ranks; see
-:mod:`harness.views.leaderboard`), the Average view (mean rank over speedups), a plot of
-the final metric against the achieved speedup per method and of params kept against the
-metric; then the channels every layer kept for a run chosen from a list.
+:mod:`harness.views.leaderboard`), the Average view (the critical-difference analysis of
+:mod:`harness.views.cd` with its diagrams), a plot of the final metric against the achieved speedup
+per method and of params kept against the metric (the best mean ranks coloured, the rest grey);
+then the channels every layer kept for a run chosen from a list.
 Plots are inline SVG (matplotlib), so the site needs no network and no server
 beyond ``python -m http.server`` (``pbench-harness serve``).
 """
@@ -40,7 +41,11 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
-def _plots(records: list[ResultRecord]) -> tuple[str, str]:
+#: methods coloured in the plots (the best mean ranks of the Average view); the rest are grey
+TOP_K = 5
+
+
+def _plots(records: list[ResultRecord], top: list[str]) -> tuple[str, str]:
     os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("PBENCH_CACHE", "/tmp")) / "mpl"))
     import matplotlib
     matplotlib.use("Agg")
@@ -49,25 +54,37 @@ def _plots(records: list[ResultRecord]) -> tuple[str, str]:
     by_method = defaultdict(list)
     for r in ok:
         by_method[lb.run_name(r)].append(r)
+    names = sorted(by_method, key=lambda n: (n in top, n))  # grey first, underneath
+
+    def style(name: str) -> dict:
+        return ({"label": name, "zorder": 3, "color": f"C{top.index(name)}"} if name in top else
+                {"color": "#c4c4c4", "zorder": 1, "lw": .8})
+
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, rs in sorted(by_method.items()):
+    for name in names:
+        rs = by_method[name]
         pts = defaultdict(list)
         for r in rs:
             pts[r.speedup.target].append((r.speedup.achieved, r.metric.final))
         xs = sorted(pts)
         ax.errorbar([sum(a for a, _ in pts[x]) / len(pts[x]) for x in xs],
                     [sum(m for _, m in pts[x]) / len(pts[x]) for x in xs],
-                    yerr=[(max(m for _, m in pts[x]) - min(m for _, m in pts[x])) / 2 for x in xs],
-                    marker="o", capsize=3, label=name)
+                    yerr=[(max(m for _, m in pts[x]) - min(m for _, m in pts[x])) / 2 for x in xs]
+                    if name in top else None, marker="o", ms=4 if name in top else 2, capsize=3, **style(name))
     ax.set_xlabel("achieved MACs speedup")
     ax.set_ylabel(f"final {ok[0].metric.name if ok else 'metric'}")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, title=f"grey: {len(names) - len(top)} others" if len(names) > len(top) else None,
+              title_fontsize=7)
     speed = _svg(fig)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, rs in sorted(by_method.items()):
-        ax.scatter([100 * r.params.pruned / r.params.base for r in rs], [r.metric.final for r in rs], label=name, s=18)
+    for name in names:
+        rs = by_method[name]
+        st = style(name)
+        st.pop("lw", None)
+        ax.scatter([100 * r.params.pruned / r.params.base for r in rs], [r.metric.final for r in rs],
+                   s=18 if name in top else 8, **st)
     ax.set_xlabel("parameters kept (%)")
     ax.set_ylabel("final metric")
     ax.grid(alpha=.3)
@@ -100,13 +117,29 @@ def _table(rows: list[lb.Row], all_columns: bool = False) -> str:
 
 
 def _average_table(rows: list[lb.Row]) -> str:
-    avg = lb.average(rows)
-    if len({r.speedup for r in rows}) < 2 or not avg:
-        return ""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in lb.AVERAGE_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in lb.average_cells(a)) + "</tr>"
-                   for a in avg)
-    return f'<h3>Average over speedups</h3><table class="average"><tr>{head}</tr>{body}</table>'
+    """The Average view of one section: per (strategy, recipe), the analyses of Final and Pruned+BN, their
+    critical-difference diagrams, the table with the control comparisons, the power line."""
+    from harness.views.diagram import cd_diagram
+    parts = []
+    for (_, strategy, recipe), group in lb.groups(rows).items():
+        speedups = sorted({r.speedup for r in group})
+        if len(speedups) < 2 and max((r.final.n for r in group), default=0) < 2:
+            continue
+        analyses = [lb.analysis(group, m) for m in lb.ANALYSED]
+        lines = "".join(f"<p class=legend>{html.escape(lb.analysis_line(a))}.</p>" for a in analyses)
+        figs = "".join("<figure>" + cd_diagram(
+            {str(n): r for n, r in a.mean_ranks.items()}, a.critical_difference,
+            [[str(n) for n in c] for c in a.cliques()],
+            f"{lb.ANALYSED[a.metric]}: mean rank over {a.n_blocks} blocks (speedup, seed)") + "</figure>"
+            for a in analyses if a.friedman_p is not None)
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in lb.average_columns(group))
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in lb.average_cells(a, speedups))
+                       + "</tr>" for a in lb.average(group))
+        parts.append(f"<h3>Average: critical-difference analysis ({html.escape(lb.setting_label(strategy, recipe))})"
+                     f"</h3>{lines}<div class=plots>{figs}</div><table class=\"average\"><tr>{head}</tr>{body}"
+                     f"</table><p class=legend>{html.escape(lb.power_line(group, 'final'))}; "
+                     f"{html.escape(lb.power_line(group, 'pruned_recal'))}.</p>")
+    return "".join(parts)
 
 
 def _warnings(records: list[ResultRecord]) -> str:
@@ -115,7 +148,7 @@ def _warnings(records: list[ResultRecord]) -> str:
 
 def _legend(rows: list[lb.Row]) -> str:
     flag = " " + lb.FLAG_LEGEND if any(r.constant_scores for r in rows) else ""
-    return f'<p class="legend">{html.escape(lb.LEGEND + flag)}</p>'
+    return f'<p class="legend">{html.escape(lb.LEGEND + " " + lb.AVERAGE_LEGEND + flag)}</p>'
 
 
 def _provenance(records: list[ResultRecord]) -> str:
@@ -159,11 +192,14 @@ def build_site(records: list[ResultRecord], out: Path) -> list[Path]:
         blocks = []
         for section, srows in lb.sections(rows).items():
             srecords = [r for r in rs if lb.section_of(r) == section]
-            speed, params = _plots(srecords)
+            first = max(lb.groups(srows).values(), key=len)  # the setting with most rows
+            top = [str(n) for n in lb.analysis(first, "final").names[:TOP_K]]
+            speed, params = _plots(srecords, top)
             blocks.append(f"<h2>{html.escape(section.label)}</h2>{_table(srows)}{_average_table(srows)}"
                           f"<div class=plots><figure>{speed}<figcaption>final metric vs achieved speedup (bars: "
-                          f"range over seeds)</figcaption></figure><figure>{params}<figcaption>parameters kept vs "
-                          f"final metric</figcaption></figure></div>{_provenance(srecords)}")
+                          f"range over seeds; coloured: the {TOP_K} best mean ranks)</figcaption></figure>"
+                          f"<figure>{params}<figcaption>parameters kept vs final metric</figcaption></figure></div>"
+                          f"{_provenance(srecords)}")
         ok = sorted((r for r in rs if r.status == "ok"),
                     key=lambda r: (r.provenance.checkpoint_sha256 or "", r.method.id, r.speedup.target, r.seed))
         several = len(lb.sections(rows)) > 1

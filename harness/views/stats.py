@@ -1,7 +1,8 @@
 """Statistics for leaderboards: summaries over seeds, significance tests, rankings with ties.
 
-A pure library (the standard library only: no torch, numpy or scipy), used by the leaderboard, the
-static site, the recipe-swap report and the web platform. Every function takes plain numbers.
+A library of plain numbers in, plain numbers out (no torch), used by the leaderboard, the static site, the
+recipe-swap report and the web platform. Distributions come from ``scipy.stats``, imported lazily so that
+``pbench-harness --help`` stays fast.
 
 - :func:`summarize`: n, mean, sample standard deviation (``n - 1`` in the denominator) and the 95%
   confidence interval of the mean from Student's t distribution (``mean ± t(0.975, n - 1) · std / √n``).
@@ -19,12 +20,11 @@ static site, the recipe-swap report and the web platform. Every function takes p
   correction** (family-wise error rate 5%); a method's rank is 1 + the number of methods that are
   significantly better than it. Methods that no test separates share a rank; a method with one seed
   can never be separated from anything (no test is possible), so it ties with every other.
-- :func:`average_ranks`: PruningBench's "Average" view: the mean rank of each method over the speedups
-  of a track.
+- The Average view (each method over all of a track's speedups and seeds) is the critical-difference
+  analysis of :mod:`harness.views.cd`.
 - :func:`kendall_tau` (tau-b) and :func:`spearman`: rank agreement of two metrics (ties allowed).
 
-The distribution functions (:func:`t_cdf`, :func:`t_ppf`) use the regularized incomplete beta function
-(continued fraction, Lentz's method); tests check them, the tests and the intervals against scipy.
+The distribution functions (:func:`t_sf`, :func:`t_cdf`, :func:`t_ppf`) are scipy's Student t.
 """
 
 from __future__ import annotations
@@ -37,88 +37,37 @@ from typing import Hashable, Iterable, Literal, Mapping, Optional, Sequence
 ALPHA = 0.05
 CONFIDENCE = 0.95
 
-__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "Ranking", "Summary", "average_ranks", "compare", "fmt", "holm",
+__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "Ranking", "Summary", "compare", "fmt", "holm",
            "kendall_tau", "rank", "spearman", "summarize", "t_cdf", "t_ppf", "t_sf"]
 
 
 # ------------------------------------------------------------------------------------ Student's t
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz's method)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b), 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_sf(t: float, df: float) -> float:
     """Survival function P(T > t) of Student's t with ``df`` > 0 degrees of freedom (df may be fractional)."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
-    return tail if t >= 0 else 1.0 - tail
+    from scipy.stats import t as student  # lazy: `pbench-harness --help` imports no scipy
+    return float(student.sf(t, df))
 
 
 def t_cdf(t: float, df: float) -> float:
     """P(T <= t) of Student's t with ``df`` degrees of freedom."""
-    return 1.0 - t_sf(t, df)
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    from scipy.stats import t as student
+    return float(student.cdf(t, df))
 
 
 @functools.lru_cache(maxsize=1024)
 def t_ppf(q: float, df: float) -> float:
-    """Quantile of Student's t: the ``t`` with ``t_cdf(t, df) == q``, 0 < q < 1 (bisection to 1e-13)."""
+    """Quantile of Student's t: the ``t`` with ``t_cdf(t, df) == q``, 0 < q < 1."""
     if not 0.0 < q < 1.0:
         raise ValueError(f"quantile level must be in (0, 1), got {q}")
-    if q == 0.5:
-        return 0.0
-    if q < 0.5:
-        return -t_ppf(1.0 - q, df)
-    target = 1.0 - q  # upper tail
-    lo, hi = 0.0, 1.0
-    while t_sf(hi, df) > target:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_sf(mid, df) > target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    from scipy.stats import t as student
+    return float(student.ppf(q, df))
 
 
 # ------------------------------------------------------------------------------------ summaries
@@ -308,16 +257,6 @@ def rank(samples: Mapping[Hashable, Mapping[int, float]], alpha: float = ALPHA,
             better[loser] += 1
     means = {k: _mean(list(v.values())) for k, v in samples.items()}
     return Ranking({k: 1 + better[k] for k in names}, means, comparisons, alpha)
-
-
-def average_ranks(ranks: Iterable[Mapping[Hashable, int]]) -> dict[Hashable, tuple[float, int]]:
-    """PruningBench's Average view: per entry, (mean rank over the settings it was ranked in, how many).
-    ``ranks`` holds one rank mapping per setting (e.g. per speedup of a track)."""
-    totals: dict[Hashable, list[int]] = {}
-    for setting in ranks:
-        for name, r in setting.items():
-            totals.setdefault(name, []).append(r)
-    return {name: (math.fsum(rs) / len(rs), len(rs)) for name, rs in totals.items()}
 
 
 # ------------------------------------------------------------------------------------ rank correlation

@@ -4,8 +4,10 @@ The statistics and ranks are the shared library's, so the platform, ``pbench-har
 the static site rank identically. :func:`harness.views.leaderboard.rows` gives one row per (section,
 speedup, strategy, recipe, method, regularizer) with n, mean ± 95% CI (Student t) of the final, pruned and
 pruned+BN metrics, and competition ranks with ties per cell (two-sided paired t-test by seed where the
-seeds pair, else Welch; Holm over all pairs of the cell); the Average view is
-:func:`harness.views.leaderboard.average` (each method's mean rank over the speedups). Records of
+seeds pair, else Welch; Holm over all pairs of the cell); the Average view is the critical-difference
+analysis (:func:`harness.views.leaderboard.average`, :mod:`harness.views.cd`: Friedman mean ranks over the
+blocks (speedup, seed), Nemenyi's critical difference, each method against the control per speedup, the
+minimum detectable difference per cell), on the final metric and on Pruned+BN. Records of
 different base checkpoints or track versions are separate **sections**, never pooled or ranked together,
 and :func:`harness.views.leaderboard.base_warnings` names them.
 
@@ -30,9 +32,8 @@ from harness.views import stats
 from specs.result import ResultRecord
 
 AVERAGE = "average"
-AVERAGE_LEGEND = ("Average: PruningBench's Average view, each method's mean rank over the section's speedups (the "
-                  "ranks of the speedup tabs); Ranked: at how many of those speedups it has a rank (none where no "
-                  "run was ok).")
+AVERAGE_LEGEND = lb.AVERAGE_LEGEND + (" Ranks per speedup: the speedup tabs' ranks (Holm over all pairs of a cell); "
+                                      "Ranked: at how many speedups a method has one.")
 FILTER_LEGEND = "Filters hide rows: a rank is always over every method of its cell."
 
 
@@ -91,16 +92,67 @@ class Entry(BaseModel):
     failed_keys: list[str] = Field(description="run keys of the failed and cancelled runs")
 
 
+class ControlEntry(BaseModel):
+    """One method against the control in one cell (:class:`harness.views.cd.ControlTest`)."""
+
+    diff: float = Field(description="mean(method) - mean(control) over the seeds the test used")
+    p: float = Field(description="two-sided p of the paired t-test by seed (Welch where the seeds do not pair)")
+    p_holm: float = Field(description="Holm-adjusted over the cell's k - 1 comparisons with the control")
+    significant: bool = Field(description="p_holm < 0.05")
+    test: str
+
+
+class Friedman(BaseModel):
+    statistic: float = Field(description="Friedman's chi-square (tie-corrected, scipy.stats.friedmanchisquare)")
+    p: float
+
+
+class Analysis(BaseModel):
+    """The critical-difference analysis of a section on one metric (:class:`harness.views.cd.Analysis`)."""
+
+    metric: str = Field(description="'final' or 'pruned_recal'")
+    friedman: Optional[Friedman] = Field(description="null with fewer than 3 methods or 2 blocks")
+    critical_difference: Optional[float] = Field(description="Nemenyi's CD of mean ranks at 5%")
+    blocks: int = Field(description="blocks (speedup, seed) in which every analysed method has an ok run")
+    methods: int
+    mean_rank: dict[str, float] = Field(description="method -> mean rank over the blocks (1 = best), best first")
+    excluded: list[str] = Field(description="methods left out: no ok run at some speedup")
+    separated: list[list[str]] = Field(description="[better, worse] pairs separated by the critical difference")
+    cliques: list[list[str]] = Field(description="groups of consecutive methods no test separates (the diagram's "
+                                                 "bars)")
+
+    @classmethod
+    def of(cls, a) -> "Analysis":
+        d = lb.analysis_json(a)
+        return cls(**{k: d[k] for k in cls.model_fields})
+
+
+class PowerCell(BaseModel):
+    """What one cell could detect against the control (:class:`harness.views.leaderboard.Power`)."""
+
+    speedup: float
+    sd: Optional[float] = Field(description="pooled standard deviation of the per-seed differences to the control")
+    n: int = Field(description="seeds shared with the control (median over the methods)")
+    comparisons: int = Field(description="k - 1: the test level is 0.05 / comparisons")
+    minimum_detectable_difference: Optional[float] = Field(description="detected with 80% power (paired t)")
+
+
 class AverageEntry(BaseModel):
     """One method (+ regularizer) in the Average view of a section (:class:`harness.views.leaderboard.AverageRow`)."""
 
     name: str
     method: str
     regularizer: str
-    mean_rank: float = Field(description="mean of its ranks over the speedups at which it was ranked")
-    ranked: int = Field(description="speedups at which it was ranked")
+    mean_rank: Optional[float] = Field(description="Friedman mean rank on the final metric over the blocks (speedup, "
+                                                   "seed), 1 = best; null: left out (no ok run at some speedup)")
+    pruned_recal_mean_rank: Optional[float] = Field(description="the same on Pruned+BN")
+    ahead_of: list[str] = Field(description="methods it is separated from by the critical difference, and ahead")
+    behind: list[str] = Field(description="methods separated from it, and ahead of it")
+    versus_control: dict[str, Optional[ControlEntry]] = Field(
+        description="'<speedup>x' -> its comparison with the control on the final metric (null for the control)")
+    ranked: int = Field(description="speedups at which it has a per-cell rank")
     speedups: int = Field(description="speedups of the section")
-    ranks: dict[str, Optional[int]] = Field(description="'<speedup>x' -> its rank there (null: no ok run)")
+    ranks: dict[str, Optional[int]] = Field(description="'<speedup>x' -> its per-cell rank there (null: no ok run)")
     constant_scores: bool
     keys: list[str] = Field(description="run keys of its ok runs at every speedup")
 
@@ -128,6 +180,15 @@ class BoardSection(BaseModel):
     speedups: list[float] = Field(description="target speedups of the section in this setting")
     entries: list[Entry] = Field(description="the view's speedup, best first (empty in the Average view)")
     average: list[AverageEntry] = Field(description="the Average view, best first (empty for a speedup view)")
+    friedman: Optional[Friedman] = Field(None, description="Average view: Friedman's test on the final metric over "
+                                                           "the blocks (speedup, seed)")
+    critical_difference: Optional[float] = Field(None, description="Average view: Nemenyi's critical difference")
+    analysis: Optional[Analysis] = Field(None, description="Average view: the analysis of the final metric")
+    analysis_pruned_recal: Optional[Analysis] = Field(None, description="Average view: the analysis of Pruned+BN")
+    control: str = Field("random", description="the control of the comparisons (the track's)")
+    power: list[PowerCell] = Field(default_factory=list, description="Average view: per speedup, the final "
+                                                                     "metric's minimum detectable difference")
+    power_pruned_recal: list[PowerCell] = Field(default_factory=list)
     points: list[Point] = Field(description="every shown method at every speedup: the charts")
     note: str = ""
 
@@ -198,6 +259,16 @@ def _entry(row: lb.Row, shared_with: list[str]) -> Entry:
         failed_keys=[r.run_key for r in bad])
 
 
+def _control(t) -> Optional[ControlEntry]:
+    return None if t is None else ControlEntry(diff=t.diff, p=t.p, p_holm=t.p_adjusted, significant=t.significant,
+                                               test=t.test)
+
+
+def _power(p: lb.Power) -> PowerCell:
+    return PowerCell(speedup=p.speedup, sd=p.sd, n=p.n, comparisons=p.comparisons,
+                     minimum_detectable_difference=p.mdd)
+
+
 def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], shown) -> BoardSection:
     by_rank: dict[tuple, list[str]] = defaultdict(list)  # the rows of a cell that share a rank
     for r in rows:
@@ -207,19 +278,27 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
     entries = [] if target is None else [
         _entry(r, [n for n in by_rank[(r.setting, r.rank)] if n != r.name] if r.rank is not None else [])
         for r in visible if r.speedup == target]
-    average = []
+    average, extra = [], {}
     if target is None:
+        final, recal = lb.analysis(rows, "final"), lb.analysis(rows, "pruned_recal")
         for a in lb.average(rows):
             if not shown(a.method, a.regularizer):
                 continue
             mine = [r for r in rows if (r.method, r.regularizer) == (a.method, a.regularizer)]
-            name = mine[0].name
             complete = a.ranked == a.speedups
             average.append(AverageEntry(
-                name=name, method=a.method, regularizer=a.regularizer, mean_rank=a.mean_rank, ranked=a.ranked,
-                speedups=a.speedups, ranks={f"{r.speedup:g}x": r.rank for r in mine},
+                name=a.name, method=a.method, regularizer=a.regularizer, mean_rank=a.mean_rank,
+                pruned_recal_mean_rank=recal.mean_ranks.get(a.name), ahead_of=a.better_than, behind=a.worse_than,
+                versus_control={f"{r.speedup:g}x": _control(a.versus_control.get(r.speedup)) for r in mine},
+                ranked=a.ranked, speedups=a.speedups, ranks={f"{r.speedup:g}x": r.rank for r in mine},
                 constant_scores=a.constant_scores,
                 keys=[k for r in mine for k in sorted(_ok_keys(r))] if complete else []))
+        extra = dict(friedman=None if final.friedman_p is None else Friedman(statistic=final.friedman_statistic,
+                                                                             p=final.friedman_p),
+                     critical_difference=final.critical_difference, analysis=Analysis.of(final),
+                     analysis_pruned_recal=Analysis.of(recal), control=lb.control_of(section.track),
+                     power=[_power(p) for p in lb.power_cells(rows, "final").values()],
+                     power_pruned_recal=[_power(p) for p in lb.power_cells(rows, "pruned_recal").values()])
     points = [Point(name=r.name, speedup=r.speedup, achieved=r.achieved, final=Stat.of(r.final),
                     latency_speedup=r.latency_speedup, rank=r.rank, pareto=False)
               for r in visible if r.final.mean is not None]
@@ -233,7 +312,7 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
             "rank: run more seeds to rank it" if single else "")
     return BoardSection(track=section.track, track_hash=section.track_hash, base_sha256=section.base_sha256,
                         label=section.label, runs=sum(len(r.records) for r in rows), speedups=sorted({r.speedup for r in rows}),
-                        entries=entries, average=average, points=points, note=note)
+                        entries=entries, average=average, points=points, note=note, **extra)
 
 
 def board(records: list[ResultRecord], track: str, setting: Optional[str] = None, view: str = AVERAGE,
@@ -272,12 +351,12 @@ def board(records: list[ResultRecord], track: str, setting: Optional[str] = None
 
 
 def leaders(b: Leaderboard) -> list[AverageEntry]:
-    """The best of the Average view of ``b``'s section with most runs: ranked at most speedups, then lowest mean
-    rank (several when they tie)."""
+    """The best of the Average view of ``b``'s section with most runs: the lowest mean rank (several when they
+    tie exactly)."""
     if not b.sections:
         return []
-    avg = max(b.sections, key=lambda s: s.runs).average
+    avg = [a for a in max(b.sections, key=lambda s: s.runs).average if a.mean_rank is not None]
     if not avg:
         return []
-    best = (avg[0].ranked, avg[0].mean_rank)
-    return [a for a in avg if (a.ranked, a.mean_rank) == best]
+    best = min(a.mean_rank for a in avg)
+    return [a for a in avg if a.mean_rank == best]

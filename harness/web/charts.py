@@ -6,22 +6,17 @@ links. Coordinates are in data units; axes get "nice" ticks.
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Optional, Sequence
 
-#: Tableau 10: distinguishable, and readable on white
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#bab0ac"]
+from harness.views.diagram import PALETTE, _esc, _svg, cd_diagram, color
+
+__all__ = ["PALETTE", "cd_diagram", "channel_bars", "color", "line_chart", "nice_ticks", "scatter_chart"]
+
 DASHES = ["", "5 3", "2 2", "8 3 2 3"]
 
 
-def color(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
-
-
-def _esc(s) -> str:
-    return html.escape(str(s), quote=True)
+GREY = "#c4c4c4"
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -91,11 +86,6 @@ class _Frame:
         return "".join(parts)
 
 
-def _svg(width: int, height: int, body: str, label: str) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{_esc(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>')
-
-
 def _legend(names: list[str]) -> str:
     items = "".join(f'<li><span class="swatch" style="background:{color(i)}"></span>{_esc(n)}</li>'
                     for i, n in enumerate(names))
@@ -108,37 +98,48 @@ def _error_bar(cx: float, y_lo: float, y_hi: float, c: str) -> str:
 
 
 def line_chart(series: dict[str, list[tuple[float, float, Optional[float], str]]], xlabel: str, ylabel: str,
-               logx: bool = True, width: int = 620, height: int = 360) -> str:
-    """One line per series through (x, y) points with ±err bars; each point: (x, y, err, tooltip)."""
+               logx: bool = True, width: int = 620, height: int = 360, highlight: Optional[list[str]] = None) -> str:
+    """One line per series through (x, y) points with ±err bars; each point: (x, y, err, tooltip). With
+    ``highlight``, only those series are coloured (and have error bars and a legend entry); the others are thin
+    grey lines drawn underneath, still with tooltips."""
     xs = [p[0] for pts in series.values() for p in pts]
     ys = [v for pts in series.values() for p in pts for v in ((p[1] - (p[2] or 0)), p[1] + (p[2] or 0))]
     if not xs:
         return '<p class="empty">no finished runs to plot yet</p>'
     f = _Frame(xs, ys, width, height, logx, xlabel, ylabel)
     body = [f.axes()]
-    for i, (name, pts) in enumerate(series.items()):
-        pts = sorted(pts)
-        c, dash = color(i), DASHES[(i // len(PALETTE)) % len(DASHES)]
+    shown = [n for n in series if highlight is None or n in highlight]
+    grey = [n for n in series if n not in shown]
+    for name in grey + shown:  # grey first: the highlighted lines are drawn on top
+        pts = sorted(series[name])
+        i = shown.index(name) if name in shown else -1
+        c = color(i) if i >= 0 else GREY
+        dash = DASHES[(i // len(PALETTE)) % len(DASHES)] if i >= 0 else ""
         path = " ".join(f"{'M' if j == 0 else 'L'}{f.px(x):.1f},{f.py(y):.1f}" for j, (x, y, _, _) in enumerate(pts))
-        body.append(f'<path d="{path}" fill="none" stroke="{c}" stroke-width="1.8" stroke-dasharray="{dash}"/>')
+        body.append(f'<path d="{path}" fill="none" stroke="{c}" stroke-width="{1.8 if i >= 0 else 1}" '
+                    f'stroke-dasharray="{dash}"/>')
         for x, y, err, tip in pts:
             cx, cy = f.px(x), f.py(y)
-            if err:
+            if err and i >= 0:
                 body.append(_error_bar(cx, f.py(y - err), f.py(y + err), c))
-            body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" fill="{c}"><title>{_esc(name)}: '
-                        f'{_esc(tip)}</title></circle>')
-    return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{_legend(list(series))}</div>'
+            body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{3.5 if i >= 0 else 2.5}" fill="{c}"><title>'
+                        f'{_esc(name)}: {_esc(tip)}</title></circle>')
+    legend = _legend(shown) + (f'<p class="muted legend-grey">grey: {len(grey)} other'
+                               f'{"s" if len(grey) > 1 else ""} ({_esc(", ".join(grey))})</p>' if grey else "")
+    return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{legend}</div>'
 
 
 def scatter_chart(points: list[tuple[str, float, float, Optional[float], str, Optional[str]]],
                   front: list[tuple[float, float]], xlabel: str, ylabel: str, width: int = 620,
-                  height: int = 360) -> str:
+                  height: int = 360, highlight: Optional[list[str]] = None) -> str:
     """Points (series name, x, y, ±err or None, tooltip, link) coloured by series, with error bars, and a step
-    line through ``front``."""
+    line through ``front``; with ``highlight``, the other series' points are small, grey and drawn first."""
     pts = [p for p in points if p[1] is not None and p[2] is not None]
     if not pts:
         return '<p class="empty">no runs with a latency measurement yet</p>'
-    names = list(dict.fromkeys(p[0] for p in pts))
+    names = [n for n in dict.fromkeys(p[0] for p in pts) if highlight is None or n in highlight]
+    grey = [n for n in dict.fromkeys(p[0] for p in pts) if n not in names]
+    pts.sort(key=lambda p: p[0] in names)  # grey underneath
     f = _Frame([p[1] for p in pts], [v for p in pts for v in (p[2] - (p[3] or 0), p[2] + (p[3] or 0))], width,
                height, False, xlabel, ylabel)
     body = [f.axes()]
@@ -146,13 +147,15 @@ def scatter_chart(points: list[tuple[str, float, float, Optional[float], str, Op
         path = "M" + " L".join(f"{f.px(x):.1f},{f.py(y):.1f}" for x, y in sorted(front))
         body.append(f'<path d="{path}" class="front"/>')
     for name, x, y, err, tip, href in pts:
-        c = color(names.index(name))
-        if err:
+        c = color(names.index(name)) if name in names else GREY
+        if err and name in names:
             body.append(_error_bar(f.px(x), f.py(y - err), f.py(y + err), c))
-        dot = (f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="4" fill="{c}" fill-opacity=".85">'
-               f'<title>{_esc(name)}: {_esc(tip)}</title></circle>')
+        dot = (f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="{4 if name in names else 2.5}" fill="{c}" '
+               f'fill-opacity=".85"><title>{_esc(name)}: {_esc(tip)}</title></circle>')
         body.append(f'<a href="{_esc(href)}">{dot}</a>' if href else dot)
-    return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{_legend(names)}</div>'
+    legend = _legend(names) + (f'<p class="muted legend-grey">grey: {len(grey)} other'
+                               f'{"s" if len(grey) > 1 else ""} ({_esc(", ".join(grey))})</p>' if grey else "")
+    return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{legend}</div>'
 
 
 def channel_bars(layers: list[tuple[str, int, int]], width: int = 1000) -> str:
@@ -175,3 +178,4 @@ def channel_bars(layers: list[tuple[str, int, int]], width: int = 1000) -> str:
             f'<text x="{left + before * scale + 5:.1f}" y="{y + 11}" class="tick">{after}/{before} '
             f'({kept:.0%})</text></g>')
     return _svg(width, height, "".join(body), "channels per layer")
+

@@ -137,22 +137,50 @@ def run_page(request: Request, who: Who, key: str):
                    live=run["status"] in ("queued", "running"))
 
 
+#: series coloured in the track page's charts (the rest are grey)
+TOP_K = 5
+
+
+def _top(section: BoardSection, k: int = TOP_K) -> list[str]:
+    """The ``k`` series the charts colour: the best mean ranks of the Average view, else the best mean final
+    metric over the section's speedups."""
+    if section.analysis is not None and section.analysis.mean_rank:
+        return list(section.analysis.mean_rank)[:k]
+    means: dict[str, list[float]] = {}
+    for p in section.points:
+        means.setdefault(p.name, []).append(p.final.mean)
+    return sorted(means, key=lambda n: -sum(means[n]) / len(means[n]))[:k]
+
+
+def _cd_svgs(section: BoardSection) -> list[str]:
+    """The Average view's critical-difference diagrams (Final, Pruned+BN)."""
+    out = []
+    for a, title in ((section.analysis, "Final"), (section.analysis_pruned_recal, "Pruned+BN")):
+        if a is not None and a.friedman is not None:
+            out.append(charts.cd_diagram(a.mean_rank, a.critical_difference, a.cliques,
+                                         f"{title}: mean rank over {a.blocks} blocks (speedup, seed), "
+                                         f"Friedman p = {a.friedman.p:.2g}"))
+    return out
+
+
 def _charts(section: BoardSection, metric: str) -> tuple[str, str]:
     """The section's two charts: final metric vs achieved speedup (95% CI bars), and vs measured latency speedup
-    with the Pareto front of the means."""
+    with the Pareto front of the means; the best :data:`TOP_K` methods coloured, the rest grey."""
+    top = _top(section)
     series: dict[str, list] = {}
     for p in section.points:
         x = p.achieved or p.speedup
         tip = (f"{p.speedup:g}x target, {x:.2f}x achieved: {p.final.text} (n={p.final.n}"
                + (", 95% CI" if p.final.half_width is not None else "") + f"), rank {p.rank or '-'}")
         series.setdefault(p.name, []).append((x, p.final.mean, p.final.half_width, tip))
-    speed = charts.line_chart(series, "achieved MACs speedup (log scale)", f"final {metric}")
+    speed = charts.line_chart(series, "achieved MACs speedup (log scale)", f"final {metric}", highlight=top)
     timed = [p for p in section.points if p.latency_speedup is not None]
     points = [(p.name, p.latency_speedup, p.final.mean, p.final.half_width,
                f"{p.speedup:g}x: latency speedup {p.latency_speedup:.2f}x, {metric} {p.final.text}", None)
               for p in timed]
     front = [(p.latency_speedup, p.final.mean) for p in timed if p.pareto]
-    latency = charts.scatter_chart(points, front, "measured latency speedup, batch 1 (x)", f"final {metric}")
+    latency = charts.scatter_chart(points, front, "measured latency speedup, batch 1 (x)", f"final {metric}",
+                                   highlight=top)
     return speed, latency
 
 
@@ -174,7 +202,7 @@ def board_page(request: Request, who: Who, track: str, setting: Optional[str] = 
         return f"/tracks/{quote(track)}?" + urlencode(q, doseq=True)
 
     return _render(request, "board.html", who, b=b, link=link, n_records=len(records), flag=FLAG,
-                   blocks=[(s, *_charts(s, b.metric)) for s in b.sections])
+                   blocks=[(s, *_charts(s, b.metric), _cd_svgs(s)) for s in b.sections], top_k=TOP_K)
 
 
 @router.get("/compare", response_class=HTMLResponse)

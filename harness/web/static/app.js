@@ -240,6 +240,8 @@ function initRun() {
   const root = $("#run");
   if (!root) return;
   const key = root.dataset.key, wasLive = root.dataset.live === "1";
+  // a finished run's page shows its record (rendered by the server) until live events replace it
+  const fromRecord = root.dataset.record === "1" && !wasLive;
   const log = $("#run-log");
   const cancel = $("#cancel-run");
   if (cancel) cancel.addEventListener("click", async () => {
@@ -252,14 +254,14 @@ function initRun() {
   const opened = Date.now() / 1000;
   const render = () => {
     const names = Object.keys(stages).sort((a, b) => STAGE_ORDER.indexOf(a) - STAGE_ORDER.indexOf(b));
-    $("#stages").innerHTML = names.length ? names.map((s) => {
+    if (!(fromRecord && !names.length)) $("#stages").innerHTML = names.length ? names.map((s) => {
       const st = stages[s], pct = st.total ? (100 * st.done) / st.total : 0;
       const info = st.loss !== undefined ? `loss ${fmt(st.loss, 4)}` : st.speedup !== undefined ? `${fmt(st.speedup)}x` : "";
       return `<span class="name">${esc(s)}</span><div class="bar"><i style="width:${pct}%"></i></div><span class="info">${st.done}/${st.total}</span><span class="info">${esc(info)}</span>`;
     }).join("") : '<span class="muted" style="grid-column: 1 / -1">waiting for events…</span>';
-    $("#metrics").innerHTML = ["base", "pruned", "final"].map((k) => `<div>${k === "pruned" ? "after pruning" : k}</div><div><b>${fmt(metrics[k])}</b> ${metrics.name || ""}</div>`).join("");
-    $("#probes").innerHTML = probes.length ? `<table class="data"><thead><tr><th>round</th><th>MACs</th><th>speedup</th></tr></thead><tbody>${probes.map((p) => `<tr><td>${p.done}/${p.total}</td><td>${(p.macs / 1e6).toFixed(2)}M</td><td>${fmt(p.speedup)}x</td></tr>`).join("")}</tbody></table>` : '<span class="muted">none yet</span>';
-    $("#loss-chart").innerHTML = lossChart(loss);
+    if (!fromRecord) $("#metrics").innerHTML = ["base", "pruned", "final"].map((k) => `<div>${k === "pruned" ? "after pruning" : k}</div><div><b>${fmt(metrics[k])}</b> ${metrics.name || ""}</div>`).join("");
+    if (!(fromRecord && !probes.length)) $("#probes").innerHTML = probes.length ? `<table class="data"><thead><tr><th>round</th><th>MACs</th><th>speedup</th></tr></thead><tbody>${probes.map((p) => `<tr><td>${p.done}/${p.total}</td><td>${(p.macs / 1e6).toFixed(2)}M</td><td>${fmt(p.speedup)}x</td></tr>`).join("")}</tbody></table>` : '<span class="muted">none yet</span>';
+    if (!(fromRecord && !Object.keys(loss).length)) $("#loss-chart").innerHTML = lossChart(loss);
     log.textContent = lines.join("\n");
     log.scrollTop = log.scrollHeight;
   };
