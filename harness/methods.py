@@ -58,8 +58,11 @@ def load_source(path: Path) -> MethodSource:
 
 
 def find_method(name_or_path: str) -> MethodSource:
-    """A registered id, or a path to a method folder."""
+    """A registered id (always the registered method, whatever the working directory holds), or a path to
+    a method folder."""
     path = Path(name_or_path)
+    if os.sep not in name_or_path and name_or_path in discover().names():
+        return discover().get(name_or_path)
     if os.sep in name_or_path or (path.is_dir() and (path / "manifest.json").exists()):
         if not (path / "manifest.json").is_file():
             raise HarnessError(f"{path}: not a method folder (no manifest.json)")

@@ -45,7 +45,11 @@ def registry() -> Registry[TrackConfig]:
 
 
 def load_track(name_or_path: str) -> TrackConfig:
+    """A registered track id (always the registered track, whatever the working directory holds), else a
+    track file."""
     path = Path(name_or_path)
+    if name_or_path in registry().names():
+        return registry().get(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") or path.exists():
         return parse_track_file(path)
     return registry().get(name_or_path)

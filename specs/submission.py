@@ -38,7 +38,8 @@ class ConformanceReport(Versioned):
 class ImageInfo(Strict):
     tag: str
     digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="image ID (content digest of its config)")
-    archive: str = Field("image.tar", description="`docker save` of the image, beside submission.json")
+    archive: str = Field("image.tar", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$",
+                         description="`docker save` of the image: a file name beside submission.json")
     archive_sha256: Sha256
     size_bytes: int = Field(ge=0)
 

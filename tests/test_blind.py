@@ -84,6 +84,28 @@ def test_blind_eval_statuses(tiny_track_file, tmp_path):
     (tampered / "submission.json").write_text(json.dumps(claim))
     (subs / "garbage-0.0.1").mkdir()
     (subs / "garbage-0.0.1" / "submission.json").write_text("{not json")
+    # hostile bundles the checks must reject in one line while the others are still evaluated (issue 18)
+    (subs / "fifo-0.0.1").mkdir()
+    os.mkfifo(subs / "fifo-0.0.1" / "submission.json")  # a read would block forever
+    (subs / "latin-0.0.1").mkdir()
+    (subs / "latin-0.0.1" / "submission.json").write_bytes(b"\xff\xfe{}")
+    outside = good.model_dump(mode="json")
+    outside["image"]["archive"] = "../blind_ok-0.1.0/image.tar"  # an archive outside its bundle
+    (subs / "outside-0.1.0").mkdir()
+    (subs / "outside-0.1.0" / "submission.json").write_text(json.dumps(outside))
+    import hashlib
+    import io
+    import tarfile
+    odd = subs / "odd-0.1.0"  # an archive whose index.json has the wrong shapes
+    odd.mkdir()
+    with tarfile.open(odd / "image.tar", "w") as tar:
+        data = json.dumps({"manifests": 5}).encode()
+        info = tarfile.TarInfo("index.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    claim_odd = good.model_dump(mode="json")
+    claim_odd["image"]["archive_sha256"] = hashlib.sha256((odd / "image.tar").read_bytes()).hexdigest()
+    (odd / "submission.json").write_text(json.dumps(claim_odd))
 
     track = tmp_path / "hidden.yaml"
     track.write_text(HIDDEN_TRACK)
@@ -98,6 +120,11 @@ def test_blind_eval_statuses(tiny_track_file, tmp_path):
     assert status["prying-1.0.0"].startswith("failed: ") and "FileNotFoundError" in status["prying-1.0.0"]
     assert status["tampered-0.1.0"] == "rejected: digest mismatch"
     assert status["garbage-0.0.1"].startswith("rejected: invalid submission.json")
+    assert status["fifo-0.0.1"] == "rejected: no submission.json (a regular file)"
+    assert status["latin-0.0.1"].startswith("rejected: invalid submission.json")
+    assert status["outside-0.1.0"].startswith("rejected: invalid submission.json") and "archive" in status[
+        "outside-0.1.0"]
+    assert status["odd-0.1.0"].startswith("rejected: ") and "\n" not in status["odd-0.1.0"]
     text = (out / "status.json").read_text() + res.output
     assert str(hidden) not in text and "<hidden>" in status["prying-1.0.0"]  # redacted for submitters
     board = (out / "leaderboard.md").read_text()

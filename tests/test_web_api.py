@@ -601,9 +601,9 @@ def test_a_method_whose_checks_fail_keeps_its_reason_not_its_files(tmp_path):
     """The failed upload cannot be used as a staging area for files on the server (issue 18): its record says
     why it failed, its folder is gone, and the same id and version may be uploaded again (replacing it)."""
     store = tmp_path / "s"
-    files = _method_files("broken_l1")
+    files = _method_files("broken_l1", version="1.0.0-RC1")  # capitals in a version: still checked
     files["method.py"] = files["method.py"] + "\nraise SystemExit('import-time failure')\n"
-    app = create_app(ServerConfig(store=store), start_queue=False)
+    app = create_app(ServerConfig(store=store, max_uploads_per_user=1), start_queue=False)
     with TestClient(app, base_url=BASE) as client:
         client.headers[CSRF_HEADER] = client.get("/api/me").json()["csrf"]
         res = client.post("/api/uploads/methods", files={"file": ("m.zip", _zip(tmp_path, files))})
@@ -617,5 +617,19 @@ def test_a_method_whose_checks_fail_keeps_its_reason_not_its_files(tmp_path):
         files["method.py"] += "# another try\n"
         res = client.post("/api/uploads/methods", files={"file": ("m.zip", _zip(tmp_path, files, "again.zip"))})
         assert res.status_code == 201 and res.json()["status"] == "checking", res.text
-        app.state.platform.uploads.wait_checks()
         assert [m["name"] for m in client.get("/api/uploads").json()["methods"]] == [res.json()["name"]]
+        res = client.post("/api/uploads/methods", files={"file": ("m.zip", _zip(tmp_path, _method_files("third_l1"),
+                                                                                 "third.zip"))})
+        assert res.status_code == 429 and "at most 1" in res.json()["error"], res.text  # this server's quota
+        app.state.platform.uploads.wait_checks()  # (one being checked counts; a rejected one does not)
+    # a server that stopped before a check ended checks it again when it starts
+    up = json.loads(next((store / ".web" / "uploads" / "methods").glob("broken*/upload.json")).read_text())
+    (store / ".web" / "uploads" / "methods" / up["name"] / "method").mkdir()
+    for name, text in files.items():
+        (store / ".web" / "uploads" / "methods" / up["name"] / "method" / name).write_text(text)
+    (store / ".web" / "uploads" / "methods" / up["name"] / "upload.json").write_text(
+        json.dumps({**up, "status": "checking", "detail": "conformance checks queued"}))
+    app = create_app(ServerConfig(store=store), start_queue=False)
+    with TestClient(app, base_url=BASE) as client:
+        app.state.platform.uploads.wait_checks()
+        assert [m["status"] for m in client.get("/api/uploads").json()["methods"]] == ["failed"]

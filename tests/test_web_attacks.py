@@ -40,7 +40,7 @@ from pathlib import Path
 from harness.web.app import create_app
 from harness.web.config import ServerConfig
 store, users, port = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-app = create_app(ServerConfig(store=store, users_file=users, port=port), start_queue=False)
+app = create_app(ServerConfig(store=store, users_file=users, port=port, upload_idle_s=2), start_queue=False)
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 """
 
@@ -66,6 +66,11 @@ class Shared:
         evil_path.mkdir()
         (evil_path / "pbench_evil_module.py").write_text(
             f"open({str(self.markers / 'imported')!r}, 'w').close()\ndef factory(**kw):\n    return None\n")
+        # folders in the server's working directory named like a registered track and method: names are
+        # looked up in the registries, never in the working directory
+        (root / "digits-resnet18").mkdir()
+        (root / "lamp").mkdir()
+        (root / "lamp" / "manifest.json").write_text("{}")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(evil_path)]), "PBENCH_NO_PROGRESS": "1"}
@@ -134,6 +139,7 @@ def _evil_pickle(path: Path, marker: Path) -> Path:
     ("model", "os:getcwd"),
     ("model", "torchvision:../../etc/passwd"),
     ("model", "timm:hf-hub:someone/model"),
+    ("model", "pbench_evil_module:x"),
     ("track", "{root}/track.yaml"),
     ("track", "harness"),                       # a folder in the server's working directory, not a track id
     ("methods", ["{root}/method"]),
@@ -324,11 +330,13 @@ def test_a_shared_run_survives_one_users_cancel(server):
 
 
 # -- one-line 4xx for hostile requests ---------------------------------------------------------------
-def _raw(server, method: str, path: str, headers: dict[str, bytes], body: bytes = b"") -> tuple[int, dict]:
-    """A request whose header bytes are sent as given (httpx would refuse non-ASCII)."""
+def _raw(server, method: str, path: str, headers: dict[str, bytes], body: bytes = b"",
+         length: int | None = None) -> tuple[int, dict]:
+    """A request whose header bytes are sent as given (httpx would refuse non-ASCII); ``length`` may promise
+    more body than is sent."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         lines = [f"{method} {path} HTTP/1.1".encode(), f"Host: 127.0.0.1:{server.port}".encode(),
-                 f"Content-Length: {len(body)}".encode(), b"Connection: close"]
+                 f"Content-Length: {len(body) if length is None else length}".encode(), b"Connection: close"]
         lines += [k.encode() + b": " + v for k, v in headers.items()]
         s.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         data = b""
@@ -393,6 +401,78 @@ def test_no_answer_shows_a_server_path(server, tmp_path):
     bodies.append(server.client["alice"].post("/api/plans?dry_run=true", json={**PLAN, "track": "cifar10-resnet18"}).text)
     for text in bodies:
         assert str(server.root) not in text and str(server.store) not in text, text[:500]
+
+
+def test_a_kind_the_harness_does_not_build_is_never_imported(server):
+    """``kind:name`` whose kind the harness does not build would be read as ``<module>:<factory>``: refused
+    for a module named after the kind too (a module ``pbench_evil_module`` with an import-time side effect)."""
+    res = server.client["alice"].post("/api/plans?dry_run=true", json={
+        "model": "pbench_evil_module:anything", "dataset": "digits", "methods": ["lamp"]})
+    _one_line_4xx(res, 422, "model")
+    assert server.markers_left() == []
+
+
+def test_a_deeply_nested_safetensors_header_gets_422(server):
+    bomb = (200_001).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000 + b" "
+    res = server.client["bob"].post("/api/uploads/models", data={"architecture": "resnet18", "dataset": "digits"},
+                                    files={"file": ("w.safetensors", bomb)})
+    assert "not a safetensors file" in _one_line_4xx(res, 422)["error"]
+
+
+def test_a_dry_run_never_trains_a_base_on_a_shared_server(server):
+    res = server.client["alice"].post("/api/plans?dry_run=true", json={**PLAN, "track": "cifar10-resnet18"})
+    body = _one_line_4xx(res, 422, "track")
+    assert "pbench-harness pretrain cifar10-resnet18" in body["error"] or "no data" in body["error"], body
+    assert not list((server.root / ".cache").rglob("*.tmp")) if (server.root / ".cache").exists() else True
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_place(server):
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.zip\"\r\n\r\n").encode()
+    status, body = _raw(server, "POST", "/api/uploads/methods",
+                        {"Authorization": f"Bearer {TOKENS['bob']}".encode(),
+                         "Content-Type": f"multipart/form-data; boundary={boundary}".encode()},
+                        head + b"x" * 10, length=len(head) + 4096)
+    assert status == 408 and "paused" in body["error"], body
+    res = server.client["bob"].post("/api/uploads/methods", files={"file": ("m.zip", b"not a zip")})
+    _one_line_4xx(res, 422)  # not 429: the stalled upload let its place go
+    assert [p for p in (server.store / ".web" / "uploads" / "methods").rglob("*") if p.is_file()] == []
+
+
+def test_the_plan_page_renders(server):
+    plan = server.client["alice"].post("/api/plans", json={**PLAN, "seeds": [5]}).json()["plan"]["id"]
+    res = server.client["alice"].get(f"/plans/{plan}", headers={"Accept": "text/html"})
+    assert res.status_code == 200 and plan in res.text
+
+
+def test_a_user_taken_out_of_the_users_file_loses_access_without_a_restart(server):
+    users = server.root / "users.yaml"
+    before = users.read_text()
+    carol = "carol-token-0123456789"
+    users.write_text(before + f"  - {{name: carol, token_sha256: {token_sha256(carol)}}}\n")
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {carol}"}, timeout=30) as c:
+        for _ in range(50):
+            if c.get("/api/me").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert c.get("/api/me").json()["user"] == "carol"
+        users.write_text(before)
+        for _ in range(50):
+            if c.get("/api/me").status_code == 401:
+                break
+            time.sleep(0.1)
+        _one_line_4xx(c.get("/api/me"), 401)
+
+
+def test_logins_keep_a_bounded_number_of_sessions(server):
+    from harness.web.auth import MAX_SESSIONS
+    cookies = []
+    for _ in range(MAX_SESSIONS + 2):
+        with httpx.Client(base_url=server.url, timeout=30) as browser:
+            assert browser.post("/api/session", json={"token": TOKENS["root"]}).status_code == 200
+            cookies.append(browser.cookies["pbench_session"])
+    alive = [httpx.get(f"{server.url}/api/me", cookies={"pbench_session": c}).status_code for c in cookies]
+    assert alive == [401, 401] + [200] * MAX_SESSIONS
 
 
 # -- the whole API, fuzzed from its own schema ---------------------------------------------------------

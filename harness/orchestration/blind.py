@@ -58,8 +58,10 @@ class BlindResult:
 
 def load_bundle(bundle: Path) -> Submission:
     path = bundle / SUBMISSION_FILE
+    if not path.is_file() or path.is_symlink():  # a FIFO would block the read, a link leave the bundle
+        raise Rejected(f"no {SUBMISSION_FILE} (a regular file)")
     try:
-        return Submission.model_validate_json(path.read_text())
+        return Submission.model_validate_json(path.read_bytes())
     except OSError:
         raise Rejected(f"no {SUBMISSION_FILE}") from None
     except ValidationError as e:
@@ -160,6 +162,11 @@ def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Opti
             digest = load_image(bundle, sub)
         except Rejected as e:
             results.append(BlindResult(bundle.name, f"rejected: {e}"))
+            continue
+        except HarnessError:
+            raise  # the organizers' problem (no engine, no disk): not the bundle's
+        except Exception as e:  # a hostile bundle the checks did not foresee: this bundle fails, the others run
+            results.append(BlindResult(bundle.name, f"rejected: unreadable bundle ({type(e).__name__})"))
             continue
         source = MethodSource(sub.manifest.id, bundle.resolve(), sub.manifest)
         records = []

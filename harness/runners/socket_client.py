@@ -34,7 +34,6 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as safetensors_bytes
-from safetensors.torch import save_file
 
 import harness
 from harness.errors import MethodFailure
@@ -194,8 +193,12 @@ class SocketClient(MethodClient):
         self._counter += 1
         name = f"{stem}-{self._counter:05d}.safetensors"
         self._own.add(name)
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(self.exchange / name))
-        os.chmod(self.exchange / name, 0o644)
+        data = safetensors_bytes({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+        # a new file, never through a link the method may have planted, readable by the container's user
+        fd = os.open(self.exchange / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
         return TensorFile(file=name, keys=sorted(tensors))
 
     def _discard(self, name: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -71,7 +70,7 @@ def me(request: Request, who: User) -> Me:
 
 
 @router.post("/session", response_model=Me, tags=["session"])
-def login(body: Login, request: Request, response: Response) -> Me:
+async def login(body: Login, request: Request, response: Response) -> Me:
     """Exchange a token for a session cookie (HttpOnly, SameSite=Strict)."""
     platform = P(request)
     platform.auth.check_host(request)
@@ -80,7 +79,7 @@ def login(body: Login, request: Request, response: Response) -> Me:
         raise HTTPException(403, f"cross-origin login from {origin} refused")
     user = platform.auth.by_token(body.token)
     if user is None:
-        time.sleep(0.5)  # slow down guessing
+        await asyncio.sleep(0.5)  # slow down guessing (without holding a worker thread)
         raise HTTPException(401, "unknown token")
     response.set_cookie(COOKIE, platform.auth.sessions.open(user.name), max_age=int(platform.cfg.session_hours * 3600),
                         httponly=True, samesite="strict", secure=platform.cfg.https or request.url.scheme == "https")
@@ -219,7 +218,7 @@ def plan_log(plan_id: str, request: Request, who: User, offset: Annotated[int, Q
     """The plan worker's log (the sweep's per-run lines) from byte ``offset``."""
     platform = P(request)
     _plan(platform, plan_id)
-    return _read_log(platform, platform.queue.log_path(plan_id), offset)
+    return read_log(platform, platform.queue.log_path(plan_id), offset)
 
 
 def _redacted(platform, data):
@@ -227,7 +226,7 @@ def _redacted(platform, data):
     return json.loads(platform.redact(json.dumps(data)))
 
 
-def _read_log(platform, path: Path, offset: int, limit: int = 256 * 1024) -> dict:
+def read_log(platform, path: Path, offset: int, limit: int = 256 * 1024) -> dict:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -269,7 +268,7 @@ async def plan_events(plan_id: str, request: Request, who: User):
             if seen.get(run["key"]) != sig:
                 seen[run["key"]] = sig
                 yield ServerSentEvent(event="run", data=_redacted(platform, run))
-        log = _read_log(platform, platform.queue.log_path(plan_id), offset)
+        log = read_log(platform, platform.queue.log_path(plan_id), offset)
         if log["text"]:
             offset = log["offset"]
             yield ServerSentEvent(event="log", data=log["text"])
@@ -435,7 +434,7 @@ async def _receive(request: Request, who: Principal, kind: str, limit_mb: float)
     dest = P(request).uploads.incoming(kind)
     try:
         fields, filename, digest, size = await receive_form(request.stream(), request.headers.get("content-type", ""),
-                                                            dest, int(limit_mb * 2**20))
+                                                            dest, int(limit_mb * 2**20), P(request).cfg.upload_idle_s)
     except ClientDisconnect:  # the file is gone already; nobody reads the answer
         raise UploadError("the upload was interrupted", 400) from None
     return fields, filename, dest, digest, size
@@ -455,13 +454,14 @@ def list_uploads(request: Request, who: User) -> dict:
                  ["architecture", "dataset"]),
              responses={413: {"model": ErrorOut, "description": "too large"}, 415: {"model": ErrorOut, "description": "not a multipart form"},
                         422: {"model": ErrorOut, "description": "not safetensors weights of that architecture"},
-                        429: {"model": ErrorOut, "description": "too many uploads being checked"}})
+                        408: {"model": ErrorOut, "description": "the upload stalled"},
+                        429: {"model": ErrorOut, "description": "too many uploads arriving or being checked"}})
 async def upload_model(request: Request, who: User) -> UploadedModel:
     """Keep model weights: a ``safetensors`` file (``file``) of an ``architecture`` the harness builds, trained on
     ``dataset``. The weights must load into that architecture strictly; the answer's ``reference``
     (``upload:<id>``) is the plan's ``model``, and the weights are the base checkpoint of its runs."""
     platform = P(request)
-    with platform.uploads.check_slot(who.name):
+    with platform.uploads.receive_slot(who.name):
         fields, filename, path, digest, _ = await _receive(request, who, "models", platform.cfg.max_model_mb)
         try:
             architecture, dataset = (fields.get(k, "").strip() for k in ("architecture", "dataset"))
@@ -472,8 +472,9 @@ async def upload_model(request: Request, who: User) -> UploadedModel:
                 raise PlanError("architecture", "the architecture is a model the harness builds, not an upload")
             check_model_name(architecture, "architecture")
             check_dataset_name(dataset)
-            model, _ = await asyncio.to_thread(platform.uploads.add_model, path, digest, filename, architecture,
-                                               dataset, who.name, now())
+            with platform.uploads.check_slot(who.name):
+                model, _ = await asyncio.to_thread(platform.uploads.add_model, path, digest, filename, architecture,
+                                                   dataset, who.name, now())
         finally:
             path.unlink(missing_ok=True)
     return model
@@ -484,12 +485,13 @@ async def upload_model(request: Request, who: User) -> UploadedModel:
              responses={409: {"model": ErrorOut, "description": "id clash"}, 413: {"model": ErrorOut, "description": "too large"},
                         415: {"model": ErrorOut, "description": "not a multipart form"},
                         422: {"model": ErrorOut, "description": "unsafe or invalid zip, invalid manifest"},
-                        429: {"model": ErrorOut, "description": "too many uploads being checked"}})
+                        408: {"model": ErrorOut, "description": "the upload stalled"},
+                        429: {"model": ErrorOut, "description": "too many uploads arriving or being checked"}})
 async def upload_method(request: Request, who: User) -> UploadedMethod:
     """Keep a method folder (a zip in ``file``), validate its manifest and start its conformance checks (status
     ``checking`` -> ``passed``/``failed``; on a shared server in its docker image)."""
     platform = P(request)
-    with platform.uploads.check_slot(who.name):
+    with platform.uploads.receive_slot(who.name):
         _, _, path, _, _ = await _receive(request, who, "methods", platform.cfg.max_method_mb)
         try:
             up, _ = await asyncio.to_thread(platform.uploads.add_method, path, who.name, now())

@@ -28,11 +28,14 @@ from urllib.parse import urlsplit
 from fastapi import HTTPException, Request
 
 from harness.store import atomic_write_text
-from harness.web.config import LOCAL_USER, TOKEN_USER, ServerConfig, User, is_loopback, token_sha256
+from harness.errors import HarnessError
+from harness.web.config import LOCAL_USER, TOKEN_USER, ServerConfig, User, is_loopback, load_users, token_sha256
 
 COOKIE = "pbench_session"
 CSRF_HEADER = "X-PBench-CSRF"
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+#: sessions a user keeps at once (browsers, machines); a new login ends the oldest beyond it
+MAX_SESSIONS = 10
 
 
 def _same(sent: str, expected: str) -> bool:
@@ -62,9 +65,13 @@ class Sessions:
         atomic_write_text(self.path, json.dumps({k: {"user": u, "expires": e} for k, (u, e) in self._by_hash.items()}))
 
     def open(self, user: str) -> str:
+        """A new session of ``user``; their oldest ones beyond :data:`MAX_SESSIONS` end."""
         session_id = secrets.token_urlsafe(32)
         with self._lock:
             self._by_hash[self._hash(session_id)] = (user, time.time() + self.seconds)
+            mine = sorted((e, h) for h, (u, e) in self._by_hash.items() if u == user)
+            for _, h in mine[:-MAX_SESSIONS]:
+                del self._by_hash[h]
             self._save()
         return session_id
 
@@ -91,12 +98,36 @@ class Auth:
                  users: Optional[list[User]] = None):
         self.cfg, self.secret = cfg, secret
         self.sessions = Sessions(cfg.web_dir / "sessions.json", cfg.session_hours)
-        self.users: dict[str, User] = {}
+        self._users: dict[str, User] = {}
         if token is not None:
-            self.users[TOKEN_USER] = User(name=TOKEN_USER, token_sha256=token_sha256(token), admin=True)
+            self._users[TOKEN_USER] = User(name=TOKEN_USER, token_sha256=token_sha256(token), admin=True)
         for u in users or []:
-            self.users[u.name] = u
-        self.open = not self.users  # a local server without credentials: everyone here is the owner
+            self._users[u.name] = u
+        self.open = not self._users  # a local server without credentials: everyone here is the owner
+        self._file_state: Optional[tuple] = self._stat()
+        self._looked = time.monotonic()
+
+    def _stat(self) -> Optional[tuple]:
+        try:
+            st = self.cfg.users_file.stat()
+            return st.st_mtime_ns, st.st_size, st.st_ino
+        except (AttributeError, OSError):
+            return None
+
+    @property
+    def users(self) -> dict[str, User]:
+        """The users, re-read (at most once a second) when the users file changed: a user taken out of it
+        loses access at once, without a restart. A file that no longer reads keeps the previous users."""
+        if self.cfg.users_file is not None and time.monotonic() - self._looked > 1.0:
+            self._looked = time.monotonic()
+            state = self._stat()
+            if state != self._file_state:
+                self._file_state = state
+                try:
+                    self._users = {u.name: u for u in load_users(self.cfg.users_file)}
+                except HarnessError:
+                    pass
+        return self._users
 
     # -- credentials ---------------------------------------------------------------------------
     def by_token(self, token: str) -> Optional[User]:

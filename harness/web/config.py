@@ -38,7 +38,7 @@ class User(Strict):
     token_sha256: Sha256
     max_queued_runs: Optional[int] = Field(None, ge=0, description="runs waiting or running at once "
                                                                    "(default: the server's --max-queued-runs)")
-    admin: bool = Field(False, description="may cancel anyone's plans and run uploaded models")
+    admin: bool = Field(False, description="may cancel anyone's plans and runs")
 
 
 class UsersFile(Strict):
@@ -101,6 +101,8 @@ class ServerConfig(Strict):
     max_model_mb: float = Field(512, gt=0, description="largest model upload")
     max_method_mb: float = Field(5, gt=0, description="largest method zip (compressed)")
     max_method_unpacked_mb: float = Field(20, gt=0, description="largest method folder once unpacked")
+    upload_idle_s: float = Field(20, gt=0, description="an upload that pauses longer is refused (408)")
+    max_uploads_per_user: int = Field(20, ge=1, description="methods, and models, a user keeps on the server")
     poll_s: float = Field(0.1, gt=0, description="how often event streams look for new events")
     session_hours: float = Field(12, gt=0, le=24 * 30, description="a login session's lifetime")
     https: bool = Field(False, description="the server sits behind HTTPS (a TLS proxy): session cookies get Secure")

@@ -119,7 +119,7 @@ def plans_page(request: Request, who: Who):
 def plan_page(request: Request, who: Who, plan_id: str):
     out = api.get_plan(plan_id, request, who)
     platform = request.app.state.platform
-    log = api._read_log(platform.queue.log_path(plan_id), 0)
+    log = api.read_log(platform, platform.queue.log_path(plan_id), 0)
     return _render(request, "plan.html", who, plan=out.plan, runs=out.runs, counts=out.counts, log=log["text"],
                    may_cancel=who.admin or who.name == out.plan.owner)
 

@@ -110,7 +110,9 @@ def check_model_name(model: str, field_name: str = "model") -> None:
     kind, sep, target = model.partition(":")
     if sep and kind == "upload":
         return  # checked against the uploads when the plan is built
-    if sep and (kind not in LIBRARY_MODELS or not _NAME.match(target)):
+    from harness.models.refs import kind_of
+    if sep and (kind not in LIBRARY_MODELS or not _NAME.match(target) or kind_of(model)[0] != kind):
+        # (a kind this harness does not build would be read as <module>:<factory>: an import)
         raise PlanError(field_name, f"{model[:80]!r}: a shared server builds registered models, "
                                     f"{', '.join(k + ':<name>' for k in LIBRARY_MODELS)} or upload:<id> (uploaded "
                                     f"weights); file: and <module>:<factory> models run code and are refused")
@@ -195,6 +197,11 @@ def resolve_request(req: PlanRequest, cfg: ServerConfig, uploads: Optional["Uplo
         raise PlanError("speedups" if req.speedups else None,
                         f"this plan has {len(specs)} runs; a plan may have at most {cfg.max_plan_runs} on this "
                         f"server (fewer methods, speedups or seeds)")
+    from harness.protocol.run import with_bases
+    try:  # a shared server never trains a base inside a request: the operator pretrains it
+        specs = with_bases(specs, train=cfg.local_owner)
+    except HarnessError as e:
+        raise PlanError("model" if req.model else "track", str(e)) from None
     try:
         keys = [run_key_of(spec) for spec in specs]
     except HarnessError as e:  # e.g. the docker runner and no engine or image

@@ -2,9 +2,9 @@
 sandbox.
 
 Every upload streams from the request body to its place in the store (one copy on disk, counted
-against its cap while it arrives) and is checked in a worker process; at most
-:data:`MAX_SCANS` checks run at once on the server and one per user (429 beyond that). A rejected
-upload leaves nothing behind.
+against its cap while it arrives, refused when it stalls) and is checked in a worker process; a user
+sends one upload at a time (eight on the server), and at most :data:`MAX_SCANS` model checks run at
+once (one per user): 429 beyond that. A rejected upload leaves nothing behind.
 
 Models are **data, never code**: a ``safetensors`` file of weights (a JSON header and raw tensors: no
 pickle) beside an architecture the harness builds itself from a library (a registered name,
@@ -27,6 +27,7 @@ An uploaded method is usable in plans once its checks passed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -54,8 +56,11 @@ MAX_ENTRIES = 200
 MAX_RATIO = 100  # uncompressed / compressed, per entry (a zip bomb compresses ~1000:1)
 MAX_DEPTH = 8
 _NAME = re.compile(r"^[A-Za-z0-9_.\- ]+$")
-#: checks (model scans and method conformance) running or queued at once: on the server, and per user
+#: uploads being received at once (on the server, per user), and model checks running at once
+MAX_RECEIVING, MAX_RECEIVING_PER_USER = 8, 1
 MAX_SCANS, MAX_SCANS_PER_USER = 2, 1
+#: a body must keep arriving: this average rate after the first minute (and no long pause: upload_idle_s)
+MIN_RATE, GRACE_S = 64 * 1024, 60.0
 #: fields besides the file in an upload form, and their size
 MAX_FIELDS, MAX_FIELD_BYTES = 8, 4096
 SAFETENSORS = ".safetensors"
@@ -202,9 +207,11 @@ def sha256_file(path: Path) -> str:
 
 
 # -- streamed upload forms -------------------------------------------------------------------------
-async def receive_form(chunks, content_type: str, dest: Path, limit: int) -> tuple[dict[str, str], str, str, int]:
+async def receive_form(chunks, content_type: str, dest: Path, limit: int, idle_s: float = 20.0
+                       ) -> tuple[dict[str, str], str, str, int]:
     """Parse a ``multipart/form-data`` body as it arrives: its one ``file`` part goes straight into the
-    new file ``dest`` (refused past ``limit`` bytes), the other fields (at most :data:`MAX_FIELDS` of
+    new file ``dest`` (refused past ``limit`` bytes, or when the body stalls: a pause over ``idle_s``, or
+    less than :data:`MIN_RATE` on average after :data:`GRACE_S`), the other fields (at most :data:`MAX_FIELDS` of
     :data:`MAX_FIELD_BYTES`) are returned. Returns (fields, file name, sha256, size); on any error
     ``dest`` is removed and an :class:`UploadError` says why."""
     from python_multipart import MultipartParser
@@ -265,7 +272,18 @@ async def receive_form(chunks, content_type: str, dest: Path, limit: int) -> tup
                                         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
                                         "on_part_data": on_part_data})
     try:
-        async for chunk in chunks:
+        start, received, stream = time.monotonic(), 0, chunks.__aiter__()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(stream.__anext__(), idle_s)
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise UploadError(f"the upload paused for more than {idle_s:g} s", 408) from None
+            received += len(chunk)
+            elapsed = time.monotonic() - start
+            if elapsed > GRACE_S and received / elapsed < MIN_RATE:
+                raise UploadError(f"the upload arrives slower than {MIN_RATE // 1024} KB/s", 408)
             parser.write(chunk)
             if state["error"] is not None:
                 raise state["error"]
@@ -299,7 +317,7 @@ def safetensors_header(path: Path) -> dict:
         if not isinstance(header, dict):
             raise ValueError("header")
         return header
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
         raise UploadError("not a safetensors file; save weights with safetensors.torch.save_file("
                           "model.state_dict(), 'model.safetensors')") from None
 
@@ -324,6 +342,7 @@ def check_model(weights: Path, architecture: str, dataset: str, store: Path) -> 
     """Whether ``weights`` (safetensors) load strictly into ``architecture`` built for ``dataset``, as a run
     would load its base: {track, params, tensors} or {error}. Used by ``python -m harness.web.worker
     check-model``; nothing from the file is executed (safetensors is data)."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     from harness.models.refs import check_reference
@@ -341,10 +360,14 @@ def check_model(weights: Path, architecture: str, dataset: str, store: Path) -> 
         check_reference(architecture)
         track = upload_track(architecture, dataset, weights, sha256_file(weights), "check")
         cfg = ServerConfig.read(store)
-        model = task_for(track, data_root=cfg.data_root).architecture()
+        task = task_for(track, data_root=cfg.data_root)
+        try:  # names and shapes first, on the meta device: a 70-byte file cannot make the worker allocate a big model
+            with torch.device("meta"):
+                want = {k: tuple(v.shape) for k, v in task.architecture().state_dict().items()}
+        except Exception:
+            want = {k: tuple(v.shape) for k, v in task.architecture().state_dict().items()}
         with safe_open(str(weights), framework="pt") as f:
             got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
         wrong = [k for k in want if k in got and got[k] != want[k]]
         what = f"{architecture} on {dataset}"
@@ -355,10 +378,25 @@ def check_model(weights: Path, architecture: str, dataset: str, store: Path) -> 
         if wrong:
             return {"error": f"tensor {wrong[0]!r} has shape {list(got[wrong[0]])}; {what} needs "
                              f"{list(want[wrong[0]])}"}
+        model = task.architecture()
         load_state(model, weights)
     except HarnessError as e:
         return {"error": str(e).replace(str(weights), "the uploaded file")}
     return {"params": sum(p.numel() for p in model.parameters()), "tensors": tensors}
+
+
+def _remove_image(image: str) -> None:
+    from harness.runners.docker_runner import docker_client
+    try:
+        docker_client().images.remove(image, force=True)
+    except Exception:  # gone already, or in use: the organizer's `docker image prune` takes it
+        pass
+
+
+def _quota(owner: str, kept: list, limit: int) -> None:
+    mine = sum(1 for u in kept if u.owner == owner)
+    if mine >= limit:
+        raise UploadError(f"you keep {mine} uploads of this kind on this server (at most {limit})", 429)
 
 
 def _read_all(model, paths) -> list:
@@ -373,8 +411,10 @@ def _read_all(model, paths) -> list:
 
 
 def _worker(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.web.worker", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, "PBENCH_NO_PROGRESS": "1"})
+    """A worker process (its own process group, which ends when this server process does)."""
+    return subprocess.run([sys.executable, "-m", "harness.web.worker", *args, "--parent", str(os.getpid())],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          start_new_session=True, env={**os.environ, "PBENCH_NO_PROGRESS": "1"})
 
 
 class Uploads:
@@ -387,23 +427,34 @@ class Uploads:
             d.mkdir(parents=True, exist_ok=True)
 
         self._lock = threading.Lock()
-        self._slots: dict[str, int] = {}
+        self._receiving: dict[str, int] = {}
+        self._checking: dict[str, int] = {}
         self._checks: list[str] = []
         self._checker: Optional[threading.Thread] = None
 
     def clean(self) -> None:
-        """Remove what a server that died while receiving or unpacking left (called by the server at its
-        start, when it holds the store's lock: never by a worker, which would cut a live upload)."""
+        """At the server's start (it holds the store's lock; never a worker, which would cut a live upload):
+        remove what a server that died while receiving or unpacking left, and check again the methods whose
+        checks it did not finish."""
         for stale in [*self.models_dir.glob(".incoming-*"), *self.methods_dir.glob(".incoming-*"),
                       *(self.root / "tmp").iterdir()]:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        for up in self.methods():
+            if up.status == "checking":
+                self._queue_check(up.name)
+
+    def _queue_check(self, name: str) -> None:
+        self._checks.append(name)
+        if self._checker is None or not self._checker.is_alive():
+            self._checker = threading.Thread(target=self._check_loop, daemon=True, name="upload-checks")
+            self._checker.start()
 
     # -- methods -------------------------------------------------------------------------------
     def methods(self) -> list[UploadedMethod]:
         return _read_all(UploadedMethod, self.methods_dir.glob("*/upload.json"))
 
     def method(self, name: str) -> Optional[UploadedMethod]:
-        if not re.fullmatch(r"[a-z0-9_\-.]{1,140}", name) or ".." in name:
+        if not re.fullmatch(r"[A-Za-z0-9_\-.+]{1,160}", name) or ".." in name:
             return None
         try:
             return UploadedMethod.model_validate_json((self.methods_dir / name / "upload.json").read_text())
@@ -448,6 +499,7 @@ class Uploads:
                             return other, False
                         raise UploadError(f"{m.id} {m.version} was uploaded before with other content: bump the "
                                           f"version in manifest.json", 409)
+                _quota(owner, [o for o in everyone if o.status not in REJECTED], self.cfg.max_uploads_per_user)
                 checking = [o.owner for o in everyone if o.status == "checking"]
                 if len(checking) >= MAX_QUEUED_CHECKS or checking.count(owner) >= MAX_QUEUED_CHECKS_PER_USER:
                     who = "you have" if checking.count(owner) >= MAX_QUEUED_CHECKS_PER_USER else "the server has"
@@ -462,10 +514,7 @@ class Uploads:
                 shutil.rmtree(target, ignore_errors=True)  # a rejected upload of the same id and version
                 atomic_write_text(staging / "upload.json", up.model_dump_json(indent=1) + "\n")
                 os.replace(staging, target)
-                self._checks.append(name)
-                if self._checker is None or not self._checker.is_alive():
-                    self._checker = threading.Thread(target=self._check_loop, daemon=True, name="upload-checks")
-                    self._checker.start()
+                self._queue_check(name)
                 return up, True
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -478,7 +527,7 @@ class Uploads:
                 name = self._checks.pop(0)
             try:
                 proc = _worker("check-method", str(self.cfg.store), name, timeout=1800)
-                if proc.returncode != 0 and (up := self.method(name)) and up.status == "checking":
+                if (up := self.method(name)) and up.status == "checking":  # the worker died before it said
                     tail = (proc.stderr or proc.stdout).strip().splitlines()
                     self._save_method(up.model_copy(update={
                         "status": "failed", "detail": tail[-1][:300] if tail else f"exit code {proc.returncode}"}))
@@ -509,6 +558,9 @@ class Uploads:
                 return up
         report = check_method(source, runner=up.runner, image=image)
         failed = [c for c in report.checks if not c.passed]
+        if failed and image is not None:  # a rejected method keeps nothing, its image neither
+            _remove_image(image)
+            image = None
         up = up.model_copy(update={
             "status": "passed" if report.passed else "failed", "image": image,
             "detail": (f"{failed[0].name}: {failed[0].detail}" if failed else
@@ -527,22 +579,30 @@ class Uploads:
         shutil.copy(TEMPLATE_DIR / "Dockerfile", source.path / "Dockerfile")
         return build_image(source)
 
-    # -- check slots ---------------------------------------------------------------------------
+    # -- slots ---------------------------------------------------------------------------------
     @contextmanager
-    def check_slot(self, owner: str):
-        """A place among the checks running at once (:data:`MAX_SCANS`, :data:`MAX_SCANS_PER_USER`): taken
-        before the upload is received, released once its check ended; :class:`UploadError` 429 when full."""
+    def _slot(self, held: dict[str, int], owner: str, total: int, per_user: int, what: str):
         with self._lock:
-            mine = self._slots.get(owner, 0)
-            if sum(self._slots.values()) >= MAX_SCANS or mine >= MAX_SCANS_PER_USER:
-                who = "you have" if mine >= MAX_SCANS_PER_USER else "the server has"
-                raise UploadError(f"{who} uploads being checked already: try again when they are done", 429)
-            self._slots[owner] = mine + 1
+            mine = held.get(owner, 0)
+            if sum(held.values()) >= total or mine >= per_user:
+                who = "you have" if mine >= per_user else "the server has"
+                raise UploadError(f"{who} uploads {what} already: try again when they are done", 429)
+            held[owner] = mine + 1
         try:
             yield
         finally:
             with self._lock:
-                self._slots[owner] -= 1
+                held[owner] -= 1
+
+    def receive_slot(self, owner: str):
+        """A place among the uploads being received (:data:`MAX_RECEIVING`, per user
+        :data:`MAX_RECEIVING_PER_USER`), taken before the body is read; :class:`UploadError` 429 when full."""
+        return self._slot(self._receiving, owner, MAX_RECEIVING, MAX_RECEIVING_PER_USER, "arriving")
+
+    def check_slot(self, owner: str):
+        """A place among the model checks running (:data:`MAX_SCANS`, :data:`MAX_SCANS_PER_USER`), taken once the
+        body has arrived; :class:`UploadError` 429 when full."""
+        return self._slot(self._checking, owner, MAX_SCANS, MAX_SCANS_PER_USER, "being checked")
 
     def incoming(self, kind: str) -> Path:
         """A fresh name in the folder ``kind`` (``models``/``methods``) for an upload being received: it
@@ -573,6 +633,7 @@ class Uploads:
             known = self.model(upload_id)
             if known is not None:
                 return known, False
+            _quota(owner, self.models(), self.cfg.max_uploads_per_user)
             weights = self.models_dir / f"{digest}{SAFETENSORS}"
             safetensors_header(received)
             try:

@@ -90,12 +90,15 @@ def main(argv=None) -> int:
     c = sub.add_parser("check-method")
     c.add_argument("store", type=Path)
     c.add_argument("name")
+    c.add_argument("--parent", type=int, required=True)
     s = sub.add_parser("check-model")
     for name in ("path", "architecture", "dataset", "store"):
         s.add_argument(name)
+    s.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
     if args.cmd == "plan":
         return run_plan(args.store, args.plan_id, args.parent)
+    _die_with(args.parent)
     if args.cmd == "check-method":
         from harness.web.config import ServerConfig
         from harness.web.uploads import Uploads
