@@ -31,8 +31,9 @@ from harness.protocol.pruning import make_planner, search_speedup
 from specs.result import Latency, ResultRecord
 
 from conftest import REPO
-from test_models_zoo import _threads  # noqa: F401 - one thread for tiny models (autouse fixture)
-from test_models_zoo import ENTRIES, build, case_for
+from test_models_zoo import ENTRIES, _threads, build, case_for
+
+pytestmark = pytest.mark.usefixtures(_threads.__name__)  # one thread: tiny models (test_models_zoo's fixture)
 
 
 # --------------------------------------------------------------------------- the interval
@@ -256,3 +257,46 @@ def test_an_older_record_without_runtime_latency_still_validates_and_renders():
     assert latency_cell([record], "onnxruntime") is None
     new = Latency.model_validate({**data["latency"], "speedup_batch1_ci": [1.0, 3.0], "uncertain": True})
     assert new.deployed() is None
+
+
+def _committed(n: int = 6) -> list[ResultRecord]:
+    paths = sorted((REPO / "benchmarks" / "results" / "digits-resnet18").rglob("result.json"))
+    records = [ResultRecord.model_validate_json(p.read_text()) for p in paths]
+    return [r for r in records if r.status == "ok" and r.latency and r.speedup.target == 2.0][:n]
+
+
+def test_views_show_each_runtime_with_its_interval_and_the_pareto_plot_uses_the_deployment_runtime():
+    from harness.views import leaderboard as lb
+    from harness.web.boards import board
+    from specs.result import RuntimeLatency
+    old = _committed()
+    new = []
+    for i, r in enumerate(old):
+        s = r.latency.speedup_batch1
+        ort = RuntimeLatency(runtime="onnxruntime", status="measured", version="1", providers=["CPUExecutionProvider"],
+                             max_abs_diff=1e-6, batch1_base_ms=1.0, batch1_pruned_ms=1 / (s / 2),
+                             speedup_batch1=s / 2, speedup_batch1_ci=(s / 2 * 0.95, s / 2 * 1.05 + 0.3 * (i == 0)),
+                             uncertain=i == 0)  # as measure() flags an interval wider than +-10%
+        trt = RuntimeLatency(runtime="tensorrt", status="unmeasured", reason="TensorRT needs a CUDA device")
+        lat = r.latency.model_copy(update={"speedup_batch1_ci": (s * 0.9, s * 1.1), "runtimes":
+                                           {"onnxruntime": ort, "tensorrt": trt}})
+        new.append(ResultRecord.model_validate(r.model_copy(update={"latency": lat}).model_dump()))
+    rows = lb.rows(new)
+    text = lb.markdown(rows)
+    assert "ONNX RT" in text
+    row = next(x for x in rows if any(rec.run_key == new[0].run_key for rec in x.records))
+    cell = row.latency["onnxruntime"]
+    ok = [rec for rec in row.records if rec.status == "ok"]
+    assert cell.speedup == pytest.approx(statistics.fmean(rec.latency.speedup_batch1 / 2 for rec in ok))
+    assert cell.uncertain and cell.text().endswith("] ?") and cell.text() in text  # shown as uncertain
+    csv = lb.to_csv(rows)
+    assert "onnxruntime_speedup_b1" in csv.splitlines()[0]
+    lboard = board(new, new[0].track.id, view="2x")
+    [section] = lboard.sections
+    assert section.latency_runtime == "onnxruntime"
+    by_name = {p.name: p for p in section.points}
+    assert by_name[row.name].latency_speedup == pytest.approx(cell.speedup)
+    entry = next(e for e in section.entries if e.name == row.name)
+    assert set(entry.latency) == {"eager", "onnxruntime"} and entry.latency["onnxruntime"].uncertain
+    # records without the deployment runtime: the plot stays in eager PyTorch
+    assert board(old, old[0].track.id, view="2x").sections[0].latency_runtime == "eager"

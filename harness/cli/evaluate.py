@@ -96,7 +96,7 @@ def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
             f"speedup {record.speedup.achieved:.2f}x (target {record.speedup.target:g}x), "
             f"params {record.params.pruned / record.params.base:.1%}, min channels kept "
             f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s{reg}"
-            + (f"; latency speedup {record.latency.speedup_batch1:.2f}x (batch 1)" if record.latency else "")
+            + (f"; latency speedup (batch 1) {_latency(record)}" if record.latency else "")
             + (f" -> {run_dir}" if run_dir else ""))
 
 
@@ -145,6 +145,12 @@ def evaluate(
         failed += record.status != "ok"
     if failed:
         raise typer.Exit(1)
+
+
+def _latency(record) -> str:
+    """``1.62x [1.58-1.66] (PyTorch), 1.20x [1.18-1.22] (ONNX Runtime)``: each runtime measured."""
+    from harness.views.latency import LABELS, latency_cell, runtimes_of
+    return ", ".join(f"{latency_cell([record], rt).text()} ({LABELS.get(rt, rt)})" for rt in runtimes_of([record]))
 
 
 def _run_options(
