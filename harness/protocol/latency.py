@@ -103,7 +103,8 @@ def speedup_interval(base_s: Sequence[float], pruned_s: Sequence[float]) -> tupl
 
 def paired_blocks(run_base: Callable[[], object], run_pruned: Callable[[], object], min_time_s: float = MIN_TIME_S,
                   min_blocks: int = MIN_BLOCKS, sync: Callable[[], None] = lambda: None,
-                  warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float], int]:
+                  warmup: int = 2,
+                  clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float], int]:
     """Each block's fastest pass of each model (seconds), and the passes per model in a block.
 
     Inside a block the two models alternate pass by pass (base first in even blocks, pruned first in odd
