@@ -82,6 +82,8 @@ bench: venv
 	else echo "bench: no Docker Engine, skipping benchmarks/docker_exchange.py"; fi
 	$(PY) benchmarks/cli_startup.py
 	$(PY) benchmarks/dry_run_accuracy.py
+	$(PY) benchmarks/latency_stability.py
+	$(PY) benchmarks/round_to.py
 	$(PY) benchmarks/digits_leaderboard.py
 
 clean:

@@ -63,6 +63,8 @@ class Plan(Strict):
                                                                             "track's)")
     seeds: Optional[list[int]] = Field(None, min_length=1, description="run seeds (default: the track's)")
     strategy: Optional[Strategy] = Field(None, description="override the track's pruning strategy")
+    round_to: Optional[int] = Field(None, ge=1, le=1024, description="override the track's pruning.round_to "
+                                                                     "(pruned groups keep a multiple of it)")
     recipes: Optional[list[str]] = Field(None, description="recipe-swap mode: retraining recipes of the track "
                                                            "('track' = its own)")
     own: dict[str, str] = Field(default_factory=dict, description="recipe-swap: each method's own recipe")
@@ -167,6 +169,8 @@ class Plan(Strict):
             raise PlanError("model" if self.model else "track", str(e)) from None
         if self.strategy is not None and self.strategy != cfg.pruning.strategy:
             cfg = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"strategy": self.strategy})})
+        if self.round_to is not None and self.round_to != cfg.pruning.round_to:
+            cfg = cfg.model_copy(update={"pruning": cfg.pruning.model_copy(update={"round_to": self.round_to})})
         return cfg, note
 
     def _applicable(self, track: TrackConfig, methods: list, regularizers: list) -> tuple[list, list, list[str]]:

@@ -52,8 +52,41 @@ class Timing(Strict):
     total_s: Optional[float] = None
 
 
+#: a speedup's 95% confidence interval wider than this (relative, either side) makes the figure uncertain
+UNCERTAIN_HALF_WIDTH = 0.10
+
+
+class RuntimeLatency(Strict):
+    """The base and the pruned model timed in one deployment runtime (spec 1.4), the same way as eager
+    PyTorch (:class:`Latency`). ``status`` unmeasured: the runtime is not available here (e.g. TensorRT
+    without a GPU); failed: the model did not export or run (``reason``, one line)."""
+
+    runtime: str = Field(description="onnxruntime, tensorrt, ...")
+    status: Literal["measured", "unmeasured", "failed"]
+    reason: Optional[str] = None
+    version: Optional[str] = None
+    providers: list[str] = Field(default_factory=list, description="execution providers, in order")
+    device: str = "cpu"
+    threads: Optional[int] = None
+    clock: Optional[Literal["thread_cpu", "wall"]] = None
+    max_abs_diff: Optional[float] = Field(None, description="max |runtime - PyTorch| over the pruned model's "
+                                                            "outputs on a calibration batch")
+    batch1_base_ms: Optional[float] = None
+    batch1_pruned_ms: Optional[float] = None
+    speedup_batch1: Optional[float] = None
+    speedup_batch1_ci: Optional[tuple[float, float]] = None
+    throughput_batch: Optional[int] = None
+    speedup_throughput: Optional[float] = None
+    speedup_throughput_ci: Optional[tuple[float, float]] = None
+    blocks: Optional[int] = None
+    uncertain: bool = Field(False, description="a 95% interval wider than +-10% of its speedup")
+
+
 class Latency(Strict):
-    """Measured inference time of the base and the pruned model (median over repeats, after warm-up)."""
+    """Measured inference time of the base and the pruned model in eager PyTorch. Spec 1.4: timed in
+    interleaved blocks for at least a fixed wall time per model and batch size; the speedups are
+    Hodges-Lehmann estimates over paired blocks with a 95% interval (records before 1.4: medians over
+    ``repeats``, no interval); ``runtimes``: the same in deployment runtimes."""
 
     device: str
     batch1_base_ms: float
@@ -63,7 +96,22 @@ class Latency(Strict):
     throughput_base: float = Field(description="samples/s")
     throughput_pruned: float = Field(description="samples/s")
     speedup_throughput: float
-    repeats: int
+    repeats: int = Field(description="forward passes per model and batch size")
+    threads: Optional[int] = Field(None, description="intra-op threads (torch.set_num_threads), fixed while timing")
+    clock: Optional[Literal["thread_cpu", "wall"]] = Field(
+        None, description="thread_cpu: the timing thread's CPU time (CPU, one thread: time given to other processes "
+                          "is not counted); wall: wall time (GPU, several threads; records before 1.4)")
+    blocks: Optional[int] = Field(None, description="paired blocks per batch size (each: base then pruned, or "
+                                                    "pruned then base, alternating)")
+    speedup_batch1_ci: Optional[tuple[float, float]] = Field(None, description="95% interval (Hodges-Lehmann)")
+    speedup_throughput_ci: Optional[tuple[float, float]] = None
+    uncertain: bool = Field(False, description="a 95% interval wider than +-10% of its speedup")
+    seconds: Optional[float] = Field(None, description="wall time of the whole latency stage (all runtimes, exports)")
+    runtimes: dict[str, RuntimeLatency] = Field(default_factory=dict, description="deployment runtimes (spec 1.4)")
+
+    def deployed(self) -> Optional[RuntimeLatency]:
+        """The first deployment runtime that was measured (the Pareto plot's default), if any."""
+        return next((r for r in self.runtimes.values() if r.status == "measured"), None)
 
 
 class Diagnostics(Strict):
@@ -144,6 +192,7 @@ class ResultRecord(Versioned):
     params: BeforeAfter = BeforeAfter()
     metric: MetricInfo
     min_channel_fraction: Optional[float] = None
+    round_to: int = Field(1, ge=1, description="the track's pruning.round_to as run (records before 1.4: 1)")
     layer_channels: dict[str, tuple[int, int]] = Field(default_factory=dict)
     timing: Timing = Timing()
     latency: Optional[Latency] = None

@@ -171,6 +171,8 @@ class Checkpoint(Strict):
 
 
 class Pruning(Strict):
+    added_fields: ClassVar[frozenset[str]] = frozenset({"round_to"})
+
     strategy: Strategy = "protected_global"
     min_channel_fraction: float = Field(0.1, gt=0, lt=1, description="protected_global: hard floor per group")
     rounds: int = Field(1, ge=1, le=1000, description="progressive pruning: score/prune rounds, importance "
@@ -178,6 +180,9 @@ class Pruning(Strict):
                                                       "reaches target^(r/rounds)); scores are asked for once per round")
     speedups: list[PositiveFloat] = Field(min_length=1)
     ignored_layers: list[str] = Field(default_factory=list, description="never pruned (classifier is always kept)")
+    round_to: int = Field(1, ge=1, le=1024, description="every pruned group keeps a multiple of this many channel "
+                                                        "slots (Torch-Pruning's round_to; attention: head dims, so "
+                                                        "heads x head_dim too; grouped convs: slots per conv group)")
 
     @model_validator(mode="after")
     def _speedups(self) -> "Pruning":

@@ -38,6 +38,9 @@ ModelOpt = Annotated[Optional[str], typer.Option(help="model: a registered name,
                                                       "default track)")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help="dataset name")]
 StrategyOpt = Annotated[Optional[Strategy], typer.Option(help="override the track's pruning strategy")]
+RoundToOpt = Annotated[Optional[int], typer.Option(
+    "--round-to", min=1, help="override the track's pruning.round_to: pruned groups keep a multiple of this many "
+                              "channels (8 or 16 for hardware-friendly widths; 1 = no rounding)")]
 RunnerOpt = Annotated[Runner, typer.Option(help="how the method runs", envvar="PBENCH_RUNNER")]
 OutDirOpt = Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")]
 DataRootOpt = Annotated[Optional[Path], typer.Option(help="dataset root (CIFAR/ImageNet/COCO)", envvar="PBENCH_DATA")]
@@ -93,7 +96,7 @@ def _summary(record: ResultRecord, run_dir: Optional[Path] = None) -> str:
             f"speedup {record.speedup.achieved:.2f}x (target {record.speedup.target:g}x), "
             f"params {record.params.pruned / record.params.base:.1%}, min channels kept "
             f"{record.min_channel_fraction:.0%}, step {record.timing.step_s:.2f}s{reg}"
-            + (f"; latency speedup {record.latency.speedup_batch1:.2f}x (batch 1)" if record.latency else "")
+            + (f"; latency speedup (batch 1) {_latency(record)}" if record.latency else "")
             + (f" -> {run_dir}" if run_dir else ""))
 
 
@@ -105,7 +108,7 @@ def evaluate(
                                                           "target of the track)")] = None,
     model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None,
     seed: Annotated[int, typer.Option(help="run seed")] = 0,
-    strategy: StrategyOpt = None,
+    strategy: StrategyOpt = None, round_to: RoundToOpt = None,
     runner: RunnerOpt = Runner.subprocess,
     out_dir: OutDirOpt = Path("results"),
     data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
@@ -122,7 +125,8 @@ def evaluate(
     """Prune one model with one method to a speedup (default: each of the track's), retrain, evaluate; one record each."""
     plan = Plan.build(track=track, model=model, dataset=dataset, methods=[method], regularizers=[regularizer or "-"],
                       speedups=[speedup] if speedup is not None else None, seeds=[seed],
-                      strategy=strategy.value if strategy else None, runner=runner.value, device=device.value,
+                      strategy=strategy.value if strategy else None, round_to=round_to, runner=runner.value,
+                      device=device.value,
                       out=out_dir, data_root=data_root, cache_dir=cache_dir, call_timeout=call_timeout,
                       save_models=not no_models, hyperparameters=parse_hp(hp), reg_hyperparameters=parse_hp(reg_hp),
                       sandbox=sandbox_caps(max_memory_mb=max_memory_mb, max_cpus=max_cpus,
@@ -143,10 +147,16 @@ def evaluate(
         raise typer.Exit(1)
 
 
+def _latency(record) -> str:
+    """``1.62x [1.58-1.66] (PyTorch), 1.20x [1.18-1.22] (ONNX Runtime)``: each runtime measured."""
+    from harness.views.latency import LABELS, latency_cell, runtimes_of
+    return ", ".join(f"{latency_cell([record], rt).text()} ({LABELS.get(rt, rt)})" for rt in runtimes_of([record]))
+
+
 def _run_options(
     speedups: SpeedupsOpt = None, seeds: SeedsOpt = None,
     model: ModelOpt = None, dataset: DatasetOpt = None, track: TrackOpt = None, strategy: StrategyOpt = None,
-    runner: RunnerOpt = Runner.subprocess, out_dir: OutDirOpt = Path("results"),
+    round_to: RoundToOpt = None, runner: RunnerOpt = Runner.subprocess, out_dir: OutDirOpt = Path("results"),
     data_root: DataRootOpt = None, cache_dir: CacheOpt = None, device: DeviceOpt = Device.cpu,
     call_timeout: TimeoutOpt = None, threads: ThreadsOpt = None, no_models: NoModelsOpt = False,
     jobs: Annotated[int, typer.Option(help="local executor: runs in parallel (worker processes)", min=1)] = 1,

@@ -1,58 +1,300 @@
 """Measured inference latency: MACs speedup often differs from real speedup.
 
-Median wall time of a forward pass at batch 1 and at a throughput batch, on the
-evaluation device, after warm-up; base and pruned models are timed interleaved
-so that machine noise hits both alike.
+How it is timed (spec 1.4), identically for eager PyTorch and every deployment runtime:
+
+- the base and the pruned model run in **interleaved paired blocks**: inside a block they alternate
+  pass by pass (base first, then pruned first in the next block), at least ``PASSES`` passes each, and
+  a block's figure per model is its fastest pass (on a shared machine a pass is only ever slowed down);
+- at batch 1 and at a throughput batch, for **at least** ``min_time_s`` of wall time per model and
+  batch size **and** at least ``min_blocks`` blocks, whichever is longer;
+- with the intra-op **thread count fixed** (``threads``, 1 by default: ratios that do not depend on
+  how many cores a shared machine happens to leave free) and recorded;
+- on the CPU with one thread, on the timing thread's **CPU clock** (``time.thread_time``: what a pass
+  costs on a core of its own; time the scheduler gives other processes is not counted: on a 2-core
+  machine at load 8, 20 passes took 0.95 s of wall time and 0.09 s of CPU time), else wall time;
+- the speedup is the **Hodges-Lehmann** estimate of the paired blocks' log ratios (the median of
+  their Walsh averages), with its **95% interval** from the exact Wilcoxon signed-rank distribution
+  (:func:`hodges_lehmann`); an interval wider than +-10% of the speedup marks the figure ``uncertain``.
+
+Deployment runtimes (:func:`measure`'s ``runtimes``): both models are exported to ONNX
+(``torch.onnx.export``, the TorchScript exporter: seconds, not minutes, on a CPU) and timed in ONNX
+Runtime on the CPU; TensorRT through ONNX Runtime's TensorRT provider on CUDA only, ``unmeasured``
+elsewhere. A model that does not export gets one line (``status: failed, reason``), never a failed run.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import statistics
 import time
+import warnings
+from functools import lru_cache
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from specs.result import Latency
+from specs.result import UNCERTAIN_HALF_WIDTH, Latency, RuntimeLatency
+
+#: defaults of the measurement (the README's "Latency" section states what they cost on digits)
+MIN_TIME_S = 0.2       # per model and batch size
+MIN_BLOCKS = 12        # per batch size
+BLOCK_S = 0.01         # a block's target length per model
+PASSES = 3             # at least this many passes per model in a block
+THREADS = 1
+RUNTIMES = ("onnxruntime", "tensorrt")
+#: how far ONNX Runtime's outputs may be from PyTorch's (float32, max abs) in the tests
+ONNX_ATOL = 1e-3
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+# --------------------------------------------------------------------------- statistics
 
 
-@torch.no_grad()
-def _time(model: nn.Module, x: torch.Tensor, device: str) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    model(x)
-    _sync(device)
-    return time.perf_counter() - t0
+@lru_cache(maxsize=64)
+def _signed_rank_cdf(n: int) -> tuple[float, ...]:
+    """P(T <= k) for k = 0..n(n+1)/2, T the Wilcoxon signed-rank statistic of ``n`` untied values
+    (exact: the count of subsets of {1..n} by their sum, over 2^n)."""
+    top = n * (n + 1) // 2
+    counts = [1] + [0] * top
+    for r in range(1, n + 1):
+        for s in range(top, r - 1, -1):
+            counts[s] += counts[s - r]
+    out, acc, total = [], 0, 2.0 ** n
+    for c in counts:
+        acc += c
+        out.append(acc / total)
+    return tuple(out)
+
+
+def hodges_lehmann(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: the Hodges-Lehmann estimate of the centre of ``values`` (the median
+    of the n(n+1)/2 Walsh averages (x_i + x_j) / 2, i <= j) and its ``confidence`` interval, the Walsh
+    averages of ranks C+1 and M-C, where C is the largest k with P(T <= k) <= (1 - confidence) / 2
+    under the exact signed-rank distribution (Hollander & Wolfe: the interval is the set of shifts a
+    two-sided exact Wilcoxon test does not reject). Too few values for the level: the
+    whole range of the Walsh averages."""
+    x = [float(v) for v in values]
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    walsh = sorted((x[i] + x[j]) / 2 for i in range(n) for j in range(i, n))
+    m = len(walsh)
+    cdf = _signed_rank_cdf(n)
+    alpha = (1 - confidence) / 2
+    k = 0  # the first k with P(T <= k) > alpha: P(T <= k - 1) <= alpha, so k - 1 averages are cut from each end
+    while k < len(cdf) and cdf[k] <= alpha:
+        k += 1
+    c = min(max(0, k - 1), (m - 1) // 2)
+    return statistics.median(walsh), walsh[c], walsh[m - 1 - c]
+
+
+def speedup_interval(base_s: Sequence[float], pruned_s: Sequence[float]) -> tuple[float, tuple[float, float], bool]:
+    """The speedup of paired blocks (base time / pruned time of each block): ``(estimate, (low, high),
+    uncertain)``, Hodges-Lehmann on the log ratios, exponentiated."""
+    logs = [math.log(b / p) for b, p in zip(base_s, pruned_s)]
+    est, lo, hi = (math.exp(v) for v in hodges_lehmann(logs))
+    uncertain = lo < est * (1 - UNCERTAIN_HALF_WIDTH) or hi > est * (1 + UNCERTAIN_HALF_WIDTH)
+    return est, (lo, hi), uncertain
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def paired_blocks(run_base: Callable[[], object], run_pruned: Callable[[], object], min_time_s: float = MIN_TIME_S,
+                  min_blocks: int = MIN_BLOCKS, sync: Callable[[], None] = lambda: None,
+                  warmup: int = 2,
+                  clock: Callable[[], float] = time.perf_counter) -> tuple[list[float], list[float], int]:
+    """Each block's fastest pass of each model (seconds), and the passes per model in a block.
+
+    Inside a block the two models alternate pass by pass (base first in even blocks, pruned first in odd
+    ones), so both see the same moment of the machine; a block's figure is its fastest pass per model
+    (the least disturbed one: on a shared machine a pass is only ever slowed down, never sped up).
+    Blocks go on until each model has run ``min_time_s`` (on ``clock``) and there are ``min_blocks`` of them."""
+    def timed(fn: Callable[[], object]) -> float:
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        return clock() - t0
+
+    for _ in range(warmup):
+        run_base()
+        run_pruned()
+    one = max(min(timed(run_base), timed(run_pruned)), 1e-6)
+    reps = max(PASSES, int(BLOCK_S / one))
+    base, pruned, spent_b, spent_p = [], [], 0.0, 0.0
+    while len(base) < min_blocks or min(spent_b, spent_p) < min_time_s:
+        first, second = (run_base, run_pruned) if len(base) % 2 == 0 else (run_pruned, run_base)
+        t1, t2 = [], []
+        for _ in range(reps):
+            t1.append(timed(first))
+            t2.append(timed(second))
+        tb, tp = (t1, t2) if first is run_base else (t2, t1)
+        base.append(min(tb))
+        pruned.append(min(tp))
+        spent_b += sum(tb)
+        spent_p += sum(tp)
+    return base, pruned, reps
+
+
+class _Timed:
+    """One runtime's figures at both batch sizes."""
+
+    def __init__(self, base1, pruned1, reps1, base_t, pruned_t, reps_t, throughput_batch):
+        self.b1, self.p1 = statistics.median(base1), statistics.median(pruned1)  # median of the blocks' fastest
+        self.bt, self.pt = statistics.median(base_t), statistics.median(pruned_t)
+        self.s1, self.ci1, u1 = speedup_interval(base1, pruned1)
+        self.st, self.cit, ut = speedup_interval(base_t, pruned_t)
+        self.uncertain = u1 or ut
+        self.blocks = min(len(base1), len(base_t))
+        self.repeats = len(base1) * reps1
+        self.throughput_batch = throughput_batch
+
+
+def _batches(example: torch.Tensor, throughput_batch: int) -> dict[int, torch.Tensor]:
+    return {b: example[:1].repeat(b, *([1] * (example.dim() - 1))) for b in (1, throughput_batch)}
+
+
+def clock_for(device: str, threads: int) -> tuple[str, Callable[[], float]]:
+    """``(name, clock)``: the CPU time of the timing thread on the CPU with one thread (what a pass costs on a
+    core of its own, whatever else the machine runs: time the scheduler gives to other processes is not
+    counted), else wall time (GPUs, synchronized; several threads)."""
+    if not device.startswith("cuda") and threads == 1:
+        return "thread_cpu", time.thread_time
+    return "wall", time.perf_counter
+
+
+def _time_pair(make_runs, inputs: dict[int, torch.Tensor], throughput_batch: int, min_time_s: float,
+               min_blocks: int, sync=lambda: None, clock=time.perf_counter) -> _Timed:
+    out = {}
+    for batch, x in inputs.items():
+        run_base, run_pruned = make_runs(x)
+        out[batch] = paired_blocks(run_base, run_pruned, min_time_s, min_blocks, sync, clock=clock)
+    return _Timed(*out[1], *out[throughput_batch], throughput_batch)
 
 
 @torch.no_grad()
 def measure(base: nn.Module, pruned: nn.Module, example: torch.Tensor, throughput_batch: int = 32,
-            warmup: int = 3, repeats: int = 15, device: str = "cpu") -> Latency:
-    """Median forward time of ``base`` and ``pruned`` at batch 1 and ``throughput_batch``."""
-    was = base.training, pruned.training
+            device: str = "cpu", min_time_s: float = MIN_TIME_S, min_blocks: int = MIN_BLOCKS,
+            threads: Optional[int] = THREADS, runtimes: Sequence[str] = RUNTIMES,
+            calibration: Optional[torch.Tensor] = None) -> Latency:
+    """``base`` and ``pruned`` timed at batch 1 and ``throughput_batch`` in eager PyTorch on ``device``,
+    then in each of ``runtimes`` (see the module docstring). ``calibration``: inputs on which each
+    runtime's outputs are compared with PyTorch's (default: ``example``). Both models are left in the
+    mode they came in."""
+    t_start = time.perf_counter()
+    was = base.training, pruned.training, torch.get_num_threads()
     base.eval()
     pruned.eval()
-    out = {}
+    if threads:
+        torch.set_num_threads(threads)
+    threads_used = torch.get_num_threads()
     try:
-        for batch in (1, throughput_batch):
-            x = example[:1].repeat(batch, *([1] * (example.dim() - 1))).to(device)
-            for _ in range(warmup):
-                _time(base, x, device)
-                _time(pruned, x, device)
-            tb, tp = [], []
-            for _ in range(repeats):
-                tb.append(_time(base, x, device))
-                tp.append(_time(pruned, x, device))
-            out[batch] = (statistics.median(tb), statistics.median(tp))
+        inputs = {b: x.to(device) for b, x in _batches(example, throughput_batch).items()}
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        clock_name, clock = clock_for(device, threads_used)
+        eager = _time_pair(lambda x: (lambda: base(x), lambda: pruned(x)), inputs, throughput_batch, min_time_s,
+                           min_blocks, sync, clock)
+        deployed = {}
+        cal = (example if calibration is None else calibration).to("cpu")
+        for name in runtimes:
+            deployed[name] = _runtime(name, base, pruned, cal, _batches(example.cpu(), throughput_batch),
+                                      throughput_batch, device, min_time_s, min_blocks, threads_used)
     finally:
         base.train(was[0])
         pruned.train(was[1])
-    (b1, p1), (bt, pt) = out[1], out[throughput_batch]
-    return Latency(device=device, batch1_base_ms=1e3 * b1, batch1_pruned_ms=1e3 * p1, speedup_batch1=b1 / p1,
-                   throughput_batch=throughput_batch, throughput_base=throughput_batch / bt,
-                   throughput_pruned=throughput_batch / pt, speedup_throughput=bt / pt, repeats=repeats)
+        torch.set_num_threads(was[2])
+    return Latency(device=device, batch1_base_ms=1e3 * eager.b1, batch1_pruned_ms=1e3 * eager.p1,
+                   speedup_batch1=eager.s1, throughput_batch=throughput_batch,
+                   throughput_base=throughput_batch / eager.bt, throughput_pruned=throughput_batch / eager.pt,
+                   speedup_throughput=eager.st, repeats=eager.repeats, threads=threads_used, blocks=eager.blocks,
+                   speedup_batch1_ci=eager.ci1, speedup_throughput_ci=eager.cit, uncertain=eager.uncertain,
+                   runtimes=deployed, seconds=time.perf_counter() - t_start, clock=clock_name)
+
+
+# --------------------------------------------------------------------------- deployment runtimes
+
+
+def _flat_outputs(out) -> list[torch.Tensor]:
+    from torch.utils._pytree import tree_leaves
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` (on the CPU, in eval mode) as an ONNX model with a dynamic batch dimension."""
+    import copy
+    m = copy.deepcopy(model).cpu().eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (example.cpu(),), buf, dynamo=False, input_names=["input"], opset_version=17,
+                          dynamic_axes={"input": {0: "batch"}})
+    return buf.getvalue()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _ort_session(onnx_bytes: bytes, providers: list[str], threads: int):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=providers)
+
+
+def _runtime(name: str, base: nn.Module, pruned: nn.Module, calibration: torch.Tensor,
+             inputs: dict[int, torch.Tensor], throughput_batch: int, device: str, min_time_s: float,
+             min_blocks: int, threads: int) -> RuntimeLatency:
+    """One deployment runtime's record: measured, unmeasured (not available here) or failed (one line)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return RuntimeLatency(runtime=name, status="unmeasured", reason="onnxruntime is not installed")
+    if name == "onnxruntime":
+        providers, where = ["CPUExecutionProvider"], "cpu"
+    elif name == "tensorrt":
+        if not device.startswith("cuda"):
+            return RuntimeLatency(runtime=name, status="unmeasured", reason="TensorRT needs a CUDA device")
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            return RuntimeLatency(runtime=name, status="unmeasured",
+                                  reason="no TensorRT provider in this ONNX Runtime (onnxruntime-gpu + tensorrt)")
+        providers, where = ["TensorrtExecutionProvider", "CUDAExecutionProvider"], "cuda"
+    else:
+        return RuntimeLatency(runtime=name, status="unmeasured", reason=f"unknown runtime {name!r}")
+    clock_name, clock = clock_for(where, threads)
+    head = dict(runtime=name, version=ort.__version__, providers=providers, device=where, threads=threads,
+                clock=clock_name)
+    try:
+        sessions = [_ort_session(export_onnx(m, inputs[1]), providers, threads) for m in (base, pruned)]
+        cal = calibration.cpu()
+        ref = _flat_outputs(copy_eval(pruned)(cal))
+        got = sessions[1].run(None, {"input": cal.numpy()})
+        if len(got) != len(ref):
+            raise RuntimeError(f"{len(got)} ONNX outputs for {len(ref)} PyTorch outputs")
+        diff = max(float((torch.from_numpy(g) - r.float()).abs().max()) for g, r in zip(got, ref))
+        arrays = {b: x.numpy() for b, x in inputs.items()}
+
+        def runs(x):
+            feed = {"input": arrays[x]}
+            return (lambda: sessions[0].run(None, feed)), (lambda: sessions[1].run(None, feed))
+
+        t = _time_pair(runs, {b: b for b in arrays}, throughput_batch, min_time_s, min_blocks, clock=clock)
+    except Exception as e:  # noqa: BLE001 - an unexportable model is one line in the record, not a failed run
+        return RuntimeLatency(**head, status="failed", reason=_one_line(e))
+    return RuntimeLatency(**head, status="measured", max_abs_diff=diff, batch1_base_ms=1e3 * t.b1,
+                          batch1_pruned_ms=1e3 * t.p1, speedup_batch1=t.s1, speedup_batch1_ci=t.ci1,
+                          throughput_batch=throughput_batch, speedup_throughput=t.st, speedup_throughput_ci=t.cit,
+                          blocks=t.blocks, uncertain=t.uncertain)
+
+
+def copy_eval(model: nn.Module) -> Callable[[torch.Tensor], object]:
+    """``model``'s forward on the CPU without changing the model's own device (a copy when it is elsewhere)."""
+    import copy
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    m = model if dev.type == "cpu" else copy.deepcopy(model).cpu()
+    return lambda x: m(x.cpu())

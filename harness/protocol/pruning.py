@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+from torch_pruning.pruner.algorithms.base_pruner import BasePruner
 
 from harness.errors import HarnessError
 from harness.protocol.grouping import PruneConfig, apply_plan, count_layer_macs, count_macs_params
@@ -37,6 +38,8 @@ from specs.messages import Group
 from specs.track import Strategy
 
 LOCAL_STEPS = 1000
+#: Torch-Pruning's rounding (it does not use ``self``): units to remove -> units to remove, keeping a multiple
+_round_to = BasePruner._round_to
 #: offset of the tie-breaking generator's seed (keeps it apart from the other seeded streams of a run)
 TIE_SEED = 20_000
 
@@ -66,6 +69,7 @@ class Planner:
     caps: dict[str, int]                   # per group: max units removable this round
     strategy: Strategy
     tie_break: dict[str, torch.Tensor]     # per group: each unit's position in a seeded permutation of all units
+    round_to: int = 1                      # a pruned group keeps a multiple of this many units (see make_planner)
 
     @property
     def t_max(self) -> int:
@@ -89,17 +93,24 @@ class Planner:
         return self._global_order
 
     def units(self, t: int) -> dict[str, list[int]]:
-        """Units to remove per group for step ``t``."""
+        """Units to remove per group for step ``t``: the ``k`` lowest of each group, ``k`` then rounded up
+        so that the group keeps a multiple of ``round_to`` units (never more than its cap)."""
         if self.strategy == "local":
-            out = {}
-            for g in self.groups:
-                k = min(self.caps[g.id], math.floor(t / LOCAL_STEPS * len(self.unit_scores[g.id])))
-                out[g.id] = self._sorted_units(g.id)[:k].tolist()
-            return out
-        out = {g.id: [] for g in self.groups}
-        for gid, u in self._order()[:t]:
-            out[gid].append(u)
-        return out
+            counts = {g.id: min(self.caps[g.id], math.floor(t / LOCAL_STEPS * len(self.unit_scores[g.id])))
+                      for g in self.groups}
+        else:
+            counts = {g.id: 0 for g in self.groups}
+            for gid, _ in self._order()[:t]:
+                counts[gid] += 1
+        return {gid: self._sorted_units(gid)[: self._rounded(gid, k)].tolist() for gid, k in counts.items()}
+
+    def _rounded(self, gid: str, k: int) -> int:
+        """``k`` units removed from group ``gid``, rounded as Torch-Pruning's pruners round them
+        (``BasePruner._round_to``: the kept count down to a multiple of ``round_to``), within the cap."""
+        if self.round_to == 1 or k == 0:
+            return k
+        n = len(self.unit_scores[gid])
+        return min(self.caps[gid], _round_to(None, k, n, self.round_to))
 
     def plan(self, t: int) -> dict[str, list[int]]:
         """Root channel indices to remove per group for step ``t`` (units expanded over ch_groups)."""
@@ -127,9 +138,15 @@ class Planner:
 
 
 def make_planner(groups: list[Group], scores: dict[str, torch.Tensor], base_channels: dict[str, int],
-                 strategy: Strategy, min_fraction: float, seed: int, round_: int = 0) -> Planner:
+                 strategy: Strategy, min_fraction: float, seed: int, round_: int = 0, round_to: int = 1) -> Planner:
     """``base_channels``: root channels of each group in the unpruned base model (for the floor);
-    ``seed`` (the run seed) and ``round_`` seed the permutation that orders equal scores."""
+    ``seed`` (the run seed) and ``round_`` seed the permutation that orders equal scores.
+
+    ``round_to`` (the track's ``pruning.round_to``): every group that loses units keeps a multiple of
+    ``round_to`` units. A unit is a channel, or a slot across a group's ``ch_groups``: for attention a
+    head dim (every head keeps the same dims, so heads x head_dim is a multiple too), for grouped convs
+    a slot of every conv group. The floor is rounded up to a multiple (a group smaller than that is
+    never pruned), so the floor still holds."""
     unit_scores, caps = {}, {}
     for g in groups:
         if g.n_channels % g.ch_groups:
@@ -140,12 +157,13 @@ def make_planner(groups: list[Group], scores: dict[str, torch.Tensor], base_chan
         units_now = g.n_channels // g.ch_groups
         base_units = base_channels.get(g.id, g.n_channels) // g.ch_groups
         keep = max(1, math.ceil(min_fraction * base_units)) if strategy == "protected_global" else 1
+        keep = math.ceil(keep / round_to) * round_to
         caps[g.id] = max(0, units_now - keep)
     sizes = [len(unit_scores[g.id]) for g in groups]
     gen = torch.Generator().manual_seed(TIE_SEED + 64 * int(seed) + int(round_))
     perm = torch.randperm(sum(sizes), generator=gen)
     tie_break = dict(zip((g.id for g in groups), torch.split(perm, sizes)))
-    return Planner(groups, unit_scores, caps, strategy, tie_break)
+    return Planner(groups, unit_scores, caps, strategy, tie_break, round_to)
 
 
 @dataclass

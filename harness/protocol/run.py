@@ -265,7 +265,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             task.save(model, staging / "final.pt")
         if spec.measure_latency:
             fields["latency"] = measure_latency(copy.deepcopy(base.model).to(spec.device), model, example,
-                                                device=spec.device)
+                                                device=spec.device, calibration=_calibration_inputs(task, spec.seed))
         after = layer_channels(model)
         roots = [g for g in pruned.base_channels if g in after]
         record = ResultRecord(
@@ -326,6 +326,12 @@ def _recalibrate_stage(spec: RunSpec, task: Task, model: nn.Module) -> Optional[
     if not recalibrate(recal, task.calibration_batches(spec.seed), task.loss):
         return None
     return task.evaluate(recal)
+
+
+def _calibration_inputs(task: Task, seed: int, n: int = 16) -> torch.Tensor:
+    """Up to ``n`` images of the first calibration batch: where deployment runtimes are compared with PyTorch."""
+    batch = task.calibration_batches(seed)[0]
+    return (batch[0] if isinstance(batch, (tuple, list)) else batch)[:n]
 
 
 def _diagnostics(ties: list[Ties]) -> Diagnostics:
@@ -461,7 +467,8 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
                           calibration=track.calibration)
             scores = client.score(r, groups, obs)
             planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
-                                   track.pruning.min_channel_fraction, seed=spec.seed, round_=r)
+                                   track.pruning.min_channel_fraction, seed=spec.seed, round_=r,
+                                   round_to=track.pruning.round_to)
             ties.append(planner.ties())
             found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
                                         spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
@@ -478,7 +485,8 @@ def _record_fields(spec: RunSpec, key: str, checkpoint_sha256: Optional[str], st
     track = spec.track
     return dict(run_key=key, regularizer=None, track=TrackInfo(id=track.id, hash=track.hash()),
                 model=track.model.name, dataset=track.dataset.name, seed=spec.seed,
-                strategy=track.pruning.strategy, recipe=spec.recipe, started_at=started,
+                strategy=track.pruning.strategy, round_to=track.pruning.round_to, recipe=spec.recipe,
+                started_at=started,
                 provenance=provenance(checkpoint_sha256, spec.device), job=job)
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from harness.views import cd, stats
+from harness.views import latency as lat
 from harness.views.stats import Summary
 from specs.result import ResultRecord
 
@@ -93,6 +94,8 @@ class Row:
     step_s: Optional[float]
     reg_s: Optional[float]
     latency_speedup: Optional[float] = None  # measured, batch 1
+    #: batch-1 latency speedup per runtime (eager PyTorch, ONNX Runtime...), with its interval
+    latency: dict[str, lat.LatencyCell] = field(default_factory=dict)
     recipe: Optional[str] = None  # recipe-swap runs: the track recipe used for retraining
     rank: Optional[int] = None
     #: some run's scores were constant in every group (pruned by the seeded tie-break alone)
@@ -181,6 +184,7 @@ def rows(records: list[ResultRecord]) -> list[Row]:
             step_s=mean_or_none([r.timing.step_s for r in ok]),
             reg_s=mean_or_none([r.timing.reg_s for r in ok]),
             latency_speedup=mean_or_none([r.latency.speedup_batch1 for r in ok if r.latency]),
+            latency=latency_cells(ok),
             constant_scores=any(d.all_constant for d in diags),
             tied_fraction=mean_or_none([d.tied_fraction for d in diags]),
             finals={r.seed: r.metric.final for r in ok},
@@ -479,7 +483,12 @@ def _f(x: Optional[float], fmt: str = ".2f") -> str:
 
 
 COLUMNS = ["Track", "Speedup", "Strategy", "Rank", "Importance", "Regularizer", "n", "Base", "Pruned", "Pruned+BN",
-           "Final", "Δ", "Params", "Achieved", "Latency", "Step (s)", "Reg (s)"]
+           "Final", "Δ", "Params", "Achieved", "Latency", lat.LABELS["onnxruntime"], "Step (s)", "Reg (s)"]
+
+
+def latency_cells(ok: list[ResultRecord]) -> dict[str, lat.LatencyCell]:
+    """The batch-1 latency speedup of ``ok`` runs in every runtime one of them measured."""
+    return {name: cell for name in lat.runtimes_of(ok) if (cell := lat.latency_cell(ok, name)) is not None}
 
 
 def cells(r: Row) -> list[str]:
@@ -487,12 +496,12 @@ def cells(r: Row) -> list[str]:
     n = f"{r.n_ok}" + (f" (+{r.n_failed} failed)" if r.n_failed else "")
     params = "n/a" if r.params_ratio is None else f"{100 * r.params_ratio:.1f}%"
     achieved = "n/a" if r.achieved is None else f"{r.achieved:.2f}x"
-    latency = "n/a" if r.latency_speedup is None else f"{r.latency_speedup:.2f}x"
+    latency = lat.text(r.latency.get(lat.EAGER))
     strategy = setting_label(r.strategy, r.recipe)
     method = r.method + (f" {FLAG}" if r.constant_scores else "")
     return [r.track, f"{r.speedup:g}x", strategy, str(r.rank or "-"), method, r.regularizer, n, _f(r.base),
             stats.fmt(r.pruned), stats.fmt(r.pruned_recal), final, _f(r.delta.mean, "+.2f"), params, achieved,
-            latency, _f(r.step_s, ".3f"), _f(r.reg_s, ".1f")]
+            latency, lat.text(r.latency.get("onnxruntime")), _f(r.step_s, ".3f"), _f(r.reg_s, ".1f")]
 
 
 def table(columns: list[str], body: list[list[str]]) -> str:
@@ -522,9 +531,23 @@ def markdown(rs: list[Row], average_view: bool = True) -> str:
                              f"{analysis_line(across)}; mean ranks: "
                              + ", ".join(f"{n} {across.mean_ranks[n]:.2f}" for n in across.names) + ".\n")
     if rs:
-        parts.append(LEGEND + (" " + AVERAGE_LEGEND if average_view else "")
+        parts.append(LEGEND + " " + lat.LEGEND + (" " + AVERAGE_LEGEND if average_view else "")
                      + (" " + FLAG_LEGEND if any(r.constant_scores for r in rs) else "") + "\n")
     return "\n".join(parts)
+
+
+#: per runtime: batch-1 speedup, its 95% interval, the uncertain flag (empty when not measured)
+LATENCY_CSV = [f"{rt}_{k}" for rt in (lat.EAGER, "onnxruntime") for k in ("speedup_b1", "ci95_low", "ci95_high",
+                                                                          "uncertain")]
+
+
+def latency_csv(r: "Row") -> list:
+    out = []
+    for rt in (lat.EAGER, "onnxruntime"):
+        c = r.latency.get(rt)
+        out += ["", "", "", ""] if c is None else [c.speedup, "" if c.low is None else c.low,
+                                                    "" if c.high is None else c.high, c.uncertain]
+    return out
 
 
 CSV_COLUMNS = ["track", "track_hash", "base_sha256", "speedup", "strategy", "recipe", "importance", "regularizer",
@@ -532,7 +555,7 @@ CSV_COLUMNS = ["track", "track_hash", "base_sha256", "speedup", "strategy", "rec
                "pruned_mean", "pruned_std", "pruned_ci95_low", "pruned_ci95_high",
                "pruned_recal_mean", "pruned_recal_std", "pruned_recal_ci95_low", "pruned_recal_ci95_high",
                "delta_mean", "params_ratio", "achieved_speedup", "latency_speedup_b1", "step_s", "reg_s",
-               "tied_fraction", "constant_scores", "error"]
+               "tied_fraction", "constant_scores", "error", *LATENCY_CSV]
 
 
 def to_csv(rs: list[Row]) -> str:
@@ -549,7 +572,8 @@ def to_csv(rs: list[Row]) -> str:
         w.writerow([r.track, r.section.track_hash, r.section.base_sha256 or "", r.speedup, r.strategy,
                     r.recipe or "", r.method, r.regularizer, r.final.n, *s(r.final), r.rank or "", r.n_failed,
                     r.base, *s(r.pruned), *s(r.pruned_recal), r.delta.mean, r.params_ratio, r.achieved,
-                    r.latency_speedup, r.step_s, r.reg_s, r.tied_fraction, r.constant_scores, r.error])
+                    r.latency_speedup, r.step_s, r.reg_s, r.tied_fraction, r.constant_scores, r.error,
+                    *latency_csv(r)])
     return buf.getvalue()
 
 

@@ -19,6 +19,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from harness.views import latency as lat
 from harness.views import leaderboard as lb
 from harness.store import atomic_write_text
 from specs.result import ResultRecord
@@ -148,7 +149,7 @@ def _warnings(records: list[ResultRecord]) -> str:
 
 def _legend(rows: list[lb.Row]) -> str:
     flag = " " + lb.FLAG_LEGEND if any(r.constant_scores for r in rows) else ""
-    return f'<p class="legend">{html.escape(lb.LEGEND + " " + lb.AVERAGE_LEGEND + flag)}</p>'
+    return f'<p class="legend">{html.escape(lb.LEGEND + " " + lat.LEGEND + " " + lb.AVERAGE_LEGEND + flag)}</p>'
 
 
 def _provenance(records: list[ResultRecord]) -> str:

@@ -27,6 +27,7 @@ from typing import Optional
 from pydantic import BaseModel, Field
 
 from harness.errors import HarnessError
+from harness.views import latency as lat
 from harness.views import leaderboard as lb
 from harness.views import stats
 from specs.result import ResultRecord
@@ -56,6 +57,20 @@ class Stat(BaseModel):
                    half_width=s.half_width, text=stats.fmt(s))
 
 
+class LatencyStat(BaseModel):
+    """A batch-1 latency speedup in one runtime (:class:`harness.views.latency.LatencyCell`)."""
+
+    speedup: float = Field(description="mean over the ok runs that measured it")
+    ci95: Optional[tuple[float, float]] = Field(description="mean 95% interval (null for records before spec 1.4)")
+    uncertain: bool = Field(description="some run's interval is wider than +-10%")
+    text: str = Field(description="as the tables show it")
+
+    @classmethod
+    def of(cls, c: lat.LatencyCell) -> "LatencyStat":
+        return cls(speedup=c.speedup, ci95=(c.low, c.high) if c.low is not None else None, uncertain=c.uncertain,
+                   text=c.text())
+
+
 class Entry(BaseModel):
     """One method (+ regularizer) in one cell (section, speedup, setting): a row of a speedup tab."""
 
@@ -81,6 +96,8 @@ class Entry(BaseModel):
     params_kept: Optional[float] = Field(description="pruned / base parameters, mean over ok runs")
     latency_speedup: Optional[float] = Field(description="measured batch-1 latency speedup, mean over ok runs")
     latency_ms: Optional[float] = Field(description="the pruned model's batch-1 latency (ms), mean over ok runs")
+    latency: dict[str, LatencyStat] = Field(default_factory=dict, description="batch-1 latency speedup per runtime "
+                                                                              "(eager, onnxruntime, ...)")
     step_s: Optional[float] = Field(description="mean seconds of one importance-scoring step")
     reg_s: Optional[float] = Field(description="mean seconds of regularized training")
     constant_scores: bool = Field(description=f"shown {lb.FLAG}: some run's scores were constant in every group, "
@@ -164,7 +181,7 @@ class Point(BaseModel):
     speedup: float = Field(description="target MACs speedup")
     achieved: Optional[float] = Field(description="achieved MACs speedup (mean)")
     final: Stat
-    latency_speedup: Optional[float]
+    latency_speedup: Optional[float] = Field(description="batch-1 latency speedup in the section's latency_runtime")
     rank: Optional[int]
     pareto: bool = Field(description="on the Pareto front of final mean vs latency speedup of the points shown")
 
@@ -190,6 +207,8 @@ class BoardSection(BaseModel):
                                                                      "metric's minimum detectable difference")
     power_pruned_recal: list[PowerCell] = Field(default_factory=list)
     points: list[Point] = Field(description="every shown method at every speedup: the charts")
+    latency_runtime: str = Field(lat.EAGER, description="the runtime of the points' latency speedups: the "
+                                                        "deployment runtime (onnxruntime) where it was measured")
     note: str = ""
 
 
@@ -252,6 +271,7 @@ def _entry(row: lb.Row, shared_with: list[str]) -> Entry:
         final=Stat.of(row.final), pruned=Stat.of(row.pruned), pruned_recal=Stat.of(row.pruned_recal),
         delta=Stat.of(row.delta), seeds=dict(sorted(row.finals.items())), base=row.base, achieved=row.achieved,
         params_kept=row.params_ratio, latency_speedup=row.latency_speedup,
+        latency={name: LatencyStat.of(c) for name, c in row.latency.items()},
         latency_ms=lb.mean_or_none([r.latency.batch1_pruned_ms for r in ok if r.latency]), step_s=row.step_s, reg_s=row.reg_s,
         constant_scores=row.constant_scores, tied_fraction=row.tied_fraction,
         warnings=[w for r in ok if (w := lb.constant_scores_warning(r))],
@@ -299,8 +319,9 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
                      analysis_pruned_recal=Analysis.of(recal), control=lb.control_of(section.track),
                      power=[_power(p) for p in lb.power_cells(rows, "final").values()],
                      power_pruned_recal=[_power(p) for p in lb.power_cells(rows, "pruned_recal").values()])
+    runtime = lat.pareto_runtime([rec for r in visible for rec in r.records])
     points = [Point(name=r.name, speedup=r.speedup, achieved=r.achieved, final=Stat.of(r.final),
-                    latency_speedup=r.latency_speedup, rank=r.rank, pareto=False)
+                    latency_speedup=_speedup_in(r, runtime), rank=r.rank, pareto=False)
               for r in visible if r.final.mean is not None]
     timed = [p for p in points if p.latency_speedup is not None]
     for i in pareto([(p.latency_speedup, p.final.mean) for p in timed]):
@@ -312,7 +333,13 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
             "rank: run more seeds to rank it" if single else "")
     return BoardSection(track=section.track, track_hash=section.track_hash, base_sha256=section.base_sha256,
                         label=section.label, runs=sum(len(r.records) for r in rows), speedups=sorted({r.speedup for r in rows}),
-                        entries=entries, average=average, points=points, note=note, **extra)
+                        entries=entries, average=average, points=points, note=note, latency_runtime=runtime,
+                        **extra)
+
+
+def _speedup_in(row: lb.Row, runtime: str) -> Optional[float]:
+    cell = row.latency.get(runtime)
+    return None if cell is None else cell.speedup
 
 
 def board(records: list[ResultRecord], track: str, setting: Optional[str] = None, view: str = AVERAGE,

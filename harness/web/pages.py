@@ -17,6 +17,7 @@ from typing_extensions import Annotated
 from harness.web import api, charts
 from harness.web.auth import Principal
 from harness.errors import HarnessError
+from harness.views import latency as lat
 from harness.views.leaderboard import FLAG
 from harness.web.boards import BoardSection, board, leaders
 
@@ -179,8 +180,9 @@ def _charts(section: BoardSection, metric: str) -> tuple[str, str]:
                f"{p.speedup:g}x: latency speedup {p.latency_speedup:.2f}x, {metric} {p.final.text}", None)
               for p in timed]
     front = [(p.latency_speedup, p.final.mean) for p in timed if p.pareto]
-    latency = charts.scatter_chart(points, front, "measured latency speedup, batch 1 (x)", f"final {metric}",
-                                   highlight=top)
+    runtime = lat.LABELS.get(section.latency_runtime, section.latency_runtime)
+    latency = charts.scatter_chart(points, front, f"measured latency speedup, batch 1, {runtime} (x)",
+                                   f"final {metric}", highlight=top)
     return speed, latency
 
 

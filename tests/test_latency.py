@@ -1,0 +1,302 @@
+"""Latency measurement (harness/protocol/latency.py) and channel rounding (``pruning.round_to``).
+
+- The speedup interval: Hodges-Lehmann against a hand-worked example, and its ends against scipy's exact
+  Wilcoxon signed-rank test (the interval is the set of shifts the test does not reject at 5%).
+- ONNX export parity: every zoo model that exports (tiny widths) gives ONNX Runtime outputs within
+  ``ONNX_ATOL`` of PyTorch's; the ones that do not export are listed with their reason, and a model
+  that does not export is one line in the latency record, not a failed measurement.
+- round_to: ResNet-18, MobileNetV2 (depthwise) and ViT (heads) pruned to 2x keep multiples of it in
+  every pruned group, with the floor and the target met; the track hash is unchanged at the default.
+- An older record (spec 1.3, no per-runtime latency) still validates and renders.
+
+No timing is asserted here: timings are in benchmarks/latency_stability.py and benchmarks/round_to.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+
+import pytest
+import torch
+from torch import nn
+
+from harness.models import classifier_of, prune_config_of
+from harness.protocol.grouping import PruneConfig, count_macs_params, describe_groups
+from harness.protocol.latency import (ONNX_ATOL, _flat_outputs, _ort_session, export_onnx, hodges_lehmann, measure,
+                                      speedup_interval)
+from harness.protocol.pruning import make_planner, search_speedup
+from specs.result import Latency, ResultRecord
+
+from conftest import REPO
+from test_models_zoo import ENTRIES, _threads, build, case_for
+
+pytestmark = pytest.mark.usefixtures(_threads.__name__)  # one thread: tiny models (test_models_zoo's fixture)
+
+
+# --------------------------------------------------------------------------- the interval
+
+
+def test_hodges_lehmann_hand_worked():
+    # x sorted: 0.0 0.1 0.2 0.3 0.4 0.5 0.6 0.9 (n = 8, M = 36 Walsh averages (x_i + x_j) / 2, i <= j).
+    # Exact signed-rank distribution for n = 8 (2^8 = 256 sign patterns): subsets of {1..8} with sum
+    # 0: {} | 1: {1} | 2: {2} | 3: {3}, {1,2} | 4: {4}, {1,3}  ->  P(T <= 3) = 5/256 = 0.0195 <= 0.025 and
+    # P(T <= 4) = 7/256 = 0.0273 > 0.025: C = 3, the interval is the 4th smallest and 4th largest average.
+    # Smallest: 0.0 (0,0), 0.05 (0,.1), 0.1 (0,.2), 0.1 (.1,.1) -> 0.1.
+    # Largest: 0.9 (.9,.9), 0.75 (.6,.9), 0.7 (.5,.9), 0.65 (.4,.9) -> 0.65.
+    x = [0.1, 0.3, 0.2, 0.5, 0.4, 0.9, 0.0, 0.6]
+    est, lo, hi = hodges_lehmann(x)
+    assert (lo, hi) == pytest.approx((0.1, 0.65))
+    walsh = [(a + b) / 2 for a, b in itertools.combinations_with_replacement(x, 2)]
+    assert len(walsh) == 36 and est == pytest.approx(statistics.median(walsh))
+    # too few values for 95% (n = 5: P(T = 0) = 1/32 > 0.025): the whole range of the Walsh averages
+    assert hodges_lehmann([1.0, 2.0, 4.0, 8.0, 16.0])[1:] == (1.0, 16.0)
+
+
+@pytest.mark.parametrize("n", [8, 12, 20])
+def test_interval_ends_are_where_the_exact_wilcoxon_test_starts_rejecting(n):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(n, generator=g, dtype=torch.float64) * 0.1 + 0.7).tolist()
+    _, lo, hi = hodges_lehmann(x)
+    eps = 1e-9
+
+    def p(shift: float) -> float:
+        return scipy_stats.wilcoxon([v - shift for v in x], method="exact").pvalue
+
+    assert p(lo + eps) >= 0.05 and p(hi - eps) >= 0.05  # inside: not rejected
+    assert p(lo - eps) < 0.05 and p(hi + eps) < 0.05    # outside: rejected
+
+
+def test_speedup_interval_and_the_uncertain_flag():
+    base = [2.0, 2.1, 1.9, 2.0, 2.05, 1.95, 2.0, 2.02, 1.98, 2.0, 2.01, 1.99]
+    tight = speedup_interval(base, [b / 2 for b in base])  # every block: exactly 2x
+    assert tight[0] == pytest.approx(2.0) and tight[1] == pytest.approx((2.0, 2.0)) and not tight[2]
+    # paired blocks whose ratios spread from 1.4x to 2.6x: the interval is wider than +-10%
+    ratios = [1.4, 2.6, 1.6, 2.4, 1.8, 2.2, 1.5, 2.5, 1.7, 2.3, 2.0, 1.9]
+    est, (lo, hi), uncertain = speedup_interval(base, [b / r for b, r in zip(base, ratios)])
+    assert lo < est < hi and uncertain
+    logs = [math.log(r) for r in ratios]
+    assert est == pytest.approx(math.exp(hodges_lehmann(logs)[0]))
+
+
+# --------------------------------------------------------------------------- ONNX export parity
+
+#: zoo entries not exported in the tests, and why
+NOT_EXPORTED = {
+    "vgg19/imagenet": "does not export at the tests' 32 px: ONNX has no adaptive_avg_pool2d to 7x7 from 1x1 "
+                      "(torchvision's VGG head; at 224 px it exports)",
+    "yolov8": "the same modules as yolov8n/yolov8s at a larger scale (26 M parameters: export cost)",
+    "yolov8m": "the same modules as yolov8n/yolov8s at a larger scale (26 M parameters: export cost)",
+    "yolov8l": "the same modules as yolov8n/yolov8s at a larger scale (44 M parameters: export cost)",
+}
+EXPORTED = [e for e in ENTRIES if e not in NOT_EXPORTED]
+
+
+def _ort_outputs(model: nn.Module, x: torch.Tensor) -> list:
+    session = _ort_session(export_onnx(model, x[:1]), ["CPUExecutionProvider"], 1)
+    return session.run(None, {"input": x.numpy()})
+
+
+@pytest.mark.parametrize("entry", EXPORTED)
+def test_onnx_runtime_matches_pytorch(entry):
+    case = case_for(entry)
+    model = build(case)
+    x = torch.rand(3, 3, case.size, case.size, generator=torch.Generator().manual_seed(0))  # batch 3: dynamic axis
+    with torch.no_grad():
+        ref = _flat_outputs(model(x))
+    got = _ort_outputs(model, x)
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        assert g.shape == tuple(r.shape)
+        assert float((torch.from_numpy(g) - r).abs().max()) <= ONNX_ATOL * max(1.0, float(r.abs().max()))
+
+
+def test_the_zoo_is_covered():
+    assert set(NOT_EXPORTED) <= set(ENTRIES) and set(EXPORTED) | set(NOT_EXPORTED) == set(ENTRIES)
+
+
+class Unexportable(nn.Module):
+    """A 1x1 map pooled to 3x3: runs in PyTorch, has no ONNX export (like VGG's head at 32 px)."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, stride=8)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Linear(9 * width, 2)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)).flatten(1))
+
+
+def test_a_model_that_does_not_export_is_one_line_in_the_record():
+    base, pruned = Unexportable(8), Unexportable(4)
+    x = torch.rand(1, 3, 8, 8)
+    lat = measure(base, pruned, x, throughput_batch=2, min_time_s=0.0, min_blocks=2)
+    assert lat.speedup_batch1 > 0 and lat.threads == 1 and lat.blocks >= 2 and lat.speedup_batch1_ci is not None
+    ort = lat.runtimes["onnxruntime"]
+    assert ort.status == "failed" and "\n" not in ort.reason and "adaptive_avg_pool2d" in ort.reason
+    assert lat.runtimes["tensorrt"].status == "unmeasured" and "CUDA" in lat.runtimes["tensorrt"].reason
+    assert base.training and pruned.training  # left in the mode they came in
+    # and a model that exports is measured, its outputs compared with PyTorch's
+    ok = measure(_tiny_cnn(8).eval(), _tiny_cnn(4).eval(), torch.rand(1, 3, 8, 8), throughput_batch=2,
+                 min_time_s=0.0, min_blocks=2, runtimes=("onnxruntime",))
+    r = ok.runtimes["onnxruntime"]
+    assert r.status == "measured" and r.max_abs_diff <= ONNX_ATOL and r.providers == ["CPUExecutionProvider"]
+    assert r.speedup_batch1_ci[0] <= r.speedup_batch1 <= r.speedup_batch1_ci[1]
+
+
+def _tiny_cnn(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2))
+
+
+# --------------------------------------------------------------------------- round_to
+
+
+def _mobilenet_v2():
+    import torchvision
+    torch.manual_seed(0)
+    return torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5).eval()
+
+
+def _vit():
+    import timm
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=2).eval()
+
+
+def _resnet18():
+    return build(case_for("resnet18"))
+
+
+def _config(model: nn.Module) -> PruneConfig:
+    return prune_config_of(model).merged(PruneConfig(ignored_layers=[classifier_of(model)]))
+
+
+@pytest.mark.parametrize("round_to", [8])
+@pytest.mark.parametrize("make", [_resnet18, _mobilenet_v2, _vit], ids=["resnet18", "mobilenet_v2", "vit"])
+def test_round_to_keeps_multiples_the_floor_and_the_target(make, round_to):
+    model, example = make(), torch.rand(1, 3, 32, 32)
+    groups = describe_groups(model, example, _config(model))
+    g = torch.Generator().manual_seed(3)
+    scores = {gr.id: torch.rand(gr.n_channels, generator=g, dtype=torch.float64) for gr in groups}
+    base_macs, _ = count_macs_params(model, example)
+    planner = make_planner(groups, scores, {gr.id: gr.n_channels for gr in groups}, "protected_global", 0.1,
+                           seed=0, round_to=round_to)
+    found = search_speedup(model, example, _config, planner, base_macs, base_macs, 2.0)
+    assert base_macs / found.macs >= 2.0 * (1 - 1e-9)
+    after = describe_groups(found.model, example, _config(found.model))
+    after = {gr.id: gr for gr in after}
+    pruned_groups = 0
+    for gr in groups:
+        units_before = gr.n_channels // gr.ch_groups
+        kept = after[gr.id].n_channels // gr.ch_groups if gr.id in after else units_before
+        assert after[gr.id].ch_groups == gr.ch_groups
+        floor = max(1, math.ceil(0.1 * units_before))
+        assert kept >= floor, f"{gr.id}: {kept} < floor {floor}"
+        if kept < units_before:
+            pruned_groups += 1
+            assert kept % round_to == 0, f"{gr.id}: kept {kept} units, not a multiple of {round_to}"
+    assert pruned_groups > 0
+    if make is _vit:  # heads stay, every head dim a multiple, so heads x head_dim too
+        for b in found.model.blocks:
+            assert b.attn.num_heads == 6 and b.attn.head_dim % round_to == 0
+            assert (b.attn.num_heads * b.attn.head_dim) % round_to == 0
+    if make is _mobilenet_v2:  # depthwise convs follow their expansion convs: multiples too
+        dw = [m for m in found.model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        assert dw and all(m.groups == m.in_channels == m.out_channels for m in dw)
+        changed = [m for m, o in zip(dw, [m for m in make().modules() if isinstance(m, nn.Conv2d) and m.groups > 1])
+                   if m.out_channels != o.out_channels]
+        assert changed and all(m.out_channels % round_to == 0 for m in changed)
+    # the same search without rounding prunes groups to counts that are not multiples
+    plain = make_planner(groups, scores, {gr.id: gr.n_channels for gr in groups}, "protected_global", 0.1, seed=0)
+    plan = plain.units(found.t)
+    assert any((gr.n_channels // gr.ch_groups - len(plan[gr.id])) % round_to for gr in groups if plan[gr.id])
+
+
+def test_round_to_default_keeps_track_hashes_and_plans():
+    from harness.plan import Plan
+    from harness.tracks import registry
+    track = registry().get("digits-resnet18")
+    assert track.pruning.round_to == 1
+    assert track.hash().startswith("ed07862e4805")  # the committed digits records' track
+    rounded = track.model_copy(update={"pruning": track.pruning.model_copy(update={"round_to": 8})})
+    assert rounded.hash() != track.hash()
+    resolved = Plan.build(track="digits-resnet18", methods=["magnitude_l2"], round_to=8, speedups=[2],
+                          seeds=[0]).resolve()
+    assert resolved.specs[0].track.pruning.round_to == 8
+    assert Plan.build(track="digits-resnet18", methods=["magnitude_l2"]).resolve().specs[0].track.hash() == \
+        track.hash()
+
+
+def test_round_to_is_refused_when_not_positive():
+    from harness.plan import Plan, PlanError
+    with pytest.raises(PlanError, match="round_to"):
+        Plan.build(track="digits-resnet18", round_to=0)
+
+
+# --------------------------------------------------------------------------- older records
+
+
+def test_an_older_record_without_runtime_latency_still_validates_and_renders():
+    from harness.views import leaderboard as lb
+    from harness.views.latency import latency_cell
+    path = next(p for p in sorted((REPO / "benchmarks" / "results").rglob("result.json"))
+                if json.loads(p.read_text()).get("latency"))
+    data = json.loads(path.read_text())
+    assert data["provenance"]["spec_version"] < "1.4" and "runtimes" not in data["latency"]
+    record = ResultRecord.model_validate(data)
+    assert record.round_to == 1 and record.latency.runtimes == {} and record.latency.speedup_batch1_ci is None
+    [row] = lb.rows([record])
+    text = lb.markdown([row])
+    assert f"{record.latency.speedup_batch1:.2f}x" in text
+    assert latency_cell([record], "onnxruntime") is None
+    new = Latency.model_validate({**data["latency"], "speedup_batch1_ci": [1.0, 3.0], "uncertain": True})
+    assert new.deployed() is None
+
+
+def _committed(n: int = 6) -> list[ResultRecord]:
+    paths = sorted((REPO / "benchmarks" / "results" / "digits-resnet18").rglob("result.json"))
+    records = [ResultRecord.model_validate_json(p.read_text()) for p in paths]
+    return [r for r in records if r.status == "ok" and r.latency and r.speedup.target == 2.0][:n]
+
+
+def test_views_show_each_runtime_with_its_interval_and_the_pareto_plot_uses_the_deployment_runtime():
+    from harness.views import leaderboard as lb
+    from harness.web.boards import board
+    from specs.result import RuntimeLatency
+    old = _committed()
+    new = []
+    for i, r in enumerate(old):
+        s = r.latency.speedup_batch1
+        ort = RuntimeLatency(runtime="onnxruntime", status="measured", version="1", providers=["CPUExecutionProvider"],
+                             max_abs_diff=1e-6, batch1_base_ms=1.0, batch1_pruned_ms=1 / (s / 2),
+                             speedup_batch1=s / 2, speedup_batch1_ci=(s / 2 * 0.95, s / 2 * 1.05 + 0.3 * (i == 0)),
+                             uncertain=i == 0)  # as measure() flags an interval wider than +-10%
+        trt = RuntimeLatency(runtime="tensorrt", status="unmeasured", reason="TensorRT needs a CUDA device")
+        lat = r.latency.model_copy(update={"speedup_batch1_ci": (s * 0.9, s * 1.1), "runtimes":
+                                           {"onnxruntime": ort, "tensorrt": trt}})
+        new.append(ResultRecord.model_validate(r.model_copy(update={"latency": lat}).model_dump()))
+    rows = lb.rows(new)
+    text = lb.markdown(rows)
+    assert "ONNX RT" in text
+    row = next(x for x in rows if any(rec.run_key == new[0].run_key for rec in x.records))
+    cell = row.latency["onnxruntime"]
+    ok = [rec for rec in row.records if rec.status == "ok"]
+    assert cell.speedup == pytest.approx(statistics.fmean(rec.latency.speedup_batch1 / 2 for rec in ok))
+    assert cell.uncertain and cell.text().endswith("] ?") and cell.text() in text  # shown as uncertain
+    csv = lb.to_csv(rows)
+    assert "onnxruntime_speedup_b1" in csv.splitlines()[0]
+    lboard = board(new, new[0].track.id, view="2x")
+    [section] = lboard.sections
+    assert section.latency_runtime == "onnxruntime"
+    by_name = {p.name: p for p in section.points}
+    assert by_name[row.name].latency_speedup == pytest.approx(cell.speedup)
+    entry = next(e for e in section.entries if e.name == row.name)
+    assert set(entry.latency) == {"eager", "onnxruntime"} and entry.latency["onnxruntime"].uncertain
+    # records without the deployment runtime: the plot stays in eager PyTorch
+    assert board(old, old[0].track.id, view="2x").sections[0].latency_runtime == "eager"
