@@ -180,3 +180,27 @@ def test_a_method_begun_on_a_thread_is_waited_for_once_or_stopped(monkeypatch):
         with client.begin():
             raise RuntimeError("stage failed")
     assert client._proc.poll() is not None and not client.exchange.exists()
+
+
+def test_counting_leaves_the_model_as_it_was():
+    """What a forward caches on its module (a detection head's anchors) is put back after the meta pass,
+    and the counter's hooks and attributes are gone: the model runs as before, and its copy counts the same."""
+
+    class Caching(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.anchors = None
+
+        def forward(self, x):
+            y = self.conv(x)
+            if self.anchors is None or self.anchors.shape != y.shape[2:]:
+                self.anchors = torch.zeros(y.shape[2:], device=y.device)
+            return y + self.anchors
+
+    model, x = Caching().train(), torch.randn(1, 3, 8, 8)
+    before = {m: dict(m.__dict__) for m in model.modules()}
+    assert count_macs_params(model, x) == tuple(tp_counts(model, x)[:2])  # (the meta pass cached anchors)
+    assert {m: dict(m.__dict__) for m in model.modules()} == before
+    assert model.anchors is None and model.training and not model.conv._forward_hooks
+    assert model(x).shape == (1, 4, 6, 6)

@@ -275,15 +275,12 @@ def count_layer_macs(model: nn.Module, example_inputs) -> tuple[float, int, dict
     return float(macs), int(params), layers
 
 
-#: what Torch-Pruning's ``add_flops_counting_methods`` / ``start_flops_count`` leave on the root module
-_COUNTER_ATTRS = ("start_flops_count", "stop_flops_count", "reset_flops_count", "compute_average_flops_cost",
-                  "__batch_counter__")
-
-
 def _count_on_meta(model: nn.Module, example_inputs):
     """``count_ops_and_params(layer_wise=True)``'s steps, on ``model`` itself with a meta forward pass."""
     from torch_pruning.utils import op_counter
-    modes = {m: m.training for m in model.modules()}
+    # every module's attributes as they were: the counter's, the training flags, and what a forward caches
+    # on its module (e.g. a detection head's anchors, which would otherwise stay meta tensors) are put back
+    saved = {m: m.__dict__.copy() for m in model.modules()}
     op_counter.add_flops_counting_methods(model)
     try:
         model.eval()
@@ -294,11 +291,10 @@ def _count_on_meta(model: nn.Module, example_inputs):
         finally:
             model.stop_flops_count()
     finally:
-        for name in _COUNTER_ATTRS:
-            model.__dict__.pop(name, None)
         op_counter.CUSTOM_MODULES_MAPPING = {}
-        for m, training in modes.items():
-            m.training = training
+        for m, attrs in saved.items():
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
 
 
 def to_meta(x):
