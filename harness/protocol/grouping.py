@@ -305,15 +305,41 @@ def to_meta(x):
 
 def meta_forward(model: nn.Module, example_inputs):
     """``model(example_inputs)`` with its parameters, buffers and the inputs as ``meta`` tensors: every
-    module sees the shapes of a real pass and nothing is computed. ``model`` itself is not changed."""
+    module sees the shapes of a real pass and nothing is computed. ``model``'s tensors are not changed."""
     from torch.func import functional_call
     state = to_meta(dict((*model.named_parameters(remove_duplicate=False),
                           *model.named_buffers(remove_duplicate=False))))
     inputs = to_meta(example_inputs)
-    if isinstance(inputs, dict):
-        return functional_call(model, state, (), inputs, tie_weights=False, strict=False)
-    args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return functional_call(model, state, args, tie_weights=False, strict=False)
+    kwargs = inputs if isinstance(inputs, dict) else {}
+    args = () if kwargs else tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    with _shape_only_norms():
+        return functional_call(model, state, args, kwargs, tie_weights=False, strict=False)
+
+
+#: normalizations whose output has their input's shape; on meta tensors PyTorch runs them through its
+#: Python decompositions, which cost more than the rest of a meta pass together
+_NORMS = ("batch_norm", "layer_norm", "group_norm", "instance_norm")
+
+
+@contextlib.contextmanager
+def _shape_only_norms():
+    """``torch.nn.functional``'s normalizations return an empty tensor of their input's shape when the
+    input is a meta tensor (real tensors, e.g. another thread's, get the real function)."""
+    import torch.nn.functional as F
+    originals = {name: getattr(F, name) for name in _NORMS}
+
+    def shape_only(real):
+        def norm(input, *args, **kwargs):
+            return torch.empty_like(input) if input.is_meta else real(input, *args, **kwargs)
+        return norm
+
+    for name, real in originals.items():
+        setattr(F, name, shape_only(real))
+    try:
+        yield
+    finally:
+        for name, real in originals.items():
+            setattr(F, name, real)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
