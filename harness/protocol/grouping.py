@@ -10,6 +10,7 @@ deep copy of it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -248,20 +249,107 @@ def apply_plan(model: nn.Module, example_inputs, config: PruneConfig, plan: dict
 
 @torch.no_grad()
 def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
-    """MACs and parameters of ``model`` as Torch-Pruning counts them (one sample)."""
-    with shape_pass():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)  # counts on a deep copy
-    return float(macs), int(params)
+    """MACs and parameters of ``model`` as Torch-Pruning counts them (one sample; see :func:`count_layer_macs`)."""
+    macs, params, _ = count_layer_macs(model, example_inputs)
+    return macs, params
 
 
 @torch.no_grad()
 def count_layer_macs(model: nn.Module, example_inputs) -> tuple[float, int, dict[str, float]]:
-    """:func:`count_macs_params` plus each module's own MACs (by module name; the same count)."""
-    with shape_pass():
-        macs, params, per_module, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+    """MACs and parameters of ``model`` plus each module's own MACs (by module name), equal to
+    ``tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)``.
+
+    That counter deep-copies the model and runs a real forward pass with its hooks: in progressive
+    pruning a full copy and a full forward every round and every search probe. Its counts depend on
+    shapes only, so this runs the same hooks (Torch-Pruning's own ``op_counter`` machinery) on ``model``
+    itself, in a forward pass whose parameters, buffers and inputs are ``meta`` tensors (shapes, no
+    data, no arithmetic), and removes them afterwards. A forward that needs data (``.item()``,
+    data-dependent shapes, tensors it makes on the CPU itself) gets Torch-Pruning's counter as it is."""
+    try:
+        macs, params, per_module, _ = _count_on_meta(model, example_inputs)
+    except Exception:  # a forward that needs data: the counter on a copy, with a real pass
+        with shape_pass():
+            macs, params, per_module, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
     names = {m: n for n, m in model.named_modules()}
     layers = {names[m]: float(v) for m, v in per_module.items() if v and m in names}
     return float(macs), int(params), layers
+
+
+def _count_on_meta(model: nn.Module, example_inputs):
+    """``count_ops_and_params(layer_wise=True)``'s steps, on ``model`` itself with a meta forward pass."""
+    from torch_pruning.utils import op_counter
+    # every module's attributes as they were: the counter's, the training flags, and what a forward caches
+    # on its module (e.g. a detection head's anchors, which would otherwise stay meta tensors) are put back
+    saved = {m: m.__dict__.copy() for m in model.modules()}
+    op_counter.add_flops_counting_methods(model)
+    try:
+        model.eval()
+        model.start_flops_count(ost=None, verbose=False, ignore_list=[])
+        try:
+            meta_forward(model, example_inputs)
+            return model.compute_average_flops_cost()
+        finally:
+            model.stop_flops_count()
+    finally:
+        op_counter.CUSTOM_MODULES_MAPPING = {}
+        for m, attrs in saved.items():
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+
+
+def to_meta(x):
+    """``x`` with every tensor in it replaced by a ``meta`` tensor of its shape and dtype (no data)."""
+    return torch.utils._pytree.tree_map(
+        lambda t: torch.empty_like(t, device="meta") if isinstance(t, torch.Tensor) else t, x)
+
+
+def meta_forward(model: nn.Module, example_inputs):
+    """``model(example_inputs)`` with its parameters, buffers and the inputs as ``meta`` tensors: every
+    module sees the shapes of a real pass and nothing is computed. ``model``'s tensors are not changed."""
+    from torch.func import functional_call
+    state = to_meta(dict((*model.named_parameters(remove_duplicate=False),
+                          *model.named_buffers(remove_duplicate=False))))
+    inputs = to_meta(example_inputs)
+    kwargs = inputs if isinstance(inputs, dict) else {}
+    args = () if kwargs else tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    with _shape_only_norms():
+        return functional_call(model, state, args, kwargs, tie_weights=False, strict=False)
+
+
+#: normalizations whose output has their input's shape; on meta tensors PyTorch runs them through its
+#: Python decompositions, which cost more than the rest of a meta pass together
+_NORMS = ("batch_norm", "layer_norm", "group_norm", "instance_norm")
+
+
+@contextlib.contextmanager
+def _shape_only_norms():
+    """``torch.nn.functional``'s normalizations return an empty tensor of their input's shape when the
+    input is a meta tensor (real tensors, e.g. another thread's, get the real function)."""
+    import torch.nn.functional as F
+    originals = {name: getattr(F, name) for name in _NORMS}
+
+    def shape_only(real):
+        def norm(input, *args, **kwargs):
+            return torch.empty_like(input) if input.is_meta else real(input, *args, **kwargs)
+        return norm
+
+    for name, real in originals.items():
+        setattr(F, name, shape_only(real))
+    try:
+        yield
+    finally:
+        for name, real in originals.items():
+            setattr(F, name, real)
+
+
+def meta_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are ``meta`` tensors: the same modules and
+    shapes (it can be traced, pruned and counted) without copying a byte of weights."""
+    memo = {}
+    for t in (*model.parameters(), *model.buffers()):
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
 
 
 def layer_channels(model: nn.Module) -> dict[str, int]:

@@ -47,7 +47,8 @@ def param_keys(groups: Iterable[Group]) -> list[str]:
 
 def _weights(model: nn.Module, keys: list[str]) -> Tensors:
     state = dict(model.named_parameters())
-    return {k: state[k].detach().to("cpu", torch.float32).clone() for k in keys}
+    # no copy: the tensors are sent (written out, or copied by the in-process runner) before the model changes
+    return {k: state[k].detach().to("cpu", torch.float32) for k in keys}
 
 
 def _gradients(model: nn.Module, keys: list[str], batches: list, loss_fn: LossFn, squared: bool) -> Tensors:

@@ -33,7 +33,8 @@ import torch.nn as nn
 from torch_pruning.pruner.algorithms.base_pruner import BasePruner
 
 from harness.errors import HarnessError
-from harness.protocol.grouping import PruneConfig, apply_plan, count_layer_macs, count_macs_params
+from harness.protocol.grouping import (PruneConfig, apply_plan, count_layer_macs, count_macs_params, meta_copy,
+                                       to_meta)
 from specs.messages import Group
 from specs.track import Strategy
 
@@ -177,36 +178,32 @@ class SearchResult:
 
 def search_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
                    planner: Planner, base_macs: float, current_macs: float, target: float,
-                   first: Optional[int] = None) -> SearchResult:
+                   first: Optional[int] = None, in_place: bool = False, graph=None) -> SearchResult:
     """Smallest plan step whose physically pruned copy reaches ``base_macs / macs >= target``.
 
-    ``config_for(m)`` builds the prune config of a model (a deep copy has new module objects).
-    Every probe prunes a deep copy and counts its MACs; probes are placed by interpolating
-    log-speedup between the bracket ends, with a bisection step whenever interpolation fails
-    to halve the bracket, so the exact minimum is found in a handful of probes. ``first`` is
-    where to probe first (e.g. :func:`predicted_step`); by default a square-law guess.
+    ``config_for(m)`` builds the prune config of a model (a copy has new module objects).
+    Every probe prunes a weightless copy (:func:`probe_macs`) and counts its MACs; probes are placed
+    by interpolating log-speedup between the bracket ends, with a bisection step whenever
+    interpolation fails to halve the bracket, so the exact minimum is found in a handful of probes.
+    ``first`` is where to probe first (e.g. :func:`predicted_step`); by default a square-law guess.
+    The step found is then applied to a copy of ``model`` (``in_place``: to ``model`` itself, through
+    ``graph``, its dependency graph, when given) and measured again (:func:`materialize`).
     """
-    cache: dict[int, SearchResult] = {}
-
-    def evaluate(t: int) -> SearchResult:
-        if t not in cache:
-            m = copy.deepcopy(model)
-            apply_plan(m, example_inputs, config_for(m), planner.plan(t))
-            macs, params = count_macs_params(m, example_inputs)
-            cache[t] = SearchResult(m, t, macs, params, 0)
-        return cache[t]
+    cache: dict[int, Optional[float]] = {}  # plan step -> probed MACs
 
     def speedup(t: int) -> float:
-        return base_macs / evaluate(t).macs
+        if t not in cache:
+            cache[t] = probe_macs(model, example_inputs, config_for, planner.plan(t))[0]
+        return base_macs / cache[t]
 
     def done(t: int) -> SearchResult:
-        result = evaluate(t)
-        result.evaluations = len(cache)
-        return result
+        return materialize(model, example_inputs, config_for, planner.plan(t), t, cache[t], len(cache),
+                           in_place, graph)
 
     goal = target * (1 - 1e-9)
     lo, s_lo = 0, base_macs / current_macs
     if s_lo >= goal:
+        cache[0] = None  # nothing to remove, nothing probed
         return done(0)
     # first probe: MACs of conv nets shrink roughly with the square of the channels kept
     if first is None:
@@ -235,6 +232,37 @@ def search_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Mo
             lo, s_lo = mid, speedup(mid)
         bisect = (hi - lo) > width / 2
     return done(hi)
+
+
+def probe_macs(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
+               plan: dict[str, list[int]]) -> tuple[float, int]:
+    """MACs and parameters of ``model`` pruned by ``plan``, measured on a physically pruned copy without
+    weights (:func:`~harness.protocol.grouping.meta_copy`: the same shapes, so the same counts, at a
+    fraction of a deep copy and a traced forward); a model that cannot run on meta tensors is copied
+    whole."""
+    try:
+        shadow = meta_copy(model)
+        apply_plan(shadow, to_meta(example_inputs), config_for(shadow), plan)
+        return count_macs_params(shadow, example_inputs)
+    except Exception:  # e.g. a prune fixup or a forward that needs data
+        shadow = copy.deepcopy(model)
+        apply_plan(shadow, example_inputs, config_for(shadow), plan)
+        return count_macs_params(shadow, example_inputs)
+
+
+def materialize(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
+                plan: dict[str, list[int]], t: int, probed: Optional[float], evaluations: int,
+                in_place: bool = False, graph=None) -> SearchResult:
+    """Plan step ``t`` applied to ``model`` (``in_place``, through ``graph`` when given) or to a deep copy,
+    measured with the counter. It must measure the MACs its probe did (``probed``; None: not probed):
+    the search's guarantee (target reached at the smallest step) rests on the probes."""
+    pruned = model if in_place else copy.deepcopy(model)
+    apply_plan(pruned, example_inputs, config_for(pruned), plan, graph if in_place else None)
+    macs, params = count_macs_params(pruned, example_inputs)
+    if probed is not None and macs != probed:
+        raise HarnessError(f"internal error: plan step {t} measured {macs:.0f} MACs on the model and "
+                           f"{probed:.0f} on its probe")
+    return SearchResult(pruned, t, macs, params, evaluations)
 
 
 # --------------------------------------------------------------------------- progressive pruning
@@ -328,5 +356,5 @@ def prune_round(model: nn.Module, example_inputs, config_for: Callable[[nn.Modul
     t = predicted_step(planner, macs_predictor(model, layers, current_macs, planner.groups), base_macs / target)
     if final:
         return search_speedup(model, example_inputs, config_for, planner, base_macs, current_macs, target,
-                              first=t), None
+                              first=t, in_place=True, graph=graph), None
     return progressive_step(model, example_inputs, config_for, planner, t, graph)

@@ -166,6 +166,8 @@ class Pruned:
     step_s: float                  # observations + scoring + pruning
     score_s: float                 # inside the method
     ties: list[Ties] = field(default_factory=list)  # per round: how much the method's scores tied
+    start_s: float = 0.0           # the method's start (launch to handshake), on its own thread
+    start_wait_s: float = 0.0      # the part of start_s the stage waited for (not in step_s)
 
 
 def method_info(spec: RunSpec, source: MethodSource, hyperparameters: dict) -> MethodInfo:
@@ -446,37 +448,48 @@ def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progre
 def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
                  progress: Optional[Progress]) -> Pruned:
     """Steps 2-3, ``track.pruning.rounds`` times: groups -> observations -> scores -> the smallest
-    plan whose measured speedup reaches this round's share of the target. ``model`` is not changed."""
-    track = spec.track
-    with _client(spec, spec.method, spec.hyperparameters) as client:
+    plan whose measured speedup reaches this round's share of the target. ``model`` is pruned in place
+    (through one dependency graph, built once). The method starts on a thread while the graph is built
+    and the first observations are collected; its start is timed apart (``Pruned.start_s``) and the
+    time waited for it is not part of ``step_s``."""
+    with _client(spec, spec.method, spec.hyperparameters).begin() as client:
         t0 = time.perf_counter()
-        calib = task.calibration_batches(spec.seed)
-        base_channels: dict[str, int] = {}
-        macs, params = dense.macs, dense.params
-        rounds = track.pruning.rounds
-        # rounds are guided by per-layer MACs; progressive pruning prunes its own copy in place (see prune_round)
-        layers = count_layer_macs(model, example)[2]
-        model = copy.deepcopy(model) if rounds > 1 else model
-        graph = build_graph(model, example, task.prune_config(model)) if rounds > 1 else None
-        ties = []
-        for r in range(rounds):
-            groups = describe_groups(model, example, task.prune_config(model), graph)
-            if r == 0:
-                base_channels = {g.id: g.n_channels for g in groups}
-            obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
-                          calibration=track.calibration)
-            scores = client.score(r, groups, obs)
-            planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
-                                   track.pruning.min_channel_fraction, seed=spec.seed, round_=r,
-                                   round_to=track.pruning.round_to)
-            ties.append(planner.ties())
-            found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
-                                        spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
-            model, macs, params = found.model, found.macs, found.params
-            task.after_prune(model)
-            if progress:
-                progress("prune", r + 1, rounds, macs=macs, speedup=dense.macs / macs)
-        return Pruned(model, macs, params, base_channels, time.perf_counter() - t0, client.score_seconds, ties)
+        model, macs, params, base_channels, ties = _prune_rounds(spec, task, model, example, dense, client, progress)
+        step_s = time.perf_counter() - t0 - client.start_wait_seconds
+        return Pruned(model, macs, params, base_channels, step_s, client.score_seconds, ties,
+                      start_s=client.start_seconds, start_wait_s=client.start_wait_seconds)
+
+
+def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense, client,
+                  progress: Optional[Progress]):
+    """The rounds of :func:`_prune_stage`; returns ``(model, macs, params, base_channels, ties)``."""
+    track = spec.track
+    calib = task.calibration_batches(spec.seed)
+    base_channels: dict[str, int] = {}
+    macs, params = dense.macs, dense.params
+    rounds = track.pruning.rounds
+    # rounds are guided by per-layer MACs (counted on the model itself, see count_layer_macs)
+    layers = count_layer_macs(model, example)[2]
+    graph = build_graph(model, example, task.prune_config(model))  # valid while the model is pruned through it
+    ties = []
+    for r in range(rounds):
+        groups = describe_groups(model, example, task.prune_config(model), graph)
+        if r == 0:
+            base_channels = {g.id: g.n_channels for g in groups}
+        obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
+                      calibration=track.calibration)
+        scores = client.score(r, groups, obs)
+        planner = make_planner(groups, scores, base_channels, track.pruning.strategy,
+                               track.pruning.min_channel_fraction, seed=spec.seed, round_=r,
+                               round_to=track.pruning.round_to)
+        ties.append(planner.ties())
+        found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
+                                    spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
+        model, macs, params = found.model, found.macs, found.params
+        task.after_prune(model)
+        if progress:
+            progress("prune", r + 1, rounds, macs=macs, speedup=dense.macs / macs)
+    return model, macs, params, base_channels, ties
 
 
 def _record_fields(spec: RunSpec, key: str, checkpoint_sha256: Optional[str], started: str,

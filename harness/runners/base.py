@@ -10,6 +10,7 @@ opens with :meth:`MethodClient.regularizer_link`: ``link(step, total_steps, weig
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -173,6 +174,11 @@ class MethodClient(ABC):
         self.limits = limits or resolve_limits()
         self.image_digest: Optional[str] = None
         self.score_seconds = 0.0
+        #: seconds :meth:`start` took (launch to handshake), and the part of them the harness waited for
+        self.start_seconds = 0.0
+        self.start_wait_seconds = 0.0
+        self._starting: Optional[threading.Thread] = None
+        self._start_error: Optional[BaseException] = None
 
     @property
     def manifest(self) -> MethodManifest:
@@ -189,6 +195,61 @@ class MethodClient(ABC):
 
     @abstractmethod
     def start(self) -> None: ...
+
+    #: whether :meth:`begin` starts the method on a thread (a runner whose start is instant, or touches
+    #: the harness's own state, says False and starts at once)
+    starts_in_background = True
+
+    def begin(self) -> "MethodClient":
+        """Start the method off the critical path: :meth:`start` runs on a thread while the harness goes
+        on (building the graph, collecting observations); the first request, or :meth:`ready`, waits for
+        it. Close the client in every case (``with client.begin(): ...``: it does)."""
+        self._begun = True
+        if not self.starts_in_background:
+            self._timed_start()
+            return self
+        self._starting = threading.Thread(target=self._background_start, name=f"start-{self.manifest.id}",
+                                          daemon=True)
+        self._starting.start()
+        return self
+
+    def _timed_start(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.start()
+        finally:
+            self.start_seconds = time.perf_counter() - t0
+
+    def _background_start(self) -> None:
+        try:
+            self._timed_start()
+        except BaseException as e:  # raised where the harness waits for it (ready)
+            self._start_error = e
+
+    def ready(self) -> None:
+        """Wait until a method begun with :meth:`begin` has started (re-raising what its start raised);
+        the time waited goes to ``start_wait_seconds``."""
+        if self._starting is None:
+            return
+        t0 = time.perf_counter()
+        self._starting.join()
+        self._starting = None
+        self.start_wait_seconds += time.perf_counter() - t0
+        if self._start_error is not None:
+            error, self._start_error = self._start_error, None
+            raise error
+
+    def _abandon_start(self) -> None:
+        """For :meth:`close`: stop waiting for a start still in progress (runners make their start loop
+        return soon, see :attr:`closing`) and forget what it raised."""
+        self.closing = True
+        if self._starting is not None:
+            self._starting.join()
+            self._starting, self._start_error = None, None
+
+    #: set by :meth:`close`: a start in progress on a thread gives up
+    closing = False
+    _begun = False
 
     @abstractmethod
     def _score(self, round: int, groups: list[Group], observations: dict[str, Tensors]) -> object: ...
@@ -211,6 +272,7 @@ class MethodClient(ABC):
 
     def score(self, round: int, groups: list[Group], observations: dict[str, Tensors]) -> Tensors:
         self._require("importance")
+        self.ready()
         t0 = time.perf_counter()
         try:
             raw = self._score(round, groups, observations)
@@ -220,6 +282,7 @@ class MethodClient(ABC):
 
     def regularize(self, step: int, total_steps: int, groups: list[Group], weights: Tensors) -> Tensors:
         self._require("regularizer")
+        self.ready()
         return validate_reg_grads(weights, self._regularize(step, total_steps, groups, weights))
 
     def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
@@ -229,8 +292,10 @@ class MethodClient(ABC):
         return LegacyLink(self, groups)
 
     def __enter__(self) -> "MethodClient":
+        if self._begun:  # ``with client.begin():`` (started, or starting on its thread)
+            return self
         try:
-            self.start()
+            self._timed_start()
         except BaseException:
             self.close()
             raise

@@ -138,6 +138,15 @@ class DockerClient(SocketClient):
         lines = [line for line in self._logs.splitlines() if line.strip()]
         return f": {lines[-1].strip()[:300]}" if lines else ""
 
+    def _wait_exit(self, timeout: float) -> None:
+        container = self._container
+        if container is None:
+            return
+        try:
+            container.wait(timeout=timeout)  # the engine answers when the container exits, no polling
+        except Exception:  # timed out (requests' ReadTimeout / ConnectionError) or already gone
+            pass
+
     def _kill(self) -> None:
         if self._container is not None:
             try:

@@ -17,6 +17,9 @@ from specs.sdk.server import instantiate
 
 class InProcessClient(MethodClient):
     runner = "inprocess"
+    #: instantiating the method is quick, and it runs in the harness's process (its random state too):
+    #: :meth:`begin` starts it at once, not on a thread
+    starts_in_background = False
 
     def start(self) -> None:
         hello = Hello(harness_version="inprocess", seed=self.seed, device=self.device,

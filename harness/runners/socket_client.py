@@ -46,6 +46,8 @@ from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors,
 from specs.sdk import SOCKET_NAME, one_line
 
 START_TIMEOUT_S = 120.0
+#: how long a method may take to exit after the shutdown message before it is killed
+SHUTDOWN_TIMEOUT_S = 5.0
 #: a reply may exceed the size we expect by this much (safetensors header, alignment)
 REPLY_SLACK_BYTES = 1 << 20
 #: where the limits on writes are set, for error messages
@@ -86,6 +88,13 @@ class SocketClient(MethodClient):
     @abstractmethod
     def _kill(self) -> None: ...
 
+    def _wait_exit(self, timeout: float) -> None:
+        """Return as soon as the method has ended, or after ``timeout`` seconds (then it is killed).
+        Runners wait on the process itself; this fallback polls :meth:`_exit_status`."""
+        deadline = time.monotonic() + timeout
+        while self._exit_status() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     # -- protocol --------------------------------------------------------------------------------
     def start(self) -> None:
         path = self.exchange / SOCKET_NAME
@@ -100,6 +109,8 @@ class SocketClient(MethodClient):
             try:
                 self._conn, _ = self._listener.accept()
             except socket.timeout:
+                if self.closing:  # closed while starting on a thread (begin)
+                    raise MethodFailure("closed before the method connected") from None
                 status = self._exit_status()
                 if status is not None:
                     self._enforce_write_limit("start-up", status)
@@ -130,7 +141,7 @@ class SocketClient(MethodClient):
                                     f"during {what!r} (killed)") from None
             raise MethodFailure(f"method did not answer {what!r} within {timeout:.0f} s (killed)") from None
         except (wire.WireError, OSError) as e:
-            time.sleep(0.2)  # let a crashing process finish so that its exit status is known
+            self._wait_exit(0.2)  # let a crashing process finish so that its exit status is known
             status = self._exit_status()
             self._enforce_write_limit(what, status)
             how = f"method process ended ({status})" if status else f"protocol error: {e}"
@@ -285,14 +296,16 @@ class SocketClient(MethodClient):
         return super().regularizer_link(groups)
 
     def close(self) -> None:
+        if self._starting is not None:  # never waited for (the harness failed first): stop it now
+            self.closing = True
+            self._kill()  # a start waiting for the method's handshake returns at once
+            self._abandon_start()
         if self._conn is not None:
             try:
                 wire.send(self._conn, Shutdown().model_dump(mode="json"))
             except OSError:
                 pass
-        deadline = time.monotonic() + 5
-        while self._exit_status() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._wait_exit(SHUTDOWN_TIMEOUT_S)
         self._kill()
         for s in (self._conn, self._listener):
             if s is not None:

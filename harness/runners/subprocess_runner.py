@@ -8,6 +8,7 @@ sandbox: use the ``docker`` runner for untrusted code.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -59,6 +60,25 @@ class SubprocessClient(SocketClient):
         if code is None:
             return None
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def _wait_exit(self, timeout: float) -> None:
+        """Until the process exits (a pidfd that becomes readable then: no polling, no sleeps; Popen's own
+        ``wait(timeout)`` sleeps in a loop), at most ``timeout`` seconds."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        try:
+            fd = os.pidfd_open(self._proc.pid)
+        except (AttributeError, OSError):  # no pidfd (not Linux >= 5.3)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            return
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        self._proc.poll()  # reap it
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
