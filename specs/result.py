@@ -47,6 +47,10 @@ class MetricInfo(Strict):
 class Timing(Strict):
     step_s: Optional[float] = Field(None, description="pruning step: observations + scoring + pruning")
     score_s: Optional[float] = Field(None, description="time spent inside the method answering score requests")
+    method_start_s: Optional[float] = Field(None, description="the method process's start (launch to handshake), "
+                                                              "on a thread beside the prune stage")
+    method_start_wait_s: Optional[float] = Field(None, description="the part of method_start_s the prune stage "
+                                                                   "waited for (not in step_s)")
     reg_s: Optional[float] = Field(None, description="sparse training time (regularizer runs)")
     retrain_s: Optional[float] = None
     total_s: Optional[float] = None

@@ -247,7 +247,8 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
             if spec.save_models:
                 task.save(model, staging / "sparse.pt")
         pruned = _prune_everywhere(spec, task, model, example, dense, progress)
-        timing.update(step_s=pruned.step_s, score_s=pruned.score_s)
+        timing.update(step_s=pruned.step_s, score_s=pruned.score_s, method_start_s=pruned.start_s,
+                      method_start_wait_s=pruned.start_wait_s)
         model = pruned.model
         metric = metric.model_copy(update={"pruned": task.evaluate(model),
                                            "pruned_recal": _recalibrate_stage(spec, task, model)})
