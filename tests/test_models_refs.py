@@ -355,17 +355,21 @@ def test_one_adapter_turns_every_output_into_logits():
 
 
 @pytest.mark.slow
-def test_a_namedtuple_model_trains_prunes_and_scores(tiny_track_file, tmp_path):
+def test_a_namedtuple_model_trains_prunes_and_scores(tiny_track_file, tmp_path, monkeypatch):
+    import os
+
     from harness.cli import app
 
-    res = CliRunner().invoke(app, ["evaluate", "--method", "taylor", "--track", str(tiny_track_file),
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))  # pretraining
+
+    res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--track", str(tiny_track_file),
                                    "--model", "zoo_factories:namedtuple_tiny", "--speedup", "2", "--runner",
                                    "inprocess", "--out", str(tmp_path / "results"), "--no-models"])
     assert res.exit_code == 0, res.output
     (run,) = (tmp_path / "results" / "digits-zoo_factories-namedtuple_tiny").iterdir()
     record = json.loads((run / "result.json").read_text())
     assert record["status"] == "ok" and record["speedup"]["achieved"] >= 2
-    assert record["metric"]["base"] > 50 and record["metric"]["final"] > 10  # it learned (taylor: gradients too)
+    assert record["metric"]["base"] > 50 and record["metric"]["final"] > 10  # it learned
 
 
 def test_a_versioned_state_dict_survives_the_checkpoint_round_trip(tmp_path):
@@ -520,8 +524,8 @@ def test_the_readme_example_passes_twice_on_one_cache(tiny_track_file, tmp_path)
 
     pinned = tmp_path / "pinned.yaml"  # a default track that pins its own (resnet18) base, as digits-resnet18 does
     pinned.write_text(tiny_track_file.read_text().replace("id: tiny-digits", "id: pinned-digits").replace(
-        "schedule: cosine}\npruning", f"schedule: cosine}}\n  sha256: {'8' * 64}\npruning"))
-    assert load_pin(pinned) == "8" * 64
+        "schedule: cosine}\npruning", f"schedule: cosine}}\n  sha256: {'ab' * 32}\npruning"))
+    assert load_pin(pinned) == "ab" * 32
     cache = tmp_path / "cache"
     digests = []
     for run in (1, 2):
@@ -532,8 +536,8 @@ def test_the_readme_example_passes_twice_on_one_cache(tiny_track_file, tmp_path)
         assert res.exit_code == 0, res.output
         (record,) = [json.loads(p.read_text()) for p in out.rglob("result.json")]
         assert record["status"] == "ok", record.get("error")
-        digests.append(record["checkpoint_sha256"])
-    assert digests[0] == digests[1] and digests[0] != "8" * 64
+        digests.append(record["provenance"]["checkpoint_sha256"])
+    assert digests[0] == digests[1] and digests[0] != "ab" * 32
     res = CliRunner().invoke(app, ["pretrain", str(pinned), "--model", "torchvision:mobilenet_v2", "--cache-dir",
                                    str(cache)])
     assert res.exit_code == 0, res.output
