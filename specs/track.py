@@ -167,10 +167,11 @@ class Checkpoint(Strict):
                                                        "file's, or (with `pretrain`) the trained one's")
     pretrain: Optional[Recipe] = None
     pretrain_seed: int = 0
-    chance_margin: float = Field(
+    chance_margin: Optional[float] = Field(
         CHANCE_MARGIN, ge=0, le=100,
         description="top-1 tracks: the base (trained or published) must beat chance (100 / classes %) by at least "
-                    "this many points, else it is a failed base and no run is recorded on it")
+                    "this many points, else it is a failed base and no run is recorded on it; null: not checked "
+                    "(smoke tests of the protocol on bases trained for seconds)")
 
     @model_validator(mode="after")
     def _source(self) -> "Checkpoint":

@@ -279,7 +279,7 @@ def check_learned(track: TrackConfig, num_classes: int, top1: float, path: Path)
     """``top1`` when the base beats chance (``100 / num_classes`` %) by ``checkpoint.chance_margin`` points;
     else :class:`FailedBase` in one line (a base that never learned makes no leaderboard entry)."""
     chance, margin = 100.0 / num_classes, track.checkpoint.chance_margin
-    if track.metric == "top1" and top1 < chance + margin:
+    if track.metric == "top1" and margin is not None and top1 < chance + margin:
         raise FailedBase(f"failed base: {path.name} of track {track.id} reaches top-1 {top1:.2f}, which does not "
                          f"beat chance ({chance:.2f}) by the track's checkpoint.chance_margin ({margin:g} points); "
                          f"no run is recorded on it - train longer (checkpoint.pretrain), at another input size "
