@@ -152,7 +152,7 @@ class Plan(Strict):
         note = None
         try:
             if self.track or (self.model and self.dataset):
-                cfg, note = resolve_track(self.track, self.model, self.dataset)
+                cfg, note = resolve_track(self.track, self.model, self.dataset, self.data_root)
             elif self.model:
                 tracks = tracks_of_model(self.model)
                 if len(tracks) != 1:

@@ -72,15 +72,19 @@ def default_track(dataset: str) -> TrackConfig:
     return tracks[0]
 
 
-def derive_track(base: TrackConfig, model: str) -> tuple[TrackConfig, str]:
+def derive_track(base: TrackConfig, model: str, data_root: Optional[Path] = None,
+                 kwargs: Optional[dict] = None) -> tuple[TrackConfig, str]:
     """``base`` with its model replaced by the reference ``model``, and the one-line note saying so.
 
     The derived track keeps everything else of ``base`` (data, strategy, speedups, budgets, recipes,
-    seeds) and has its own id ``<dataset>-<model slug>`` and hash. Its base checkpoint: ``base``'s
+    seeds) and has its own id ``<dataset>-<model slug>`` and hash; ``kwargs`` go to the model's factory. Its base checkpoint: ``base``'s
     pretraining recipe (the new architecture is trained once and cached, as any track's); for a
     ``file:`` model, the file's own weights (``pretrain`` with 0 epochs); a published checkpoint
     file of ``base`` belongs to ``base``'s architecture, so a model that is not a file is refused then.
-    A ``file:`` reference without a digest gets the file's sha256 pinned (and said so).
+    A ``file:`` reference without a digest gets the file's sha256 pinned (and said so). ``base``'s own pin
+    of its trained checkpoint is never inherited: the derived base is trained once, cached and reused, and
+    its digest goes into every record (``pretrain`` prints the line that pins it). The input size is one
+    the model accepts (:func:`fit_input_size`), said in the note.
     """
     from harness.models.refs import check_reference, kind_of
     from harness.provenance import sha256_file
@@ -95,34 +99,141 @@ def derive_track(base: TrackConfig, model: str) -> tuple[TrackConfig, str]:
         checkpoint = Checkpoint(pretrain=base.retrain.model_copy(update={"epochs": 0}))
         source = "its own weights are the base"
     else:
-        ref = _model_ref(model)
+        ref = _model_ref(model, kwargs)
         check_reference(ref.name)
         if base.checkpoint.path is not None:
             raise HarnessError(
                 f"{base.dataset.name}'s default track {base.id} starts from a published {base.model.name} "
                 f"checkpoint, which {model} cannot load; write a track file with {model}'s own checkpoint "
                 f"(checkpoint: {{path, sha256}}) and pass --track FILE")
-        checkpoint = base.checkpoint
-        source = "trained once with the track's pretrain recipe"
+        # base's pin (checkpoint.sha256) is the digest of base's architecture: never inherited
+        checkpoint = base.checkpoint.model_copy(update={"sha256": None})
+        source = "trained once with the track's pretrain recipe, then reused"
     derived = base.model_copy(update={
         "id": f"{base.dataset.name}-{ref.slug()}"[:64], "model": ref, "checkpoint": checkpoint,
         "description": f"{base.id} with the model replaced by {model} (derived)"})
     derived = TrackConfig.model_validate(derived.model_dump(by_alias=True))  # validated like a track file
+    derived, size = fit_input_size(derived, data_root)
     note = (f"no registered track for {model} on {base.dataset.name}: derived track {derived.id} from {base.id} "
-            f"with the model replaced ({source}{pinned}); track hash {derived.hash()[:12]}")
+            f"with the model replaced ({source}{pinned}); {size}; track hash {derived.hash()[:12]}")
     return derived, note
 
 
-def _model_ref(model: str) -> ModelRef:
+#: input sides a derived track tries, beyond the dataset's own and the model's declared minimum
+PROBE_SIZES = (16, 32, 64, 96, 128, 160, 224)
+
+
+def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tuple[TrackConfig, str]:
+    """``track`` at an input size its model accepts, and a few words saying which.
+
+    Candidates, smallest (cheapest on a CPU) first: the track's ``dataset.image_size`` (the dataset's own
+    size when unset), the model's declared minimum (timm's ``min_input_size``), then :data:`PROBE_SIZES`
+    above it. A size is accepted when a freshly built model runs forward there (in training and eval
+    mode), Torch-Pruning builds its dependency graph, and its groups pass :func:`check_groups` (a dry
+    prune to the floor). No size: :class:`HarnessError` in one line naming ``dataset.image_size``; an
+    architecture that traces but cannot be pruned: :class:`~harness.protocol.grouping.Unprunable`, before
+    any training. A dataset that cannot be loaded here leaves the track as it is (each run checks it).
+    """
+    from harness.data import DatasetError
+    from harness.protocol.grouping import Unprunable, Untraceable
+    from harness.tasks import task_for
+
     try:
-        return ModelRef(name=model)
+        data = task_for(track, data_root=data_root).data
+    except (DatasetError, HarnessError) as e:
+        return track, f"input size not checked (dataset not loaded here: {e})"
+    if getattr(data, "task", "classification") != "classification":
+        return track, "input size as the track's"
+    native = data.image_size
+    fixed = track.dataset.image_size is not None
+    declared = _declared_min_size(track)
+    sizes = [native] + sorted({s for s in (declared, *PROBE_SIZES) if s and s > native}) if not fixed else [native]
+    failures: list[str] = []
+    architecture: Optional[HarnessError] = None  # ran forward, but cannot be traced or pruned
+    for size in sizes:
+        candidate = track if size == native else track.model_copy(update={
+            "dataset": track.dataset.model_copy(update={"image_size": size})})
+        try:
+            _probe(candidate, data_root, data, size)
+        except (Untraceable, Unprunable) as e:
+            architecture = architecture or e
+            failures.append(f"{size}px: {_short(e)}")
+            continue
+        except (HarnessError, RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
+            failures.append(f"{size}px: {_short(e)}")
+            continue
+        candidate = TrackConfig.model_validate(candidate.model_dump(by_alias=True))
+        if size == native:
+            return candidate, f"input size {size}px ({'the track' if fixed else 'the dataset'}'s own)"
+        why = "the model's declared minimum" if size == declared else "the smallest probed size that works"
+        return candidate, (f"input size {size}px ({why}; {native}px failed: {failures[0].split(': ', 1)[1]}); "
+                           f"set dataset.image_size in a track file to choose another")
+    if architecture is not None:  # the model runs; the harness cannot prune it: the layer, not the size
+        raise architecture
+    tried = ", ".join(f"{s}px" for s in sizes)
+    raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at {tried} ({failures[-1]}); "
+                       f"set dataset.image_size in a track file (--track FILE) to a size the model accepts")
+
+
+def _short(e: Exception, limit: int = 160) -> str:
+    from specs.sdk import one_line
+    text = one_line(e)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _declared_min_size(track: TrackConfig) -> Optional[int]:
+    """The smallest input side the model's library declares for it (timm's ``min_input_size``), if any."""
+    from harness.models.refs import kind_of
+
+    kind, target = kind_of(track.model.name)
+    if kind != "timm":
+        return None
+    try:
+        import timm
+        cfg = timm.models.get_pretrained_cfg(target)
+        size = getattr(cfg, "min_input_size", None) if cfg is not None else None
+    except Exception:  # noqa: BLE001 - a declaration is optional
+        return None
+    return int(size[-1]) if size else None
+
+
+def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> None:
+    """Build ``track``'s model (seeded) and check it at ``size``: forward in training and eval mode, the
+    dependency graph, and the groups (:func:`~harness.protocol.grouping.check_groups`)."""
+    import torch
+
+    from harness.models import build_model, logits_of
+    from harness.protocol.grouping import build_graph, check_groups, describe_groups
+    from harness.tasks import task_for
+
+    task = task_for(track, data_root=data_root)  # its data is not loaded: the model is built for ``data``'s shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(track.model, num_classes=data.num_classes, in_chans=data.in_chans, image_size=size)
+        x = torch.randn(2, data.in_chans, size, size)
+        model.train()
+        with torch.no_grad():
+            logits = logits_of(model(x))
+        if tuple(logits.shape) != (2, data.num_classes):
+            raise HarnessError(f"logits of shape {list(logits.shape)}, not [batch, {data.num_classes}]")
+        model.eval()
+        example = x[:1]
+        config = task.prune_config(model)
+        graph = build_graph(model, example, config)
+        groups = describe_groups(model, example, config, graph)
+        check_groups(model, example, config, groups, track.pruning.min_channel_fraction)
+
+
+def _model_ref(model: str, kwargs: Optional[dict] = None) -> ModelRef:
+    try:
+        return ModelRef(name=model, kwargs=kwargs or {})
     except ValidationError as e:
         raise HarnessError(f"model {model!r}: {explain(e)} (a registered name, torchvision:<name>, timm:<name>, "
-                           f"<module>:<factory> or file:<path>)") from None
+                           f"hf:<model_type>, <module>:<factory> or file:<path>)") from None
 
 
-def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[str]
-                  ) -> tuple[TrackConfig, Optional[str]]:
+def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[str],
+                  data_root: Optional[Path] = None) -> tuple[TrackConfig, Optional[str]]:
     """The track a user means, and a one-line note when it was derived (None otherwise).
 
     ``track`` (an id or a file) wins; with a different ``model`` it is derived from that track with the
@@ -136,14 +247,14 @@ def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[
             raise HarnessError(f"track {cfg.id} is on {cfg.dataset.name}, not {dataset}; drop --dataset or pick "
                                f"another track")
         if model and model != cfg.model.name:
-            return derive_track(cfg, model)
+            return derive_track(cfg, model, data_root)
         return cfg, None
     if not model or not dataset:
         raise HarnessError("give --track, or both --model and --dataset")
     matches = [t for t in tracks_of(dataset) if t.model.name == model]
     if matches:
         return matches[0], None
-    return derive_track(default_track(dataset), model)
+    return derive_track(default_track(dataset), model, data_root)
 
 
 def inapplicable(track: TrackConfig, sources: list, data_root: Optional[Path] = None) -> dict[str, str]:

@@ -19,10 +19,11 @@ Strategy = Literal["local", "global", "protected_global"]
 Metric = Literal["top1", "map50_95"]
 
 
-#: ``model.name``: a registered name (``resnet18``), ``torchvision:<name>``, ``timm:<name>``, a factory on
+#: ``model.name``: a registered name (``resnet18``), ``torchvision:<name>``, ``timm:<name>``, ``hf:<model_type>``
+#: (transformers, built from a config), a factory on
 #: PYTHONPATH ``<module>:<function>``, or ``file:<path>`` (a whole pickled model, with ``sha256``)
 ModelName = Annotated[str, StringConstraints(
-    pattern=r"^([a-z][a-z0-9_\-]{0,63}|(torchvision|timm):[A-Za-z0-9_.\-]{1,128}"
+    pattern=r"^([a-z][a-z0-9_\-]{0,63}|(torchvision|timm|hf):[A-Za-z0-9_.\-]{1,128}"
             r"|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*|file:[^\x00]{1,1024})$")]
 #: a model keyword argument: a JSON scalar, or a list of scalars or of lists of them (timm's
 #: ``depths: [1, 1, 2, 1]``, torchvision's ``inverted_residual_setting: [[1, 16, 1, 1], ...]``)
@@ -150,6 +151,10 @@ class Recipe(Strict):
         return sha256_json(canonical(self))
 
 
+#: the default of ``checkpoint.chance_margin``: top-1 points a base must beat chance by
+CHANCE_MARGIN = 5.0
+
+
 class Checkpoint(Strict):
     """The base model. ``path`` + ``sha256`` for published checkpoints; when ``path``
     is null the harness trains one with ``pretrain`` and caches it by hash. ``sha256``
@@ -162,12 +167,25 @@ class Checkpoint(Strict):
                                                        "file's, or (with `pretrain`) the trained one's")
     pretrain: Optional[Recipe] = None
     pretrain_seed: int = 0
+    chance_margin: Optional[float] = Field(
+        CHANCE_MARGIN, ge=0, le=100,
+        description="top-1 tracks: the base (trained or published) must beat chance (100 / classes %) by at least "
+                    "this many points, else it is a failed base and no run is recorded on it; null: not checked "
+                    "(smoke tests of the protocol on bases trained for seconds)")
 
     @model_validator(mode="after")
     def _source(self) -> "Checkpoint":
         if self.path is None and self.pretrain is None:
             raise ValueError("checkpoint needs a path or a pretrain recipe")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_margin(self, handler):
+        # at its default the margin is left out, so the hashes of tracks written before it existed hold
+        data = handler(self)
+        if self.chance_margin == CHANCE_MARGIN:
+            data.pop("chance_margin", None)
+        return data
 
 
 class Pruning(Strict):

@@ -23,13 +23,18 @@ from harness.views import leaderboard as lb
 cli = CliRunner()
 
 
-def _replace_with_other_weights(track, cache) -> str:
+def _replace_with_other_weights(track, cache, trained=None) -> str:
     """Overwrite the cached base with another valid checkpoint of the same architecture (the initial
-    weights of another seed); returns its sha256."""
+    weights of another seed; or, to have a base that learned, the ``trained`` file's weights nudged by 0.1%);
+    returns its sha256."""
     from harness.provenance import sha256_file
+    path = cache_path(track, cache)
+    if trained is not None:
+        state = torch.load(trained, weights_only=True)
+        torch.save({k: v * 1.001 if v.is_floating_point() else v for k, v in state.items()}, path)
+        return sha256_file(path)
     other_seed = track.checkpoint.model_copy(update={"pretrain_seed": track.checkpoint.pretrain_seed + 1})
     model = initial_model(track.model_copy(update={"checkpoint": other_seed}), task_for(track).data)
-    path = cache_path(track, cache)
     torch.save(model.state_dict(), path)
     return sha256_file(path)
 
@@ -99,7 +104,7 @@ def test_two_bases_are_never_one_cell(tiny_track, tmp_path):
     cache_a, cache_b = tmp_path / "a", tmp_path / "b"
     digest_a = base_sha256(tiny_track, cache_dir=cache_a)
     cache_path(tiny_track, cache_b).parent.mkdir(parents=True)
-    digest_b = _replace_with_other_weights(tiny_track, cache_b)
+    digest_b = _replace_with_other_weights(tiny_track, cache_b, trained=cache_path(tiny_track, cache_a))  # learned
     specs = [RunSpec(track=tiny_track, method=find_method("magnitude_l1"), speedup=2, seed=0, runner="inprocess",
                      out=tmp_path / name, cache_dir=cache, save_models=False, measure_latency=False)
              for name, cache in (("res/a", cache_a), ("res/b", cache_b))]

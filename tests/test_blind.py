@@ -32,7 +32,7 @@ HIDDEN_TRACK = """
 id: hidden-cifar10
 model: {name: resnet18, kwargs: {width: 0.125}}
 dataset: {name: cifar10}
-checkpoint: {pretrain: {epochs: 2, batch_size: 64, lr: 0.05}}
+checkpoint: {pretrain: {epochs: 2, batch_size: 64, lr: 0.05}, chance_margin: null}  # synthetic CIFAR fixture: a smoke base
 pruning: {speedups: [2]}
 calibration: {num_samples: 32, batch_size: 32}
 sparsify: {epochs: 1, batch_size: 64, lr: 0.01}

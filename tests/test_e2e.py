@@ -60,7 +60,7 @@ def test_cifar10_files_end_to_end(tmp_path):
 id: tiny-cifar10
 model: {name: resnet18, kwargs: {width: 0.125}}
 dataset: {name: cifar10}
-checkpoint: {pretrain: {epochs: 3, batch_size: 64, lr: 0.05, augmentation: crop_flip}}
+checkpoint: {pretrain: {epochs: 3, batch_size: 64, lr: 0.05, augmentation: crop_flip}, chance_margin: null}
 pruning: {speedups: [2]}
 calibration: {num_samples: 64, batch_size: 32}
 sparsify: {epochs: 1, batch_size: 64, lr: 0.01}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -168,12 +169,15 @@ def test_a_model_without_a_track_derives_one_from_the_datasets_default():
     assert base.id == "digits-resnet18" and track.id == "digits-timm-test_resnet"
     assert track.model == ModelRef(name="timm:test_resnet")
     # everything but the model (and the id/description) is the default track's
-    same = {"id", "description", "model"}
+    same = {"id", "description", "model", "checkpoint"}
     assert track.model_dump(exclude=same) == base.model_dump(exclude=same)
+    assert track.checkpoint == base.checkpoint.model_copy(update={"sha256": None})
     assert track.hash() != base.hash() and TrackConfig.model_validate(track.model_dump()).hash() == track.hash()
     assert note == (f"no registered track for timm:test_resnet on digits: derived track digits-timm-test_resnet "
                     f"from digits-resnet18 with the model replaced (trained once with the track's pretrain "
-                    f"recipe); track hash {track.hash()[:12]}")
+                    f"recipe, then reused); input size 8px (the dataset's own); track hash {track.hash()[:12]}")
+    # digits-resnet18 pins its base's digest; that pin is resnet18's, never the derived model's
+    assert base.checkpoint.sha256 and track.checkpoint.sha256 is None
     # a track file plus another model: derived from that track
     derived, note = resolve_track("cifar100-vgg19", "torchvision:mobilenet_v2", None)
     assert derived.id == "cifar100-torchvision-mobilenet_v2" and "from cifar100-vgg19" in note
@@ -303,3 +307,270 @@ def test_cli_bad_model_is_exit_2_in_one_line(tmp_path):
                                    "--dataset", "digits", "--speedup", "2", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "did you mean 'test_resnet'" in res.output
     assert "Traceback" not in res.output and not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- bring your own model, for real
+
+
+def test_a_derived_track_picks_an_input_size_the_model_accepts():
+    """SqueezeNet's and GoogLeNet's pooling stacks do not fit 8x8 digits: the derived track probes larger
+    sides and says which it took; ResNet-style models keep the native size."""
+    track, note = resolve_track(None, "torchvision:squeezenet1_1", "digits")
+    assert track.dataset.image_size == 32  # 8 and 16 px: "Output size is too small"
+    assert "input size 32px (the smallest probed size that works; 8px failed: RuntimeError:" in note
+    assert "Output size is too small" in note and "set dataset.image_size" in note
+    assert resolve_track(None, "timm:test_resnet", "digits")[0].dataset.image_size is None
+
+
+def test_a_model_that_fits_no_size_is_refused_before_training(tmp_path, monkeypatch):
+    (tmp_path / "fixed_input.py").write_text(
+        "from torch import nn\n"
+        "def build(num_classes, in_chans, image_size):\n"
+        "    return nn.Sequential(nn.Conv2d(in_chans, 4, 3), nn.Flatten(), nn.Linear(4 * 1000 * 1000, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HarnessError) as e:
+        resolve_track(None, "fixed_input:build", "digits")
+    text = one_line(e)
+    assert text.startswith("fixed_input:build does not run on digits at 8px, 16px, 32px") and "224px" in text
+    assert text.endswith("set dataset.image_size in a track file (--track FILE) to a size the model accepts")
+
+
+def test_one_adapter_turns_every_output_into_logits():
+    from collections import namedtuple
+
+    from harness.models import logits_of
+    from transformers.modeling_outputs import ImageClassifierOutput
+
+    x = torch.randn(2, 3)
+    assert logits_of(x) is x
+    assert logits_of(namedtuple("Out", "logits aux")(x, x + 1)) is x
+    assert logits_of((x, None)) is x and logits_of({"aux": x + 1, "logits": x}) is x
+    assert logits_of(ImageClassifierOutput(logits=x)) is x
+    googlenet = create_model("torchvision:googlenet", num_classes=10, image_size=32, aux_logits=True,
+                             init_weights=False).train()
+    out = googlenet(torch.rand(2, 3, 64, 64))
+    assert type(out).__name__ == "GoogLeNetOutputs" and logits_of(out) is out.logits
+    with pytest.raises(HarnessError) as e:
+        logits_of("not a tensor")
+    assert one_line(e).startswith("the model returned a str, which holds no logits")
+
+
+@pytest.mark.slow
+def test_a_namedtuple_model_trains_prunes_and_scores(tiny_track_file, tmp_path, monkeypatch):
+    import os
+
+    from harness.cli import app
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]))  # pretraining
+
+    res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--track", str(tiny_track_file),
+                                   "--model", "zoo_factories:namedtuple_tiny", "--speedup", "2", "--runner",
+                                   "inprocess", "--out", str(tmp_path / "results"), "--no-models"])
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "results" / "digits-zoo_factories-namedtuple_tiny").iterdir()
+    record = json.loads((run / "result.json").read_text())
+    assert record["status"] == "ok" and record["speedup"]["achieved"] >= 2
+    assert record["metric"]["base"] > 50 and record["metric"]["final"] > 10  # it learned
+
+
+def test_a_versioned_state_dict_survives_the_checkpoint_round_trip(tmp_path):
+    """MNASNet refuses a state dict without its version; the cached checkpoint keeps it. A model of torch.nn
+    layers and unversioned blocks is still saved as a plain dict (the digests of existing bases hold)."""
+    from harness.protocol.checkpoints import _load_state, state_of, write_state
+
+    net = create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1, image_size=8).eval()
+    path = tmp_path / "base.pt"
+    write_state(net, path)
+    stripped = {k: v for k, v in torch.load(path, weights_only=True).items()}  # what was saved before
+    with pytest.raises(ValueError, match="version should be set to 1 or 2 instead of None"):
+        create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1, image_size=8).load_state_dict(stripped)
+    again = create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1, image_size=8).eval()
+    _load_state(again, path)
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.equal(again(x), net(x))
+    resnet = create_model("resnet18", num_classes=10, width=0.125)
+    assert type(state_of(resnet)) is dict and not hasattr(state_of(resnet), "_metadata")
+
+
+@pytest.mark.slow
+def test_a_base_at_chance_is_a_failed_base(tiny_track_file, tmp_path):
+    """No training (pretrain epochs 0): the base sits at chance, which is one line and no record - also for a
+    published base read from a file."""
+    from harness.cli import app
+    from harness.protocol.checkpoints import write_state
+
+    track = tmp_path / "untrained.yaml"
+    track.write_text(tiny_track_file.read_text().replace("id: tiny-digits", "id: untrained-digits").replace(
+        "pretrain: {epochs: 4,", "pretrain: {epochs: 0,"))
+    args = ["evaluate", "--method", "magnitude_l2", "--speedup", "2", "--runner", "inprocess", "--no-models",
+            "--out", str(tmp_path / "results")]
+    res = CliRunner().invoke(app, [*args, "--track", str(track)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    line = res.output.strip()
+    assert "\n" not in line and "failed base:" in line and "does not beat chance (10.00)" in line
+    assert "checkpoint.chance_margin (5 points)" in line
+    assert not list((tmp_path / "results").rglob("result.json"))
+    # the same check on a published base: an untrained model's weights in a file
+    weights = tmp_path / "published.pt"
+    model = create_model("resnet18", num_classes=10, in_chans=1, image_size=8, width=0.25)
+    write_state(model, weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    published = tmp_path / "published.yaml"
+    published.write_text(tiny_track_file.read_text().replace("id: tiny-digits", "id: published-digits").replace(
+        "  pretrain: {epochs: 4, batch_size: 64, lr: 0.05, schedule: cosine}",
+        f"  path: {weights}\n  sha256: {digest}"))
+    res = CliRunner().invoke(app, [*args, "--track", str(published)])
+    assert res.exit_code != 0 and "failed base: published.pt of track published-digits" in res.output
+    assert not list((tmp_path / "results").rglob("result.json"))
+
+
+def test_the_chance_margin_is_a_track_setting_that_keeps_hashes():
+    from specs.track import CHANCE_MARGIN, Checkpoint
+
+    track = registry().get("digits-resnet18")
+    assert track.checkpoint.chance_margin == CHANCE_MARGIN == 5.0
+    assert "chance_margin" not in track.checkpoint.model_dump()  # at its default: hashes as before
+    stricter = track.model_copy(update={"checkpoint": track.checkpoint.model_copy(update={"chance_margin": 20.0})})
+    assert stricter.hash() != track.hash()
+    with pytest.raises(ValidationError):
+        Checkpoint(pretrain=track.retrain, chance_margin=-1)
+
+
+def test_mis_described_group_members_are_refused_before_any_method_call(tiny_track, tmp_path, monkeypatch,
+                                                                        make_method):
+    """A synthetic mis-description (one member's indices beyond its tensor): check_groups names the layer in
+    one line, and an evaluate stops there, before the method is ever asked for scores."""
+    import harness.protocol.run as run
+    from harness.protocol.grouping import Unprunable, check_groups
+    from harness.protocol.run import RunSpec, evaluate
+
+    model = create_model("resnet18", num_classes=10, in_chans=1, image_size=8, width=0.25).eval()
+    config = prune_config_of(model).merged(PruneConfig(ignored_layers=[classifier_of(model)]))
+    x = torch.rand(1, 1, 8, 8)
+    groups = describe_groups(model, x, config)
+    check_groups(model, x, config, groups)  # the real description passes
+
+    def miswired(model, example, config, graph=None):
+        groups = describe_groups(model, example, config, graph)
+        g = groups[0]
+        member = g.members[-1].model_copy(update={"idxs": [i + 10_000 for i in g.members[-1].idxs]})
+        return [g.model_copy(update={"members": [*g.members[:-1], member]}), *groups[1:]]
+
+    with pytest.raises(Unprunable) as e:
+        check_groups(model, x, config, miswired(model, x, config))
+    layer = groups[0].members[-1].layer
+    assert one_line(e).startswith(f"cannot prune CifarResNet at layer {layer!r}: group {groups[0].id} prunes")
+    marker = tmp_path / "called"
+    method = make_method(f"""
+        from specs.sdk import ImportanceMethod
+        class Method(ImportanceMethod):
+            def score(self, groups, observations):
+                open({str(marker)!r}, "w").close()
+                raise RuntimeError("must not be called")
+    """)
+    monkeypatch.setattr(run, "describe_groups", miswired)
+    with pytest.raises(Unprunable) as e:
+        evaluate(RunSpec(track=tiny_track, method=method, speedup=2, seed=0, runner="inprocess", out=tmp_path / "r"))
+    assert "cannot prune CifarResNet at layer" in one_line(e)
+    assert not marker.exists() and not list((tmp_path / "r").rglob("result.json"))
+
+
+def test_an_hf_vit_prunes_heads_and_stays_consistent():
+    """transformers' ViT from a config (nothing downloaded): the adapter splits q/k/v into head slices, so
+    every head of q, k and v keeps one head dim, and the pruned model runs with its updated head_dim."""
+    from harness.protocol.grouping import apply_plan, floor_plan
+    from transformers import ViTForImageClassification
+
+    model = create_model("hf:vit", num_classes=10, in_chans=1, image_size=8, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=64, patch_size=4).eval()
+    assert isinstance(model, ViTForImageClassification) and model.config.num_labels == 10
+    config = prune_config_of(model).merged(PruneConfig(ignored_layers=[classifier_of(model)]))
+    x = torch.rand(1, 1, 8, 8)
+    groups = describe_groups(model, x, config)
+    attention = [g for g in groups if g.root.endswith("v_proj")]
+    assert len(attention) == 2 and all(g.ch_groups == 4 for g in attention)
+    members = {m.layer.rpartition(".")[2] for m in attention[0].members}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= members
+    plan = {g.id: idxs for g, idxs in zip(attention, floor_plan(attention, 0.5).values())}  # half of each head
+    apply_plan(model, x, config, plan)
+    for layer in model.vit.layers:
+        a = layer.attention
+        assert a.q_proj.out_features == a.k_proj.out_features == a.v_proj.out_features == a.o_proj.in_features == 16
+        assert a.head_dim == 4 and a.num_attention_heads == 4 and a.scaling == 4 ** -0.5
+    assert model(torch.rand(3, 1, 8, 8)).logits.shape == (3, 10)
+
+
+@pytest.mark.parametrize("model_type, kwargs", [
+    ("vit", dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, patch_size=4)),
+    ("swin", dict(embed_dim=16, depths=[2], num_heads=[2], window_size=2, patch_size=2)),
+    ("convnext", dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)),
+    ("resnet", dict(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")),
+])
+def test_hf_models_derive_a_track_offline(tiny_track, model_type, kwargs):
+    track, note = derive_track(tiny_track, f"hf:{model_type}", kwargs=kwargs)
+    assert track.id == f"digits-hf-{model_type}" and "input size 8px" in note
+
+
+def test_an_unknown_hf_model_type_is_one_line():
+    with pytest.raises(HarnessError) as e:
+        create_model("hf:vitt", num_classes=10)
+    assert one_line(e).startswith("unknown transformers image classifier 'vitt'; did you mean 'vit'")
+
+
+def _pinned(tiny_track_file, tmp_path) -> Path:
+    """A default track that pins its own (resnet18) base, as digits-resnet18 does."""
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(tiny_track_file.read_text().replace("id: tiny-digits", "id: pinned-digits").replace(
+        "schedule: cosine}\npruning", f"schedule: cosine}}\n  sha256: {'ab' * 32}\npruning"))
+    return pinned
+
+
+@pytest.mark.slow
+def test_a_derived_base_is_trained_once_and_reused(tiny_track_file, tmp_path):
+    """The derived track of a pinned track (a narrow MobileNetV2): two runs on one cache, both ok, one digest."""
+    from harness.methods import find_method
+    from harness.protocol.run import RunSpec, evaluate
+    from harness.tracks import load_track
+
+    track, _ = derive_track(load_track(str(_pinned(tiny_track_file, tmp_path))), "torchvision:mobilenet_v2",
+                            kwargs={"width_mult": 0.25, "inverted_residual_setting": [  # the zoo's narrow, short one
+                                [1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 1, 2], [6, 64, 1, 2], [6, 96, 1, 1]]})
+    assert track.checkpoint.sha256 is None
+    records = [evaluate(RunSpec(track=track, method=find_method("magnitude_l2"), speedup=2, seed=0, runner="inprocess",
+                                out=tmp_path / f"r{i}", cache_dir=tmp_path / "cache", save_models=False,
+                                measure_latency=False))[0] for i in (1, 2)]
+    assert [r.status for r in records] == ["ok", "ok"], [r.error for r in records]
+    assert records[0].provenance.checkpoint_sha256 == records[1].provenance.checkpoint_sha256 != "ab" * 32
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PBENCH_ZOO_FULL") != "1", reason="full-width MobileNetV2 (~8 min on a shared "
+                                                                      "2-core machine): PBENCH_ZOO_FULL=1 runs it")
+def test_the_readme_example_passes_twice_on_one_cache(tiny_track_file, tmp_path):
+    """The README's command on a pinned track: the first run trains the derived base, the second reuses it;
+    both ok, same base digest, which `pretrain` then prints as the line that pins it."""
+    from harness.cli import app
+
+    pinned = _pinned(tiny_track_file, tmp_path)
+    assert load_pin(pinned) == "ab" * 32
+    cache = tmp_path / "cache"
+    digests = []
+    for run in (1, 2):
+        out = tmp_path / f"results{run}"
+        res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--track", str(pinned), "--model",
+                                       "torchvision:mobilenet_v2", "--speedup", "2", "--runner", "inprocess",
+                                       "--cache-dir", str(cache), "--out", str(out), "--no-models"])
+        assert res.exit_code == 0, res.output
+        (record,) = [json.loads(p.read_text()) for p in out.rglob("result.json")]
+        assert record["status"] == "ok", record.get("error")
+        digests.append(record["provenance"]["checkpoint_sha256"])
+    assert digests[0] == digests[1] and digests[0] != "ab" * 32
+    res = CliRunner().invoke(app, ["pretrain", str(pinned), "--model", "torchvision:mobilenet_v2", "--cache-dir",
+                                   str(cache)])
+    assert res.exit_code == 0, res.output
+    assert f"under checkpoint:\n  sha256: {digests[0]}" in res.output
+
+
+def load_pin(path: Path):
+    from harness.tracks import load_track
+    return load_track(str(path)).checkpoint.sha256

@@ -15,7 +15,7 @@ architectures.
 """
 
 from harness.models.base import (MODELS, PRUNE_ADAPTERS, VARIANTS, build_model, classifier_of, create_model,
-                                 prune_config_of, variants_of)
+                                 logits_of, prune_config_of, variants_of)
 
 # Imported for their registrations.
 from harness.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
@@ -31,6 +31,8 @@ PRUNE_ADAPTERS.register("timm.models.vision_transformer.VisionTransformer", "har
 PRUNE_ADAPTERS.register("ultralytics.nn.tasks.DetectionModel", "harness.models.yolo:prune_config")
 PRUNE_ADAPTERS.register("timm.models.convnext.ConvNeXt", "harness.models.convnext:prune_config")
 PRUNE_ADAPTERS.register("torchvision.models.convnext.ConvNeXt", "harness.models.convnext:prune_config")
+PRUNE_ADAPTERS.register("transformers.modeling_utils.PreTrainedModel", "harness.models.hf:prune_config")
 
-__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "prune_config_of",
+__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "logits_of",
+           "prune_config_of",
            "variants_of"]

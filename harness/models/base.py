@@ -3,8 +3,10 @@ pruning adapters, and the one layer pruning never touches."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable, Optional
 
+import torch
 from torch import nn
 
 from harness.errors import HarnessError
@@ -15,7 +17,7 @@ if TYPE_CHECKING:
     from specs.track import ModelRef
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "ModelFactory", "build_model", "classifier_of", "create_model",
-           "prune_config_of", "scaled", "variants_of"]
+           "logits_of", "prune_config_of", "scaled", "variants_of"]
 
 # factory(num_classes, in_chans, image_size, **kwargs) -> nn.Module
 ModelFactory = Callable[..., nn.Module]
@@ -85,6 +87,21 @@ def build_model(ref: "ModelRef", num_classes: int, in_chans: int, image_size: in
                         sha256=ref.sha256, **ref.kwargs)
 
 
+def logits_of(out) -> torch.Tensor:
+    """The logits in what a classifier's forward returns - the one adapter every stage uses (pretraining,
+    calibration, observations, retraining, evaluation): a tensor as it is; a ``transformers`` output or a
+    dict: its ``logits`` (else its first value); a tuple or namedtuple (GoogLeNet's and Inception's
+    training outputs: main logits first, auxiliary ones after): its first element."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) and out:
+        return logits_of(out["logits"] if "logits" in out else next(iter(out.values())))
+    if isinstance(out, (tuple, list)) and out:
+        return logits_of(out[0])
+    raise HarnessError(f"the model returned a {type(out).__name__}, which holds no logits: return a tensor "
+                       f"[batch, classes], a tuple with the logits first, or a dict with 'logits'")
+
+
 class NoClassifier(HarnessError, ValueError):
     """The model has no layer the harness recognizes as its classifier."""
 
@@ -124,8 +141,8 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 #: names of per-channel layer-scale parameters (timm ``LayerScale.gamma``, ``ConvNeXtBlock.gamma``;
-#: torchvision ``CNBlock.layer_scale``)
-LAYER_SCALE_NAMES = ("gamma", "layer_scale")
+#: torchvision ``CNBlock.layer_scale``; transformers ``ConvNextLayer.layer_scale_parameter``)
+LAYER_SCALE_NAMES = ("gamma", "layer_scale", "layer_scale_parameter")
 
 
 def layer_scales(model: nn.Module) -> list[tuple[nn.Parameter, int]]:

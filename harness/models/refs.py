@@ -5,6 +5,9 @@
 ``torchvision:<name>``     ``torchvision.models.get_model(name, weights=None, num_classes=...)``: any of
                            torchvision's classification architectures
 ``timm:<name>``            ``timm.create_model(name, pretrained=False, num_classes=..., in_chans=...)``
+``hf:<model_type>``        ``transformers``: ``AutoModelForImageClassification.from_config(
+                           AutoConfig.for_model(model_type, **kwargs))`` with ``num_labels``,
+                           ``num_channels``, ``image_size`` set from the data (``vit``, ``swin``, ...)
 ``<module>:<factory>``     a function on ``PYTHONPATH`` called as ``factory(num_classes=, in_chans=,
                            image_size=, **kwargs)`` that returns an ``nn.Module``
 ``file:<path>``            a whole pickled ``nn.Module`` (``torch.save(model, path)``), checked against
@@ -42,15 +45,15 @@ from specs.sdk import one_line
 #: keyword arguments that would make a factory load (download) weights
 WEIGHT_KWARGS = ("weights", "pretrained", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay",
                  "checkpoint_path")
-KINDS_HINT = "torchvision:<name>, timm:<name>, <module>:<factory> or file:<path>"
+KINDS_HINT = "torchvision:<name>, timm:<name>, hf:<model_type>, <module>:<factory> or file:<path>"
 
 
 def kind_of(name: str) -> tuple[str, str]:
-    """``(kind, target)``: kind is ``registered``, ``torchvision``, ``timm``, ``factory`` or ``file``."""
+    """``(kind, target)``: kind is ``registered``, ``torchvision``, ``timm``, ``hf``, ``factory`` or ``file``."""
     head, sep, tail = name.partition(":")
     if not sep:
         return "registered", name
-    if head in ("torchvision", "timm", "file"):
+    if head in ("torchvision", "timm", "hf", "file"):
         return head, tail
     return "factory", name
 
@@ -82,6 +85,12 @@ def first_conv_for(model: nn.Module, in_chans: int) -> nn.Module:
     raise HarnessError(f"{type(model).__name__}: no 3-channel input convolution to rebuild for {in_chans} channels")
 
 
+#: torchvision classifiers with auxiliary heads, built without them unless ``aux_logits`` is given: the harness
+#: trains on the main logits only (:func:`harness.models.logits_of`), so the heads would stay untrained, and
+#: they run in training mode only - the dependency graph (traced in eval mode) would not see them, and a pruned
+#: model would fail its next training step. Inception's also needs 299 px inputs, its main path 75 px.
+AUX_HEADS = ("googlenet", "inception_v3")
+
 Builder = Callable[[int, int, int, dict], nn.Module]  # (num_classes, in_chans, image_size, kwargs) -> model
 
 
@@ -97,6 +106,8 @@ def _torchvision(name: str) -> Builder:
 
     def build(num_classes, in_chans, image_size, kwargs):
         extra = {"image_size": image_size} if takes_size and "image_size" not in kwargs else {}
+        if name in AUX_HEADS and "aux_logits" not in kwargs:
+            extra["aux_logits"] = False
         model = _call(f"torchvision:{name}", lambda: torchvision.models.get_model(
             name, weights=None, num_classes=num_classes, **extra, **kwargs))
         return first_conv_for(model, in_chans)
@@ -138,6 +149,37 @@ def _factory(name: str) -> Builder:
         raise HarnessError(f"model {name}: {_close(f'function in {module_name}', attr, known)}")
     return lambda num_classes, in_chans, image_size, kwargs: _call(name, lambda: factory(
         num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs))
+
+
+def _hf(model_type: str) -> Builder:
+    """``transformers``: ``AutoConfig.for_model(model_type, **kwargs)`` and
+    ``AutoModelForImageClassification.from_config`` - a config, never a checkpoint, so nothing is downloaded."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+        from transformers import AutoModelForImageClassification
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    except ImportError as e:
+        raise HarnessError(f"model hf:{model_type} needs transformers ({one_line(e)}): pip install transformers") \
+            from None
+    known = sorted(t for t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES if t in CONFIG_MAPPING)
+    if model_type not in known:
+        raise HarnessError(f"{_close('transformers image classifier', model_type, known)} (transformers "
+                           f"{transformers.__version__}: the model types of AutoModelForImageClassification)")
+
+    def build(num_classes, in_chans, image_size, kwargs):
+        from transformers import AutoConfig
+
+        def make():
+            config = AutoConfig.for_model(model_type, **kwargs)
+            for attr, value in (("num_channels", in_chans), ("image_size", image_size)):
+                if hasattr(config, attr) and attr not in kwargs:
+                    setattr(config, attr, value)
+            config.num_labels = num_classes
+            return AutoModelForImageClassification.from_config(config)
+        return _call(f"hf:{model_type}", make)
+    return build
 
 
 def _file(path: str, sha256: Optional[str]) -> Builder:
@@ -204,7 +246,7 @@ def locate(name: str, sha256: Optional[str] = None) -> Builder:
         raise ValueError(f"{name!r} is a registered name, not a reference")
     if kind == "file":
         return _file(target, sha256)
-    return {"torchvision": _torchvision, "timm": _timm, "factory": _factory}[kind](target)
+    return {"torchvision": _torchvision, "timm": _timm, "hf": _hf, "factory": _factory}[kind](target)
 
 
 def build_reference(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,

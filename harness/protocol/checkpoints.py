@@ -26,6 +26,7 @@ else the track's pin, else (``train=True``) by training the base once.
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import hashlib
 import io
@@ -120,10 +121,29 @@ def file_sha256(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def state_of(model: nn.Module) -> dict:
+    """``model``'s state dict on the CPU, with the state-dict versions that loading needs.
+
+    ``load_state_dict`` hands each module its version (``_metadata``), and some modules refuse to load
+    without it (torchvision's MNASNet: "cannot load as a MNASNet state dict"). torch.nn's own layers load
+    any version, so only the versions of other classes that declare one (``_version`` other than 1) are
+    kept: a model made of torch.nn layers and unversioned blocks is saved as a plain dict, byte for byte as
+    before (the digests of existing bases hold)."""
+    state = model.state_dict()
+    tensors = {k: v.detach().cpu() for k, v in state.items()}
+    versions = {name: {"version": m._version} for name, m in model.named_modules()
+                if getattr(m, "_version", 1) != 1 and not type(m).__module__.startswith("torch.nn.")}
+    if not versions:
+        return tensors
+    out = collections.OrderedDict(tensors)
+    out._metadata = {k: dict(v) for k, v in state._metadata.items() if k in versions}
+    return out
+
+
 def write_state(model: nn.Module, path: Path) -> None:
-    """Save ``model``'s state dict (on the CPU) so that the file's bytes depend on the weights only."""
+    """Save :func:`state_of` ``model`` so that the file's bytes depend on the weights (and versions) only."""
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    torch.save(state_of(model), buf)
     Path(path).write_bytes(buf.getvalue())
 
 
@@ -236,7 +256,8 @@ def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path]
     if ck.path is not None:
         path, digest = verified_file(ck)
         load_state(model, path)
-        return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
+        metric = check_learned(track, data.num_classes, _base_metric(model, data, path, digest, device), path)
+        return BaseCheckpoint(model.eval(), path, digest, metric)
 
     path = cache_path(track, cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,7 +273,24 @@ def load_base(track: TrackConfig, data: DatasetBundle, cache_dir: Optional[Path]
         digest = file_sha256(path)
         check_pin(track, path, digest)
         load_state(model, path)
-    return BaseCheckpoint(model.eval(), path, digest, _base_metric(model, data, path, digest, device))
+    metric = check_learned(track, data.num_classes, _base_metric(model, data, path, digest, device), path)
+    return BaseCheckpoint(model.eval(), path, digest, metric)
+
+
+class FailedBase(HarnessError):
+    """The base checkpoint did not learn: its top-1 does not beat chance by the track's margin."""
+
+
+def check_learned(track: TrackConfig, num_classes: int, top1: float, path: Path) -> float:
+    """``top1`` when the base beats chance (``100 / num_classes`` %) by ``checkpoint.chance_margin`` points;
+    else :class:`FailedBase` in one line (a base that never learned makes no leaderboard entry)."""
+    chance, margin = 100.0 / num_classes, track.checkpoint.chance_margin
+    if track.metric == "top1" and margin is not None and top1 < chance + margin:
+        raise FailedBase(f"failed base: {path.name} of track {track.id} reaches top-1 {top1:.2f}, which does not "
+                         f"beat chance ({chance:.2f}) by the track's checkpoint.chance_margin ({margin:g} points); "
+                         f"no run is recorded on it - train longer (checkpoint.pretrain), at another input size "
+                         f"(dataset.image_size), or pick another model")
+    return top1
 
 
 def _base_metric(model: nn.Module, data: DatasetBundle, path: Path, digest: str, device: str) -> float:

@@ -46,6 +46,7 @@ class PruneConfig:
     out_channel_groups: dict[nn.Module, int] = field(default_factory=dict)  # heads / group convs
     forward_fn: Optional[Callable] = None
     fixup: Optional[Callable[[nn.Module], None]] = None
+    ignored_params: list = field(default_factory=list)  # bare parameters never pruned (a per-head bias table)
 
     def merged(self, other: "PruneConfig") -> "PruneConfig":
         """This config plus ``other``'s ignored layers, parameters, pruners and groups (other's fixup and
@@ -55,7 +56,8 @@ class PruneConfig:
         return PruneConfig(ignored_layers=[*self.ignored_layers, *other.ignored_layers],
                            unwrapped_parameters=params or None, customized_pruners=pruners or None,
                            out_channel_groups={**self.out_channel_groups, **other.out_channel_groups},
-                           forward_fn=other.forward_fn or self.forward_fn, fixup=other.fixup or self.fixup)
+                           forward_fn=other.forward_fn or self.forward_fn, fixup=other.fixup or self.fixup,
+                           ignored_params=[*self.ignored_params, *other.ignored_params])
 
 
 def ignored_modules(config: PruneConfig) -> list[nn.Module]:
@@ -125,7 +127,8 @@ def build_graph(model: nn.Module, example_inputs, config: PruneConfig) -> tp.Dep
         with shape_pass():
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=config.forward_fn,
-                unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners)
+                unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners,
+                ignored_params=config.ignored_params or None)
     except Exception as e:
         names = {m: n for n, m in model.named_modules()}
         if running:
@@ -432,3 +435,122 @@ def check_applicable(manifest, model: nn.Module, example_inputs, groups: list[Gr
             f"{manifest.id} cannot score {type(model).__name__} meaningfully: it needs {req.need.replace('_', ' ')}"
             f"{because} and {count} (group {g.id} {why}); pick another method"
             + (", or list such layers in the track's pruning.ignored_layers" if len(failing) < len(results) else ""))
+
+
+# --------------------------------------------------------------------------- groups the harness can prune
+
+
+class Unprunable(HarnessError):
+    """The harness cannot describe or prune the architecture correctly; ``str()`` names the layer."""
+
+
+def _refuse(model: nn.Module, layer: str, what: str) -> Unprunable:
+    return Unprunable(f"cannot prune {type(model).__name__} at layer {layer!r}: {what}; give the architecture a "
+                      f"prune adapter (harness.models.PRUNE_ADAPTERS) or list the layer in the track's "
+                      f"pruning.ignored_layers")
+
+
+def _extent(member: Member, tensor: torch.Tensor) -> int:
+    """How many channels ``member.idxs`` may index in ``tensor`` (its weight or bias)."""
+    from specs.sdk import grouped
+    from specs.sdk.members import member_dim
+
+    if grouped(member) and tensor.dim() > 1:  # blocks of a grouped conv: groups x columns
+        return int(tensor.shape[1]) * member.conv_groups
+    return int(tensor.shape[member_dim(member, tensor)])
+
+
+def floor_plan(groups: list[Group], fraction: float) -> dict[str, list[int]]:
+    """Every group pruned to its floor: each of its ``ch_groups`` slices keeps ``ceil(fraction * n)`` (at
+    least one) of its ``n`` channels, the first ones."""
+    plan = {}
+    for g in groups:
+        n = g.n_channels // g.ch_groups
+        keep = max(1, math.ceil(fraction * n))
+        plan[g.id] = [s * n + j for s in range(g.ch_groups) for j in range(keep, n)]
+    return plan
+
+
+def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: list[Group],
+                 fraction: float = 0.1) -> None:
+    """Raise :class:`Unprunable` (one line naming the layer) unless ``groups`` describe ``model`` correctly
+    and can be pruned: every member's indices fit its tensor, and a copy pruned to the floor (every group
+    at ``fraction`` of its channels, :func:`floor_plan`) has no empty layer, keeps every per-channel
+    parameter at its layer's new width and runs forward. Run before a method sees the groups, so that an
+    architecture the harness cannot handle is bad input, never a method's ``IndexError`` or an internal
+    error mid-run. ``model`` itself is not changed."""
+    import copy
+
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    declared = {id(p): d for p, d in (config.unwrapped_parameters or [])}  # a bare parameter's pruning dim
+    params = dict(model.named_parameters())
+    for g in groups:
+        if g.n_channels % g.ch_groups:
+            raise _refuse(model, g.root, f"{g.n_channels} channels do not split into {g.ch_groups} slices")
+        for m in g.members:
+            if any(not 0 <= r < g.n_channels for r in m.root_idxs):
+                raise _refuse(model, m.layer, f"group {g.id} maps a channel outside its {g.n_channels} root channels")
+            # a bias follows the outputs: pruning a layer's inputs leaves it alone
+            for key in filter(None, (m.weight, m.bias if m.dim == "out" or m.depthwise else None)):
+                if m.kind == "parameter" and key in params and id(params[key]) in declared:
+                    extent = int(params[key].shape[declared[id(params[key])]])
+                else:
+                    extent = _extent(m, tensors[key]) if key in tensors else None
+                if extent is not None and any(not 0 <= i < extent for i in m.idxs):
+                    raise _refuse(model, m.layer, f"group {g.id} prunes {m.dim} channel {max(m.idxs)} of {key}, "
+                                                  f"which has {extent}")
+    dry = copy.deepcopy(model).eval()
+    try:
+        apply_plan(dry, example_inputs, config, floor_plan(groups, fraction))
+    except Untraceable:
+        raise
+    except Exception as e:
+        raise _refuse(model, groups[0].root if groups else "(model)",
+                      f"pruning its groups to the floor raised {one_line(e)}") from None
+    for name, module in dry.named_modules():
+        w = getattr(module, "weight", None)
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(w, torch.Tensor) and w.numel() == 0:
+            raise _refuse(model, name, "pruning to the floor leaves it with no channels")
+    _check_layer_scales(model, dry)
+    running: list[nn.Module] = []
+
+    def began(module, args) -> None:
+        running.append(module)
+
+    def ended(module, args, out) -> None:  # returns None: the output is left alone
+        if running:
+            running.pop()
+
+    handles = [h for m in dry.modules() for h in (m.register_forward_pre_hook(began), m.register_forward_hook(ended))]
+    try:
+        with shape_pass(), torch.no_grad():
+            dry(*example_inputs) if isinstance(example_inputs, (tuple, list)) else dry(example_inputs)
+    except Exception as e:
+        names = {m: n for n, m in dry.named_modules()}
+        layer = names.get(running[-1], "(model)") if running else "(model)"
+        raise _refuse(model, layer or "(model)", f"pruned to the floor it no longer runs forward "
+                                                 f"({one_line(e)})") from None
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _check_layer_scales(model: nn.Module, pruned: nn.Module) -> None:
+    """Every per-channel parameter (``[C]`` or ``[C, 1, 1]`` owned by a block, e.g. a layer scale) is at the
+    width of a pruned layer beside it: Torch-Pruning leaves one it was not told about at its old width."""
+    from harness.models.base import layer_scales
+
+    before = {id(p): n for n, p in model.named_parameters()}
+    named = dict(pruned.named_parameters())
+    widths = {int(getattr(m, "out_channels", getattr(m, "out_features", 0)) or 0)
+              for m in pruned.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    widths |= {int(m.normalized_shape[0]) for m in pruned.modules() if isinstance(m, nn.LayerNorm)}
+    for p, _ in layer_scales(model):
+        name = before.get(id(p))
+        new = named.get(name)
+        if name is None or new is None:
+            continue
+        if new.shape[0] == p.shape[0] and new.shape[0] not in widths:
+            raise _refuse(model, name.rpartition(".")[0] or name,
+                          f"per-channel parameter {name} stays at its width {p.shape[0]}, which no pruned layer "
+                          f"has any more")

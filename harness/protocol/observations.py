@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
+from harness.models.base import logits_of
 from specs.messages import Group
 from specs.sdk import Tensors
 from specs.track import Calibration
@@ -253,7 +254,7 @@ def _activations(model: nn.Module, groups: list[Group], batches: list, seed: int
             if not any(p.requires_grad for p in model.parameters()):
                 x = x.detach().requires_grad_(True)  # so that layer outputs are part of a graph
             with torch.enable_grad():
-                logits = model(x)
+                logits = logits_of(model(x))
             if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
                 raise HarnessError("observation 'output_gradients' needs a model that returns [batch, classes] "
                                    f"logits; this one returns {getattr(logits, 'shape', type(logits).__name__)}")

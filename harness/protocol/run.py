@@ -33,8 +33,8 @@ from harness.methods import MethodSource
 from harness.protocol import distributed
 from harness.protocol.batchnorm import recalibrate
 from harness.protocol.checkpoints import BaseMismatch, base_sha256
-from harness.protocol.grouping import (build_graph, check_applicable, count_layer_macs, count_macs_params,
-                                       describe_groups, layer_channels)
+from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_layer_macs,
+                                       count_macs_params, describe_groups, layer_channels)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
 from harness.protocol.pruning import Ties, Unreachable, make_planner, prune_round
@@ -216,6 +216,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     except BaseMismatch as e:  # not the base the run is keyed by (or the track pins): recorded under that key
         spec = dataclasses.replace(spec, base_sha256=spec.base_sha256 or track.checkpoint.sha256)
         return _record_failure(spec, run_key_of(spec), str(e))
+    _check_groups(spec, task, base)  # an architecture the harness cannot prune: bad input, before any method call
     needy = [s.manifest for s in (spec.method, reg) if s is not None and s.manifest.requires]
     if needy:  # a model a method cannot score: bad input, refused before anything is written
         with torch.random.fork_rng(devices=[]):  # the check leaves the run's random stream alone
@@ -319,6 +320,23 @@ def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
         raise BaseMismatch(f"base checkpoint {base.path} has sha256 {base.sha256}, but the run was keyed by "
                            f"{spec.base_sha256} (the file changed since: re-run to key it by the new base)")
     return spec, base
+
+
+_GROUPS_CHECKED: set[tuple[str, str]] = set()  # (track hash, base sha256): checked once per process
+
+
+def _check_groups(spec: RunSpec, task: Task, base) -> None:
+    """:func:`~harness.protocol.grouping.check_groups` on a copy of the base model: every member's indices
+    fit its tensor and a dry prune to the floor runs forward, or :class:`Unprunable` in one line."""
+    key = (spec.track.hash(), base.sha256)
+    if key in _GROUPS_CHECKED:
+        return
+    with torch.random.fork_rng(devices=[]):
+        probe, example = copy.deepcopy(base.model).to(spec.device), task.example_inputs()
+        config = task.prune_config(probe)
+        check_groups(probe, example, config, describe_groups(probe, example, config),
+                     spec.track.pruning.min_channel_fraction)
+    _GROUPS_CHECKED.add(key)
 
 
 def _recalibrate_stage(spec: RunSpec, task: Task, model: nn.Module) -> Optional[float]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from harness.errors import HarnessError
+from harness.models.base import logits_of
 from harness.protocol import distributed
 from specs.result import TrainingSettings
 from specs.track import Recipe
@@ -303,7 +304,7 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
                 if mixup is not None:
                     x, y = mixup(x, y)
                 with autocast():
-                    loss = criterion(net(x), y)
+                    loss = criterion(logits_of(net(x)), y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 unscaled = grad_hook is not None
@@ -365,7 +366,7 @@ def evaluate_top1(model: nn.Module, ds: Dataset, batch_size: int = 256, device: 
         ds = TensorDataset(*(t[idx] for t in ds.tensors)) if isinstance(ds, TensorDataset) else Subset(ds, idx)
     correct = total = 0
     for x, y in batches(ds, batch_size, shuffle=False, device=device):
-        pred = model(x).argmax(1)
+        pred = logits_of(model(x)).argmax(1)
         correct += int((pred == y).sum())
         total += len(y)
     correct, total = distributed.all_sum([correct, total], device)

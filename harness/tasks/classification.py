@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from harness.protocol.checkpoints import BaseCheckpoint, build_model, load_base
 from harness.data import DATASETS, DatasetBundle, load_dataset
 from harness.errors import HarnessError
-from harness.models import classifier_of, variants_of
+from harness.models import classifier_of, logits_of, variants_of
 from harness.registry import resolve
 from harness.protocol.train import GradHook, Progress
 from harness.tasks.base import Task
@@ -78,7 +78,7 @@ class ClassificationTask(Task):
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(model(x.to(self.device)), y.to(self.device))
+        return F.cross_entropy(logits_of(model(x.to(self.device))), y.to(self.device))
 
     def train(self, model: nn.Module, recipe: Recipe, seed: int, progress: Optional[Progress] = None,
               stage: str = "train", grad_hook: Optional[GradHook] = None) -> nn.Module:

@@ -1,0 +1,74 @@
+"""How to prune Hugging Face ``transformers`` vision classifiers (``hf:<model_type>`` references).
+
+One adapter for every ``PreTrainedModel`` (found through the class hierarchy), following Torch-Pruning's
+``examples/transformers/prune_hf_vit.py``:
+
+- **Attention heads.** Every attention module with ``q_proj``/``k_proj``/``v_proj`` (or ``query``/``key``/
+  ``value``) and ``num_attention_heads`` (ViT, DeiT, Swin, ...): Torch-Pruning puts q, k, v and the output
+  projection's inputs in one group (their views couple them); the group is split into ``num_heads`` channel
+  slices, so every head loses the same dims of q, k and v and all heads keep one head dim. The number of
+  heads never changes (a Swin window's relative-position bias is per head).
+- :func:`fix_attention` then sets ``head_dim`` (``attention_head_size``, ``all_head_size``) and ``scaling``
+  on every attention module: transformers reshapes q/k/v by ``head_dim`` and Torch-Pruning cannot know it.
+  ``scaling`` becomes ``head_dim ** -0.5``, as transformers builds it.
+- **Bare parameters.** Embeddings (``cls_token``, ``position_embeddings``, ``mask_token``: their last dim
+  is the hidden size) and layer scales (ConvNeXt's ``layer_scale_parameter``, ``[C]``) are declared, so they
+  are pruned with the channels they scale; a relative-position bias table (per head) is never pruned.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from harness.models.base import layer_scales
+from harness.protocol.grouping import PruneConfig
+
+#: attribute names of attention projections, per naming convention
+PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+#: bare parameters pruned along their last dim (the hidden size)
+EMBEDDINGS = ("cls_token", "position_embeddings", "mask_token", "distillation_token")
+
+
+def _heads(module: nn.Module):
+    """``(heads, [q, k, v])`` of an attention module, or None."""
+    heads = getattr(module, "num_attention_heads", None) or getattr(module, "num_heads", None)
+    if not isinstance(heads, int):
+        return None
+    for names in PROJECTIONS:
+        layers = [getattr(module, n, None) for n in names]
+        if all(isinstance(m, nn.Linear) for m in layers):
+            return heads, layers
+    return None
+
+
+def fix_attention(model: nn.Module) -> None:
+    """After channels are removed: the head dim (and scaling) of every attention module from its q width."""
+    for module in model.modules():
+        found = _heads(module)
+        if found is None:
+            continue
+        heads, (q, _, _) = found
+        head_dim = q.out_features // heads
+        for attr in ("head_dim", "attention_head_size"):
+            if hasattr(module, attr):
+                setattr(module, attr, head_dim)
+        if hasattr(module, "all_head_size"):
+            module.all_head_size = q.out_features
+        if hasattr(module, "scaling"):
+            module.scaling = head_dim ** -0.5
+
+
+def prune_config(model: nn.Module) -> PruneConfig:
+    heads = {}
+    for module in model.modules():
+        found = _heads(module)
+        if found is not None:
+            for layer in found[1]:
+                heads[layer] = found[0]
+    params = [(p, p.dim() - 1) for m in model.modules() for n, p in m.named_parameters(recurse=False)
+              if n in EMBEDDINGS]
+    params += [(p, 0) for p, _ in layer_scales(model)]
+    tables = [p for m in model.modules() for n, p in m.named_parameters(recurse=False)
+              if n == "relative_position_bias_table"]
+    return PruneConfig(unwrapped_parameters=params or None, out_channel_groups=heads, fixup=fix_attention,
+                       ignored_params=tables)
