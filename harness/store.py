@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Optional
 from pydantic import ValidationError
 
 from harness.errors import HarnessError
+from harness.files import atomic_write_text
 from specs.base import explain, sha256_json
 from specs.result import ResultRecord
 
@@ -50,21 +51,6 @@ def run_key(track_hash: str, method_id: str, method_version: str, image_digest: 
     if recipe is not None:
         ident["recipe"] = list(recipe)
     return sha256_json(ident)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_record(path: Path, record: ResultRecord) -> None:
@@ -125,10 +111,10 @@ def image_digest_of(spec: "RunSpec", source: Optional["MethodSource"] = None) ->
 def base_sha256_of(spec: "RunSpec") -> str:
     """The sha256 of the base checkpoint run ``spec`` starts from: ``spec.base_sha256`` when the caller
     resolved it (:func:`harness.protocol.run.with_base`), else resolved now (the track's file, its cached
-    trained base, its pin, or the base trained once: :func:`harness.protocol.checkpoints.base_sha256`)."""
+    trained base, its pin, or the base trained once: :func:`harness.tasks.base_sha256`)."""
     if spec.base_sha256 is not None:
         return spec.base_sha256
-    from harness.protocol.checkpoints import base_sha256  # torch: only when a key is computed
+    from harness.tasks import base_sha256  # torch: only when a key is computed
     return base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=True)
 
 

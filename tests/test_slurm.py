@@ -114,7 +114,7 @@ def test_slurm_sweep_gives_the_local_sweeps_records(slurm, tiny_track_file, tmp_
 
 def test_a_missing_base_is_trained_in_a_slurm_job_first(slurm, tiny_track_file, tmp_path):
     """Runs are keyed by the base's sha256: the driver gets a base it does not have trained by a job."""
-    from harness.protocol.checkpoints import base_sha256
+    from harness.tasks import base_sha256
     from harness.tracks import load_track
     cache = tmp_path / "cache"
     res = CliRunner().invoke(app, _sweep(tiny_track_file, tmp_path / "out", "random", "--executor", "slurm",

@@ -10,7 +10,7 @@ import typer
 from harness.views import leaderboard as lb
 from harness.cli.common import (MaxCallTimeoutOpt, MaxCpusOpt, MaxMemoryOpt, MaxWriteOpt, MinFreeOpt, console, friendly,
                                 out, parse_list, sandbox_caps)
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.tracks import load_track
 
 app = typer.Typer()

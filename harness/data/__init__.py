@@ -9,7 +9,7 @@ loader is a function ``(data_root, image_size) -> DatasetBundle`` decorated with
 covers it.
 """
 
-from harness.data.base import DATASETS, DatasetBundle, DatasetError, load_dataset
+from harness.data.base import DATASETS, DatasetBundle, DatasetError, load_dataset, load_track_dataset
 
 # Imported for their registrations.
 from harness.data import cifar as _cifar  # noqa: E402,F401
@@ -18,4 +18,4 @@ from harness.data import digits as _digits  # noqa: E402,F401
 DATASETS.register("imagenet", "harness.data.imagenet:imagenet")
 DATASETS.register("coco", "harness.data.coco:coco")
 
-__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "load_dataset"]
+__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "load_dataset", "load_track_dataset"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -12,8 +13,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from harness.errors import HarnessError
 from harness.registry import Registry, resolve
+from specs.track import DatasetRef
 
-__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "Loader", "load_dataset", "to_tensor_dataset"]
+__all__ = ["DATASETS", "DatasetBundle", "DatasetError", "Loader", "load_dataset", "load_track_dataset",
+           "to_tensor_dataset"]
 
 
 class DatasetError(HarnessError):
@@ -98,3 +101,14 @@ def to_tensor_dataset(
             part = F.interpolate(part, size=(side, side), mode="bilinear", align_corners=False)
         out[start : start + chunk] = (part - m) / s
     return TensorDataset(out, y.to(torch.int64))
+
+
+def load_track_dataset(ref: DatasetRef, data_root: Optional[Path]) -> DatasetBundle:
+    """The track's dataset; a track's ``mean``/``std`` go to loaders that take them (ImageNet)."""
+    if ref.mean is None:
+        return load_dataset(ref.name, data_root, ref.image_size)
+    loader = resolve(DATASETS.get(ref.name))
+    if "mean" not in inspect.signature(loader).parameters:
+        raise HarnessError(f"dataset {ref.name} has a fixed normalization: drop mean/std from the track")
+    root = Path(data_root).expanduser() if data_root is not None else None
+    return loader(root, ref.image_size, mean=tuple(ref.mean), std=tuple(ref.std))

@@ -14,8 +14,9 @@ tests/test_models_refs.py the references; tests/test_zoo.py every method on twel
 architectures.
 """
 
-from harness.models.base import (MODELS, PRUNE_ADAPTERS, VARIANTS, build_model, classifier_of, create_model,
-                                 logits_of, prune_config_of, variants_of)
+from harness.models.base import (MODELS, PRUNE_ADAPTERS, VARIANTS, build_model, create_model, logits_of,
+                                 prune_config_of, variants_of)
+from harness.models.heads import classifier_of
 
 # Imported for their registrations.
 from harness.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401

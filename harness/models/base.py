@@ -4,43 +4,21 @@ pruning adapters, and the one layer pruning never touches."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.registry import Registry, resolve
+from harness.models.names import DEFAULT_VARIANT, MODELS, PRUNE_ADAPTERS, VARIANTS, ModelFactory
+from harness.registry import resolve
 
 if TYPE_CHECKING:
     from harness.protocol.grouping import PruneConfig
     from specs.track import ModelRef
 
-__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "ModelFactory", "build_model", "classifier_of", "create_model",
+__all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "ModelFactory", "build_model", "create_model",
            "logits_of", "prune_config_of", "scaled", "variants_of"]
-
-# factory(num_classes, in_chans, image_size, **kwargs) -> nn.Module
-ModelFactory = Callable[..., nn.Module]
-
-MODELS: Registry[ModelFactory | str] = Registry("model")
-
-#: One CLI name, several architectures: ``"<name>/<variant>"`` -> factory. ``resnet18`` is the
-#: CIFAR-style network (3x3 stem, no max-pool) used for CIFAR and digits; ``resnet18/imagenet`` is
-#: torchvision's. A track picks one with ``model: {name: resnet18, kwargs: {variant: imagenet}}``,
-#: so the architecture is part of the hashed track, never guessed from the data. The entry in
-#: :data:`MODELS` is the default variant (``variant: cifar`` names it explicitly).
-VARIANTS: Registry[ModelFactory | str] = Registry("model variant")
-DEFAULT_VARIANT = "cifar"
-
-#: Per-architecture pruning adapters, keyed by the model's class (``"module.QualName"``), as lazy
-#: ``"module:attr"`` of ``adapter(model) -> PruneConfig``: what must never be pruned (a detection
-#: head), attention heads, bare parameters, and the fix-up Torch-Pruning cannot do. Keyed by class,
-#: not by registry name, so a model reloaded from a whole-model file gets the same adapter.
-PRUNE_ADAPTERS: Registry[str] = Registry("prune adapter")
-
-# Attribute names under which model families keep their classification layer.
-CLASSIFIER_ATTRS = ("fc", "classifier", "head")
-
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,
                  variant: Optional[str] = None, sha256: Optional[str] = None, **kwargs) -> nn.Module:
@@ -100,64 +78,6 @@ def logits_of(out) -> torch.Tensor:
         return logits_of(out[0])
     raise HarnessError(f"the model returned a {type(out).__name__}, which holds no logits: return a tensor "
                        f"[batch, classes], a tuple with the logits first, or a dict with 'logits'")
-
-
-class NoClassifier(HarnessError, ValueError):
-    """The model has no layer the harness recognizes as its classifier."""
-
-
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The final classification layer, which the harness never prunes.
-
-    Looked up as ``model.get_classifier()`` (timm; the first of several heads, e.g. a distilled DeiT's),
-    then the attributes ``fc``, ``classifier``, ``head`` (the last ``nn.Linear`` inside one if it is a
-    container, else its last conv: SqueezeNet's classifier is a 1x1 conv), then the last ``nn.Linear``
-    in the model. Raises :class:`NoClassifier` when there is none.
-    """
-    getter = getattr(model, "get_classifier", None)
-    if callable(getter):
-        layer = getter()
-        if isinstance(layer, (tuple, list)) and layer:
-            layer = layer[0]
-        if isinstance(layer, nn.Module) and not isinstance(layer, nn.Identity):
-            return layer
-    for attr in CLASSIFIER_ATTRS:
-        layer = getattr(model, attr, None)
-        if isinstance(layer, nn.Linear):
-            return layer
-        if isinstance(layer, nn.Module):
-            linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-            convs = [m for m in layer.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-            if linears or convs:
-                return (linears or convs)[-1]
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise NoClassifier(
-            f"cannot find the classifier of {type(model).__name__}: no attribute "
-            f"{' / '.join(CLASSIFIER_ATTRS)} and no nn.Linear (keep the classification layer in one of those "
-            f"attributes, or give the model get_classifier())"
-        )
-    return linears[-1]
-
-
-#: names of per-channel layer-scale parameters (timm ``LayerScale.gamma``, ``ConvNeXtBlock.gamma``;
-#: torchvision ``CNBlock.layer_scale``; transformers ``ConvNextLayer.layer_scale_parameter``)
-LAYER_SCALE_NAMES = ("gamma", "layer_scale", "layer_scale_parameter")
-
-
-def layer_scales(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
-    """``[(parameter, 0)]``: every layer-scale parameter of ``model`` (shape ``[C]`` or ``[C, 1, 1]``,
-    owned by a module that is not a layer Torch-Pruning knows), pruned along its channels (dim 0). For a
-    prune adapter's ``unwrapped_parameters``: declared, Torch-Pruning neither guesses nor warns."""
-    layers = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-    out = []
-    for module in model.modules():
-        if isinstance(module, layers):
-            continue
-        for name, p in module.named_parameters(recurse=False):
-            if name in LAYER_SCALE_NAMES and p.dim() >= 1 and all(s == 1 for s in p.shape[1:]):
-                out.append((p, 0))
-    return out
 
 
 def scaled(channels: int, width: float) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from harness.models.base import layer_scales
+from harness.models.heads import layer_scales
 from harness.protocol.grouping import PruneConfig
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from harness.models.base import layer_scales
+from harness.models.heads import layer_scales
 from harness.protocol.grouping import PruneConfig
 
 #: attribute names of attention projections, per naming convention

@@ -216,7 +216,7 @@ def _file(path: str, sha256: Optional[str]) -> Builder:
 
 
 def _classifier_width(model: nn.Module) -> Optional[int]:
-    from harness.models.base import classifier_of
+    from harness.models.heads import classifier_of
 
     try:
         layer = classifier_of(model)
@@ -259,7 +259,7 @@ def build_reference(name: str, num_classes: int, in_chans: int = 3, image_size: 
 def check_reference(name: str, sha256: Optional[str] = None) -> None:
     """Raise HarnessError (one line) unless ``name`` is a registered name or a reference that can be
     located (see :func:`locate`)."""
-    from harness.models.base import MODELS
+    from harness.models.names import MODELS
 
     if kind_of(name)[0] != "registered":
         locate(name, sha256)

@@ -31,7 +31,7 @@ import os
 
 from torch import nn
 
-from harness.models.base import layer_scales
+from harness.models.heads import layer_scales
 from harness.protocol.grouping import PruneConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported anywhere through this module

@@ -30,7 +30,7 @@ from harness.protocol.run import RunSpec, evaluate
 from harness.provenance import sha256_file
 from harness.runners.docker_runner import docker_client, image_tag
 from harness.runners.sandbox import Limits, ResourcesRejected, check_resources, limits_for
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from specs.base import explain
 from specs.manifest import SandboxLimits
 from specs.result import ResultRecord
@@ -150,7 +150,7 @@ def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Opti
         raise HarnessError(f"{submissions}: no submission bundles")
     secrets = [str(Path(data_root).resolve()), str(data_root)] if data_root else []
     # one base for every submission (and part of every run key): resolved, and checked, once
-    from harness.protocol.checkpoints import base_sha256
+    from harness.tasks import base_sha256
     base = base_sha256(track, data_root, cache_dir)
     results: list[BlindResult] = []
     for bundle in bundles:

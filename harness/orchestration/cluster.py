@@ -38,7 +38,8 @@ from pydantic import Field, ValidationError, field_validator
 from harness.configs import read_mapping
 from harness.errors import HarnessError
 from harness.protocol.run import RunSpec, current_job, evaluate, evaluate_distributed, record_unrun, with_bases
-from harness.store import atomic_write_text, clean_stale_staging, recorded, run_dir_name, run_key_of
+from harness.files import atomic_write_text
+from harness.store import clean_stale_staging, recorded, run_dir_name, run_key_of
 from specs.base import Strict, explain
 from specs.result import JobInfo, ResultRecord
 from specs.sdk import one_line
@@ -186,7 +187,7 @@ def pretrain_job(spec: RunSpec) -> str:
     """What a base-training Slurm job runs: the sha256 of ``spec``'s base checkpoint, trained into the shared
     cache if it is not there yet."""
     import torch
-    from harness.protocol.checkpoints import base_sha256
+    from harness.tasks import base_sha256
     torch.set_num_threads(_threads_for_job())
     return base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=True)
 
@@ -195,7 +196,7 @@ def with_bases_on_slurm(specs: list[RunSpec], options: SlurmOptions, log: Callab
                         ) -> list[RunSpec]:
     """:func:`harness.protocol.run.with_bases` for a Slurm sweep: a base that must be trained first is
     trained by a Slurm job (one per track, with the sweep's resources), and the driver waits for it."""
-    from harness.protocol.checkpoints import base_sha256
+    from harness.tasks import base_sha256
     missing: dict[tuple, RunSpec] = {}
     for spec in specs:
         ident = (spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device)

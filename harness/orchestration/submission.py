@@ -20,7 +20,7 @@ from harness.conformance import check_method
 from harness.errors import HarnessError
 from harness.methods import MethodSource
 from harness.protocol.run import RunSpec, evaluate
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.runners.docker_runner import BASE_IMAGE, docker_client, image_tag
 from harness.tracks import load_track
 from specs.submission import ImageInfo, Submission

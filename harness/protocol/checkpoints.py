@@ -47,7 +47,7 @@ from harness.data import DatasetBundle
 from harness.errors import HarnessError
 from harness.models import build_model as build
 from harness.provenance import sha256_file
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.protocol import distributed
 from harness.protocol.train import Progress, evaluate_top1, train_bundle
 from specs.base import canonical
@@ -182,14 +182,11 @@ def verified_file(ck: Checkpoint) -> tuple[Path, str]:
     return path, digest
 
 
-def base_sha256(track: TrackConfig, data_root: Optional[Path] = None, cache_dir: Optional[Path] = None,
-                device: str = "cpu", train: bool = True, progress: Optional[Progress] = None,
-                verify: bool = False) -> Optional[str]:
-    """The sha256 of the base checkpoint runs of ``track`` start from, known before any run: the published
-    file's (checked against the track's), the cached trained file's (checked against the track's pin), else
-    the pin (unless ``verify``: then a pinned base is trained and checked too); with nothing cached,
-    ``train=True`` trains the base now (``None`` otherwise). Raises :class:`BaseMismatch` when a file
-    differs from the pin."""
+def known_base_sha256(track: TrackConfig, cache_dir: Optional[Path] = None, verify: bool = False) -> Optional[str]:
+    """The sha256 of the base checkpoint runs of ``track`` start from, when it is known without training:
+    the published file's (checked against the track's), the cached trained file's (checked against the
+    track's pin), else the pin (unless ``verify``); ``None`` otherwise. Raises :class:`BaseMismatch` when a
+    file differs from the pin. (:func:`harness.tasks.base_sha256` trains a missing base.)"""
     ck = track.checkpoint
     if ck.path is not None:
         return verified_file(ck)[1]
@@ -200,10 +197,7 @@ def base_sha256(track: TrackConfig, data_root: Optional[Path] = None, cache_dir:
         return digest
     if ck.sha256 and not verify:
         return ck.sha256
-    if not train:
-        return None
-    from harness.tasks import task_for  # a task knows where its base is cached (detection has its own cache)
-    return task_for(track, data_root=data_root, cache_dir=cache_dir, device=device).base_model(progress).sha256
+    return None
 
 
 def _pretrain_in_child(track: TrackConfig, data_root: Optional[Path], out: Path,
@@ -323,7 +317,7 @@ def _child_main(argv: list[str]) -> None:
     the canonical environment (started by :func:`_pretrain_in_child`, which sets it)."""
     import argparse
 
-    from harness.tasks.classification import load_track_dataset
+    from harness.data import load_track_dataset
     parser = argparse.ArgumentParser()
     parser.add_argument("track", type=Path)
     parser.add_argument("out", type=Path)

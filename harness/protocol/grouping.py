@@ -538,7 +538,7 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
 def _check_layer_scales(model: nn.Module, pruned: nn.Module) -> None:
     """Every per-channel parameter (``[C]`` or ``[C, 1, 1]`` owned by a block, e.g. a layer scale) is at the
     width of a pruned layer beside it: Torch-Pruning leaves one it was not told about at its old width."""
-    from harness.models.base import layer_scales
+    from harness.models.heads import layer_scales
 
     before = {id(p): n for n, p in model.named_parameters()}
     named = dict(pruned.named_parameters())

@@ -32,7 +32,7 @@ from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from harness.protocol import distributed
 from harness.protocol.batchnorm import recalibrate
-from harness.protocol.checkpoints import BaseMismatch, base_sha256
+from harness.protocol.checkpoints import BaseMismatch
 from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_layer_macs,
                                        count_macs_params, describe_groups, layer_channels)
 from harness.protocol.latency import measure as measure_latency
@@ -45,7 +45,7 @@ from harness.runners import client_class
 from harness.runners.sandbox import check_resources, limits_for
 from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
                            run_key_of)
-from harness.tasks import Task, task_for
+from harness.tasks import Task, base_sha256, task_for
 from specs.result import (BeforeAfter, Diagnostics, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing,
                           TrackInfo)
 from specs.sdk import one_line, seed_everything
@@ -95,7 +95,7 @@ class RunSpec:
 
 
 def with_base(spec: RunSpec, train: bool = True, verify: bool = False) -> RunSpec:
-    """``spec`` with ``base_sha256`` resolved (:func:`harness.protocol.checkpoints.base_sha256`: the published
+    """``spec`` with ``base_sha256`` resolved (:func:`harness.tasks.base_sha256`: the published
     file's digest, the cached trained base's, the track's pin unless ``verify``, or - ``train`` - the base
     trained now).
     Raises :class:`HarnessError` when it cannot be known without training and ``train`` is false, and

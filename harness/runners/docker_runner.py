@@ -18,7 +18,7 @@ import functools
 from typing import Optional
 
 from harness.errors import HarnessError, MethodFailure
-from harness.runners.sandbox import tmpfs_root
+from harness.runners.sandbox import docker_client, tmpfs_root
 from harness.runners.socket_client import SocketClient
 from specs.manifest import MethodManifest
 from specs.version import SPEC_VERSION, spec_major
@@ -37,18 +37,6 @@ def image_tag(manifest: MethodManifest) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def docker_client():
-    """The Docker Engine, or a one-line HarnessError saying how to start one."""
-    try:
-        import docker
-        client = docker.from_env(timeout=120)
-        client.ping()
-        return client
-    except Exception as e:  # no daemon, no permission, SDK missing
-        raise HarnessError(f"no Docker Engine reachable ({type(e).__name__}); start one with "
-                           f"`bash .ci/docker-setup.sh` (or `make docker`)") from None
-
-
 def image_digest(image: str) -> str:
     """The content digest (image ID) of a local image, or a HarnessError saying how to build it."""
     import docker.errors

@@ -74,10 +74,21 @@ def local_host() -> Host:
                 cpus=os.cpu_count() or 1)
 
 
+def docker_client():
+    """The Docker Engine, or a one-line HarnessError saying how to start one."""
+    try:
+        import docker
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except Exception as e:  # no daemon, no permission, SDK missing
+        raise HarnessError(f"no Docker Engine reachable ({type(e).__name__}); start one with "
+                           f"`bash .ci/docker-setup.sh` (or `make docker`)") from None
+
+
 @functools.lru_cache(maxsize=1)
 def engine_host() -> Host:
     """The Docker Engine's host (where containers run), from ``docker info``."""
-    from harness.runners.docker_runner import docker_client
     info = docker_client().info()
     return Host(memory_mb=int(info["MemTotal"]) // 2**20, cpus=int(info["NCPU"]))
 

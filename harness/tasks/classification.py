@@ -8,8 +8,6 @@ the track's ``ignored_layers``), and its fix-up runs after every pruning step.
 from __future__ import annotations
 
 import functools
-import inspect
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -17,26 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.protocol.checkpoints import BaseCheckpoint, build_model, load_base
-from harness.data import DATASETS, DatasetBundle, load_dataset
+from harness.data import DatasetBundle, load_track_dataset
 from harness.errors import HarnessError
 from harness.models import classifier_of, logits_of, variants_of
-from harness.registry import resolve
 from harness.protocol.train import GradHook, Progress
 from harness.tasks.base import Task
 from harness.protocol.train import calibration_batches, check_recipe, evaluate_top1, settings, train_bundle
 from specs.result import TrainingSettings
-from specs.track import DatasetRef, Recipe
-
-
-def load_track_dataset(ref: DatasetRef, data_root: Optional[Path]) -> DatasetBundle:
-    """The track's dataset; a track's ``mean``/``std`` go to loaders that take them (ImageNet)."""
-    if ref.mean is None:
-        return load_dataset(ref.name, data_root, ref.image_size)
-    loader = resolve(DATASETS.get(ref.name))
-    if "mean" not in inspect.signature(loader).parameters:
-        raise HarnessError(f"dataset {ref.name} has a fixed normalization: drop mean/std from the track")
-    root = Path(data_root).expanduser() if data_root is not None else None
-    return loader(root, ref.image_size, mean=tuple(ref.mean), std=tuple(ref.std))
+from specs.track import Recipe
 
 
 class ClassificationTask(Task):

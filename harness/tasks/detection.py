@@ -43,7 +43,7 @@ from harness.data.coco import CocoBundle, CocoImages, collate, letterbox_geometr
 from harness.errors import HarnessError
 from harness.models import build_model
 from harness.provenance import sha256_file
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.protocol.train import GradHook, Progress
 from harness.tasks.base import Task
 from harness.tasks.classification import load_track_dataset

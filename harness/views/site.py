@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.views import latency as lat
 from harness.views import leaderboard as lb
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from specs.result import ResultRecord
 
 STYLE = """

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.errors import HarnessError
 from harness.web.config import LOCAL_USER, TOKEN_USER, ServerConfig, User, is_loopback, load_users, token_sha256
 

@@ -35,7 +35,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from harness.orchestration.events import append_event, events_path, request_cancel
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.web.config import ServerConfig
 from harness.web.planning import PlanRequest
 from harness.web.runs import StoreView, run_state

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, Optional
 
 from harness.errors import HarnessError
-from harness.store import atomic_write_text
+from harness.files import atomic_write_text
 from harness.web.config import ServerConfig
 from specs.base import Strict
 from specs.sdk import one_line
