@@ -64,8 +64,11 @@ digits-leaderboard: venv
 	$(PY) benchmarks/digits_leaderboard.py --out benchmarks/results --jobs 2
 	$(PY) -m harness.docs
 
+# one pytest worker per core (pytest-xdist); a file's tests stay on one worker (module fixtures: the Slurm
+# cluster, the attack suite's server)
+PYTEST_WORKERS ?= auto
 test: venv docker browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
