@@ -376,7 +376,7 @@ def test_a_namedtuple_model_trains_prunes_and_scores(tiny_track_file, tmp_path, 
 def test_a_versioned_state_dict_survives_the_checkpoint_round_trip(tmp_path):
     """MNASNet refuses a state dict without its version; the cached checkpoint keeps it. A model of torch.nn
     layers and unversioned blocks is still saved as a plain dict (the digests of existing bases hold)."""
-    from harness.protocol.checkpoints import _load_state, state_of, write_state
+    from harness.protocol.checkpoints import load_state, state_of, write_state
 
     net = create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1, image_size=8).eval()
     path = tmp_path / "base.pt"
@@ -385,7 +385,7 @@ def test_a_versioned_state_dict_survives_the_checkpoint_round_trip(tmp_path):
     with pytest.raises(ValueError, match="version should be set to 1 or 2 instead of None"):
         create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1, image_size=8).load_state_dict(stripped)
     again = create_model("torchvision:mnasnet0_5", num_classes=10, in_chans=1, image_size=8).eval()
-    _load_state(again, path)
+    load_state(again, path)
     x = torch.rand(2, 1, 8, 8)
     assert torch.equal(again(x), net(x))
     resnet = create_model("resnet18", num_classes=10, width=0.125)
