@@ -62,7 +62,8 @@ class Analysis:
     """The critical-difference analysis of one section on one metric.
 
     ``names`` are the analysed methods, best mean rank first; ``excluded`` the methods left out because they lack
-    a value in some group of blocks (an ok run at some speedup), or all methods when no block is complete.
+    a value in some group of blocks (an ok run at some speedup), or all methods when no block is complete;
+    ``incomplete`` those left out because they miss some blocks (see :func:`analyse`).
     ``friedman_statistic``/``friedman_p``, ``critical_difference`` and ``nemenyi_p`` are ``None`` when no test
     is possible (fewer than 3 methods or 2 blocks)."""
 
@@ -71,6 +72,8 @@ class Analysis:
     mean_ranks: dict[Hashable, float]
     blocks: list[tuple]
     excluded: list[Hashable] = field(default_factory=list)
+    #: methods left out because failed runs leave them without a value in some blocks: method -> blocks missed
+    incomplete: dict[Hashable, int] = field(default_factory=dict)
     friedman_statistic: Optional[float] = None
     friedman_p: Optional[float] = None
     critical_difference: Optional[float] = None
@@ -116,16 +119,25 @@ class Analysis:
         return out
 
 
+def _complete(blocks: Mapping[tuple, Mapping[Hashable, float]], names: list) -> list[tuple]:
+    return [b for b, values in blocks.items() if all(n in values for n in names)]
+
+
 def analyse(blocks: Mapping[tuple, Mapping[Hashable, float]], metric: str = "final", higher_is_better: bool = True,
             alpha: float = ALPHA, groups: Optional[Mapping[tuple, Hashable]] = None) -> Analysis:
     """The critical-difference analysis of ``blocks`` (block -> method -> metric value).
 
     ``groups`` maps a block to its group (e.g. its speedup): a method without any value in some group is left
-    out (``excluded``), so that one failed method does not remove a whole speedup; then only the blocks in which
-    every remaining method has a value are used."""
+    out (``excluded``), so that one failed method does not remove a whole speedup. Friedman's test needs complete
+    blocks; where failed runs leave holes, methods are left out greedily, the one missing most blocks first, as
+    long as that uses no fewer values (methods × complete blocks) and keeps 3 methods where 2 blocks remain
+    (``incomplete``: method -> blocks it misses), so that one failed run never removes a block for everyone.
+    Non-finite values count as missing."""
     import numpy as np
     from scipy.stats import friedmanchisquare, rankdata
 
+    blocks = {b: {n: v for n, v in values.items() if v is not None and math.isfinite(v)}
+              for b, values in blocks.items()}
     names = sorted({n for b in blocks.values() for n in b}, key=str)
     excluded: list[Hashable] = []
     if groups is not None:
@@ -134,15 +146,30 @@ def analyse(blocks: Mapping[tuple, Mapping[Hashable, float]], metric: str = "fin
             by_group.setdefault(groups[b], set()).update(values)
         excluded = [n for n in names if any(n not in present for present in by_group.values())]
         names = [n for n in names if n not in excluded]
-    used = sorted((b for b, values in blocks.items() if all(n in values for n in names)), key=str)
+    incomplete: dict[Hashable, int] = {}
+    while len(names) > 1:
+        used = _complete(blocks, names)
+        missing = {n: sum(n not in values for values in blocks.values()) for n in names}
+        worst = max(names, key=lambda n: (missing[n], str(n)))
+        if missing[worst] == 0:
+            break
+        rest = [n for n in names if n != worst]
+        if used and ((len(rest) < 3 <= len(names) and len(used) >= 2)
+                     or len(rest) * len(_complete(blocks, rest)) < len(names) * len(used)):
+            break
+        incomplete[worst] = missing[worst]
+        names = rest
+    used = sorted(_complete(blocks, names), key=str)
     if not names or not used:  # no block in which every method has a value: nothing to rank
-        return Analysis(metric, [], {}, [], excluded + names, alpha=alpha)
+        out = Analysis(metric, [], {}, [], excluded + names, alpha=alpha)
+        out.incomplete = incomplete
+        return out
     x = np.array([[blocks[b][n] for n in names] for b in used], dtype=float)
     ranks = np.vstack([rankdata(-row if higher_is_better else row) for row in x])
     mean = ranks.mean(axis=0)
     mean_ranks = {n: float(r) for n, r in zip(names, mean)}
     ordered = sorted(names, key=lambda n: (mean_ranks[n], str(n)))
-    out = Analysis(metric, ordered, mean_ranks, used, excluded, alpha=alpha)
+    out = Analysis(metric, ordered, mean_ranks, used, excluded, alpha=alpha, incomplete=incomplete)
     k, n_blocks = len(names), len(used)
     if k < 3 or n_blocks < 2:
         return out

@@ -103,6 +103,8 @@ class Row:
     error: str = ""
     #: the records counted in this row (ok, failed and cancelled), in store order
     records: list[ResultRecord] = field(default_factory=list, repr=False, compare=False)
+    #: ``@version[ hyperparameters]`` when the section holds several versions or settings of the method
+    variant: str = ""
 
     @property
     def track(self) -> str:
@@ -110,7 +112,7 @@ class Row:
 
     @property
     def name(self) -> str:
-        return self.method + (f"+{self.regularizer}" if self.regularizer != "-" else "")
+        return self.method + self.variant + (f"+{self.regularizer}" if self.regularizer != "-" else "")
 
     @property
     def setting(self) -> tuple:
@@ -159,23 +161,69 @@ def rankings(rs: list[Row], metric: str = "final") -> dict[tuple, stats.Ranking]
     return {setting: stats.rank(samples) for setting, samples in cells.items()}
 
 
+def _setting_of(m) -> tuple:
+    return (m.version, tuple(sorted((k, str(v)) for k, v in m.hyperparameters.items())))
+
+
+def variants(records: list[ResultRecord]) -> dict[tuple, str]:
+    """(section, method id, (version, hyperparameters)) -> the row suffix naming the variant: ``""`` where a
+    section holds one version and setting of the method, else ``@version`` (and its hyperparameters where
+    versions alone do not tell the variants apart)."""
+    seen: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        seen[(section_of(r), r.method.id)].add(_setting_of(r.method))
+    out = {}
+    for (section, method), settings in seen.items():
+        versions_differ = len({v for v, _ in settings}) == len(settings)
+        for v, hp in settings:
+            out[(section, method, (v, hp))] = "" if len(settings) == 1 else f"@{v}" + (
+                "" if versions_differ else " " + (",".join(f"{k}={x}" for k, x in hp) or "defaults"))
+    return out
+
+
+def duplicate_warnings(records: list[ResultRecord]) -> list[str]:
+    """One line per row with several ok runs of one seed (same method variant, cell and seed): only the first by
+    run key is counted."""
+    seen: dict[tuple, list[str]] = defaultdict(list)
+    for r in records:
+        if r.status == "ok":
+            seen[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, _setting_of(r.method),
+                  r.regularizer.id if r.regularizer else "-", r.seed)].append(r.run_key)
+    return [f"warning: {k[0].track} {k[4]} {k[1]:g}x {setting_label(k[2], k[3])}: {len(v)} ok runs of seed {k[7]} "
+            f"(run keys {', '.join(x[:12] for x in sorted(v))}); only the first is counted"
+            for k, v in seen.items() if len(v) > 1]
+
+
+def _one_per_seed(ok: list[ResultRecord]) -> list[ResultRecord]:
+    first: dict[int, ResultRecord] = {}
+    for r in sorted(ok, key=lambda r: r.run_key):
+        first.setdefault(r.seed, r)
+    return sorted(first.values(), key=lambda r: r.seed)
+
+
 def rows(records: list[ResultRecord]) -> list[Row]:
-    """Every cell of ``records``, ranked, sorted by section, strategy, recipe, speedup and rank."""
+    """Every cell of ``records``, ranked, sorted by section, strategy, recipe, speedup and rank. Several versions
+    or hyperparameter settings of one method are separate rows (:func:`variants`); several ok runs of one seed in
+    a row count once (:func:`duplicate_warnings`)."""
+    names = variants(records)
+    use = stats.usable  # a non-finite or absurd metric counts as missing
     cells: dict[tuple, list[ResultRecord]] = defaultdict(list)
     for r in records:
         reg = r.regularizer.id if r.regularizer else "-"
-        cells[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, reg)].append(r)
+        variant = names[(section_of(r), r.method.id, _setting_of(r.method))]
+        cells[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, variant, reg)].append(r)
     out = []
-    for (section, speedup, strategy, recipe, method, reg), rs in cells.items():
-        ok = [r for r in rs if r.status == "ok"]
+    for (section, speedup, strategy, recipe, method, variant, reg), rs in cells.items():
+        ok = _one_per_seed([r for r in rs if r.status == "ok"])
         failed = [r for r in rs if r.status != "ok"]  # failed or cancelled
         diags = [r.diagnostics for r in ok if r.diagnostics is not None]
         out.append(Row(
             section=section, speedup=speedup, strategy=strategy, recipe=recipe, method=method, regularizer=reg,
-            n_ok=len(ok), n_failed=len(failed), base=mean_or_none([r.metric.base for r in rs]),
-            final=stats.summarize(r.metric.final for r in ok), pruned=stats.summarize(r.metric.pruned for r in ok),
-            pruned_recal=stats.summarize(r.metric.pruned_recal for r in ok),
-            delta=stats.summarize(r.metric.delta for r in ok),
+            n_ok=len(ok), n_failed=len(failed), base=mean_or_none([use(r.metric.base) for r in rs]),
+            final=stats.summarize(use(r.metric.final) for r in ok),
+            pruned=stats.summarize(use(r.metric.pruned) for r in ok),
+            pruned_recal=stats.summarize(use(r.metric.pruned_recal) for r in ok),
+            delta=stats.summarize(use(r.metric.delta) for r in ok),
             achieved=mean_or_none([r.speedup.achieved for r in ok]),
             params_ratio=mean_or_none([r.params.pruned / r.params.base for r in ok if r.params.base]),
             step_s=mean_or_none([r.timing.step_s for r in ok]),
@@ -183,15 +231,15 @@ def rows(records: list[ResultRecord]) -> list[Row]:
             latency_speedup=mean_or_none([r.latency.speedup_batch1 for r in ok if r.latency]),
             constant_scores=any(d.all_constant for d in diags),
             tied_fraction=mean_or_none([d.tied_fraction for d in diags]),
-            finals={r.seed: r.metric.final for r in ok},
-            recals={r.seed: r.metric.pruned_recal for r in ok if r.metric.pruned_recal is not None},
-            error=failed[0].error if failed and not ok else "", records=rs))
+            finals={r.seed: use(r.metric.final) for r in ok if use(r.metric.final) is not None},
+            recals={r.seed: use(r.metric.pruned_recal) for r in ok if use(r.metric.pruned_recal) is not None},
+            error=failed[0].error if failed and not ok else "", records=rs, variant=variant))
     ranked = rankings(out)
     for row in out:
         row.rank = ranked[row.setting].ranks.get(row.name)
     return sorted(out, key=lambda r: (r.section.sort_key, r.strategy, r.recipe or "", r.speedup, r.rank or 10**9,
                                       -(r.final.mean if r.final.mean is not None else -1e300), r.method,
-                                      r.regularizer))
+                                      r.variant, r.regularizer))
 
 
 def sections(rs: list[Row]) -> dict[Section, list[Row]]:
@@ -241,22 +289,29 @@ def analysis(rs: list[Row], metric: str = "final") -> cd.Analysis:
 
 
 def across_tracks(rs: list[Row], metric: str = "final") -> Optional[cd.Analysis]:
-    """The analysis over blocks (section, speedup, seed) of several sections (tracks), on the methods every
-    section ran (ranks are scale-free, so top-1 and mAP blocks mix); ``None`` with fewer than 2 sections or 3
-    shared methods. Rows of a recipe-swap are left out."""
+    """The analysis over blocks (track, speedup, seed) of several tracks, on the methods every track ran (ranks are
+    scale-free, so top-1 and mAP blocks mix); ``None`` with fewer than 2 tracks or 3 shared methods. Sections
+    of one track are never pooled: each track contributes one (section, strategy), the one with most rows.
+    Rows of a recipe-swap are left out."""
     rs = [r for r in rs if r.recipe is None]
-    secs = {(r.section, r.strategy) for r in rs}
-    if len(secs) < 2:
+    count: dict[tuple, int] = defaultdict(int)
+    for r in rs:
+        count[(r.section, r.strategy)] += 1
+    chosen: dict[str, tuple] = {}
+    for (section, strategy), n in sorted(count.items(), key=lambda kv: (-kv[1], kv[0][0].sort_key, kv[0][1])):
+        chosen.setdefault(section.track, (section, strategy))
+    if len(chosen) < 2:
         return None
-    shared = set.intersection(*({r.name for r in rs if (r.section, r.strategy) == s} for s in secs))
+    rs = [r for r in rs if chosen[r.track] == (r.section, r.strategy)]
+    shared = set.intersection(*({r.name for r in rs if r.track == t} for t in chosen))
     if len(shared) < 3:
         return None
     blocks: dict[tuple, dict[str, float]] = defaultdict(dict)
     for row in rs:
         if row.name in shared:
             for seed, v in _values(row, metric).items():
-                blocks[(row.section.label, row.strategy, row.speedup, seed)][row.name] = v
-    return cd.analyse(blocks, metric, groups={b: b[:3] for b in blocks})
+                blocks[(row.track, row.speedup, seed)][row.name] = v
+    return cd.analyse(blocks, metric, groups={b: b[:2] for b in blocks})
 
 
 def control_cells(rs: list[Row], metric: str = "final", control: Optional[str] = None
@@ -312,10 +367,11 @@ class AverageRow:
     better_than: list[str] = field(default_factory=list)  # separated by the critical difference, worse
     worse_than: list[str] = field(default_factory=list)
     versus_control: dict[float, cd.ControlTest] = field(default_factory=dict)  # speedup -> test (final metric)
+    variant: str = ""  # as Row.variant
 
     @property
     def name(self) -> str:
-        return self.method + (f"+{self.regularizer}" if self.regularizer != "-" else "")
+        return self.method + self.variant + (f"+{self.regularizer}" if self.regularizer != "-" else "")
 
 
 def average(rs: list[Row]) -> list[AverageRow]:
@@ -334,16 +390,37 @@ def average(rs: list[Row]) -> list[AverageRow]:
                 sum(r.rank is not None for r in mine), len({r.speedup for r in group}),
                 any(r.constant_scores for r in mine), a.better_than(name) if name in a.mean_ranks else [],
                 [b for b in a.names if name in a.better_than(b)],
-                {s: t for s, tests in versus.items() for t in tests if t.name == name}))
+                {s: t for s, tests in versus.items() for t in tests if t.name == name}, mine[0].variant))
     return sorted(out, key=lambda a: (a.section.sort_key, a.strategy, a.recipe or "", a.mean_rank is None,
                                       a.mean_rank or 0.0, a.method, a.regularizer))
 
 
+def plural(n: int, word: str) -> str:
+    """``1 method``, ``2 methods``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def left_out(a: cd.Analysis) -> str:
+    """Which methods the analysis left out and why ("" when none)."""
+    parts = []
+    if a.excluded:
+        parts.append(f"left out (no ok run at some speedup): {', '.join(map(str, a.excluded))}")
+    if a.incomplete:
+        parts.append("left out (failed runs leave them without a value in some blocks (speedup, seed), and "
+                     "Friedman's test needs complete blocks): "
+                     + ", ".join(f"{n} ({plural(m, 'block')} missing)" for n, m in a.incomplete.items()))
+    return "; ".join(parts)
+
+
 def analysis_line(a: cd.Analysis) -> str:
     """One line: Friedman's test, the critical difference, what it separates."""
+    why = left_out(a)
     if a.friedman_p is None:
-        return (f"{ANALYSED[a.metric]}: {a.k} methods over {a.n_blocks} blocks (speedup, seed): too few for "
-                f"Friedman's test (it needs 3 methods and 2 blocks)")
+        if not a.names:
+            return f"{ANALYSED[a.metric]}: no method has a value in every block (speedup, seed)" + (
+                f"; {why}" if why else "")
+        return (f"{ANALYSED[a.metric]}: {plural(a.k, 'method')} over {plural(a.n_blocks, 'block')} (speedup, seed): "
+                f"too few for Friedman's test (it needs 3 methods and 2 blocks)" + (f"; {why}" if why else ""))
     line = (f"{ANALYSED[a.metric]}: Friedman χ² = {a.friedman_statistic:.1f}, p = {cd.fmt_p(a.friedman_p)} "
             f"({a.k} methods, {a.n_blocks} blocks (speedup, seed)); Nemenyi critical difference "
             f"{a.critical_difference:.2f} ranks at 5%: ")
@@ -360,8 +437,8 @@ def analysis_line(a: cd.Analysis) -> str:
             return ", ".join(f"{y} ({a.mean_ranks[y]:.2f})" for y in ys)
 
         line += "; ".join(f"{x} ({a.mean_ranks[x]:.2f}) ahead of {named(ys)}" for x, ys in best.items())
-    if a.excluded:
-        line += f"; left out (no ok run at some speedup): {', '.join(map(str, a.excluded))}"
+    if why:
+        line += f"; {why}"
     return line
 
 
@@ -381,7 +458,7 @@ def average_columns(rs: list[Row]) -> list[str]:
 def average_cells(a: AverageRow, speedups: list[float]) -> list[str]:
     """A row of the Average table; ``speedups``: the section's (the control's own cells say "control")."""
     control = not a.versus_control and a.name == control_of(a.section.track)
-    return ([setting_label(a.strategy, a.recipe), a.method + (f" {FLAG}" if a.constant_scores else ""),
+    return ([setting_label(a.strategy, a.recipe), a.method + a.variant + (f" {FLAG}" if a.constant_scores else ""),
              a.regularizer, "left out" if a.mean_rank is None else f"{a.mean_rank:.2f}",
              ", ".join(a.better_than) or "-"]
             + ["control" if control else _versus(a.versus_control.get(s)) for s in speedups])
@@ -433,6 +510,7 @@ def analysis_json(a: Optional[cd.Analysis]) -> Optional[dict]:
             {"statistic": a.friedman_statistic, "p": a.friedman_p},
             "critical_difference": a.critical_difference, "blocks": a.n_blocks, "methods": a.k,
             "mean_rank": {str(n): a.mean_ranks[n] for n in a.names}, "excluded": [str(n) for n in a.excluded],
+            "incomplete": {str(n): m for n, m in a.incomplete.items()},
             "separated": [[str(x), str(y)] for x, y in a.separated()],
             "cliques": [[str(n) for n in c] for c in a.cliques()]}
 
@@ -489,7 +567,7 @@ def cells(r: Row) -> list[str]:
     achieved = "n/a" if r.achieved is None else f"{r.achieved:.2f}x"
     latency = "n/a" if r.latency_speedup is None else f"{r.latency_speedup:.2f}x"
     strategy = setting_label(r.strategy, r.recipe)
-    method = r.method + (f" {FLAG}" if r.constant_scores else "")
+    method = r.method + r.variant + (f" {FLAG}" if r.constant_scores else "")
     return [r.track, f"{r.speedup:g}x", strategy, str(r.rank or "-"), method, r.regularizer, n, _f(r.base),
             stats.fmt(r.pruned), stats.fmt(r.pruned_recal), final, _f(r.delta.mean, "+.2f"), params, achieved,
             latency, _f(r.step_s, ".3f"), _f(r.reg_s, ".1f")]
@@ -518,7 +596,8 @@ def markdown(rs: list[Row], average_view: bool = True) -> str:
         for metric in ANALYSED:
             across = across_tracks(rs, metric)
             if across is not None:
-                parts.append(f"Across tracks (blocks: section, speedup, seed; the methods every track ran): "
+                parts.append(f"Across tracks (blocks: track, speedup, seed; the methods every track ran; one section "
+                             f"and strategy per track, the one with most rows): "
                              f"{analysis_line(across)}; mean ranks: "
                              + ", ".join(f"{n} {across.mean_ranks[n]:.2f}" for n in across.names) + ".\n")
     if rs:
@@ -555,8 +634,12 @@ def to_csv(rs: list[Row]) -> str:
 
 def report(records: list[ResultRecord]) -> str:
     """The markdown leaderboard of ``records`` with the base-checkpoint warnings on top."""
-    warnings = base_warnings(records)
-    return "".join(f"{w}\n\n" for w in warnings) + markdown(rows(records))
+    return "".join(f"{w}\n\n" for w in warnings(records)) + markdown(rows(records))
+
+
+def warnings(records: list[ResultRecord]) -> list[str]:
+    """:func:`base_warnings` and :func:`duplicate_warnings`."""
+    return base_warnings(records) + duplicate_warnings(records)
 
 
 def constant_scores_warning(r: ResultRecord) -> Optional[str]:

@@ -37,8 +37,8 @@ from typing import Hashable, Iterable, Literal, Mapping, Optional, Sequence
 ALPHA = 0.05
 CONFIDENCE = 0.95
 
-__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "Ranking", "Summary", "compare", "fmt", "holm",
-           "kendall_tau", "rank", "spearman", "summarize", "t_cdf", "t_ppf", "t_sf"]
+__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "LARGEST", "Ranking", "Summary", "compare", "fmt", "holm",
+           "kendall_tau", "rank", "spearman", "summarize", "t_cdf", "t_ppf", "t_sf", "usable"]
 
 
 # ------------------------------------------------------------------------------------ Student's t
@@ -71,6 +71,17 @@ def t_ppf(q: float, df: float) -> float:
 
 
 # ------------------------------------------------------------------------------------ summaries
+
+#: beyond this magnitude a metric (a percentage) is corrupt: squares and sums of such values overflow
+LARGEST = 1e15
+
+
+def usable(v: Optional[float]) -> Optional[float]:
+    """``v`` when it is a number the statistics can use (finite, at most :data:`LARGEST` in magnitude), else
+    ``None`` (missing). The result schema refuses non-finite metrics; this keeps the views whole if one arrives
+    anyway."""
+    return v if v is not None and math.isfinite(v) and abs(v) <= LARGEST else None
+
 
 @dataclass(frozen=True)
 class Summary:
