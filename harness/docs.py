@@ -170,7 +170,7 @@ def _digits() -> str:
 
     def need(metric, t, difference=1.0) -> str:
         p = power[metric].get(t)
-        return "n/a" if p is None or p.sd is None else str(cd.seeds_needed(p.sd, difference, p.comparisons))
+        return "n/a" if p is None or p.sd is None else cd.fmt_seeds(cd.seeds_needed(p.sd, difference, p.comparisons))
 
     def separation(a) -> str:
         if a.friedman_p is None:

@@ -247,7 +247,7 @@ def test_target_difference_gives_the_seeds_each_cell_needs(digits, tmp_path):
     alone = ["sweep", "--track", "digits-resnet18", "--target-difference", "1.0", "--out", str(tmp_path)]
     assert CliRunner().invoke(app, alone).exit_code == 2  # it needs --dry-run
     zero = CliRunner().invoke(app, args[:-1] + ["0", "--out", str(DIGITS_RESULTS)])
-    assert zero.exit_code == 2 and "must be > 0" in zero.output
+    assert zero.exit_code == 2 and "must be a finite number > 0" in zero.output
 
 
 def test_the_diagram_is_one_standalone_svg():
@@ -405,3 +405,63 @@ def test_the_index_names_a_leader_only_when_the_critical_difference_separates_it
     for recs in (noise, equal, two, [r for r in noise if r.method.id == "a"]):
         assert leaders(board(recs, "digits-resnet18")) == []
     assert [a.name for a in leaders(board(digits[0], "digits-resnet18"))] == ["bn_scale"]
+
+
+def test_no_spread_is_unmeasured_and_power_describes_the_test_that_runs(digits):
+    t = digits[0][0]
+    # every seed gives the same difference to the control: the paired test cannot run (Welch does), so no power
+    same = [_synthetic(t, m, s, 2.0, 90 + s + {"random": 0, "a": 1, "b": 2}[m]) for m in ("random", "a", "b")
+            for s in range(3)]
+    rows = lb.rows(same)
+    [p] = lb.power_cells(rows, "final").values()
+    assert (p.sd, p.mdd, p.paired) == (None, None, True)
+    assert [c.test for c in lb.control_cells(rows, "final")[2.0]] == ["Welch t", "Welch t"]
+    assert "do not spread" in lb.power_line(rows, "final")
+    with pytest.raises(ValueError, match="do not spread"):
+        lb.seeds_needed(same, 1.0)
+    assert cd.minimum_detectable_difference(0.0, 3) is None
+    with pytest.raises(ValueError, match="must be > 0"):
+        cd.seeds_needed(0.0, 1.0)
+    # seeds that do not pair with the control's: Welch runs, so they do not enter the paired test's spread
+    rng = np.random.default_rng(5)
+    mixed = [_synthetic(t, m, s, 2.0, 90 + rng.random()) for m, seeds in (("random", (0, 1, 2)), ("a", (0, 1, 2)),
+                                                                        ("b", (0, 1, 3))) for s in seeds]
+    samples = {r.name: r.finals for r in lb.rows(mixed)}
+    sd, n = cd.difference_sd(samples)
+    d = [samples["a"][s] - samples["random"][s] for s in range(3)]
+    assert (sd, n) == (pytest.approx(np.std(d, ddof=1)), 3)
+
+
+def test_target_difference_per_cell_beyond_the_search_and_huge_differences(digits):
+    sd = 8.69
+    assert cd.seeds_needed(sd, 1e300, 16) == 2 and cd.power(1e300, 3, 16) == 1.0  # scipy's NaN tail counts 1
+    assert cd.seeds_needed(sd, 0.1, 16) is None and cd.fmt_seeds(None) == ">100000"
+    for bad in (math.inf, math.nan, -1.0):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            cd.seeds_needed(sd, bad)
+    table = lb.seeds_needed(digits[0], 0.1)  # some cells need more than the search: each says so, none aborts
+    assert table.count(">100000 |") >= 1 and table.count("| Final |") == 3
+    args = ["sweep", "--track", "digits-resnet18", "--dry-run", "--target-difference"]
+    res = CliRunner().invoke(app, args + ["inf", "--out", str(DIGITS_RESULTS)])
+    assert res.exit_code == 2 and "finite number > 0" in res.output and "Traceback" not in res.output
+
+
+def test_a_missing_control_and_one_seed_cells_say_so(digits):
+    t = digits[0][0]
+    rng = np.random.default_rng(6)
+    recs = [_synthetic(t, m, s, sp, 90 + rng.random()) for m in ("a", "b", "c") for s in range(3)
+            for sp in (2.0, 4.0)]
+    rows = lb.rows(recs)
+    assert "the control random has no ok run in this section" in lb.power_line(rows, "final")
+    one = lb.rows([r for r in recs + [_synthetic(t, "random", 0, 2.0, 90.0)] if r.seed == 0])
+    [a] = [x for x in lb.average(one) if x.name == "a"]
+    assert lb._versus(a.versus_control[2.0]).endswith("(no test)")
+
+
+def test_long_names_stay_inside_the_diagram_and_counts_are_singular():
+    long = "x" * 300
+    svg = cd_diagram({long: 1.0, "b": 2.0}, None, [])
+    texts = ["".join(t.itertext()) for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+    assert max(map(len, texts)) < 40 and f"{long}: mean rank 1.00" in svg  # the full name in the tooltip
+    a = cd.analyse({(1,): {"a": 1.0}}, "final")
+    assert "1 method over 1 block " in lb.analysis_line(a)

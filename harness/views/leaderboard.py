@@ -335,6 +335,8 @@ class Power:
     n: int
     comparisons: int
     mdd: Optional[float]
+    #: some entry shares the control's seeds (>= 2): the paired test runs (``sd`` is None when none spreads)
+    paired: bool = False
 
 
 def power_cells(rs: list[Row], metric: str = "final", control: Optional[str] = None) -> dict[float, Power]:
@@ -343,9 +345,13 @@ def power_cells(rs: list[Row], metric: str = "final", control: Optional[str] = N
     for speedup in sorted({r.speedup for r in rs}):
         cell = [r for r in rs if r.speedup == speedup]
         samples = {r.name: _values(r, metric) for r in cell}
-        sd, n = cd.difference_sd(samples, control or control_of(cell[0].track))
+        ctl = control or control_of(cell[0].track)
+        sd, n = cd.difference_sd(samples, ctl)
         m = max(1, sum(1 for v in samples.values() if v) - 1)
-        out[speedup] = Power(speedup, sd, n, m, None if sd is None else cd.minimum_detectable_difference(sd, n, m))
+        base = samples.get(ctl) or {}
+        paired = len(base) >= 2 and any(set(v) == set(base) for k, v in samples.items() if k != ctl)
+        out[speedup] = Power(speedup, sd, n, m, None if sd is None else cd.minimum_detectable_difference(sd, n, m),
+                             paired)
     return out
 
 
@@ -445,6 +451,8 @@ def analysis_line(a: cd.Analysis) -> str:
 def _versus(t: Optional[cd.ControlTest]) -> str:
     if t is None:
         return "-"
+    if t.test == "none":  # one seed on a side, or no spread at all
+        return f"{t.diff:+.2f} (no test)"
     return f"{t.diff:+.2f} (p {cd.fmt_p(t.p_adjusted)}){' *' if t.significant else ''}"
 
 
@@ -465,16 +473,23 @@ def average_cells(a: AverageRow, speedups: list[float]) -> list[str]:
 
 
 def power_line(rs: list[Row], metric: str = "final") -> str:
-    """The minimum detectable difference to the control per speedup, in one line."""
+    """The minimum detectable difference to the control per speedup, in one line (or why there is none)."""
     cells = power_cells(rs, metric)
     control = control_of(rs[0].track)
+    if not any(r.name == control and _values(r, metric) for r in rs):
+        return (f"{ANALYSED[metric]}: the control {control} has no ok run in this section: no comparisons with it, "
+                f"no power to report")
     parts = [f"{p.speedup:g}x {p.mdd:.2f} (n = {p.n}, sd of the differences {p.sd:.2f})" for p in cells.values()
              if p.mdd is not None]
+    if not parts and any(p.paired for p in cells.values()):
+        return (f"{ANALYSED[metric]}: the per-seed differences to {control} do not spread in any cell (paired t "
+                f"cannot run; Welch's test, or none, is used): no power to report")
     if not parts:
         return f"{ANALYSED[metric]}: no cell has 2 seeds shared with {control}: no power to report"
     m = max(p.comparisons for p in cells.values())
     return (f"{ANALYSED[metric]}, smallest difference to {control} a cell detects with 80% power (paired t, "
-            f"5% / {m}): " + "; ".join(parts))
+            f"5% / {m}, from the entries the paired test compares: the control's seeds, differences that spread): "
+            + "; ".join(parts))
 
 
 AVERAGE_LEGEND = ("Average: the critical-difference analysis (Demšar 2006). Within each block (speedup, seed) the "
@@ -656,25 +671,31 @@ def constant_scores_warning(r: ResultRecord) -> Optional[str]:
 def seeds_needed(records: list[ResultRecord], difference: float) -> str:
     """``sweep --dry-run --target-difference D``: per section, setting, speedup and metric (Final, Pruned+BN), the
     measured standard deviation of the per-seed differences to the control, the seeds recorded, the difference
-    they can detect (80% power, paired t at 5% / (k − 1)) and the seeds that would detect ``difference``.
-    Raises ``ValueError`` when no cell has 2 seeds shared with the control."""
+    they can detect (80% power, paired t at 5% / (k − 1)) and the seeds that would detect ``difference``
+    (``>100000`` beyond the search). Raises ``ValueError`` (saying why) when no cell has a measured spread."""
     lines = [f"Seeds each cell needs to detect a difference of {difference:g} to the control with 80% power "
              f"(two-sided paired t-test by seed at 5% / (k − 1), Holm's first step; the spread is the cell's "
              f"measured standard deviation of the per-seed differences to the control):", "",
              "| section | setting | speedup | metric | sd of differences | seeds now | detectable now | seeds needed |",
              "|---|---|---|---|---|---|---|---|"]
-    found = False
+    found = paired = False
     rs = rows(records)
     for (section, strategy, recipe), group in groups(rs).items():
         for metric, label in ANALYSED.items():
             for p in power_cells(group, metric).values():
+                paired = paired or p.paired
                 if p.sd is None:
                     continue
                 found = True
-                need = cd.seeds_needed(p.sd, difference, p.comparisons)
+                need = cd.fmt_seeds(cd.seeds_needed(p.sd, difference, p.comparisons))
                 lines.append(f"| {section.track} · base {short(section.base_sha256)} | "
                              f"{setting_label(strategy, recipe)} | {p.speedup:g}x | {label} | {p.sd:.2f} | {p.n} | "
-                             f"{p.mdd:.2f} | {need} |")
+                             f"{_f(p.mdd)} | {need} |")
+    if not found and paired:
+        raise ValueError("the per-seed differences to the control do not spread in any cell (every seed gives the "
+                         "same difference), so the spread between seeds is not measured")
     if not found:
-        raise ValueError("no cell has two seeds shared with its control: the between-seed spread cannot be measured")
+        raise ValueError("no cell has two seeds shared with its control: the between-seed spread cannot be "
+                         "measured; run a sweep with at least 2 seeds (the control included) first, or point --out "
+                         "at its results")
     return "\n".join(lines)
