@@ -465,3 +465,20 @@ def test_long_names_stay_inside_the_diagram_and_counts_are_singular():
     assert max(map(len, texts)) < 40 and f"{long}: mean rank 1.00" in svg  # the full name in the tooltip
     a = cd.analyse({(1,): {"a": 1.0}}, "final")
     assert "1 method over 1 block " in lb.analysis_line(a)
+
+
+def test_the_platform_says_no_test_and_names_a_missing_control(digits, tmp_path):
+    from harness.web.app import create_app
+    from harness.web.config import ServerConfig
+    t = digits[0][0]
+    one_seed = [_synthetic(t, m, 0, sp, 90.0 + i) for i, m in enumerate(("random", "a", "b")) for sp in (2.0, 4.0)]
+    no_control = [_synthetic(t, m, s, 2.0, 90.0 + i + 0.1 * s * i, track="other") for i, m in
+                  enumerate(("a", "b", "c")) for s in range(2)]
+    for i, r in enumerate(one_seed + no_control):
+        (tmp_path / "s" / r.track.id / f"run{i}").mkdir(parents=True)
+        (tmp_path / "s" / r.track.id / f"run{i}" / "result.json").write_text(r.model_dump_json())
+    with TestClient(create_app(ServerConfig(store=tmp_path / "s"), start_queue=False),
+                    base_url="http://127.0.0.1:8000") as client:
+        one, none = client.get("/tracks/digits-resnet18").text, client.get("/tracks/other").text
+    assert "(no test)" in one and "has no ok run in this section" not in one
+    assert "The control random has no ok run in this section" in none

@@ -188,6 +188,8 @@ class BoardSection(BaseModel):
     analysis: Optional[Analysis] = Field(None, description="Average view: the analysis of the final metric")
     analysis_pruned_recal: Optional[Analysis] = Field(None, description="Average view: the analysis of Pruned+BN")
     control: str = Field("random", description="the control of the comparisons (the track's)")
+    control_ran: bool = Field(True, description="Average view: the control has an ok run in this section (else no "
+                                                "comparison with it is possible)")
     power: list[PowerCell] = Field(default_factory=list, description="Average view: per speedup, the final "
                                                                      "metric's minimum detectable difference")
     power_pruned_recal: list[PowerCell] = Field(default_factory=list)
@@ -299,6 +301,7 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
                                                                              p=final.friedman_p),
                      critical_difference=final.critical_difference, analysis=Analysis.of(final),
                      analysis_pruned_recal=Analysis.of(recal), control=lb.control_of(section.track),
+                     control_ran=any(r.name == lb.control_of(section.track) and r.finals for r in rows),
                      power=[_power(p) for p in lb.power_cells(rows, "final").values()],
                      power_pruned_recal=[_power(p) for p in lb.power_cells(rows, "pruned_recal").values()])
     points = [Point(name=r.name, speedup=r.speedup, achieved=r.achieved, final=Stat.of(r.final),
