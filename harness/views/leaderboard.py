@@ -5,7 +5,8 @@ cell only ever pools runs that started from the same base checkpoint of the same
 sections of one track are never averaged or ranked together (:func:`base_warnings` names them in one
 line per track).
 
-**Cells.** One row per (section, speedup, strategy, retraining recipe, method, regularizer): n, mean,
+**Cells.** One row per (section, speedup, strategy, retraining recipe, method (and its version and
+hyperparameters where a section holds several, :func:`variants`), regularizer): n, mean,
 sample standard deviation and 95% confidence interval over seeds of the final metric, of the metric after
 pruning (``pruned``) and after pruning with BatchNorm re-estimated (``pruned_recal``)
 (:mod:`harness.views.stats`). Failed runs are counted and shown, never silently dropped.
