@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from specs.base import Sha256, Strict, Versioned
 from specs.track import Metric, Strategy
@@ -42,6 +43,13 @@ class MetricInfo(Strict):
                           "the track's calibration images (no gradient step); null for models without BatchNorm")
     final: Optional[float] = None
     delta: Optional[float] = Field(None, description="final - base")
+
+    @field_validator("base", "pruned", "pruned_recal", "final", "delta")
+    @classmethod
+    def _finite(cls, v: Optional[float]) -> Optional[float]:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"a metric is a finite number or null, got {v}")
+        return v
 
 
 class Timing(Strict):

@@ -247,7 +247,7 @@ def test_target_difference_gives_the_seeds_each_cell_needs(digits, tmp_path):
     alone = ["sweep", "--track", "digits-resnet18", "--target-difference", "1.0", "--out", str(tmp_path)]
     assert CliRunner().invoke(app, alone).exit_code == 2  # it needs --dry-run
     zero = CliRunner().invoke(app, args[:-1] + ["0", "--out", str(DIGITS_RESULTS)])
-    assert zero.exit_code == 2 and "must be > 0" in zero.output
+    assert zero.exit_code == 2 and "must be a finite number > 0" in zero.output
 
 
 def test_the_diagram_is_one_standalone_svg():
@@ -283,3 +283,202 @@ def test_across_tracks_pools_the_blocks_of_the_methods_every_track_ran(digits):
     x = np.array([[value[(b[0], n, *b[1:])] for n in sorted(five)] for b in blocks])
     assert a.friedman_statistic == pytest.approx(sp.friedmanchisquare(*x.T).statistic)
     assert "Across tracks" in lb.markdown(rows) and lb.across_tracks(lb.rows(records), "final") is None
+
+
+# ------------------------------------------------------------------------------------ the review's attacks
+
+def _synthetic(template, method, seed, speedup, final, recal=50.0, status="ok", version=None, track=None,
+               strategy=None, base=None):
+    """A copy of a committed record with the given method, seed, speedup and metrics (cheap: no training)."""
+    metric = template.metric.model_copy(update={"final": final if status == "ok" else None, "pruned_recal": recal})
+    m = template.method.model_copy(update={"id": method, "hyperparameters": {},
+                                           **({"version": version} if version else {})})
+    update = {"method": m, "regularizer": None, "seed": seed, "metric": metric, "status": status,
+              "error": None if status == "ok" else "oom", "speedup": template.speedup.model_copy(
+                  update={"target": speedup}), "run_key": f"{method}-{version}-{seed}-{speedup}-{track}-{strategy}"}
+    if track:
+        update["track"] = template.track.model_copy(update={"id": track, "hash": "1" * 64})
+    if strategy:
+        update["strategy"] = strategy
+    if base:
+        update["provenance"] = template.provenance.model_copy(update={"checkpoint_sha256": base})
+    return template.model_copy(update=update)
+
+
+def test_failed_runs_leave_out_methods_not_every_block(digits):
+    """Each of three methods fails a different seed: no block is complete, yet the Average view keeps the blocks
+    and leaves out the fewest methods, saying so (it used to say "0 methods over 0 blocks")."""
+    t = digits[0][0]
+    rng = np.random.default_rng(2)
+    recs = [_synthetic(t, m, s, sp, 90 + 2 * i + rng.random(), status="failed" if i and s == i - 1 else "ok")
+            for i, m in enumerate(["random", "a", "b", "c"]) for s in range(3) for sp in (2.0, 4.0)]
+    rows = lb.rows(recs)
+    a = lb.analysis(rows, "final")
+    assert a.k == 3 and a.n_blocks == 2 and len(a.incomplete) == 1 and list(a.incomplete.values()) == [2]
+    line = lb.analysis_line(a)
+    assert "3 methods, 2 blocks" in line and "2 blocks missing" in line and "no ok run" not in line
+    # one failed run among many methods: only that method goes, every block stays
+    recs = [_synthetic(t, m, s, sp, 90 + i + rng.random(), status="failed" if (m, s, sp) == ("e", 1, 2.0) else "ok")
+            for i, m in enumerate("abcdef") for s in range(3) for sp in (2.0, 4.0)]
+    a = lb.analysis(lb.rows(recs), "final")
+    assert (a.k, a.n_blocks, a.incomplete) == (5, 6, {"e": 1})
+    # a method without any ok run at a speedup is left out for that reason
+    a = lb.analysis(lb.rows([r for r in recs if not (r.method.id == "f" and r.speedup.target == 4.0)]), "final")
+    assert a.excluded == ["f"] and "no ok run at some speedup): f" in lb.analysis_line(a)
+    assert "0 methods" not in lb.analysis_line(cd.analyse({(1,): {}}, "final"))
+
+
+def test_versions_of_one_method_are_separate_rows_and_duplicate_seeds_count_once(digits):
+    t = digits[0][0]
+    recs = [_synthetic(t, m, s, 2.0, {"random": 90.0, "b": 91.0}[m] + 0.1 * s) for m in ("random", "b")
+            for s in range(3)]
+    recs += [_synthetic(t, "a", s, 2.0, final + 0.1 * s, version=v) for s in range(3)
+             for v, final in (("1.0.0", 99.0), ("2.0.0", 80.0))]
+    for order in (recs, recs[::-1]):  # the store's order changes nothing
+        rows = {r.name: r for r in lb.rows(order)}
+        assert set(rows) == {"random", "b", "a@1.0.0", "a@2.0.0"}
+        assert rows["a@1.0.0"].final.n == 3 and rows["a@1.0.0"].final.mean == pytest.approx(99.1)
+        assert rows["a@2.0.0"].finals == {0: 80.0, 1: 80.1, 2: pytest.approx(80.2)}
+    # the same version run twice for one seed (two run keys): counted once, with a one-line warning
+    again = recs + [_synthetic(t, "b", 0, 2.0, 70.0).model_copy(update={"run_key": "zz-rerun"})]
+    [b] = [r for r in lb.rows(again) if r.name == "b"]
+    assert b.final.n == 3 and b.finals[0] == 91.0
+    [w] = lb.warnings(again)
+    assert "2 ok runs of seed 0" in w and "only the first is counted" in w
+
+
+def test_across_tracks_never_pools_sections_of_one_track(digits):
+    t = digits[0][0]
+    rng = np.random.default_rng(3)
+    recs = [_synthetic(t, m, s, sp, 90 + rng.random(), strategy=st) for st in ("protected_global", "local")
+            for m in ("random", "a", "b") for s in range(3) for sp in (2.0, 4.0)]
+    assert lb.across_tracks(lb.rows(recs)) is None  # two strategies of one track
+    bases = [r if r.strategy == "local" else r.model_copy(update={"strategy": "local", "provenance":
+             r.provenance.model_copy(update={"checkpoint_sha256": "ab" * 32})}) for r in recs]
+    assert lb.across_tracks(lb.rows(bases)) is None  # two base checkpoints of one track
+    other = [_synthetic(t, m, s, sp, 0.5 + rng.random(), track="other") for m in ("random", "a", "b")
+             for s in range(3) for sp in (2.0, 4.0)]
+    a = lb.across_tracks(lb.rows(recs + other))
+    assert a.n_blocks == 12 and {b[0] for b in a.blocks} == {"digits-resnet18", "other"}  # one section per track
+
+
+def test_non_finite_metrics_are_refused_and_never_break_a_view(digits, tmp_path):
+    from pydantic import ValidationError
+
+    from harness.web.app import create_app
+    from harness.web.config import ServerConfig
+    t = digits[0][0]
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValidationError, match="finite"):
+            type(t).model_validate({**t.model_dump(), "metric": {**t.metric.model_dump(), "final": bad}})
+    store = tmp_path / "s" / "digits-resnet18"
+    recs = [_synthetic(t, m, s, sp, 90.0 + i + 0.3 * s) for i, m in enumerate(("random", "a", "b"))
+            for s in range(3) for sp in (2.0, 4.0)]
+    for i, r in enumerate(recs):
+        (store / f"run{i}").mkdir(parents=True)
+        text = r.model_dump_json()
+        if i == 0:
+            text = text.replace(f'"final":{r.metric.final}', '"final":NaN')
+        (store / f"run{i}" / "result.json").write_text(text)
+    loaded = Store.load(tmp_path / "s")
+    assert len(loaded.records) == len(recs) - 1 and "finite" in loaded.invalid[0]
+    with TestClient(create_app(ServerConfig(store=tmp_path / "s"), start_queue=False),
+                    base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/api/leaderboards/digits-resnet18", params={"view": "average"}).status_code == 200
+        assert client.get("/").status_code == 200 and client.get("/tracks/digits-resnet18").status_code == 200
+    # values that arrive anyway (not validated): inf and ±1e308 count as missing, no OverflowError
+    odd = [r.model_copy(update={"metric": r.metric.model_copy(update={"final": v})})
+           for r, v in zip(recs[:3], (math.inf, 1e308, -1e308))] + recs[3:]
+    rows = lb.rows(odd)
+    json.dumps(lb.to_json(rows), allow_nan=False)
+    assert "Final" in lb.markdown(rows) and sum(r.final.n for r in rows) == len(recs) - 3
+
+
+def test_the_index_names_a_leader_only_when_the_critical_difference_separates_it(digits, tmp_path):
+    from harness.web.boards import board, leaders
+    t = digits[0][0]
+    rng = np.random.default_rng(4)
+    noise = [_synthetic(t, m, s, sp, 90 + rng.random()) for m in ("random", "a", "b", "c") for s in range(3)
+             for sp in (2.0, 4.0)]
+    equal = [r.model_copy(update={"metric": r.metric.model_copy(update={"final": 90.0})}) for r in noise]
+    two = [r for r in noise if r.method.id in ("random", "a")]
+    for recs in (noise, equal, two, [r for r in noise if r.method.id == "a"]):
+        assert leaders(board(recs, "digits-resnet18")) == []
+    assert [a.name for a in leaders(board(digits[0], "digits-resnet18"))] == ["bn_scale"]
+
+
+def test_no_spread_is_unmeasured_and_power_describes_the_test_that_runs(digits):
+    t = digits[0][0]
+    # every seed gives the same difference to the control: the paired test cannot run (Welch does), so no power
+    same = [_synthetic(t, m, s, 2.0, 90 + s + {"random": 0, "a": 1, "b": 2}[m]) for m in ("random", "a", "b")
+            for s in range(3)]
+    rows = lb.rows(same)
+    [p] = lb.power_cells(rows, "final").values()
+    assert (p.sd, p.mdd, p.paired) == (None, None, True)
+    assert [c.test for c in lb.control_cells(rows, "final")[2.0]] == ["Welch t", "Welch t"]
+    assert "do not spread" in lb.power_line(rows, "final")
+    with pytest.raises(ValueError, match="do not spread"):
+        lb.seeds_needed(same, 1.0)
+    assert cd.minimum_detectable_difference(0.0, 3) is None
+    with pytest.raises(ValueError, match="must be > 0"):
+        cd.seeds_needed(0.0, 1.0)
+    # seeds that do not pair with the control's: Welch runs, so they do not enter the paired test's spread
+    rng = np.random.default_rng(5)
+    mixed = [_synthetic(t, m, s, 2.0, 90 + rng.random()) for m, seeds in (("random", (0, 1, 2)), ("a", (0, 1, 2)),
+                                                                        ("b", (0, 1, 3))) for s in seeds]
+    samples = {r.name: r.finals for r in lb.rows(mixed)}
+    sd, n = cd.difference_sd(samples)
+    d = [samples["a"][s] - samples["random"][s] for s in range(3)]
+    assert (sd, n) == (pytest.approx(np.std(d, ddof=1)), 3)
+
+
+def test_target_difference_per_cell_beyond_the_search_and_huge_differences(digits):
+    sd = 8.69
+    assert cd.seeds_needed(sd, 1e300, 16) == 2 and cd.power(1e300, 3, 16) == 1.0  # scipy's NaN tail counts 1
+    assert cd.seeds_needed(sd, 0.1, 16) is None and cd.fmt_seeds(None) == ">100000"
+    for bad in (math.inf, math.nan, -1.0):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            cd.seeds_needed(sd, bad)
+    table = lb.seeds_needed(digits[0], 0.1)  # some cells need more than the search: each says so, none aborts
+    assert table.count(">100000 |") >= 1 and table.count("| Final |") == 3
+    args = ["sweep", "--track", "digits-resnet18", "--dry-run", "--target-difference"]
+    res = CliRunner().invoke(app, args + ["inf", "--out", str(DIGITS_RESULTS)])
+    assert res.exit_code == 2 and "finite number > 0" in res.output and "Traceback" not in res.output
+
+
+def test_a_missing_control_and_one_seed_cells_say_so(digits):
+    t = digits[0][0]
+    rng = np.random.default_rng(6)
+    recs = [_synthetic(t, m, s, sp, 90 + rng.random()) for m in ("a", "b", "c") for s in range(3)
+            for sp in (2.0, 4.0)]
+    rows = lb.rows(recs)
+    assert "the control random has no ok run in this section" in lb.power_line(rows, "final")
+    one = lb.rows([r for r in recs + [_synthetic(t, "random", 0, 2.0, 90.0)] if r.seed == 0])
+    [a] = [x for x in lb.average(one) if x.name == "a"]
+    assert lb._versus(a.versus_control[2.0]).endswith("(no test)")
+
+
+def test_long_names_stay_inside_the_diagram_and_counts_are_singular():
+    long = "x" * 300
+    svg = cd_diagram({long: 1.0, "b": 2.0}, None, [])
+    texts = ["".join(t.itertext()) for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+    assert max(map(len, texts)) < 40 and f"{long}: mean rank 1.00" in svg  # the full name in the tooltip
+    a = cd.analyse({(1,): {"a": 1.0}}, "final")
+    assert "1 method over 1 block " in lb.analysis_line(a)
+
+
+def test_the_platform_says_no_test_and_names_a_missing_control(digits, tmp_path):
+    from harness.web.app import create_app
+    from harness.web.config import ServerConfig
+    t = digits[0][0]
+    one_seed = [_synthetic(t, m, 0, sp, 90.0 + i) for i, m in enumerate(("random", "a", "b")) for sp in (2.0, 4.0)]
+    no_control = [_synthetic(t, m, s, 2.0, 90.0 + i + 0.1 * s * i, track="other") for i, m in
+                  enumerate(("a", "b", "c")) for s in range(2)]
+    for i, r in enumerate(one_seed + no_control):
+        (tmp_path / "s" / r.track.id / f"run{i}").mkdir(parents=True)
+        (tmp_path / "s" / r.track.id / f"run{i}" / "result.json").write_text(r.model_dump_json())
+    with TestClient(create_app(ServerConfig(store=tmp_path / "s"), start_queue=False),
+                    base_url="http://127.0.0.1:8000") as client:
+        one, none = client.get("/tracks/digits-resnet18").text, client.get("/tracks/other").text
+    assert "(no test)" in one and "has no ok run in this section" not in one
+    assert "The control random has no ok run in this section" in none

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -286,8 +287,9 @@ def sweep(
         plan = Plan.from_file(plan_file, **fields)
     if target_difference is not None and not dry_run:
         raise HarnessError("--target-difference goes with --dry-run (it runs nothing)")
-    if target_difference is not None and not target_difference > 0:
-        raise HarnessError(f"--target-difference must be > 0 (a difference of the track's metric), got "
+    if target_difference is not None and not (math.isfinite(target_difference) and target_difference > 0):
+        raise HarnessError(f"--target-difference must be a finite number > 0 (a difference of the track's "
+                           f"metric), got "
                            f"{target_difference:g}")
     resolved = _resolve(plan)
     if target_difference is not None:
@@ -322,8 +324,7 @@ def _seeds_needed(resolved: ResolvedPlan, difference: float) -> str:
         return seeds_needed(records, difference)
     except ValueError as e:
         raise HarnessError(f"--target-difference: {out_dir} holds {len(records)} records of {track.id} (this track "
-                           f"version): {e}; run a sweep with at least 2 seeds first, or point --out at its "
-                           f"results") from None
+                           f"version): {e}") from None
 
 
 def _swap_report(resolved: ResolvedPlan, summary) -> None:

@@ -40,7 +40,7 @@ def leaderboard(
     """Leaderboard (n, mean ± 95% CI over seeds, tie ranks, critical-difference Average view) from result records."""
     records, invalid = _load(results)
     rows = lb.rows(records)
-    for line in lb.base_warnings(records):
+    for line in lb.warnings(records):
         console.print(line, highlight=False, soft_wrap=True)
     if fmt == Format.html:
         from harness.views.site import leaderboard_page

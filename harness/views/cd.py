@@ -39,7 +39,7 @@ POWER = 0.8
 DEFAULT_CONTROL = "random"
 
 __all__ = ["ALPHA", "Analysis", "ControlTest", "DEFAULT_CONTROL", "POWER", "analyse", "control_tests",
-           "critical_difference", "difference_sd", "fmt_p", "minimum_detectable_difference", "power", "q_alpha",
+           "critical_difference", "difference_sd", "fmt_p", "fmt_seeds", "MOST_SEEDS", "minimum_detectable_difference", "power", "q_alpha",
            "seeds_needed"]
 
 
@@ -62,7 +62,8 @@ class Analysis:
     """The critical-difference analysis of one section on one metric.
 
     ``names`` are the analysed methods, best mean rank first; ``excluded`` the methods left out because they lack
-    a value in some group of blocks (an ok run at some speedup), or all methods when no block is complete.
+    a value in some group of blocks (an ok run at some speedup), or all methods when no block is complete;
+    ``incomplete`` those left out because they miss some blocks (see :func:`analyse`).
     ``friedman_statistic``/``friedman_p``, ``critical_difference`` and ``nemenyi_p`` are ``None`` when no test
     is possible (fewer than 3 methods or 2 blocks)."""
 
@@ -71,6 +72,8 @@ class Analysis:
     mean_ranks: dict[Hashable, float]
     blocks: list[tuple]
     excluded: list[Hashable] = field(default_factory=list)
+    #: methods left out because failed runs leave them without a value in some blocks: method -> blocks missed
+    incomplete: dict[Hashable, int] = field(default_factory=dict)
     friedman_statistic: Optional[float] = None
     friedman_p: Optional[float] = None
     critical_difference: Optional[float] = None
@@ -116,16 +119,25 @@ class Analysis:
         return out
 
 
+def _complete(blocks: Mapping[tuple, Mapping[Hashable, float]], names: list) -> list[tuple]:
+    return [b for b, values in blocks.items() if all(n in values for n in names)]
+
+
 def analyse(blocks: Mapping[tuple, Mapping[Hashable, float]], metric: str = "final", higher_is_better: bool = True,
             alpha: float = ALPHA, groups: Optional[Mapping[tuple, Hashable]] = None) -> Analysis:
     """The critical-difference analysis of ``blocks`` (block -> method -> metric value).
 
     ``groups`` maps a block to its group (e.g. its speedup): a method without any value in some group is left
-    out (``excluded``), so that one failed method does not remove a whole speedup; then only the blocks in which
-    every remaining method has a value are used."""
+    out (``excluded``), so that one failed method does not remove a whole speedup. Friedman's test needs complete
+    blocks; where failed runs leave holes, methods are left out greedily, the one missing most blocks first, as
+    long as that uses no fewer values (methods × complete blocks) and keeps 3 methods where 2 blocks remain
+    (``incomplete``: method -> blocks it misses), so that one failed run never removes a block for everyone.
+    Non-finite values count as missing."""
     import numpy as np
     from scipy.stats import friedmanchisquare, rankdata
 
+    blocks = {b: {n: v for n, v in values.items() if v is not None and math.isfinite(v)}
+              for b, values in blocks.items()}
     names = sorted({n for b in blocks.values() for n in b}, key=str)
     excluded: list[Hashable] = []
     if groups is not None:
@@ -134,15 +146,30 @@ def analyse(blocks: Mapping[tuple, Mapping[Hashable, float]], metric: str = "fin
             by_group.setdefault(groups[b], set()).update(values)
         excluded = [n for n in names if any(n not in present for present in by_group.values())]
         names = [n for n in names if n not in excluded]
-    used = sorted((b for b, values in blocks.items() if all(n in values for n in names)), key=str)
+    incomplete: dict[Hashable, int] = {}
+    while len(names) > 1:
+        used = _complete(blocks, names)
+        missing = {n: sum(n not in values for values in blocks.values()) for n in names}
+        worst = max(names, key=lambda n: (missing[n], str(n)))
+        if missing[worst] == 0:
+            break
+        rest = [n for n in names if n != worst]
+        if used and ((len(rest) < 3 <= len(names) and len(used) >= 2)
+                     or len(rest) * len(_complete(blocks, rest)) < len(names) * len(used)):
+            break
+        incomplete[worst] = missing[worst]
+        names = rest
+    used = sorted(_complete(blocks, names), key=str)
     if not names or not used:  # no block in which every method has a value: nothing to rank
-        return Analysis(metric, [], {}, [], excluded + names, alpha=alpha)
+        out = Analysis(metric, [], {}, [], excluded + names, alpha=alpha)
+        out.incomplete = incomplete
+        return out
     x = np.array([[blocks[b][n] for n in names] for b in used], dtype=float)
     ranks = np.vstack([rankdata(-row if higher_is_better else row) for row in x])
     mean = ranks.mean(axis=0)
     mean_ranks = {n: float(r) for n, r in zip(names, mean)}
     ordered = sorted(names, key=lambda n: (mean_ranks[n], str(n)))
-    out = Analysis(metric, ordered, mean_ranks, used, excluded, alpha=alpha)
+    out = Analysis(metric, ordered, mean_ranks, used, excluded, alpha=alpha, incomplete=incomplete)
     k, n_blocks = len(names), len(used)
     if k < 3 or n_blocks < 2:
         return out
@@ -194,19 +221,22 @@ def control_tests(samples: Mapping[Hashable, Mapping[int, float]], control: Hash
 def difference_sd(samples: Mapping[Hashable, Mapping[int, float]], control: Hashable = DEFAULT_CONTROL
                   ) -> tuple[Optional[float], int]:
     """The cell's pooled standard deviation of the per-seed differences to the control (root mean of the
-    variances of the entries that share at least 2 seeds with it) and the median number of shared seeds;
-    ``(None, 0)`` when no entry does."""
+    variances of the entries the paired t-test compares with it: the same seeds as the control, at least 2, and
+    differences that spread) and the median number of seeds of those entries; ``(None, 0)`` when no entry is
+    compared by the paired test. An entry whose differences do not spread, or whose seeds do not pair with the
+    control's, is compared by Welch's test or by none (:func:`harness.views.stats.compare`): it measures no
+    spread of differences, and a standard deviation of 0 would claim that any difference is detectable."""
     base = samples.get(control) or {}
     variances, ns = [], []
     for name, values in samples.items():
-        if name == control:
+        if name == control or set(values) != set(base) or len(base) < 2:
             continue
-        seeds = sorted(set(values) & set(base))
-        if len(seeds) >= 2:
-            d = [values[s] - base[s] for s in seeds]
-            m = math.fsum(d) / len(d)
-            variances.append(math.fsum((x - m) ** 2 for x in d) / (len(d) - 1))
-            ns.append(len(seeds))
+        d = [values[s] - base[s] for s in sorted(base)]
+        m = math.fsum(d) / len(d)
+        var = math.fsum((x - m) ** 2 for x in d) / (len(d) - 1)
+        if not stats.no_spread(var, [*values.values(), *base.values()]):
+            variances.append(var)
+            ns.append(len(d))
     if not variances:
         return None, 0
     ns.sort()
@@ -221,27 +251,30 @@ def power(effect: float, n: int, comparisons: int = 1, alpha: float = ALPHA) -> 
     """The power of the two-sided paired t-test on ``n`` seeds at level ``alpha / comparisons`` for a true mean
     difference of ``effect`` standard deviations: the noncentral t (``scipy.stats.nct``, noncentrality
     ``effect·√n``, n − 1 degrees of freedom) beyond the two critical values. (statsmodels' ``TTestPower`` computes
-    the same but returns NaN for the far tail with 2 degrees of freedom; that tail is below 1e-15, and counts 0.)"""
+    the same but returns NaN for the far tail with 2 degrees of freedom; such a tail counts 1 beyond the critical
+    value, else 0.)"""
     from scipy.stats import nct, t
     df = n - 1
     crit = float(t.ppf(1 - _level(comparisons, alpha) / 2, df))
     nc = effect * math.sqrt(n)
     upper, lower = float(nct.sf(crit, df, nc)), float(nct.cdf(-crit, df, nc))
-    return (0.0 if math.isnan(upper) else upper) + (0.0 if math.isnan(lower) else lower)
+    # scipy answers NaN far out in a tail: there the tail is 1 when the noncentrality lies beyond its critical
+    # value (a huge difference is always detected), else 0
+    upper = (1.0 if nc > crit else 0.0) if math.isnan(upper) else upper
+    lower = (1.0 if nc < -crit else 0.0) if math.isnan(lower) else lower
+    return min(1.0, upper + lower)
 
 
 def minimum_detectable_difference(sd: float, n: int, comparisons: int = 1, alpha: float = ALPHA,
                                   power_: float = POWER) -> Optional[float]:
     """The smallest true mean difference a two-sided paired t-test on ``n`` seeds detects with probability
     ``power_`` at level ``alpha / comparisons``, for differences with standard deviation ``sd``; ``None`` for
-    n < 2.
+    n < 2 or no measured spread (sd = 0).
 
     Solved with scipy's ``brentq`` on :func:`power` (statsmodels' ``TTestPower.solve_power`` stops at 10 standard
     deviations and returns that bound as if it were the answer, as it does for 3 seeds at 5% / 16)."""
-    if n < 2 or sd is None:
+    if n < 2 or sd is None or sd <= 0:  # no spread measured: nothing to say about power
         return None
-    if sd == 0:
-        return 0.0
     from scipy.optimize import brentq
     hi = 1.0
     while power(hi, n, comparisons, alpha) < power_:
@@ -250,14 +283,20 @@ def minimum_detectable_difference(sd: float, n: int, comparisons: int = 1, alpha
     return float(effect) * sd
 
 
+#: ``seeds_needed`` looks no further
+MOST_SEEDS = 100_000
+
+
 def seeds_needed(sd: float, difference: float, comparisons: int = 1, alpha: float = ALPHA, power_: float = POWER,
-                 most: int = 100_000) -> int:
+                 most: int = MOST_SEEDS) -> Optional[int]:
     """The fewest seeds (at least 2) with which the paired t-test detects ``difference`` with probability
-    ``power_`` at level ``alpha / comparisons`` (differences with standard deviation ``sd``)."""
-    if difference <= 0:
-        raise ValueError(f"the target difference must be > 0, got {difference}")
-    if sd == 0:
-        return 2
+    ``power_`` at level ``alpha / comparisons`` (differences with standard deviation ``sd`` > 0); ``None`` when
+    more than ``most`` would be needed."""
+    if not (math.isfinite(difference) and difference > 0):
+        raise ValueError(f"the target difference must be a finite number > 0, got {difference}")
+    if not sd > 0:
+        raise ValueError(f"the standard deviation of the differences must be > 0 (measured), got {sd}")
+
     def enough(n: int) -> bool:
         return power(difference / sd, n, comparisons, alpha) >= power_
 
@@ -266,12 +305,17 @@ def seeds_needed(sd: float, difference: float, comparisons: int = 1, alpha: floa
     lo, hi = 2, 4  # power grows with n: the answer lies in (lo, hi]
     while not enough(hi):
         if hi >= most:
-            raise ValueError(f"more than {most} seeds would be needed")
-        lo, hi = hi, hi * 2
+            return None
+        lo, hi = hi, min(most, hi * 2)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if enough(mid) else (mid, hi)
     return hi
+
+
+def fmt_seeds(n: Optional[int], most: int = MOST_SEEDS) -> str:
+    """:func:`seeds_needed` as tables show it: ``>100000`` beyond the search."""
+    return f">{most}" if n is None else str(n)
 
 
 def fmt_p(p: Optional[float]) -> str:

@@ -30,6 +30,16 @@ def _svg(width: int, height: int, body: str, label: str) -> str:
 
 
 
+#: the longest label that fits beside the axis (with its mean rank); longer names are cut, the full name is the
+#: label's tooltip
+LABEL_CHARS = 24
+
+
+def short_label(name) -> str:
+    name = str(name)
+    return name if len(name) <= LABEL_CHARS else name[:LABEL_CHARS - 1] + "…"
+
+
 #: the diagram's own text styles, scoped to it (it is also a standalone file: the README's, the static site's)
 CD_STYLE = ("<style>.cdd .tick{font:11px system-ui,sans-serif;fill:#444}"
             ".cdd .label{font:600 12px system-ui,sans-serif;fill:#222}</style>")
@@ -84,5 +94,5 @@ def cd_diagram(mean_ranks: dict[str, float], critical_difference: Optional[float
                     f'<path d="M{px(r):.1f},{axis_y}V{y}H{x_end:.1f}" fill="none" stroke="{color(i)}" '
                     f'stroke-width="1.3"/><circle cx="{px(r):.1f}" cy="{axis_y}" r="3" fill="{color(i)}"/>'
                     f'<text x="{x_end + (-4 if on_left else 4):.1f}" y="{y + 4}" class="tick" '
-                    f'text-anchor="{anchor}">{_esc(name)} ({r:.2f})</text></g>')
+                    f'text-anchor="{anchor}">{_esc(short_label(name))} ({r:.2f})</text></g>')
     return _svg(width, height, f'<g class="cdd">{"".join(body)}</g>', title or "critical-difference diagram")

@@ -5,7 +5,8 @@ cell only ever pools runs that started from the same base checkpoint of the same
 sections of one track are never averaged or ranked together (:func:`base_warnings` names them in one
 line per track).
 
-**Cells.** One row per (section, speedup, strategy, retraining recipe, method, regularizer): n, mean,
+**Cells.** One row per (section, speedup, strategy, retraining recipe, method (and its version and
+hyperparameters where a section holds several, :func:`variants`), regularizer): n, mean,
 sample standard deviation and 95% confidence interval over seeds of the final metric, of the metric after
 pruning (``pruned``) and after pruning with BatchNorm re-estimated (``pruned_recal``)
 (:mod:`harness.views.stats`). Failed runs are counted and shown, never silently dropped.
@@ -106,6 +107,8 @@ class Row:
     error: str = ""
     #: the records counted in this row (ok, failed and cancelled), in store order
     records: list[ResultRecord] = field(default_factory=list, repr=False, compare=False)
+    #: ``@version[ hyperparameters]`` when the section holds several versions or settings of the method
+    variant: str = ""
 
     @property
     def track(self) -> str:
@@ -113,7 +116,7 @@ class Row:
 
     @property
     def name(self) -> str:
-        return self.method + (f"+{self.regularizer}" if self.regularizer != "-" else "")
+        return self.method + self.variant + (f"+{self.regularizer}" if self.regularizer != "-" else "")
 
     @property
     def setting(self) -> tuple:
@@ -162,23 +165,69 @@ def rankings(rs: list[Row], metric: str = "final") -> dict[tuple, stats.Ranking]
     return {setting: stats.rank(samples) for setting, samples in cells.items()}
 
 
+def _setting_of(m) -> tuple:
+    return (m.version, tuple(sorted((k, str(v)) for k, v in m.hyperparameters.items())))
+
+
+def variants(records: list[ResultRecord]) -> dict[tuple, str]:
+    """(section, method id, (version, hyperparameters)) -> the row suffix naming the variant: ``""`` where a
+    section holds one version and setting of the method, else ``@version`` (and its hyperparameters where
+    versions alone do not tell the variants apart)."""
+    seen: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        seen[(section_of(r), r.method.id)].add(_setting_of(r.method))
+    out = {}
+    for (section, method), settings in seen.items():
+        versions_differ = len({v for v, _ in settings}) == len(settings)
+        for v, hp in settings:
+            out[(section, method, (v, hp))] = "" if len(settings) == 1 else f"@{v}" + (
+                "" if versions_differ else " " + (",".join(f"{k}={x}" for k, x in hp) or "defaults"))
+    return out
+
+
+def duplicate_warnings(records: list[ResultRecord]) -> list[str]:
+    """One line per row with several ok runs of one seed (same method variant, cell and seed): only the first by
+    run key is counted."""
+    seen: dict[tuple, list[str]] = defaultdict(list)
+    for r in records:
+        if r.status == "ok":
+            seen[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, _setting_of(r.method),
+                  r.regularizer.id if r.regularizer else "-", r.seed)].append(r.run_key)
+    return [f"warning: {k[0].track} {k[4]} {k[1]:g}x {setting_label(k[2], k[3])}: {len(v)} ok runs of seed {k[7]} "
+            f"(run keys {', '.join(x[:12] for x in sorted(v))}); only the first is counted"
+            for k, v in seen.items() if len(v) > 1]
+
+
+def _one_per_seed(ok: list[ResultRecord]) -> list[ResultRecord]:
+    first: dict[int, ResultRecord] = {}
+    for r in sorted(ok, key=lambda r: r.run_key):
+        first.setdefault(r.seed, r)
+    return sorted(first.values(), key=lambda r: r.seed)
+
+
 def rows(records: list[ResultRecord]) -> list[Row]:
-    """Every cell of ``records``, ranked, sorted by section, strategy, recipe, speedup and rank."""
+    """Every cell of ``records``, ranked, sorted by section, strategy, recipe, speedup and rank. Several versions
+    or hyperparameter settings of one method are separate rows (:func:`variants`); several ok runs of one seed in
+    a row count once (:func:`duplicate_warnings`)."""
+    names = variants(records)
+    use = stats.usable  # a non-finite or absurd metric counts as missing
     cells: dict[tuple, list[ResultRecord]] = defaultdict(list)
     for r in records:
         reg = r.regularizer.id if r.regularizer else "-"
-        cells[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, reg)].append(r)
+        variant = names[(section_of(r), r.method.id, _setting_of(r.method))]
+        cells[(section_of(r), r.speedup.target, r.strategy, r.recipe, r.method.id, variant, reg)].append(r)
     out = []
-    for (section, speedup, strategy, recipe, method, reg), rs in cells.items():
-        ok = [r for r in rs if r.status == "ok"]
+    for (section, speedup, strategy, recipe, method, variant, reg), rs in cells.items():
+        ok = _one_per_seed([r for r in rs if r.status == "ok"])
         failed = [r for r in rs if r.status != "ok"]  # failed or cancelled
         diags = [r.diagnostics for r in ok if r.diagnostics is not None]
         out.append(Row(
             section=section, speedup=speedup, strategy=strategy, recipe=recipe, method=method, regularizer=reg,
-            n_ok=len(ok), n_failed=len(failed), base=mean_or_none([r.metric.base for r in rs]),
-            final=stats.summarize(r.metric.final for r in ok), pruned=stats.summarize(r.metric.pruned for r in ok),
-            pruned_recal=stats.summarize(r.metric.pruned_recal for r in ok),
-            delta=stats.summarize(r.metric.delta for r in ok),
+            n_ok=len(ok), n_failed=len(failed), base=mean_or_none([use(r.metric.base) for r in rs]),
+            final=stats.summarize(use(r.metric.final) for r in ok),
+            pruned=stats.summarize(use(r.metric.pruned) for r in ok),
+            pruned_recal=stats.summarize(use(r.metric.pruned_recal) for r in ok),
+            delta=stats.summarize(use(r.metric.delta) for r in ok),
             achieved=mean_or_none([r.speedup.achieved for r in ok]),
             params_ratio=mean_or_none([r.params.pruned / r.params.base for r in ok if r.params.base]),
             step_s=mean_or_none([r.timing.step_s for r in ok]),
@@ -187,15 +236,15 @@ def rows(records: list[ResultRecord]) -> list[Row]:
             latency=latency_cells(ok),
             constant_scores=any(d.all_constant for d in diags),
             tied_fraction=mean_or_none([d.tied_fraction for d in diags]),
-            finals={r.seed: r.metric.final for r in ok},
-            recals={r.seed: r.metric.pruned_recal for r in ok if r.metric.pruned_recal is not None},
-            error=failed[0].error if failed and not ok else "", records=rs))
+            finals={r.seed: use(r.metric.final) for r in ok if use(r.metric.final) is not None},
+            recals={r.seed: use(r.metric.pruned_recal) for r in ok if use(r.metric.pruned_recal) is not None},
+            error=failed[0].error if failed and not ok else "", records=rs, variant=variant))
     ranked = rankings(out)
     for row in out:
         row.rank = ranked[row.setting].ranks.get(row.name)
     return sorted(out, key=lambda r: (r.section.sort_key, r.strategy, r.recipe or "", r.speedup, r.rank or 10**9,
                                       -(r.final.mean if r.final.mean is not None else -1e300), r.method,
-                                      r.regularizer))
+                                      r.variant, r.regularizer))
 
 
 def sections(rs: list[Row]) -> dict[Section, list[Row]]:
@@ -245,22 +294,29 @@ def analysis(rs: list[Row], metric: str = "final") -> cd.Analysis:
 
 
 def across_tracks(rs: list[Row], metric: str = "final") -> Optional[cd.Analysis]:
-    """The analysis over blocks (section, speedup, seed) of several sections (tracks), on the methods every
-    section ran (ranks are scale-free, so top-1 and mAP blocks mix); ``None`` with fewer than 2 sections or 3
-    shared methods. Rows of a recipe-swap are left out."""
+    """The analysis over blocks (track, speedup, seed) of several tracks, on the methods every track ran (ranks are
+    scale-free, so top-1 and mAP blocks mix); ``None`` with fewer than 2 tracks or 3 shared methods. Sections
+    of one track are never pooled: each track contributes one (section, strategy), the one with most rows.
+    Rows of a recipe-swap are left out."""
     rs = [r for r in rs if r.recipe is None]
-    secs = {(r.section, r.strategy) for r in rs}
-    if len(secs) < 2:
+    count: dict[tuple, int] = defaultdict(int)
+    for r in rs:
+        count[(r.section, r.strategy)] += 1
+    chosen: dict[str, tuple] = {}
+    for (section, strategy), n in sorted(count.items(), key=lambda kv: (-kv[1], kv[0][0].sort_key, kv[0][1])):
+        chosen.setdefault(section.track, (section, strategy))
+    if len(chosen) < 2:
         return None
-    shared = set.intersection(*({r.name for r in rs if (r.section, r.strategy) == s} for s in secs))
+    rs = [r for r in rs if chosen[r.track] == (r.section, r.strategy)]
+    shared = set.intersection(*({r.name for r in rs if r.track == t} for t in chosen))
     if len(shared) < 3:
         return None
     blocks: dict[tuple, dict[str, float]] = defaultdict(dict)
     for row in rs:
         if row.name in shared:
             for seed, v in _values(row, metric).items():
-                blocks[(row.section.label, row.strategy, row.speedup, seed)][row.name] = v
-    return cd.analyse(blocks, metric, groups={b: b[:3] for b in blocks})
+                blocks[(row.track, row.speedup, seed)][row.name] = v
+    return cd.analyse(blocks, metric, groups={b: b[:2] for b in blocks})
 
 
 def control_cells(rs: list[Row], metric: str = "final", control: Optional[str] = None
@@ -284,6 +340,8 @@ class Power:
     n: int
     comparisons: int
     mdd: Optional[float]
+    #: some entry shares the control's seeds (>= 2): the paired test runs (``sd`` is None when none spreads)
+    paired: bool = False
 
 
 def power_cells(rs: list[Row], metric: str = "final", control: Optional[str] = None) -> dict[float, Power]:
@@ -292,9 +350,13 @@ def power_cells(rs: list[Row], metric: str = "final", control: Optional[str] = N
     for speedup in sorted({r.speedup for r in rs}):
         cell = [r for r in rs if r.speedup == speedup]
         samples = {r.name: _values(r, metric) for r in cell}
-        sd, n = cd.difference_sd(samples, control or control_of(cell[0].track))
+        ctl = control or control_of(cell[0].track)
+        sd, n = cd.difference_sd(samples, ctl)
         m = max(1, sum(1 for v in samples.values() if v) - 1)
-        out[speedup] = Power(speedup, sd, n, m, None if sd is None else cd.minimum_detectable_difference(sd, n, m))
+        base = samples.get(ctl) or {}
+        paired = len(base) >= 2 and any(set(v) == set(base) for k, v in samples.items() if k != ctl)
+        out[speedup] = Power(speedup, sd, n, m, None if sd is None else cd.minimum_detectable_difference(sd, n, m),
+                             paired)
     return out
 
 
@@ -316,10 +378,11 @@ class AverageRow:
     better_than: list[str] = field(default_factory=list)  # separated by the critical difference, worse
     worse_than: list[str] = field(default_factory=list)
     versus_control: dict[float, cd.ControlTest] = field(default_factory=dict)  # speedup -> test (final metric)
+    variant: str = ""  # as Row.variant
 
     @property
     def name(self) -> str:
-        return self.method + (f"+{self.regularizer}" if self.regularizer != "-" else "")
+        return self.method + self.variant + (f"+{self.regularizer}" if self.regularizer != "-" else "")
 
 
 def average(rs: list[Row]) -> list[AverageRow]:
@@ -338,16 +401,37 @@ def average(rs: list[Row]) -> list[AverageRow]:
                 sum(r.rank is not None for r in mine), len({r.speedup for r in group}),
                 any(r.constant_scores for r in mine), a.better_than(name) if name in a.mean_ranks else [],
                 [b for b in a.names if name in a.better_than(b)],
-                {s: t for s, tests in versus.items() for t in tests if t.name == name}))
+                {s: t for s, tests in versus.items() for t in tests if t.name == name}, mine[0].variant))
     return sorted(out, key=lambda a: (a.section.sort_key, a.strategy, a.recipe or "", a.mean_rank is None,
                                       a.mean_rank or 0.0, a.method, a.regularizer))
 
 
+def plural(n: int, word: str) -> str:
+    """``1 method``, ``2 methods``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def left_out(a: cd.Analysis) -> str:
+    """Which methods the analysis left out and why ("" when none)."""
+    parts = []
+    if a.excluded:
+        parts.append(f"left out (no ok run at some speedup): {', '.join(map(str, a.excluded))}")
+    if a.incomplete:
+        parts.append("left out (failed runs leave them without a value in some blocks (speedup, seed), and "
+                     "Friedman's test needs complete blocks): "
+                     + ", ".join(f"{n} ({plural(m, 'block')} missing)" for n, m in a.incomplete.items()))
+    return "; ".join(parts)
+
+
 def analysis_line(a: cd.Analysis) -> str:
     """One line: Friedman's test, the critical difference, what it separates."""
+    why = left_out(a)
     if a.friedman_p is None:
-        return (f"{ANALYSED[a.metric]}: {a.k} methods over {a.n_blocks} blocks (speedup, seed): too few for "
-                f"Friedman's test (it needs 3 methods and 2 blocks)")
+        if not a.names:
+            return f"{ANALYSED[a.metric]}: no method has a value in every block (speedup, seed)" + (
+                f"; {why}" if why else "")
+        return (f"{ANALYSED[a.metric]}: {plural(a.k, 'method')} over {plural(a.n_blocks, 'block')} (speedup, seed): "
+                f"too few for Friedman's test (it needs 3 methods and 2 blocks)" + (f"; {why}" if why else ""))
     line = (f"{ANALYSED[a.metric]}: Friedman χ² = {a.friedman_statistic:.1f}, p = {cd.fmt_p(a.friedman_p)} "
             f"({a.k} methods, {a.n_blocks} blocks (speedup, seed)); Nemenyi critical difference "
             f"{a.critical_difference:.2f} ranks at 5%: ")
@@ -364,14 +448,16 @@ def analysis_line(a: cd.Analysis) -> str:
             return ", ".join(f"{y} ({a.mean_ranks[y]:.2f})" for y in ys)
 
         line += "; ".join(f"{x} ({a.mean_ranks[x]:.2f}) ahead of {named(ys)}" for x, ys in best.items())
-    if a.excluded:
-        line += f"; left out (no ok run at some speedup): {', '.join(map(str, a.excluded))}"
+    if why:
+        line += f"; {why}"
     return line
 
 
 def _versus(t: Optional[cd.ControlTest]) -> str:
     if t is None:
         return "-"
+    if t.test == "none":  # one seed on a side, or no spread at all
+        return f"{t.diff:+.2f} (no test)"
     return f"{t.diff:+.2f} (p {cd.fmt_p(t.p_adjusted)}){' *' if t.significant else ''}"
 
 
@@ -385,23 +471,30 @@ def average_columns(rs: list[Row]) -> list[str]:
 def average_cells(a: AverageRow, speedups: list[float]) -> list[str]:
     """A row of the Average table; ``speedups``: the section's (the control's own cells say "control")."""
     control = not a.versus_control and a.name == control_of(a.section.track)
-    return ([setting_label(a.strategy, a.recipe), a.method + (f" {FLAG}" if a.constant_scores else ""),
+    return ([setting_label(a.strategy, a.recipe), a.method + a.variant + (f" {FLAG}" if a.constant_scores else ""),
              a.regularizer, "left out" if a.mean_rank is None else f"{a.mean_rank:.2f}",
              ", ".join(a.better_than) or "-"]
             + ["control" if control else _versus(a.versus_control.get(s)) for s in speedups])
 
 
 def power_line(rs: list[Row], metric: str = "final") -> str:
-    """The minimum detectable difference to the control per speedup, in one line."""
+    """The minimum detectable difference to the control per speedup, in one line (or why there is none)."""
     cells = power_cells(rs, metric)
     control = control_of(rs[0].track)
+    if not any(r.name == control and _values(r, metric) for r in rs):
+        return (f"{ANALYSED[metric]}: the control {control} has no ok run in this section: no comparisons with it, "
+                f"no power to report")
     parts = [f"{p.speedup:g}x {p.mdd:.2f} (n = {p.n}, sd of the differences {p.sd:.2f})" for p in cells.values()
              if p.mdd is not None]
+    if not parts and any(p.paired for p in cells.values()):
+        return (f"{ANALYSED[metric]}: the per-seed differences to {control} do not spread in any cell (paired t "
+                f"cannot run; Welch's test, or none, is used): no power to report")
     if not parts:
         return f"{ANALYSED[metric]}: no cell has 2 seeds shared with {control}: no power to report"
     m = max(p.comparisons for p in cells.values())
     return (f"{ANALYSED[metric]}, smallest difference to {control} a cell detects with 80% power (paired t, "
-            f"5% / {m}): " + "; ".join(parts))
+            f"5% / {m}, from the entries the paired test compares: the control's seeds, differences that spread): "
+            + "; ".join(parts))
 
 
 AVERAGE_LEGEND = ("Average: the critical-difference analysis (Demšar 2006). Within each block (speedup, seed) the "
@@ -437,6 +530,7 @@ def analysis_json(a: Optional[cd.Analysis]) -> Optional[dict]:
             {"statistic": a.friedman_statistic, "p": a.friedman_p},
             "critical_difference": a.critical_difference, "blocks": a.n_blocks, "methods": a.k,
             "mean_rank": {str(n): a.mean_ranks[n] for n in a.names}, "excluded": [str(n) for n in a.excluded],
+            "incomplete": {str(n): m for n, m in a.incomplete.items()},
             "separated": [[str(x), str(y)] for x, y in a.separated()],
             "cliques": [[str(n) for n in c] for c in a.cliques()]}
 
@@ -498,7 +592,7 @@ def cells(r: Row) -> list[str]:
     achieved = "n/a" if r.achieved is None else f"{r.achieved:.2f}x"
     latency = lat.text(r.latency.get(lat.EAGER))
     strategy = setting_label(r.strategy, r.recipe)
-    method = r.method + (f" {FLAG}" if r.constant_scores else "")
+    method = r.method + r.variant + (f" {FLAG}" if r.constant_scores else "")
     return [r.track, f"{r.speedup:g}x", strategy, str(r.rank or "-"), method, r.regularizer, n, _f(r.base),
             stats.fmt(r.pruned), stats.fmt(r.pruned_recal), final, _f(r.delta.mean, "+.2f"), params, achieved,
             latency, lat.text(r.latency.get("onnxruntime")), _f(r.step_s, ".3f"), _f(r.reg_s, ".1f")]
@@ -527,7 +621,8 @@ def markdown(rs: list[Row], average_view: bool = True) -> str:
         for metric in ANALYSED:
             across = across_tracks(rs, metric)
             if across is not None:
-                parts.append(f"Across tracks (blocks: section, speedup, seed; the methods every track ran): "
+                parts.append(f"Across tracks (blocks: track, speedup, seed; the methods every track ran; one section "
+                             f"and strategy per track, the one with most rows): "
                              f"{analysis_line(across)}; mean ranks: "
                              + ", ".join(f"{n} {across.mean_ranks[n]:.2f}" for n in across.names) + ".\n")
     if rs:
@@ -579,8 +674,12 @@ def to_csv(rs: list[Row]) -> str:
 
 def report(records: list[ResultRecord]) -> str:
     """The markdown leaderboard of ``records`` with the base-checkpoint warnings on top."""
-    warnings = base_warnings(records)
-    return "".join(f"{w}\n\n" for w in warnings) + markdown(rows(records))
+    return "".join(f"{w}\n\n" for w in warnings(records)) + markdown(rows(records))
+
+
+def warnings(records: list[ResultRecord]) -> list[str]:
+    """:func:`base_warnings` and :func:`duplicate_warnings`."""
+    return base_warnings(records) + duplicate_warnings(records)
 
 
 def constant_scores_warning(r: ResultRecord) -> Optional[str]:
@@ -597,25 +696,31 @@ def constant_scores_warning(r: ResultRecord) -> Optional[str]:
 def seeds_needed(records: list[ResultRecord], difference: float) -> str:
     """``sweep --dry-run --target-difference D``: per section, setting, speedup and metric (Final, Pruned+BN), the
     measured standard deviation of the per-seed differences to the control, the seeds recorded, the difference
-    they can detect (80% power, paired t at 5% / (k − 1)) and the seeds that would detect ``difference``.
-    Raises ``ValueError`` when no cell has 2 seeds shared with the control."""
+    they can detect (80% power, paired t at 5% / (k − 1)) and the seeds that would detect ``difference``
+    (``>100000`` beyond the search). Raises ``ValueError`` (saying why) when no cell has a measured spread."""
     lines = [f"Seeds each cell needs to detect a difference of {difference:g} to the control with 80% power "
              f"(two-sided paired t-test by seed at 5% / (k − 1), Holm's first step; the spread is the cell's "
              f"measured standard deviation of the per-seed differences to the control):", "",
              "| section | setting | speedup | metric | sd of differences | seeds now | detectable now | seeds needed |",
              "|---|---|---|---|---|---|---|---|"]
-    found = False
+    found = paired = False
     rs = rows(records)
     for (section, strategy, recipe), group in groups(rs).items():
         for metric, label in ANALYSED.items():
             for p in power_cells(group, metric).values():
+                paired = paired or p.paired
                 if p.sd is None:
                     continue
                 found = True
-                need = cd.seeds_needed(p.sd, difference, p.comparisons)
+                need = cd.fmt_seeds(cd.seeds_needed(p.sd, difference, p.comparisons))
                 lines.append(f"| {section.track} · base {short(section.base_sha256)} | "
                              f"{setting_label(strategy, recipe)} | {p.speedup:g}x | {label} | {p.sd:.2f} | {p.n} | "
-                             f"{p.mdd:.2f} | {need} |")
+                             f"{_f(p.mdd)} | {need} |")
+    if not found and paired:
+        raise ValueError("the per-seed differences to the control do not spread in any cell (every seed gives the "
+                         "same difference), so the spread between seeds is not measured")
     if not found:
-        raise ValueError("no cell has two seeds shared with its control: the between-seed spread cannot be measured")
+        raise ValueError("no cell has two seeds shared with its control: the between-seed spread cannot be "
+                         "measured; run a sweep with at least 2 seeds (the control included) first, or point --out "
+                         "at its results")
     return "\n".join(lines)

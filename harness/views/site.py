@@ -19,9 +19,10 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from harness.files import atomic_write_text
 from harness.views import latency as lat
 from harness.views import leaderboard as lb
-from harness.files import atomic_write_text
+from harness.views import stats
 from specs.result import ResultRecord
 
 STYLE = """
@@ -51,7 +52,7 @@ def _plots(records: list[ResultRecord], top: list[str]) -> tuple[str, str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    ok = [r for r in records if r.status == "ok"]
+    ok = [r for r in records if r.status == "ok" and stats.usable(r.metric.final) is not None]
     by_method = defaultdict(list)
     for r in ok:
         by_method[lb.run_name(r)].append(r)
@@ -76,8 +77,10 @@ def _plots(records: list[ResultRecord], top: list[str]) -> tuple[str, str]:
     ax.set_ylabel(f"final {ok[0].metric.name if ok else 'metric'}")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=.3)
-    ax.legend(fontsize=7, title=f"grey: {len(names) - len(top)} others" if len(names) > len(top) else None,
-              title_fontsize=7)
+    labelled = any(n in top for n in names)  # no legend without a coloured series
+    if labelled:
+        ax.legend(fontsize=7, title=f"grey: {len(names) - len(top)} others" if len(names) > len(top) else None,
+                  title_fontsize=7)
     speed = _svg(fig)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name in names:
@@ -89,7 +92,8 @@ def _plots(records: list[ResultRecord], top: list[str]) -> tuple[str, str]:
     ax.set_xlabel("parameters kept (%)")
     ax.set_ylabel("final metric")
     ax.grid(alpha=.3)
-    ax.legend(fontsize=7)
+    if labelled:
+        ax.legend(fontsize=7)
     return speed, _svg(fig)
 
 
@@ -144,7 +148,7 @@ def _average_table(rows: list[lb.Row]) -> str:
 
 
 def _warnings(records: list[ResultRecord]) -> str:
-    return "".join(f'<p class="warn">{html.escape(w)}</p>' for w in lb.base_warnings(records))
+    return "".join(f'<p class="warn">{html.escape(w)}</p>' for w in lb.warnings(records))
 
 
 def _legend(rows: list[lb.Row]) -> str:

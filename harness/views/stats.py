@@ -37,8 +37,8 @@ from typing import Hashable, Iterable, Literal, Mapping, Optional, Sequence
 ALPHA = 0.05
 CONFIDENCE = 0.95
 
-__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "Ranking", "Summary", "compare", "fmt", "holm",
-           "kendall_tau", "rank", "spearman", "summarize", "t_cdf", "t_ppf", "t_sf"]
+__all__ = ["ALPHA", "CONFIDENCE", "Comparison", "LARGEST", "Ranking", "Summary", "compare", "fmt", "holm",
+           "kendall_tau", "no_spread", "rank", "spearman", "summarize", "t_cdf", "t_ppf", "t_sf", "usable"]
 
 
 # ------------------------------------------------------------------------------------ Student's t
@@ -71,6 +71,17 @@ def t_ppf(q: float, df: float) -> float:
 
 
 # ------------------------------------------------------------------------------------ summaries
+
+#: beyond this magnitude a metric (a percentage) is corrupt: squares and sums of such values overflow
+LARGEST = 1e15
+
+
+def usable(v: Optional[float]) -> Optional[float]:
+    """``v`` when it is a number the statistics can use (finite, at most :data:`LARGEST` in magnitude), else
+    ``None`` (missing). The result schema refuses non-finite metrics; this keeps the views whole if one arrives
+    anyway."""
+    return v if v is not None and math.isfinite(v) and abs(v) <= LARGEST else None
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -157,7 +168,7 @@ def _two_sided(stat: float, df: float) -> float:
     return min(1.0, 2.0 * t_sf(abs(stat), df))
 
 
-def _no_spread(var: float, values: Iterable[float]) -> bool:
+def no_spread(var: float, values: Iterable[float]) -> bool:
     """A variance that is zero up to floating-point rounding of ``values``."""
     scale = max((abs(v) for v in values), default=0.0)
     return var <= (1e-9 * max(1.0, scale)) ** 2
@@ -174,7 +185,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], names: tuple[Hashabl
         seeds = sorted(a)
         d = [a[s] - b[s] for s in seeds]
         diff, n, var = _mean(d), len(d), _var(d)
-        if not _no_spread(var, values):
+        if not no_spread(var, values):
             stat = diff / math.sqrt(var / n)
             return Comparison(*names, "paired t", diff, stat, n - 1, _two_sided(stat, n - 1))
     xa, xb = list(a.values()), list(b.values())
@@ -184,7 +195,7 @@ def compare(a: Mapping[int, float], b: Mapping[int, float], names: tuple[Hashabl
     if len(xa) < 2 or len(xb) < 2:
         return Comparison(*names, "none", diff, None, None, 1.0)
     va, vb = _var(xa) / len(xa), _var(xb) / len(xb)
-    if _no_spread(va + vb, values):
+    if no_spread(va + vb, values):
         return Comparison(*names, "none", diff, None, None, 1.0)
     stat = diff / math.sqrt(va + vb)
     # Welch-Satterthwaite degrees of freedom

@@ -134,6 +134,8 @@ class Analysis(BaseModel):
     methods: int
     mean_rank: dict[str, float] = Field(description="method -> mean rank over the blocks (1 = best), best first")
     excluded: list[str] = Field(description="methods left out: no ok run at some speedup")
+    incomplete: dict[str, int] = Field(default_factory=dict, description="methods left out because failed runs "
+                                       "leave them without a value in some blocks: method -> blocks missing")
     separated: list[list[str]] = Field(description="[better, worse] pairs separated by the critical difference")
     cliques: list[list[str]] = Field(description="groups of consecutive methods no test separates (the diagram's "
                                                  "bars)")
@@ -203,6 +205,8 @@ class BoardSection(BaseModel):
     analysis: Optional[Analysis] = Field(None, description="Average view: the analysis of the final metric")
     analysis_pruned_recal: Optional[Analysis] = Field(None, description="Average view: the analysis of Pruned+BN")
     control: str = Field("random", description="the control of the comparisons (the track's)")
+    control_ran: bool = Field(True, description="Average view: the control has an ok run in this section (else no "
+                                                "comparison with it is possible)")
     power: list[PowerCell] = Field(default_factory=list, description="Average view: per speedup, the final "
                                                                      "metric's minimum detectable difference")
     power_pruned_recal: list[PowerCell] = Field(default_factory=list)
@@ -304,7 +308,7 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
         for a in lb.average(rows):
             if not shown(a.method, a.regularizer):
                 continue
-            mine = [r for r in rows if (r.method, r.regularizer) == (a.method, a.regularizer)]
+            mine = [r for r in rows if r.name == a.name]
             complete = a.ranked == a.speedups
             average.append(AverageEntry(
                 name=a.name, method=a.method, regularizer=a.regularizer, mean_rank=a.mean_rank,
@@ -317,6 +321,7 @@ def _section(section: lb.Section, rows: list[lb.Row], target: Optional[float], s
                                                                              p=final.friedman_p),
                      critical_difference=final.critical_difference, analysis=Analysis.of(final),
                      analysis_pruned_recal=Analysis.of(recal), control=lb.control_of(section.track),
+                     control_ran=any(r.name == lb.control_of(section.track) and r.finals for r in rows),
                      power=[_power(p) for p in lb.power_cells(rows, "final").values()],
                      power_pruned_recal=[_power(p) for p in lb.power_cells(rows, "pruned_recal").values()])
     runtime = lat.pareto_runtime([rec for r in visible for rec in r.records])
@@ -372,18 +377,20 @@ def board(records: list[ResultRecord], track: str, setting: Optional[str] = None
         view=AVERAGE if target is None else f"{target:g}x", views=[AVERAGE] + [f"{s:g}x" for s in speedups],
         speedups=speedups, methods=sorted({r.method.id for r in rs}),
         regularizers=sorted({r.regularizer.id if r.regularizer else "-" for r in rs}),
-        importance=list(importance or []), regularizer=list(regularizers or []), warnings=lb.base_warnings(rs),
+        importance=list(importance or []), regularizer=list(regularizers or []), warnings=lb.warnings(rs),
         legend=lb.LEGEND, flag_legend=lb.FLAG_LEGEND if flagged else None, average_legend=AVERAGE_LEGEND,
         filter_legend=FILTER_LEGEND, sections=sections)
 
 
 def leaders(b: Leaderboard) -> list[AverageEntry]:
-    """The best of the Average view of ``b``'s section with most runs: the lowest mean rank (several when they
-    tie exactly)."""
+    """The leader of the Average view of ``b``'s section with most runs: the best mean rank (several when they tie
+    exactly), named only when Friedman's test rejects and the critical difference separates it from some method;
+    else none ("no separated leader")."""
     if not b.sections:
         return []
-    avg = [a for a in max(b.sections, key=lambda s: s.runs).average if a.mean_rank is not None]
-    if not avg:
+    section = max(b.sections, key=lambda s: s.runs)
+    avg = [a for a in section.average if a.mean_rank is not None]
+    if not avg or section.friedman is None or section.friedman.p >= stats.ALPHA:
         return []
     best = min(a.mean_rank for a in avg)
-    return [a for a in avg if a.mean_rank == best]
+    return [a for a in avg if a.mean_rank == best and a.ahead_of]

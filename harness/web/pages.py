@@ -87,15 +87,17 @@ def index(request: Request, who: Who):
     tracks = []
     for tid in sorted(set(reg.names()) | set(by_track)):
         rs = by_track.get(tid, [])
-        top, sections = [], 0
+        top, sections, ranked = [], 0, False
         if rs:
             b = board(rs, tid)
             top, sections = leaders(b), len(b.sections)
+            ranked = any(a.mean_rank is not None for sec in b.sections for a in sec.average)
         t = reg.get(tid) if tid in reg.names() else None
         tracks.append({"id": tid, "description": t.description if t else "(not a registered track)",
                        "model": t.model.name if t else rs[0].model, "dataset": t.dataset.name if t else rs[0].dataset,
                        "ok": sum(r.status == "ok" for r in rs), "not_ok": sum(r.status != "ok" for r in rs),
-                       "methods": len({r.method.id for r in rs}), "top": top, "sections": sections})
+                       "methods": len({r.method.id for r in rs}), "top": top, "sections": sections,
+                       "ranked": ranked})
     plans = api.list_plans(request, who)
     recent = [api._run_summary(r) for r in sorted(records, key=lambda r: r.finished_at, reverse=True)[:12]]
     return _render(request, "index.html", who, tracks=tracks, plans=plans[:10], recent=recent)
