@@ -18,8 +18,11 @@ Side by side, interleaved, in one run; medians. Printed, in this order:
 1. the whole-stage ratio (harness stage, the method's process start included / Torch-Pruning's loop);
 2. the ratio without the process start (the part of it the stage waited for: the method starts on a
    thread while the stage builds the graph and collects observations; Torch-Pruning has no process);
-3. per round: the harness's own overhead (stage without process start and without the time inside
-   the method) against Torch-Pruning's loop per step.
+3. per round: the harness's overhead (stage without process start and without the score round trips)
+   against Torch-Pruning's loop per step. A round trip (``score_s``) is the method's compute plus the
+   harness's side of the exchange (writing observations, reading and validating scores); the protocol
+   does not report the method's compute apart, so the overhead printed leaves that exchange out: it is
+   the stage's graph, observations, planning, pruning and counting.
 
     python benchmarks/prune_vs_torch_pruning.py                       # CIFAR ResNet-18, 10 rounds
     python benchmarks/prune_vs_torch_pruning.py --steps 640           # ~100 rounds (the CIFAR tracks')
@@ -130,8 +133,9 @@ def main() -> None:
           f"<= 1.1x at 100)")
     print(f"  ratio without the process start: {no_start / loop:.3f}x  (start {med(starts):.2f} s on its "
           f"thread, {med(waits):.2f} s of it waited for)")
-    print(f"  per round: harness overhead {overhead / n:.3f} s (without start and method), method "
-          f"{med(inside) / n:.3f} s; Torch-Pruning {loop / n:.3f} s per step; overhead ratio "
+    print(f"  per round: harness overhead {overhead / n:.3f} s (without start and score round trips), score "
+          f"round trip {med(inside) / n:.3f} s (the method's compute and the harness's writing of observations "
+          f"and reading of scores); Torch-Pruning {loop / n:.3f} s per step; overhead ratio "
           f"{overhead / loop:.3f}x (target <= 1.0x)")
 
 

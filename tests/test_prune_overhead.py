@@ -22,8 +22,9 @@ import torch_pruning as tp
 from harness.methods import find_method
 from harness.models import classifier_of, create_model, prune_config_of
 from harness.protocol.grouping import (PruneConfig, apply_plan, build_graph, count_layer_macs, count_macs_params,
-                                       describe_groups, layer_channels)
-from harness.protocol.pruning import macs_predictor, make_planner, predicted_step, prune_round
+                                       describe_groups, layer_channels, meta_count_exact)
+from harness.protocol.pruning import (ProbeMismatch, macs_predictor, make_planner, materialize, predicted_step,
+                                      probe_macs, prune_round, search_speedup)
 from harness.protocol.run import Dense, RunSpec, _prune_stage
 from harness.runners.subprocess_runner import SubprocessClient
 from harness.tasks import task_for
@@ -56,9 +57,10 @@ def config_for(model):
 def test_counts_equal_torch_pruning_after_every_round(name):
     model, size = tiny(name)
     example = torch.randn(1, 3, size, size)
-    base_macs, _, layers = count_layer_macs(model, example)
+    base_macs, _, layers = count_layer_macs(model, example, meta=True)
     assert (base_macs, layers) == (tp_counts(model, example)[0], tp_counts(model, example)[2])
     graph = build_graph(model, example, config_for(model))
+    assert meta_count_exact(model, example)[3]
     base_channels, macs, rounds, target = None, base_macs, 2, 2.0  # a progressive round, then the final search
     for r in range(rounds):
         groups = describe_groups(model, example, config_for(model), graph)
@@ -68,7 +70,7 @@ def test_counts_equal_torch_pruning_after_every_round(name):
         planner = make_planner(groups, scores, base_channels, "protected_global", 0.1, seed=0, round_=r)
         step_target = target ** ((r + 1) / rounds)
         found, layers = prune_round(model, example, config_for, planner, base_macs, macs, step_target,
-                                    r == rounds - 1, layers, graph)
+                                    r == rounds - 1, layers, graph, meta=True)
         assert found.model is model  # every round in place, the final one included
         macs = found.macs
         ref_macs, ref_params, ref_layers = tp_counts(model, example)
@@ -90,7 +92,7 @@ def test_final_search_lands_on_the_smallest_step():
     planner = make_planner(groups, scores, {g.id: g.n_channels for g in groups}, "protected_global", 0.1, seed=0)
     original = copy.deepcopy(model)
     found, _ = prune_round(model, example, config_for, planner, base_macs, base_macs, 3.0, True,
-                           count_layer_macs(model, example)[2])
+                           count_layer_macs(model, example)[2], meta=True)
 
     def real(t):
         m = copy.deepcopy(original)
@@ -200,7 +202,215 @@ def test_counting_leaves_the_model_as_it_was():
 
     model, x = Caching().train(), torch.randn(1, 3, 8, 8)
     before = {m: dict(m.__dict__) for m in model.modules()}
-    assert count_macs_params(model, x) == tuple(tp_counts(model, x)[:2])  # (the meta pass cached anchors)
+    assert count_macs_params(model, x, meta=True) == tuple(tp_counts(model, x)[:2])  # (a copy cached anchors)
     assert {m: dict(m.__dict__) for m in model.modules()} == before
     assert model.anchors is None and model.training and not model.conv._forward_hooks
     assert model(x).shape == (1, 4, 6, 6)
+
+
+def test_more_than_1024_open_descriptors_neither_break_shutdown_nor_hide_a_crash(make_method):
+    """The exit is waited for with ``poll`` (``select`` refuses descriptors >= 1024): shutdown ends the
+    process, and a method that crashes is a MethodFailure, with 1100 more files open in the harness."""
+    import os
+    import resource
+
+    from harness.errors import MethodFailure
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1300:
+        if hard != resource.RLIM_INFINITY and hard < 1300:
+            pytest.skip("this machine allows fewer than 1300 open files")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1300, hard))
+    held = [open(os.devnull) for _ in range(1100)]
+    try:
+        client = SubprocessClient(find_method("magnitude_l2"), {}, 0)
+        client.start()
+        proc = client._proc
+        client.close()
+        assert proc.poll() is not None
+        crash = make_method("""
+            import os
+            from specs.sdk import ImportanceMethod
+            os._exit(3)
+            class Method(ImportanceMethod):
+                pass
+            """)
+        with pytest.raises(MethodFailure, match="exit code 3"):
+            with SubprocessClient(crash, {}, 0):
+                pass
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class DeviceBranch(torch.nn.Module):
+    """Another path on meta tensors (a kernel only for real devices): the meta count misses ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = (torch.nn.Conv2d(c, 16, 3, padding=1) for c in (3, 16, 16))
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        if y.device.type in ("cpu", "cuda"):
+            y = torch.relu(self.b(y))
+        return self.fc(torch.relu(self.c(y)).mean((2, 3)))
+
+
+class TryExcept(DeviceBranch):
+    """A fast path that fails on meta tensors (``float()`` of one), a slower one taken instead."""
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        try:
+            float(y.mean())
+            y = self.b(y)
+        except Exception:
+            y = self.c(self.b(y))
+        return self.fc(y.mean((2, 3)))
+
+
+class CoupledOnlyForReal(DeviceBranch):
+    """The same modules and shapes on meta tensors (equal counts), but ``a`` and ``b`` are summed only in
+    a real pass: the graph traced on meta tensors has other groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = torch.nn.Conv2d(3, 16, 3, padding=1)
+
+    def forward(self, x):
+        ya, yb = self.a(x), self.b(x)
+        y = ya + yb if x.device.type != "meta" else ya
+        return self.fc(torch.relu(self.c(y)).mean((2, 3)))
+
+
+def head_config(model):
+    return PruneConfig(ignored_layers=[model.fc])
+
+
+def smallest_step_check(model, example, planner, found, target):
+    """Torch-Pruning's counter on real deep copies: step ``found.t`` reaches ``target``, the step before does not."""
+    def real(t):
+        m = copy.deepcopy(model)
+        apply_plan(m, example, head_config(m), planner.plan(t))
+        return tp.utils.count_ops_and_params(m, example)[0]
+    base = tp.utils.count_ops_and_params(model, example)[0]
+    assert found.macs == real(found.t) and base / found.macs >= target > base / real(found.t - 1)
+
+
+@pytest.mark.parametrize("cls", [DeviceBranch, TryExcept, CoupledOnlyForReal])
+def test_a_forward_that_takes_another_path_on_meta_tensors_is_counted_for_real(cls):
+    """The meta count is checked once against Torch-Pruning's (MACs module by module), and the search's first
+    weightless probe against the model's groups: where either differs, probes and counts use real copies, so
+    the search lands on the smallest step by Torch-Pruning's counter, in place (the stage's final round) too."""
+    torch.manual_seed(0)
+    model, example = cls().eval(), torch.randn(1, 3, 16, 16)
+    macs, params, layers, exact = meta_count_exact(model, example)
+    assert (macs, params, layers) == tp_counts(model, example)
+    assert exact == (cls is CoupledOnlyForReal)  # (the same counts on meta tensors, other groups)
+    groups = describe_groups(model, example, head_config(model))
+    planner = make_planner(groups, {g.id: torch.rand(g.n_channels, generator=torch.Generator().manual_seed(1))
+                                    for g in groups}, {g.id: g.n_channels for g in groups}, "protected_global", 0.1, 0)
+    original = copy.deepcopy(model)
+    found = search_speedup(model, example, head_config, planner, macs, macs, 2.0)  # (meta checked here)
+    smallest_step_check(original, example, planner, found, 2.0)
+    found, _ = prune_round(model, example, head_config, planner, macs, macs, 2.0, True, layers, meta=exact)
+    assert found.model is model
+    smallest_step_check(original, example, planner, found, 2.0)
+
+
+def test_a_probe_that_disagrees_with_the_model_is_a_recorded_failure():
+    """A weightless probe whose groups were not checked measures other MACs than the model pruned by the same
+    plan: materialize raises ProbeMismatch, which is no HarnessError (bad input, re-raised): evaluate records
+    the run as failed and the sweep goes on."""
+    from harness.errors import HarnessError
+    torch.manual_seed(0)
+    model, example = CoupledOnlyForReal().eval(), torch.randn(1, 3, 16, 16)
+    groups = describe_groups(model, example, head_config(model))
+    plan = make_planner(groups, {g.id: torch.linspace(0, 1, g.n_channels) for g in groups},
+                        {g.id: g.n_channels for g in groups}, "protected_global", 0.1, 0).plan(10)
+    assert probe_macs(model, example, head_config, plan, meta=True, groups=groups) is None  # (the check)
+    unchecked = probe_macs(model, example, head_config, plan, meta=True)[0]
+    assert unchecked != probe_macs(model, example, head_config, plan)[0]
+    with pytest.raises(ProbeMismatch, match="weightless probe"):
+        materialize(model, example, head_config, plan, 10, unchecked, 1, in_place=True, meta=True)
+    assert not issubclass(ProbeMismatch, HarnessError)
+
+
+class Lazy(torch.nn.Module):
+    """State a forward leaves on its module: a buffer registered on first use, a per-size cache in a dict,
+    and a ``train()`` that does more than set flags (freezes the parameters in eval)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.cache = torch.nn.Conv2d(3, 8, 3), {}
+
+    def train(self, mode=True):
+        super().train(mode)
+        for p in self.parameters():
+            p.requires_grad_(mode)
+        return self
+
+    def forward(self, x):
+        y = self.conv(x)
+        if not hasattr(self, "grid"):
+            self.register_buffer("grid", torch.zeros(y.shape[-2:], device=y.device))
+        key = tuple(y.shape[-2:])
+        if key not in self.cache:
+            self.cache[key] = torch.ones(key, device=y.device)
+        return y * self.cache[key] + self.grid
+
+
+def test_counting_on_meta_tensors_leaves_no_meta_tensor_and_no_side_effect_behind():
+    """The meta count runs on a weightless copy: the model keeps its buffers, caches, parameters and flags
+    (no meta tensor left for the next real forward or trace), and user hooks never see a meta tensor."""
+    model, x = Lazy().train(), torch.randn(1, 3, 8, 8)
+    assert count_macs_params(model, x, meta=True) == tuple(tp_counts(model, x)[:2])
+    assert "grid" not in dict(model.named_buffers()) and model.cache == {}
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    model(x)  # the model's own caches, real tensors
+    assert meta_count_exact(model, x)[3]
+    assert not any(t.is_meta for t in [*model.state_dict().values(), *model.cache.values()])
+    build_graph(model, x, PruneConfig())  # traceable as before
+    seen = []
+    model.conv.register_forward_hook(lambda m, a, out: seen.append(out.device.type))
+    assert count_macs_params(model, x, meta=True) == tuple(tp_counts(model, x)[:2])
+    assert not meta_count_exact(model, x)[3] and set(seen) == {"cpu"}
+
+
+def test_every_caller_of_the_prune_stage_passes_a_model_it_owns():
+    """``_prune_stage`` prunes its ``model`` in place (one-shot runs too): every call in the library and the
+    benchmarks passes a deep copy, a model built there, or (a pass-through) its own ``model`` argument,
+    whose callers are checked in turn."""
+    import ast
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    stages = {"_prune_stage", "_prune_everywhere", "harness_stage"}  # (the last two pass their argument on)
+
+    def owned(expr, assigned, line) -> bool:
+        text = ast.unparse(expr)
+        if "copy.deepcopy(" in text or "create_model(" in text or "build_model(" in text:
+            return True
+        before = [v for at, v in sorted(assigned.get(getattr(expr, "id", None), []), key=lambda a: a[0]) if at < line]
+        return bool(before) and owned(before[-1], {}, line)  # the last assignment before the call
+
+    calls = 0
+    for path in [*root.glob("harness/**/*.py"), *root.glob("benchmarks/*.py")]:
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            assigned: dict[str, list] = {}
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            assigned.setdefault(target.id, []).append((node.lineno, node.value))
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) in stages and len(node.args) > 2:
+                    calls += 1
+                    model = node.args[2]
+                    passes_on = fn.name in stages and isinstance(model, ast.Name) and model.id == "model"
+                    where = f"{path.name}:{node.lineno} {ast.unparse(node)}"
+                    assert passes_on or owned(model, assigned, node.lineno), where
+    assert calls >= 5

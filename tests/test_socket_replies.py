@@ -110,3 +110,24 @@ def test_a_frame_above_the_limit_is_refused_before_its_body_is_read():
     finally:
         a.close()
         b.close()
+
+
+def test_a_compact_regularizer_link_waits_for_a_client_begun_on_a_thread(small):
+    """The link talks on the client's socket: on a client started with ``begin()`` (its handshake still on
+    the start thread) the first request waits for the start, as ``score`` does, and gets the answer an
+    ordinary start gets."""
+    model, groups = small
+    weights = {k: p.detach().clone() for k, p in model.named_parameters() if k in param_keys(groups)}
+    answers = []
+    for begun in (False, True):
+        client = client_class("subprocess")(find_method("group_norm"), {}, seed=0)
+        with client.begin() if begun else client:
+            link = client.regularizer_link(groups)
+            assert isinstance(link, SocketLink)
+            try:
+                answers.append(link(0, 10, weights))
+            finally:
+                link.close()
+            assert client._starting is None and client._conn is not None
+    assert answers[0].dense.keys() == answers[1].dense.keys() and answers[0].scales.keys() == answers[1].scales.keys()
+    assert all(torch.equal(answers[0].dense[k], answers[1].dense[k]) for k in answers[0].dense)

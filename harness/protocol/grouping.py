@@ -251,53 +251,77 @@ def apply_plan(model: nn.Module, example_inputs, config: PruneConfig, plan: dict
 
 
 @torch.no_grad()
-def count_macs_params(model: nn.Module, example_inputs) -> tuple[float, int]:
-    """MACs and parameters of ``model`` as Torch-Pruning counts them (one sample; see :func:`count_layer_macs`)."""
-    macs, params, _ = count_layer_macs(model, example_inputs)
+def count_macs_params(model: nn.Module, example_inputs, meta: bool = False) -> tuple[float, int]:
+    """MACs and parameters of ``model`` as Torch-Pruning counts them (one sample; ``meta``: see
+    :func:`count_layer_macs`)."""
+    macs, params, _ = count_layer_macs(model, example_inputs, meta)
     return macs, params
 
 
 @torch.no_grad()
-def count_layer_macs(model: nn.Module, example_inputs) -> tuple[float, int, dict[str, float]]:
-    """MACs and parameters of ``model`` plus each module's own MACs (by module name), equal to
-    ``tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)``.
+def count_layer_macs(model: nn.Module, example_inputs, meta: bool = False) -> tuple[float, int, dict[str, float]]:
+    """MACs and parameters of ``model`` plus each module's own MACs (by module name), as
+    ``tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)`` counts them.
 
-    That counter deep-copies the model and runs a real forward pass with its hooks: in progressive
-    pruning a full copy and a full forward every round and every search probe. Its counts depend on
-    shapes only, so this runs the same hooks (Torch-Pruning's own ``op_counter`` machinery) on ``model``
-    itself, in a forward pass whose parameters, buffers and inputs are ``meta`` tensors (shapes, no
-    data, no arithmetic), and removes them afterwards. A forward that needs data (``.item()``,
-    data-dependent shapes, tensors it makes on the CPU itself) gets Torch-Pruning's counter as it is."""
-    try:
-        macs, params, per_module, _ = _count_on_meta(model, example_inputs)
-    except Exception:  # a forward that needs data: the counter on a copy, with a real pass
+    By default that counter itself: a deep copy of the model and a real forward pass with its hooks. In
+    progressive pruning that is a full copy and a full forward every round and every search probe, and its
+    counts depend on shapes only. ``meta=True`` runs the same hooks (Torch-Pruning's own ``op_counter``
+    machinery) on a weightless copy (:func:`meta_copy`), in a forward pass whose parameters, buffers and
+    inputs are ``meta`` tensors (shapes, no data, no arithmetic); ``model`` is not touched. That count is
+    exact only where the forward takes the same path on meta tensors as on real ones (a forward may branch
+    on ``x.device`` or catch what fails on meta tensors): use it where :func:`meta_count_exact` said so for
+    the model. A forward that fails on meta tensors (``.item()``, data-dependent shapes, tensors it makes on
+    the CPU itself), and a model with forward hooks (they would see meta tensors), get the real counter."""
+    counted = _count_on_meta(model, example_inputs) if meta and not has_forward_hooks(model) else None
+    if counted is None:
         with shape_pass():
-            macs, params, per_module, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+            counted = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+    macs, params, per_module, _ = counted
     names = {m: n for n, m in model.named_modules()}
     layers = {names[m]: float(v) for m, v in per_module.items() if v and m in names}
     return float(macs), int(params), layers
 
 
-def _count_on_meta(model: nn.Module, example_inputs):
-    """``count_ops_and_params(layer_wise=True)``'s steps, on ``model`` itself with a meta forward pass."""
+def meta_count_exact(model: nn.Module, example_inputs) -> tuple[float, int, dict[str, float], bool]:
+    """Torch-Pruning's count of ``model`` (:func:`count_layer_macs`) and whether the meta-tensor count
+    (``meta=True``) equals it: the same total, parameters and MACs module by module (the same modules
+    reached). A model whose forward takes another path on meta tensors must be counted for real."""
+    macs, params, layers = count_layer_macs(model, example_inputs)
+    if has_forward_hooks(model):
+        return macs, params, layers, False
+    return macs, params, layers, count_layer_macs(model, example_inputs, meta=True) == (macs, params, layers)
+
+
+def has_forward_hooks(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` runs hooks (its modules' or global ones): hooks are the user's,
+    and must not see meta tensors."""
+    from torch.nn.modules import module as torch_module
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _count_on_meta(model: nn.Module, example_inputs, own: bool = False):
+    """``count_ops_and_params(layer_wise=True)``'s result (per-module counts keyed by ``model``'s modules),
+    from a meta forward pass of a weightless copy of ``model`` (``own``: of ``model`` itself, a throwaway
+    weightless copy already); None when the forward fails on meta tensors."""
     from torch_pruning.utils import op_counter
-    # every module's attributes as they were: the counter's, the training flags, and what a forward caches
-    # on its module (e.g. a detection head's anchors, which would otherwise stay meta tensors) are put back
-    saved = {m: m.__dict__.copy() for m in model.modules()}
-    op_counter.add_flops_counting_methods(model)
     try:
-        model.eval()
-        model.start_flops_count(ost=None, verbose=False, ignore_list=[])
-        try:
-            meta_forward(model, example_inputs)
-            return model.compute_average_flops_cost()
-        finally:
-            model.stop_flops_count()
+        counted = model if own else meta_copy(model)
+        op_counter.add_flops_counting_methods(counted)
+        counted.eval()
+        counted.start_flops_count(ost=None, verbose=False, ignore_list=[])
+        meta_forward(counted, example_inputs)
+        macs, params, per_module, per_module_params = counted.compute_average_flops_cost()
+    except Exception:  # a forward that needs data
+        return None
     finally:
         op_counter.CUSTOM_MODULES_MAPPING = {}
-        for m, attrs in saved.items():
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
+    if counted is not model:
+        originals = dict(zip(counted.modules(), model.modules()))
+        per_module = {originals[m]: v for m, v in per_module.items()}
+        per_module_params = {originals[m]: v for m, v in per_module_params.items()}
+    return macs, params, per_module, per_module_params
 
 
 def to_meta(x):

@@ -33,8 +33,8 @@ import torch.nn as nn
 from torch_pruning.pruner.algorithms.base_pruner import BasePruner
 
 from harness.errors import HarnessError
-from harness.protocol.grouping import (PruneConfig, apply_plan, count_layer_macs, count_macs_params, meta_copy,
-                                       to_meta)
+from harness.protocol.grouping import (PruneConfig, _count_on_meta, apply_plan, build_graph, count_layer_macs,
+                                       count_macs_params, describe_groups, meta_copy, meta_count_exact, to_meta)
 from specs.messages import Group
 from specs.track import Strategy
 
@@ -176,29 +176,51 @@ class SearchResult:
     evaluations: int
 
 
+class ProbeMismatch(RuntimeError):
+    """A plan step measured other MACs on the model than on its probe (a weightless copy traced and counted
+    on meta tensors): the model's forward takes another path on meta tensors, unseen by the checks. Not a
+    :class:`~harness.errors.HarnessError` (bad input): :func:`~harness.protocol.run.evaluate` records the
+    run as failed and a sweep goes on."""
+
+
 def search_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
                    planner: Planner, base_macs: float, current_macs: float, target: float,
-                   first: Optional[int] = None, in_place: bool = False, graph=None) -> SearchResult:
+                   first: Optional[int] = None, in_place: bool = False, graph=None,
+                   meta: Optional[bool] = None) -> SearchResult:
     """Smallest plan step whose physically pruned copy reaches ``base_macs / macs >= target``.
 
     ``config_for(m)`` builds the prune config of a model (a copy has new module objects).
-    Every probe prunes a weightless copy (:func:`probe_macs`) and counts its MACs; probes are placed
+    Every probe prunes a copy (:func:`probe_macs`) and counts its MACs; probes are placed
     by interpolating log-speedup between the bracket ends, with a bisection step whenever
     interpolation fails to halve the bracket, so the exact minimum is found in a handful of probes.
     ``first`` is where to probe first (e.g. :func:`predicted_step`); by default a square-law guess.
     The step found is then applied to a copy of ``model`` (``in_place``: to ``model`` itself, through
     ``graph``, its dependency graph, when given) and measured again (:func:`materialize`).
+
+    ``meta``: whether ``model``'s count on meta tensors equals Torch-Pruning's
+    (:func:`~harness.protocol.grouping.meta_count_exact`; None: checked here). Then probes are pruned copies
+    without weights, counted on meta tensors, as long as the first one's graph (traced on meta tensors) has
+    ``planner``'s groups; else every probe is a real copy. A probe that still disagrees with the model
+    raises :class:`ProbeMismatch`.
     """
+    if meta is None:
+        meta = meta_count_exact(model, example_inputs)[3]
     cache: dict[int, Optional[float]] = {}  # plan step -> probed MACs
+    weightless = [meta]  # (cleared when a meta copy's groups differ from the model's)
 
     def speedup(t: int) -> float:
         if t not in cache:
-            cache[t] = probe_macs(model, example_inputs, config_for, planner.plan(t))[0]
+            groups = planner.groups if len(cache) == 0 else None  # (checked on the first probe)
+            counted = probe_macs(model, example_inputs, config_for, planner.plan(t), weightless[0], groups)
+            if counted is None:
+                weightless[0] = False
+                counted = probe_macs(model, example_inputs, config_for, planner.plan(t))
+            cache[t] = counted[0]
         return base_macs / cache[t]
 
     def done(t: int) -> SearchResult:
         return materialize(model, example_inputs, config_for, planner.plan(t), t, cache[t], len(cache),
-                           in_place, graph)
+                           in_place, graph, meta)
 
     goal = target * (1 - 1e-9)
     lo, s_lo = 0, base_macs / current_macs
@@ -235,33 +257,46 @@ def search_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Mo
 
 
 def probe_macs(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
-               plan: dict[str, list[int]]) -> tuple[float, int]:
-    """MACs and parameters of ``model`` pruned by ``plan``, measured on a physically pruned copy without
-    weights (:func:`~harness.protocol.grouping.meta_copy`: the same shapes, so the same counts, at a
-    fraction of a deep copy and a traced forward); a model that cannot run on meta tensors is copied
-    whole."""
-    try:
-        shadow = meta_copy(model)
-        apply_plan(shadow, to_meta(example_inputs), config_for(shadow), plan)
-        return count_macs_params(shadow, example_inputs)
-    except Exception:  # e.g. a prune fixup or a forward that needs data
-        shadow = copy.deepcopy(model)
-        apply_plan(shadow, example_inputs, config_for(shadow), plan)
-        return count_macs_params(shadow, example_inputs)
+               plan: dict[str, list[int]], meta: bool = False,
+               groups: Optional[list[Group]] = None) -> Optional[tuple[float, int]]:
+    """MACs and parameters of ``model`` pruned by ``plan``, measured on a physically pruned copy with
+    Torch-Pruning's counter. ``meta`` (where the model's meta count is exact): a copy without weights
+    (:func:`~harness.protocol.grouping.meta_copy`: the same shapes, so the same counts, at a fraction of a
+    deep copy and a traced forward) counted on meta tensors; a model that cannot be pruned or run on meta
+    tensors is copied whole. ``groups`` (``model``'s): None is returned when the copy's graph, traced on
+    meta tensors, has other groups (the forward takes another path on meta tensors)."""
+    if meta:
+        try:
+            shadow, inputs = meta_copy(model), to_meta(example_inputs)
+            config = config_for(shadow)
+            shadow_graph = build_graph(shadow, inputs, config)
+            if groups is not None and describe_groups(shadow, inputs, config, shadow_graph) != groups:
+                return None
+            apply_plan(shadow, inputs, config, plan, shadow_graph)
+            counted = _count_on_meta(shadow, example_inputs, own=True)
+        except Exception:  # e.g. a prune fixup that needs data
+            counted = None
+        if counted is not None:
+            return float(counted[0]), int(counted[1])
+    shadow = copy.deepcopy(model)
+    apply_plan(shadow, example_inputs, config_for(shadow), plan)
+    return count_macs_params(shadow, example_inputs)
 
 
 def materialize(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
                 plan: dict[str, list[int]], t: int, probed: Optional[float], evaluations: int,
-                in_place: bool = False, graph=None) -> SearchResult:
+                in_place: bool = False, graph=None, meta: bool = False) -> SearchResult:
     """Plan step ``t`` applied to ``model`` (``in_place``, through ``graph`` when given) or to a deep copy,
-    measured with the counter. It must measure the MACs its probe did (``probed``; None: not probed):
-    the search's guarantee (target reached at the smallest step) rests on the probes."""
+    measured with the counter (``meta``: on meta tensors, see
+    :func:`~harness.protocol.grouping.count_layer_macs`). It must measure the MACs its probe did
+    (``probed``; None: not probed): the search's guarantee (target reached at the smallest step) rests on the
+    probes; else :class:`ProbeMismatch`."""
     pruned = model if in_place else copy.deepcopy(model)
     apply_plan(pruned, example_inputs, config_for(pruned), plan, graph if in_place else None)
-    macs, params = count_macs_params(pruned, example_inputs)
+    macs, params = count_macs_params(pruned, example_inputs, meta)
     if probed is not None and macs != probed:
-        raise HarnessError(f"internal error: plan step {t} measured {macs:.0f} MACs on the model and "
-                           f"{probed:.0f} on its probe")
+        raise ProbeMismatch(f"plan step {t} measured {macs:.0f} MACs on the model and {probed:.0f} on its "
+                            f"{'weightless ' if meta else ''}probe")
     return SearchResult(pruned, t, macs, params, evaluations)
 
 
@@ -335,26 +370,30 @@ def predicted_step(planner: Planner, predict: Callable[[dict[str, list[int]]], f
 
 
 def progressive_step(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
-                     planner: Planner, t: int, graph=None) -> tuple[SearchResult, dict[str, float]]:
+                     planner: Planner, t: int, graph=None, meta: bool = False) -> tuple[SearchResult, dict[str, float]]:
     """An intermediate round of progressive pruning: plan step ``t`` applied to ``model`` in place (through
     its dependency ``graph`` when given) and measured once (no search: only the last round must land
-    exactly on the target). Returns the result and the pruned model's per-layer MACs (for the next
-    round's predictor)."""
+    exactly on the target; ``meta``: counted on meta tensors, see
+    :func:`~harness.protocol.grouping.count_layer_macs`). Returns the result and the pruned model's
+    per-layer MACs (for the next round's predictor)."""
     apply_plan(model, example_inputs, config_for(model), planner.plan(t), graph)
-    macs, params, layers = count_layer_macs(model, example_inputs)
+    macs, params, layers = count_layer_macs(model, example_inputs, meta)
     return SearchResult(model, t, macs, params, 1), layers
 
 
 def prune_round(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
                 planner: Planner, base_macs: float, current_macs: float, target: float, final: bool,
-                layers: dict[str, float], graph=None) -> tuple[SearchResult, Optional[dict[str, float]]]:
+                layers: dict[str, float], graph=None,
+                meta: bool = False) -> tuple[SearchResult, Optional[dict[str, float]]]:
     """One round's pruning, starting from the step the per-layer MACs predictor gives (``layers``:
     ``model``'s per-layer MACs). The final round (the only one of one-shot pruning) searches the exact
     minimum on copies (the predicted step is its first probe: fewer probes, the same minimum). Earlier
     rounds of progressive pruning apply the predicted step to ``model`` in place (through ``graph``, its
-    dependency graph) and return the pruned model's per-layer MACs too."""
+    dependency graph) and return the pruned model's per-layer MACs too. ``meta``: whether ``model``'s count
+    on meta tensors is exact (:func:`~harness.protocol.grouping.meta_count_exact`, once per stage): probes
+    and counts on meta tensors (see :func:`search_speedup`); else real copies and Torch-Pruning's counter."""
     t = predicted_step(planner, macs_predictor(model, layers, current_macs, planner.groups), base_macs / target)
     if final:
         return search_speedup(model, example_inputs, config_for, planner, base_macs, current_macs, target,
-                              first=t, in_place=True, graph=graph), None
-    return progressive_step(model, example_inputs, config_for, planner, t, graph)
+                              first=t, in_place=True, graph=graph, meta=meta), None
+    return progressive_step(model, example_inputs, config_for, planner, t, graph, meta)

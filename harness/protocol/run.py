@@ -33,8 +33,8 @@ from harness.methods import MethodSource
 from harness.protocol import distributed
 from harness.protocol.batchnorm import recalibrate
 from harness.protocol.checkpoints import BaseMismatch
-from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_layer_macs,
-                                       count_macs_params, describe_groups, layer_channels)
+from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_macs_params,
+                                       describe_groups, layer_channels, meta_count_exact)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
 from harness.protocol.pruning import Ties, Unreachable, make_planner, prune_round
@@ -398,7 +398,8 @@ def _with_training(prov, spec: RunSpec, task: Task, w: "distributed.World"):
 def _prune_everywhere(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
                       progress: Optional[Progress]) -> Pruned:
     """The prune stage on rank 0 (the only rank that talks to the method); every rank gets its result,
-    the pruned model included (sent from the CPU, placed on each rank's device)."""
+    the pruned model included (sent from the CPU, placed on each rank's device). Rank 0's ``model`` is
+    pruned in place (see :func:`_prune_stage`): pass a copy you own."""
     return distributed.on_main(
         lambda: _prune_stage(spec, task, model, example, dense, progress),
         to_others=lambda p: dataclasses.replace(p, model=copy.deepcopy(p.model).cpu()),
@@ -467,10 +468,14 @@ def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progre
 def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
                  progress: Optional[Progress]) -> Pruned:
     """Steps 2-3, ``track.pruning.rounds`` times: groups -> observations -> scores -> the smallest
-    plan whose measured speedup reaches this round's share of the target. ``model`` is pruned in place
-    (through one dependency graph, built once). The method starts on a thread while the graph is built
-    and the first observations are collected; its start is timed apart (``Pruned.start_s``) and the
-    time waited for it is not part of ``step_s``."""
+    plan whose measured speedup reaches this round's share of the target. The method starts on a thread
+    while the graph is built and the first observations are collected; its start is timed apart
+    (``Pruned.start_s``) and the time waited for it is not part of ``step_s``.
+
+    ``model`` is consumed: it is pruned in place (through one dependency graph, built once), in one-shot
+    runs too, and ``Pruned.model`` is that object; a stage that fails midway leaves it half-pruned. Pass
+    a copy you own: :func:`evaluate` passes its run's deep copy of the base, the estimator and the
+    benchmarks deep copies or models they built (``tests/test_prune_overhead.py`` checks the callers)."""
     with _client(spec, spec.method, spec.hyperparameters).begin() as client:
         t0 = time.perf_counter()
         model, macs, params, base_channels, ties = _prune_rounds(spec, task, model, example, dense, client, progress)
@@ -487,14 +492,15 @@ def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: D
     base_channels: dict[str, int] = {}
     macs, params = dense.macs, dense.params
     rounds = track.pruning.rounds
-    # rounds are guided by per-layer MACs (counted on the model itself, see count_layer_macs)
-    layers = count_layer_macs(model, example)[2]
     graph = build_graph(model, example, task.prune_config(model))  # valid while the model is pruned through it
-    ties = []
+    ties, layers, meta = [], {}, False
     for r in range(rounds):
         groups = describe_groups(model, example, task.prune_config(model), graph)
         if r == 0:
             base_channels = {g.id: g.n_channels for g in groups}
+            # rounds are guided by per-layer MACs; once per stage: whether the count on meta tensors is exact
+            # (then counts and search probes run on weightless copies, see prune_round)
+            _, _, layers, meta = meta_count_exact(model, example)
         obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
                       calibration=track.calibration)
         scores = client.score(r, groups, obs)
@@ -503,7 +509,7 @@ def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: D
                                round_to=track.pruning.round_to)
         ties.append(planner.ties())
         found, layers = prune_round(model, example, task.prune_config, planner, dense.macs, macs,
-                                    spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph)
+                                    spec.speedup ** ((r + 1) / rounds), r == rounds - 1, layers, graph, meta)
         model, macs, params = found.model, found.macs, found.params
         task.after_prune(model)
         if progress:

@@ -305,8 +305,10 @@ class SocketClient(MethodClient):
                 wire.send(self._conn, Shutdown().model_dump(mode="json"))
             except OSError:
                 pass
-        self._wait_exit(SHUTDOWN_TIMEOUT_S)
-        self._kill()
+        try:
+            self._wait_exit(SHUTDOWN_TIMEOUT_S)
+        finally:  # (whatever the wait raised: the process never outlives its client)
+            self._kill()
         for s in (self._conn, self._listener):
             if s is not None:
                 s.close()
@@ -348,6 +350,7 @@ class SocketLink(RegularizerLink):
 
     def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
         client = self.client
+        client.ready()  # a client begun on a thread (begin) has connected and shaken hands
         self.weights_file.write(weights)
         request = RegularizeRequest(
             step=step, total_steps=total_steps, groups=[] if self.sent_groups else self.groups,

@@ -63,7 +63,8 @@ class SubprocessClient(SocketClient):
 
     def _wait_exit(self, timeout: float) -> None:
         """Until the process exits (a pidfd that becomes readable then: no polling, no sleeps; Popen's own
-        ``wait(timeout)`` sleeps in a loop), at most ``timeout`` seconds."""
+        ``wait(timeout)`` sleeps in a loop), at most ``timeout`` seconds. ``poll()``, not ``select()``: the
+        harness may hold more than 1024 descriptors (``select`` refuses those)."""
         if self._proc is None or self._proc.poll() is not None:
             return
         try:
@@ -75,7 +76,9 @@ class SubprocessClient(SocketClient):
                 pass
             return
         try:
-            select.select([fd], [], [], timeout)
+            waiter = select.poll()
+            waiter.register(fd, select.POLLIN)
+            waiter.poll(max(0, int(timeout * 1000)))
         finally:
             os.close(fd)
         self._proc.poll()  # reap it
