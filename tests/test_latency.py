@@ -8,6 +8,11 @@
 - round_to: ResNet-18, MobileNetV2 (depthwise) and ViT (heads) pruned to 2x keep multiples of it in
   every pruned group, with the floor and the target met; the track hash is unchanged at the default.
 - An older record (spec 1.3, no per-runtime latency) still validates and renders.
+- The review of 1.4: a wrong export of either model fails its runtime (and no view uses it), an export
+  failure prints nothing, the cost budget (passes per block, blocks, throughput batch) on a fake clock,
+  fewer than 6 blocks uncertain, zero/empty timings refused, cells never pool older records and show
+  their median run with its own interval, round_to strict in tracks and one-line on the command line,
+  the run page's interval and CPU-time labels.
 
 No timing is asserted here: timings are in benchmarks/latency_stability.py and benchmarks/round_to.py.
 """
@@ -462,3 +467,20 @@ def test_a_bad_round_to_on_the_command_line_is_one_line(value):
     assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "round_to" in lines[0]
     help_text = CliRunner().invoke(app, ["evaluate", "--help"], terminal_width=200).output
     assert "1 to 1024" in " ".join(help_text.split())
+
+
+def test_the_run_page_shows_the_eager_interval_and_says_cpu_time(tmp_path):
+    from fastapi.testclient import TestClient
+    from harness.store import RESULT_FILE, write_record
+    from harness.web.app import create_app
+    from harness.web.config import ServerConfig
+    [old] = _committed(1)
+    new = _with_latency(old, 1.72, (1.6, 1.9), uncertain=True, ms=4.0).model_copy(update={"run_key": "1" * 64})
+    for r in (old, new):
+        write_record(tmp_path / "store" / r.run_key / RESULT_FILE, r)
+    with TestClient(create_app(ServerConfig(store=tmp_path / "store"), start_queue=False),
+                    base_url="http://127.0.0.1:8000") as client:
+        page_new, page_old = (client.get(f"/runs/{r.run_key}").text for r in (new, old))
+    assert "1.72x [1.60–1.90] ?" in page_new and "ms of CPU time" in page_new
+    assert f"{old.latency.speedup_batch1:.2f}x ?" in page_old and "before spec 1.4: no interval" in page_old
+    assert "ms wall" in page_old
