@@ -99,7 +99,11 @@ def _digits() -> str:
         f"on 2 cores, {threads} torch thread(s) per run, base pretraining excluded; `--jobs 2` runs two at a time); "
         f"every figure in this section is generated from the records in "
         f"`benchmarks/results/digits-resnet18/` by `python -m harness.docs`. Latency is the measured batch-1 "
-        f"inference speedup (median of repeats after warm-up). Medians over the {n} runs per target: MACs "
+        f"inference speedup, a cell's figure its median run's"
+        + ("; these records predate spec 1.4 (wall clock, median of repeats after warm-up, no interval), so "
+           "every figure carries `?`" if not any(r.latency.speedup_batch1_ci for r in ok if r.latency) else
+           " with that run's 95% interval")
+        + f". Medians over the {n} runs per target: MACs "
         + per_target(lambda t: f"{med([r.speedup.achieved for r in of(t)]):.2f}x") + " gave batch-1 latency "
         + per_target(lambda t: f"{med([r.latency.speedup_batch1 for r in of(t)]):.2f}x")
         + f" and batch-{batch} throughput "

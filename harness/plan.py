@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal, Optional
 
-from pydantic import Field, ValidationError
+from pydantic import Field, StrictInt, ValidationError
 
 from harness.configs import read_mapping
 from harness.errors import HarnessError
@@ -63,7 +63,7 @@ class Plan(Strict):
                                                                             "track's)")
     seeds: Optional[list[int]] = Field(None, min_length=1, description="run seeds (default: the track's)")
     strategy: Optional[Strategy] = Field(None, description="override the track's pruning strategy")
-    round_to: Optional[int] = Field(None, ge=1, le=1024, description="override the track's pruning.round_to "
+    round_to: Optional[StrictInt] = Field(None, ge=1, le=1024, description="override the track's pruning.round_to "
                                                                      "(pruned groups keep a multiple of it)")
     recipes: Optional[list[str]] = Field(None, description="recipe-swap mode: retraining recipes of the track "
                                                            "('track' = its own)")

@@ -83,6 +83,8 @@ class RuntimeLatency(Strict):
     clock: Optional[Literal["thread_cpu", "wall"]] = None
     max_abs_diff: Optional[float] = Field(None, description="max |runtime - PyTorch| over the pruned model's "
                                                             "outputs on a calibration batch")
+    base_max_abs_diff: Optional[float] = Field(None, description="the same for the base model's export; either "
+                                                                 "beyond 1e-3 x max(1, max |output|): failed")
     batch1_base_ms: Optional[float] = None
     batch1_pruned_ms: Optional[float] = None
     speedup_batch1: Optional[float] = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, StringConstraints, model_serializer, model_validator
+from pydantic import Field, StrictInt, StringConstraints, model_serializer, model_validator
 
 from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, canonical, sha256_json
 from specs.manifest import SandboxLimits
@@ -198,7 +198,7 @@ class Pruning(Strict):
                                                       "reaches target^(r/rounds)); scores are asked for once per round")
     speedups: list[PositiveFloat] = Field(min_length=1)
     ignored_layers: list[str] = Field(default_factory=list, description="never pruned (classifier is always kept)")
-    round_to: int = Field(1, ge=1, le=1024, description="every pruned group keeps a multiple of this many channel "
+    round_to: StrictInt = Field(1, ge=1, le=1024, description="every pruned group keeps a multiple of this many channel "
                                                         "slots (Torch-Pruning's round_to; attention: head dims, so "
                                                         "heads x head_dim too; grouped convs: slots per conv group)")
 

@@ -8,6 +8,11 @@
 - round_to: ResNet-18, MobileNetV2 (depthwise) and ViT (heads) pruned to 2x keep multiples of it in
   every pruned group, with the floor and the target met; the track hash is unchanged at the default.
 - An older record (spec 1.3, no per-runtime latency) still validates and renders.
+- The review of 1.4: a wrong export of either model fails its runtime (and no view uses it), an export
+  failure prints nothing, the cost budget (passes per block, blocks, throughput batch) on a fake clock,
+  fewer than 6 blocks uncertain, zero/empty timings refused, cells never pool older records and show
+  their median run with its own interval, round_to strict in tracks and one-line on the command line,
+  the run page's interval and CPU-time labels.
 
 No timing is asserted here: timings are in benchmarks/latency_stability.py and benchmarks/round_to.py.
 """
@@ -25,8 +30,9 @@ from torch import nn
 
 from harness.models import classifier_of, prune_config_of
 from harness.protocol.grouping import PruneConfig, count_macs_params, describe_groups
-from harness.protocol.latency import (ONNX_ATOL, _flat_outputs, _ort_session, export_onnx, hodges_lehmann, measure,
-                                      speedup_interval)
+from harness.protocol.latency import (MIN_BLOCKS_FOR_95, ONNX_ATOL, THROUGHPUT_ELEMENTS, _flat_outputs, _ort_session,
+                                      export_onnx, hodges_lehmann, measure, paired_blocks, passes_per_block,
+                                      projected_seconds, speedup_interval, throughput_batch_for)
 from harness.protocol.pruning import make_planner, search_speedup
 from specs.result import Latency, ResultRecord
 
@@ -286,8 +292,9 @@ def test_views_show_each_runtime_with_its_interval_and_the_pareto_plot_uses_the_
     assert "ONNX RT" in text
     row = next(x for x in rows if any(rec.run_key == new[0].run_key for rec in x.records))
     cell = row.latency["onnxruntime"]
-    ok = [rec for rec in row.records if rec.status == "ok"]
-    assert cell.speedup == pytest.approx(statistics.fmean(rec.latency.speedup_batch1 / 2 for rec in ok))
+    ok = sorted((rec for rec in row.records if rec.status == "ok"), key=lambda rec: rec.latency.speedup_batch1)
+    median_run = ok[(len(ok) - 1) // 2].latency.runtimes["onnxruntime"]  # the median run, with its own interval
+    assert (cell.speedup, (cell.low, cell.high)) == (median_run.speedup_batch1, median_run.speedup_batch1_ci)
     assert cell.uncertain and cell.text().endswith("] ?") and cell.text() in text  # shown as uncertain
     csv = lb.to_csv(rows)
     assert "onnxruntime_speedup_b1" in csv.splitlines()[0]
@@ -300,3 +307,180 @@ def test_views_show_each_runtime_with_its_interval_and_the_pareto_plot_uses_the_
     assert set(entry.latency) == {"eager", "onnxruntime"} and entry.latency["onnxruntime"].uncertain
     # records without the deployment runtime: the plot stays in eager PyTorch
     assert board(old, old[0].track.id, view="2x").sections[0].latency_runtime == "eager"
+
+
+# --------------------------------------------------------------------------- review of spec 1.4's latency
+
+
+class Branchy(nn.Module):
+    """A Python-level branch on the input: tracing at the example freezes it, so the ONNX export computes the
+    wrong thing on the calibration images (which take the other branch)."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, width, 3)
+        self.fc = nn.Linear(width, 2)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        if float(x.mean()) > 0.5:
+            y = y * 100.0
+        return self.fc(y)
+
+
+@pytest.mark.parametrize("wrong", ["base", "pruned"])
+def test_a_wrong_export_of_either_model_fails_the_runtime_and_no_view_uses_it(wrong):
+    from harness.views.latency import latency_cell, runtimes_of
+    models = {"base": _tiny_cnn(8).eval(), "pruned": _tiny_cnn(4).eval()}
+    models[wrong] = Branchy(8 if wrong == "base" else 4)
+    example, cal = torch.full((1, 3, 8, 8), 0.9), torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.5
+    lat = measure(models["base"], models["pruned"], example, throughput_batch=2, min_time_s=0.0, min_blocks=2,
+                  runtimes=("onnxruntime",), calibration=cal)
+    ort = lat.runtimes["onnxruntime"]
+    # the difference PyTorch itself gives between the frozen branch and the taken one, on the calibration images
+    with torch.no_grad():
+        m = models[wrong]
+        y = m.conv(cal).mean((2, 3))
+        expected = float((m.fc(y * 100.0) - m.fc(y)).abs().max())
+    got = ort.base_max_abs_diff if wrong == "base" else ort.max_abs_diff
+    assert ort.status == "failed" and ort.speedup_batch1 is None and got == pytest.approx(expected, rel=1e-4)
+    assert "\n" not in ort.reason and f"{wrong} max abs diff {got:.3g}" in ort.reason
+    assert ("pruned" if wrong == "base" else "base") + " max abs diff" not in ort.reason  # the other one exports right
+    record = ResultRecord.model_validate({**_committed(1)[0].model_dump(), "latency": lat.model_dump()})
+    assert runtimes_of([record]) == ["eager"] and latency_cell([record], "onnxruntime") is None
+
+
+def test_an_export_failure_prints_nothing(capfd):
+    lat = measure(Unexportable(8), Unexportable(4), torch.rand(1, 3, 8, 8), throughput_batch=2, min_time_s=0.0,
+                  min_blocks=2, runtimes=("onnxruntime",))
+    assert lat.runtimes["onnxruntime"].status == "failed"
+    out, err = capfd.readouterr()
+    assert "graph" not in out + err and out + err == ""
+
+
+def test_the_budget_caps_passes_blocks_and_the_throughput_batch():
+    # passes per block: fill 10 ms with the faster model (at least 3), unless 12 blocks of the slower overrun 2 s
+    assert passes_per_block(1e-4, 1e-4) == 100 and passes_per_block(0.02, 0.02) == 3
+    assert passes_per_block(0.02, 0.1) == 1 and passes_per_block(0.02, 0.06) == 2  # int(2 / (12 * 0.06)) = 2
+    # the throughput batch halves until it holds 2^20 input elements
+    assert throughput_batch_for(torch.zeros(1, 1, 8, 8), 32) == 32
+    assert throughput_batch_for(torch.zeros(1, 3, 32, 32), 32) == 32
+    assert throughput_batch_for(torch.zeros(1, 3, 224, 224), 32) == 4  # 4 x 150528 <= 2^20 < 8 x 150528
+    assert 4 * 3 * 224 * 224 <= THROUGHPUT_ELEMENTS < 8 * 3 * 224 * 224
+    assert throughput_batch_for(torch.zeros(1, 3, 1024, 1024), 32) == 1
+    # blocks stop at min_blocks once a model has spent the budget, however long min_time_s asks for
+    ticks = itertools.count()
+
+    def clock():  # every pass measures 1 "second" on it (two readings: 2k and 2k + 1)
+        return float(next(ticks))
+
+    base, pruned, reps = paired_blocks(lambda: None, lambda: None, min_time_s=100.0, min_blocks=3, warmup=0,
+                                       clock=clock, max_time_s=2.0)
+    assert (len(base), reps) == (3, 1)
+    ticks = itertools.count()
+    base, _, reps = paired_blocks(lambda: None, lambda: None, min_time_s=20.0, min_blocks=3, warmup=0, clock=clock,
+                                  max_time_s=math.inf)
+    assert (len(base), reps) == (7, 3)  # no budget: 3 passes a block, min_time_s rules (7 x 3 >= 20)
+    with pytest.raises(ValueError, match="0 s"):  # a clock that never moves: refused, not an endless loop
+        paired_blocks(lambda: None, lambda: None, min_time_s=1.0, min_blocks=3, warmup=0, clock=lambda: 0.0)
+
+
+def test_the_dry_run_projects_the_stage_instead_of_running_it():
+    base, pruned = _tiny_cnn(8).train(), _tiny_cnn(4).train()
+    seconds = projected_seconds(base, pruned, torch.rand(1, 3, 8, 8), throughput_batch=2, runtimes=())
+    assert 0 < seconds < 60 and base.training and pruned.training
+
+
+def test_few_blocks_are_uncertain_and_degenerate_timings_are_refused_in_one_line():
+    # five blocks, identical ratios: a point, but 95% is out of reach (the exact test's smallest p is 2/32)
+    est, (lo, hi), uncertain = speedup_interval([1.0] * 5, [0.5] * 5)
+    assert est == pytest.approx(2.0) and uncertain and MIN_BLOCKS_FOR_95 == 6
+    assert not speedup_interval([1.0] * 6, [0.5] * 6)[2]
+    assert speedup_interval([1.0], [0.5])[2]
+    for base, pruned, match in (([1.0] * 6, [0.0] * 6, "0 s"), ([0.0] * 6, [1.0] * 6, "0 s"), ([], [], "blocks")):
+        with pytest.raises(ValueError, match=match):
+            speedup_interval(base, pruned)
+    with pytest.raises(ValueError, match="min_blocks"):
+        measure(_tiny_cnn(4), _tiny_cnn(4), torch.rand(1, 3, 8, 8), min_time_s=0.0, min_blocks=0, runtimes=())
+
+
+def _with_latency(r: ResultRecord, s: float, ci=None, uncertain=False, ms=1.0) -> ResultRecord:
+    lat = r.latency.model_copy(update={"speedup_batch1": s, "speedup_batch1_ci": ci, "uncertain": uncertain,
+                                       "batch1_pruned_ms": ms, "clock": "thread_cpu" if ci else None})
+    return r.model_copy(update={"latency": lat})
+
+
+def test_a_cell_never_pools_older_records_and_shows_its_median_run_with_that_runs_interval():
+    from harness.views.latency import latency_cell
+    [r] = _committed(1)
+    old = _with_latency(r, 0.62, ms=13.0)
+    new = [_with_latency(r, s, (s - 0.05, s + 0.08), ms=m) for s, m in ((1.9, 3.0), (1.5, 5.0), (1.72, 4.0))]
+    cell = latency_cell([old] + new)
+    assert (cell.speedup, cell.low, cell.high, cell.n, cell.ms, cell.older) == (1.72, 1.67, 1.80, 3, 4.0, False)
+    assert cell.text() == "1.72x [1.67-1.80]" and cell.clock == "thread_cpu"
+    # two 1.4 runs: the lower middle one; one uncertain run marks the cell
+    cell = latency_cell([old, new[0], _with_latency(r, 1.5, (1.2, 1.9), uncertain=True)])
+    assert (cell.speedup, cell.low, cell.high) == (1.5, 1.2, 1.9) and cell.uncertain
+    # older records alone: their median, without an interval, always uncertain
+    cell = latency_cell([old, _with_latency(r, 0.8), _with_latency(r, 2.0)])
+    assert (cell.speedup, cell.low, cell.older, cell.uncertain, cell.text()) == (0.8, None, True, True, "0.80x ?")
+
+
+def test_the_board_takes_latency_ms_from_the_cells_median_run_and_the_section_says_round_to():
+    from harness.views import leaderboard as lb
+    from harness.web.boards import board
+    records = _committed(6)
+    target = lb.section_of(records[0])
+    in_cell = [x for x in records if lb.section_of(x) == target and x.method.id == records[0].method.id
+               and x.regularizer == records[0].regularizer]
+    timed = [_with_latency(x, 1.0 + i / 10, (0.9 + i / 10, 1.1 + i / 10), ms=10.0 + i) for i, x in enumerate(in_cell)]
+    section = board(timed, timed[0].track.id, view="2x").sections[0]
+    entry = next(e for e in section.entries if e.method == records[0].method.id)
+    middle = sorted(timed, key=lambda x: x.latency.speedup_batch1)[(len(timed) - 1) // 2].latency
+    assert (entry.latency_speedup, entry.latency_ms) == (middle.speedup_batch1, middle.batch1_pruned_ms)
+    assert "round_to" not in section.label
+    rounded = [x.model_copy(update={"round_to": 8}) for x in timed]
+    assert board(rounded, timed[0].track.id, view="2x").sections[0].label.endswith(" · round_to 8")
+
+
+@pytest.mark.parametrize("bad", [True, "8", 8.0])
+def test_a_track_round_to_must_be_an_integer(bad):
+    from pydantic import ValidationError
+    from harness.tracks import registry
+    from specs.track import TrackConfig
+    data = registry().get("digits-resnet18").model_dump()
+    data["pruning"]["round_to"] = bad
+    with pytest.raises(ValidationError, match="valid integer"):
+        TrackConfig.model_validate(data)
+    data["pruning"]["round_to"] = 8
+    assert TrackConfig.model_validate(data).pruning.round_to == 8
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1025", "2.5"])
+def test_a_bad_round_to_on_the_command_line_is_one_line(value):
+    from typer.testing import CliRunner
+    from harness.cli import app
+    res = CliRunner().invoke(app, ["evaluate", "--model", "resnet18", "--dataset", "digits", "--method",
+                                   "magnitude_l2", f"--round-to={value}"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "round_to" in lines[0]
+    help_text = CliRunner().invoke(app, ["evaluate", "--help"], terminal_width=200).output
+    assert "1 to 1024" in " ".join(help_text.split())
+
+
+def test_the_run_page_shows_the_eager_interval_and_says_cpu_time(tmp_path):
+    from fastapi.testclient import TestClient
+    from harness.store import RESULT_FILE, write_record
+    from harness.web.app import create_app
+    from harness.web.config import ServerConfig
+    [old] = _committed(1)
+    new = _with_latency(old, 1.72, (1.6, 1.9), uncertain=True, ms=4.0).model_copy(update={"run_key": "1" * 64})
+    for r in (old, new):
+        write_record(tmp_path / "store" / r.run_key / RESULT_FILE, r)
+    with TestClient(create_app(ServerConfig(store=tmp_path / "store"), start_queue=False),
+                    base_url="http://127.0.0.1:8000") as client:
+        page_new, page_old = (client.get(f"/runs/{r.run_key}").text for r in (new, old))
+    assert "1.72x [1.60–1.90] ?" in page_new and "ms of CPU time" in page_new
+    assert f"{old.latency.speedup_batch1:.2f}x ?" in page_old and "before spec 1.4: no interval" in page_old
+    assert "ms wall" in page_old

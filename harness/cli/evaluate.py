@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -39,9 +40,16 @@ ModelOpt = Annotated[Optional[str], typer.Option(help="model: a registered name,
                                                       "default track)")]
 DatasetOpt = Annotated[Optional[str], typer.Option(help="dataset name")]
 StrategyOpt = Annotated[Optional[Strategy], typer.Option(help="override the track's pruning strategy")]
-RoundToOpt = Annotated[Optional[int], typer.Option(
-    "--round-to", min=1, help="override the track's pruning.round_to: pruned groups keep a multiple of this many "
-                              "channels (8 or 16 for hardware-friendly widths; 1 = no rounding)")]
+#: a string, checked by the plan (one-line error for 0, -1, abc and 1025 alike)
+RoundToOpt = Annotated[Optional[str], typer.Option(
+    "--round-to", metavar="INTEGER", help="override the track's pruning.round_to: pruned groups keep a multiple of "
+                                          "this many channels, 1 to 1024 (8 or 16 for hardware-friendly widths; "
+                                          "1 = no rounding)")]
+
+
+def round_to_value(text: Optional[str]):
+    """``--round-to`` as the plan's field: an int when it is one, else the text (the plan refuses it)."""
+    return int(text) if text is not None and re.fullmatch(r"\s*[+-]?\d+\s*", text) else text
 RunnerOpt = Annotated[Runner, typer.Option(help="how the method runs", envvar="PBENCH_RUNNER")]
 OutDirOpt = Annotated[Path, typer.Option("--out", help="results folder", envvar="PBENCH_RESULTS")]
 DataRootOpt = Annotated[Optional[Path], typer.Option(help="dataset root (CIFAR/ImageNet/COCO)", envvar="PBENCH_DATA")]
@@ -126,7 +134,7 @@ def evaluate(
     """Prune one model with one method to a speedup (default: each of the track's), retrain, evaluate; one record each."""
     plan = Plan.build(track=track, model=model, dataset=dataset, methods=[method], regularizers=[regularizer or "-"],
                       speedups=[speedup] if speedup is not None else None, seeds=[seed],
-                      strategy=strategy.value if strategy else None, round_to=round_to, runner=runner.value,
+                      strategy=strategy.value if strategy else None, round_to=round_to_value(round_to), runner=runner.value,
                       device=device.value,
                       out=out_dir, data_root=data_root, cache_dir=cache_dir, call_timeout=call_timeout,
                       save_models=not no_models, hyperparameters=parse_hp(hp), reg_hyperparameters=parse_hp(reg_hp),
@@ -196,6 +204,8 @@ def _plan_fields(options: dict, explicit: set[str]) -> dict:
             value = parse_list(value, int, "--seeds") if value else None
         elif name == "no_models":
             value = not value
+        elif name == "round_to":
+            value = round_to_value(value)
         fields[_PLAN_NAMES.get(name, name)] = value
     return fields
 

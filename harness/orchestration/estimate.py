@@ -167,7 +167,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
     """Projected cost of every run of ``resolved`` (a :class:`harness.plan.ResolvedPlan`) not yet recorded."""
     from harness.methods import find_method
     from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
-    from harness.protocol.latency import measure as measure_latency
+    from harness.protocol.latency import projected_seconds
     from harness.protocol.run import Dense, _client, _prune_stage
     from harness.protocol.sparsify import sparsify
     from harness.store import Store, run_key_of
@@ -238,9 +238,8 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
             log(f"measuring retraining at {spec.speedup:g}x")
             retrain[spec.speedup, recipe.hash()] = training_cost(task, pruned[spec.speedup], recipe, "retrain", steps)
             evaluation[spec.speedup] = evaluation_cost(task, pruned[spec.speedup])
-            latency[spec.speedup] = StageCost("latency", _timed(
-                lambda: measure_latency(base, pruned[spec.speedup], example, device=task.device), task.device),
-                "measured")
+            latency[spec.speedup] = StageCost("latency", projected_seconds(
+                base, pruned[spec.speedup], example, device=task.device), "projected from one pass")
         key = (spec.method.id, spec.regularizer.id if spec.regularizer else None, spec.speedup, spec.recipe)
         if key not in shapes:
             name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "") + \

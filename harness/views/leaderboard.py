@@ -62,10 +62,12 @@ class Section:
     track: str
     track_hash: str
     base_sha256: Optional[str]
+    round_to: int = 1  # the track's pruning.round_to (in its hash too): said in the label when not 1
 
     @property
     def label(self) -> str:
-        return f"{self.track} · base {short(self.base_sha256)} · track hash {short(self.track_hash)}"
+        return (f"{self.track} · base {short(self.base_sha256)} · track hash {short(self.track_hash)}"
+                + (f" · round_to {self.round_to}" if self.round_to != 1 else ""))
 
     @property
     def sort_key(self) -> tuple[str, str, str]:
@@ -73,7 +75,7 @@ class Section:
 
 
 def section_of(r: ResultRecord) -> Section:
-    return Section(r.track.id, r.track.hash, r.provenance.checkpoint_sha256)
+    return Section(r.track.id, r.track.hash, r.provenance.checkpoint_sha256, r.round_to)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Row:
     params_ratio: Optional[float]
     step_s: Optional[float]
     reg_s: Optional[float]
-    latency_speedup: Optional[float] = None  # measured, batch 1
+    latency_speedup: Optional[float] = None  # measured, batch 1: the eager cell's (its median run's)
     #: batch-1 latency speedup per runtime (eager PyTorch, ONNX Runtime...), with its interval
     latency: dict[str, lat.LatencyCell] = field(default_factory=dict)
     recipe: Optional[str] = None  # recipe-swap runs: the track recipe used for retraining
@@ -221,6 +223,7 @@ def rows(records: list[ResultRecord]) -> list[Row]:
         ok = _one_per_seed([r for r in rs if r.status == "ok"])
         failed = [r for r in rs if r.status != "ok"]  # failed or cancelled
         diags = [r.diagnostics for r in ok if r.diagnostics is not None]
+        timed = latency_cells(ok)
         out.append(Row(
             section=section, speedup=speedup, strategy=strategy, recipe=recipe, method=method, regularizer=reg,
             n_ok=len(ok), n_failed=len(failed), base=mean_or_none([use(r.metric.base) for r in rs]),
@@ -232,8 +235,7 @@ def rows(records: list[ResultRecord]) -> list[Row]:
             params_ratio=mean_or_none([r.params.pruned / r.params.base for r in ok if r.params.base]),
             step_s=mean_or_none([r.timing.step_s for r in ok]),
             reg_s=mean_or_none([r.timing.reg_s for r in ok]),
-            latency_speedup=mean_or_none([r.latency.speedup_batch1 for r in ok if r.latency]),
-            latency=latency_cells(ok),
+            latency_speedup=timed[lat.EAGER].speedup if lat.EAGER in timed else None, latency=timed,
             constant_scores=any(d.all_constant for d in diags),
             tied_fraction=mean_or_none([d.tied_fraction for d in diags]),
             finals={r.seed: use(r.metric.final) for r in ok if use(r.metric.final) is not None},

@@ -60,9 +60,11 @@ class Stat(BaseModel):
 class LatencyStat(BaseModel):
     """A batch-1 latency speedup in one runtime (:class:`harness.views.latency.LatencyCell`)."""
 
-    speedup: float = Field(description="mean over the ok runs that measured it")
-    ci95: Optional[tuple[float, float]] = Field(description="mean 95% interval (null for records before spec 1.4)")
-    uncertain: bool = Field(description="some run's interval is wider than +-10%")
+    speedup: float = Field(description="the median run's, over the ok runs that measured it (spec 1.4 runs only, "
+                                       "where any)")
+    ci95: Optional[tuple[float, float]] = Field(description="that run's own 95% interval (null for records before "
+                                                            "spec 1.4)")
+    uncertain: bool = Field(description="some run's interval is wider than +-10%, or the runs predate spec 1.4")
     text: str = Field(description="as the tables show it")
 
     @classmethod
@@ -94,8 +96,10 @@ class Entry(BaseModel):
     base: Optional[float] = Field(description="the base checkpoint's metric")
     achieved: Optional[float] = Field(description="achieved MACs speedup, mean over ok runs")
     params_kept: Optional[float] = Field(description="pruned / base parameters, mean over ok runs")
-    latency_speedup: Optional[float] = Field(description="measured batch-1 latency speedup, mean over ok runs")
-    latency_ms: Optional[float] = Field(description="the pruned model's batch-1 latency (ms), mean over ok runs")
+    latency_speedup: Optional[float] = Field(description="measured batch-1 latency speedup in eager PyTorch: the "
+                                                         "median run's (latency.eager)")
+    latency_ms: Optional[float] = Field(description="that run's pruned model at batch 1 (ms; on the CPU the timing "
+                                                    "thread's CPU time, records before spec 1.4 wall time)")
     latency: dict[str, LatencyStat] = Field(default_factory=dict, description="batch-1 latency speedup per runtime "
                                                                               "(eager, onnxruntime, ...)")
     step_s: Optional[float] = Field(description="mean seconds of one importance-scoring step")
@@ -276,7 +280,7 @@ def _entry(row: lb.Row, shared_with: list[str]) -> Entry:
         delta=Stat.of(row.delta), seeds=dict(sorted(row.finals.items())), base=row.base, achieved=row.achieved,
         params_kept=row.params_ratio, latency_speedup=row.latency_speedup,
         latency={name: LatencyStat.of(c) for name, c in row.latency.items()},
-        latency_ms=lb.mean_or_none([r.latency.batch1_pruned_ms for r in ok if r.latency]), step_s=row.step_s, reg_s=row.reg_s,
+        latency_ms=row.latency[lat.EAGER].ms if lat.EAGER in row.latency else None, step_s=row.step_s, reg_s=row.reg_s,
         constant_scores=row.constant_scores, tied_fraction=row.tied_fraction,
         warnings=[w for r in ok if (w := lb.constant_scores_warning(r))],
         error=row.error or "", keys=_ok_keys(row),
