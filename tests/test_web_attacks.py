@@ -162,12 +162,15 @@ def test_code_and_paths_in_plans_get_422_and_nothing_runs(server, field, value, 
     assert server.markers_left() == []
 
 
-def test_library_models_and_registered_names_are_still_accepted(server):
+def test_library_models_pass_the_policy_and_a_request_never_trains_their_base(server):
+    """A library model passes the name policy; its derived base is not trained inside the request (the
+    operator pretrains it), so the plan is refused naming the command, and nothing was trained."""
     res = server.client["alice"].post("/api/plans?dry_run=true", json={
-        "model": "torchvision:shufflenet_v2_x0_5", "dataset": "digits", "methods": ["lamp"], "speedups": [2],
+        "model": "torchvision:mobilenet_v2", "dataset": "digits", "methods": ["lamp"], "speedups": [2],
         "seeds": [0]})
-    assert res.status_code == 201, res.text
-    assert res.json()["track"] == "digits-torchvision-shufflenet_v2_x0_5"
+    body = _one_line_4xx(res, 422, "model")
+    assert "pbench-harness pretrain" in body["error"] and "digits-torchvision-mobilenet_v2" in body["error"], body
+    assert server.client["alice"].post("/api/plans?dry_run=true", json=PLAN).status_code == 201  # a pinned base
 
 
 # -- uploads ---------------------------------------------------------------------------------------
