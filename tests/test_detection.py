@@ -424,7 +424,9 @@ def test_evaluate_yolov8n_on_tiny_coco_end_to_end(task, track_file, coco_root, t
     before = listing(coco_root)
     res = invoke("pretrain", track_file, "--data-root", coco_root)
     assert res.exit_code == 0, res.output
-    path = Path(res.output.split(":", 1)[1].split()[0])
+    # the line "<track id>: <path>" (Ultralytics' own logging may come before it, whichever stream it holds)
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("tiny-coco: "))
+    path = Path(line.split(": ", 1)[1].strip())
     assert path.is_file() and f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}" in res.output
     res = invoke("evaluate", "--method", "magnitude_l2", "--model", "yolov8n", "--dataset", "coco", "--data-root",
                  coco_root, "--track", track_file, "--speedup", 2, "--out", tmp_path / "results")

@@ -31,7 +31,7 @@ if isinstance(ENGINE, Exception):
         raise RuntimeError(f"CI must provide a Docker Engine (make docker): {ENGINE}")
     pytest.skip(f"no Docker Engine reachable ({type(ENGINE).__name__}); run `make docker`", allow_module_level=True)
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.serial]  # counts every method container on the engine
 
 from harness.cli import app  # noqa: E402
 from harness.methods import find_method, load_source  # noqa: E402

@@ -57,7 +57,7 @@ from harness.store import read_record  # noqa: E402
 from specs.manifest import SandboxLimits  # noqa: E402
 from specs.submission import CheckResult, ConformanceReport, ImageInfo, Submission  # noqa: E402
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.serial]  # watches the whole host: disk, containers
 
 DOCKERFILE = "ARG BASE_IMAGE=pbench/method-base:1\nFROM ${BASE_IMAGE}\nCOPY --chown=method . /method\n"
 HEAD = textwrap.dedent("""
