@@ -18,8 +18,8 @@ field. Uploaded methods run only under docker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal, Optional, Union
 
 from pydantic import Field, StringConstraints
