@@ -428,16 +428,16 @@ def _form_body(fields: dict, required: list[str]) -> dict:
         "properties": {"file": {"type": "string", "format": "binary"}, **fields}}}}}}
 
 
-async def _receive(request: Request, who: Principal, kind: str, limit_mb: float) -> tuple[dict, str, Path, str, int]:
+async def _receive(request: Request, kind: str, limit_mb: float) -> tuple[dict, str, Path, str]:
     """The upload form of ``request``, its file streamed into the uploads' ``kind`` folder (one copy, refused
     past ``limit_mb`` MB; the request body itself is capped before this: :class:`harness.web.app.BodyLimits`)."""
     dest = P(request).uploads.incoming(kind)
     try:
-        fields, filename, digest, size = await receive_form(request.stream(), request.headers.get("content-type", ""),
-                                                            dest, int(limit_mb * 2**20), P(request).cfg.upload_idle_s)
+        fields, filename, digest, _ = await receive_form(request.stream(), request.headers.get("content-type", ""),
+                                                         dest, int(limit_mb * 2**20), P(request).cfg.upload_idle_s)
     except ClientDisconnect:  # the file is gone already; nobody reads the answer
         raise UploadError("the upload was interrupted", 400) from None
-    return fields, filename, dest, digest, size
+    return fields, filename, dest, digest
 
 
 @router.get("/uploads", tags=["uploads"])
@@ -452,7 +452,8 @@ def list_uploads(request: Request, who: User) -> dict:
                                   "description": "a registered model, torchvision:<name>, timm:<name> or hf:<type>"},
                  "dataset": {"type": "string", "maxLength": 64, "description": "a registered dataset"}},
                  ["architecture", "dataset"]),
-             responses={413: {"model": ErrorOut, "description": "too large"}, 415: {"model": ErrorOut, "description": "not a multipart form"},
+             responses={413: {"model": ErrorOut, "description": "too large"},
+                        415: {"model": ErrorOut, "description": "not a multipart form"},
                         422: {"model": ErrorOut, "description": "not safetensors weights of that architecture"},
                         408: {"model": ErrorOut, "description": "the upload stalled"},
                         429: {"model": ErrorOut, "description": "too many uploads arriving or being checked"}})
@@ -462,7 +463,7 @@ async def upload_model(request: Request, who: User) -> UploadedModel:
     (``upload:<id>``) is the plan's ``model``, and the weights are the base checkpoint of its runs."""
     platform = P(request)
     with platform.uploads.receive_slot(who.name):
-        fields, filename, path, digest, _ = await _receive(request, who, "models", platform.cfg.max_model_mb)
+        fields, filename, path, digest = await _receive(request, "models", platform.cfg.max_model_mb)
         try:
             architecture, dataset = (fields.get(k, "").strip() for k in ("architecture", "dataset"))
             if not architecture or not dataset:
@@ -482,7 +483,8 @@ async def upload_model(request: Request, who: User) -> UploadedModel:
 
 @router.post("/uploads/methods", status_code=201, response_model=UploadedMethod, tags=["uploads"],
              openapi_extra=_form_body({}, []),
-             responses={409: {"model": ErrorOut, "description": "id clash"}, 413: {"model": ErrorOut, "description": "too large"},
+             responses={409: {"model": ErrorOut, "description": "id clash"},
+                        413: {"model": ErrorOut, "description": "too large"},
                         415: {"model": ErrorOut, "description": "not a multipart form"},
                         422: {"model": ErrorOut, "description": "unsafe or invalid zip, invalid manifest"},
                         408: {"model": ErrorOut, "description": "the upload stalled"},
@@ -492,7 +494,7 @@ async def upload_method(request: Request, who: User) -> UploadedMethod:
     ``checking`` -> ``passed``/``failed``; on a shared server in its docker image)."""
     platform = P(request)
     with platform.uploads.receive_slot(who.name):
-        _, _, path, _, _ = await _receive(request, who, "methods", platform.cfg.max_method_mb)
+        _, _, path, _ = await _receive(request, "methods", platform.cfg.max_method_mb)
         try:
             up, _ = await asyncio.to_thread(platform.uploads.add_method, path, who.name, now())
         finally:
