@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -424,9 +425,8 @@ def test_evaluate_yolov8n_on_tiny_coco_end_to_end(task, track_file, coco_root, t
     before = listing(coco_root)
     res = invoke("pretrain", track_file, "--data-root", coco_root)
     assert res.exit_code == 0, res.output
-    # the line "<track id>: <path>" (Ultralytics' own logging may come before it, whichever stream it holds)
-    line = next(ln for ln in res.output.splitlines() if ln.startswith("tiny-coco: "))
-    path = Path(line.split(": ", 1)[1].strip())
+    # "<track id>: <path>" (Ultralytics' own logging and progress bars may come before it, on any stream)
+    path = Path(re.search(r"tiny-coco: (\S+\.pt)", res.output).group(1))
     assert path.is_file() and f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}" in res.output
     res = invoke("evaluate", "--method", "magnitude_l2", "--model", "yolov8n", "--dataset", "coco", "--data-root",
                  coco_root, "--track", track_file, "--speedup", 2, "--out", tmp_path / "results")
