@@ -15,7 +15,7 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -277,6 +277,16 @@ def test_uploads_are_bounded_per_user(server):
     conn.putheader("Content-Length", str(len(head) + 4096))
     conn.endheaders()
     conn.send(head + b"x" * 100)  # ... and the rest never comes while we look
+    stop = threading.Event()
+
+    def trickle():  # a byte every quarter second: the upload stalls less than the server's idle limit
+        while not stop.wait(0.25):
+            try:
+                conn.send(b"x")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
     try:
         for _ in range(300):  # until the held upload reached the server (a refused probe keeps nothing)
             res = server.client["alice"].post("/api/uploads/methods", files={"file": ("m.zip", b"not a zip")})
@@ -287,6 +297,7 @@ def test_uploads_are_bounded_per_user(server):
         res = server.client["bob"].post("/api/uploads/methods", files={"file": ("m.zip", b"not a zip")})
         _one_line_4xx(res, 422)
     finally:
+        stop.set()
         conn.close()
 
 

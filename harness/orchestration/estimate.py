@@ -135,11 +135,13 @@ def training_cost(task, model, recipe, stage: str, steps: int = MEASURE_STEPS,
 
     run(1)  # warm-up: kernels for these shapes (oneDNN, cuDNN autotuning) are built once per process
     times = [min(run(k) for _ in range(REPEATS)) for k in (1, 1 + steps)]  # the fastest: the least disturbed
-    per_step = max(0.0, (times[1] - times[0]) / steps)
+    # a step is the difference of the two timings; where noise makes it vanish, the longer run's mean step
+    # bounds it (a step never costs nothing)
+    per_step = (times[1] - times[0]) / steps if times[1] > times[0] else times[1] / (1 + steps)
     start = max(0.0, times[0] - per_step)
     total = recipe.epochs * _steps_per_epoch(task, recipe)
     return StageCost(stage, start + per_step * total,
-                     f"{recipe.epochs} ep x {_steps_per_epoch(task, recipe)} steps x {per_step * 1e3:.1f} ms "
+                     f"{recipe.epochs} ep x {_steps_per_epoch(task, recipe)} steps x {per_step * 1e3:.2f} ms "
                      f"+ {start:.1f} s start")
 
 
