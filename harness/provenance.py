@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -43,14 +41,6 @@ def git_commit() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("-dirty" if dirty else "")) if commit else None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def provenance(checkpoint_sha256: Optional[str], device: str) -> Provenance:

@@ -87,7 +87,7 @@ def derive_track(base: TrackConfig, model: str, data_root: Optional[Path] = None
     the model accepts (:func:`fit_input_size`), said in the note.
     """
     from harness.models.refs import check_reference, kind_of
-    from harness.provenance import sha256_file
+    from harness.files import sha256_file
 
     kind, target = kind_of(model)
     pinned = ""

@@ -27,7 +27,7 @@ def _replace_with_other_weights(track, cache, trained=None) -> str:
     """Overwrite the cached base with another valid checkpoint of the same architecture (the initial
     weights of another seed; or, to have a base that learned, the ``trained`` file's weights nudged by 0.1%);
     returns its sha256."""
-    from harness.provenance import sha256_file
+    from harness.files import sha256_file
     path = cache_path(track, cache)
     if trained is not None:
         state = torch.load(trained, weights_only=True)

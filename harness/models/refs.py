@@ -183,7 +183,7 @@ def _hf(model_type: str) -> Builder:
 
 
 def _file(path: str, sha256: Optional[str]) -> Builder:
-    from harness.provenance import sha256_file
+    from harness.files import sha256_file
 
     file = Path(path).expanduser()
     if not file.is_file():

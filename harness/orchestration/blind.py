@@ -27,10 +27,9 @@ from harness.methods import MethodSource
 from harness.orchestration.image_archive import BadArchive, foreign_tags, inspect_archive, load_untagged
 from harness.orchestration.preflight import check_free_space
 from harness.protocol.run import RunSpec, evaluate
-from harness.provenance import sha256_file
 from harness.runners.docker_runner import docker_client, image_tag
 from harness.runners.sandbox import Limits, ResourcesRejected, check_resources, limits_for
-from harness.files import atomic_write_text
+from harness.files import atomic_write_text, sha256_file
 from specs.base import explain
 from specs.manifest import SandboxLimits
 from specs.result import ResultRecord

@@ -46,8 +46,7 @@ import torch.nn as nn
 from harness.data import DatasetBundle
 from harness.errors import HarnessError
 from harness.models import build_model as build
-from harness.provenance import sha256_file
-from harness.files import atomic_write_text
+from harness.files import atomic_write_text, sha256_file
 from harness.protocol import distributed
 from harness.protocol.train import Progress, evaluate_top1, train_bundle
 from specs.base import canonical

@@ -42,8 +42,7 @@ from harness.protocol.checkpoints import BaseCheckpoint, check_pin, default_cach
 from harness.data.coco import CocoBundle, CocoImages, collate, letterbox_geometry
 from harness.errors import HarnessError
 from harness.models import build_model
-from harness.provenance import sha256_file
-from harness.files import atomic_write_text
+from harness.files import atomic_write_text, sha256_file
 from harness.protocol.train import GradHook, Progress
 from harness.tasks.base import Task
 from harness.tasks.classification import load_track_dataset

@@ -55,9 +55,7 @@ class Sessions:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self._by_hash = {}
 
-    @staticmethod
-    def _hash(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
+    _hash = staticmethod(token_sha256)  # a session id is kept as a token is: its sha256
 
     def _save(self) -> None:
         now = time.time()

@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, Optional
 
 from harness.errors import HarnessError
-from harness.files import atomic_write_text
+from harness.files import atomic_write_text, sha256_file
 from harness.web.config import ServerConfig
 from specs.base import Strict
 from specs.sdk import one_line
@@ -196,14 +196,6 @@ def _extract(zf: zipfile.ZipFile, dest: Path, max_bytes: int) -> list[str]:
                 out.write(chunk)
         written.append(str(rel))
     return written
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- streamed upload forms -------------------------------------------------------------------------
