@@ -45,7 +45,6 @@ from harness.data.fixtures import write_tiny_cifar, write_tiny_imagefolder
 from harness.methods import find_method
 from harness.models import classifier_of
 from harness.models.base import build_model
-from harness.protocol.grouping import count_macs_params, layer_channels
 from harness.protocol.run import Dense, RunSpec, _prune_stage
 from harness.tasks import task_for
 from harness.tracks import load_track
@@ -104,8 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         tiny_data(track, data)
         task = task_for(track, data_root=Path(data))
-        macs, params = count_macs_params(model, example)
-        dense = Dense(macs, params, layer_channels(model))
+        dense = Dense.of(model, example)
         ours, theirs, starts, waits, inside, spec = [], [], [], [], [], None
         for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
             t2, s2, rounds = torch_pruning_loop(copy.deepcopy(model), example, args.speedup, args.steps)

@@ -151,8 +151,7 @@ def test_progressive_stage_gives_the_same_architecture_round_for_round(tiny_trac
     original_after = task.after_prune
     task.after_prune = lambda m: (original_after(m), seen.append(layer_channels(m)))
     model = copy.deepcopy(base.model)
-    macs, params = count_macs_params(model, example)
-    pruned = _prune_stage(spec, task, model, example, Dense(macs, params, layer_channels(model)), None)
+    pruned = _prune_stage(spec, task, model, example, Dense.of(model, example), None)
     task.after_prune = original_after
     archs, ref_macs = reference_stage(track, task, copy.deepcopy(base.model), example, 4, seed=1)
     assert seen == archs
@@ -169,6 +168,26 @@ def test_a_promptly_exiting_method_is_shut_down_without_sleeping(monkeypatch):
     client.close()
     assert sleeps == []  # waited on the process itself
     assert proc.returncode == 0  # it exited on its own (the shutdown message), it was not killed
+
+
+def test_a_method_ends_without_the_interpreters_teardown(make_method, tmp_path):
+    """After the shutdown message the method's process ends at once (``os._exit`` once its streams are
+    flushed): the teardown the harness would wait for (seconds with torch loaded, on a busy machine) is
+    skipped, so an ``atexit`` handler does not run."""
+    marker = tmp_path / "teardown-ran"
+    method = make_method(f"""
+        import atexit, pathlib
+        from specs.sdk import ImportanceMethod
+        atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text("ran"))
+        class Method(ImportanceMethod):
+            def score_group(self, group, obs):
+                raise NotImplementedError
+        """)
+    client = SubprocessClient(method, {}, 0)
+    client.start()
+    proc = client._proc
+    client.close()
+    assert proc.returncode == 0 and not marker.exists()
 
 
 def test_a_method_begun_on_a_thread_is_waited_for_once_or_stopped(monkeypatch):
@@ -309,6 +328,9 @@ def test_a_forward_that_takes_another_path_on_meta_tensors_is_counted_for_real(c
     macs, params, layers, exact = meta_count_exact(model, example)
     assert (macs, params, layers) == tp_counts(model, example)
     assert exact == (cls is CoupledOnlyForReal)  # (the same counts on meta tensors, other groups)
+    # the stage reuses the run's dense count (Dense.of) instead of counting again: the same verdict
+    assert meta_count_exact(model, example, (macs, params, layers)) == (macs, params, layers, exact)
+    assert Dense.of(model, example).layer_macs == layers
     groups = describe_groups(model, example, head_config(model))
     planner = make_planner(groups, {g.id: torch.rand(g.n_channels, generator=torch.Generator().manual_seed(1))
                                     for g in groups}, {g.id: g.n_channels for g in groups}, "protected_global", 0.1, 0)

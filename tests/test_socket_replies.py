@@ -131,3 +131,27 @@ def test_a_compact_regularizer_link_waits_for_a_client_begun_on_a_thread(small):
             assert client._starting is None and client._conn is not None
     assert answers[0].dense.keys() == answers[1].dense.keys() and answers[0].scales.keys() == answers[1].scales.keys()
     assert all(torch.equal(answers[0].dense[k], answers[1].dense[k]) for k in answers[0].dense)
+
+
+def test_observations_are_never_written_through_a_link_the_method_planted(tmp_path):
+    """A method that can write its exchange directory plants a link where the harness's next observation file
+    will be: the harness's file replaces the link (safetensors writes a temporary file and renames it), the
+    link's target is untouched, and the file is readable by the container's user."""
+    import os
+    import stat
+
+    from safetensors.torch import load_file
+    client = client_class("subprocess")(find_method("magnitude_l2"), {}, 0)
+    try:
+        target = tmp_path / "harness-secret"
+        target.write_text("keep me")
+        name = "obs-weights-00001.safetensors"
+        os.symlink(target, client.exchange / name)
+        ref = client._write("obs-weights", {"w": torch.arange(6.0).reshape(2, 3)})
+        path = client.exchange / ref.file
+        assert ref.file == name and target.read_text() == "keep me"
+        mode = os.lstat(path).st_mode
+        assert stat.S_ISREG(mode) and stat.S_IMODE(mode) == 0o644
+        assert torch.equal(load_file(str(path))["w"], torch.arange(6.0).reshape(2, 3))
+    finally:
+        client.close()

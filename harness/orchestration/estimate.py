@@ -168,7 +168,7 @@ def _base(track, task):
 def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = lambda line: None) -> PlanCost:
     """Projected cost of every run of ``resolved`` (a :class:`harness.plan.ResolvedPlan`) not yet recorded."""
     from harness.methods import find_method
-    from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
+    from harness.protocol.grouping import describe_groups
     from harness.protocol.latency import projected_seconds
     from harness.protocol.run import Dense, _client, _prune_stage
     from harness.protocol.sparsify import sparsify
@@ -190,8 +190,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
         raise HarnessError(f"--dry-run estimates classification tracks; {track.id} trains with Ultralytics' trainer")
     base, available = _base(track, task)
     example = task.example_inputs()
-    macs, params = count_macs_params(base, example)
-    dense = Dense(macs, params, layer_channels(base))
+    dense = Dense.of(base, example)
 
     pretrain = None
     if not available:

@@ -282,11 +282,14 @@ def count_layer_macs(model: nn.Module, example_inputs, meta: bool = False) -> tu
     return float(macs), int(params), layers
 
 
-def meta_count_exact(model: nn.Module, example_inputs) -> tuple[float, int, dict[str, float], bool]:
+def meta_count_exact(model: nn.Module, example_inputs,
+                     counted: Optional[tuple[float, int, dict[str, float]]] = None) -> tuple[float, int, dict[str, float], bool]:
     """Torch-Pruning's count of ``model`` (:func:`count_layer_macs`) and whether the meta-tensor count
     (``meta=True``) equals it: the same total, parameters and MACs module by module (the same modules
-    reached). A model whose forward takes another path on meta tensors must be counted for real."""
-    macs, params, layers = count_layer_macs(model, example_inputs)
+    reached). A model whose forward takes another path on meta tensors must be counted for real.
+    ``counted``: Torch-Pruning's count of ``model`` (or of a model of the same shapes) already made, which
+    is then not made again."""
+    macs, params, layers = counted if counted is not None else count_layer_macs(model, example_inputs)
     if has_forward_hooks(model):
         return macs, params, layers, False
     return macs, params, layers, count_layer_macs(model, example_inputs, meta=True) == (macs, params, layers)

@@ -33,7 +33,7 @@ from harness.methods import MethodSource
 from harness.protocol import distributed
 from harness.protocol.batchnorm import recalibrate
 from harness.protocol.checkpoints import BaseMismatch
-from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_macs_params,
+from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_layer_macs,
                                        describe_groups, layer_channels, meta_count_exact)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
@@ -148,11 +148,18 @@ def current_job() -> Optional[JobInfo]:
 
 @dataclass
 class Dense:
-    """What the unpruned model measures (MACs and parameters on the example input, channels per layer)."""
+    """What the unpruned model measures (MACs and parameters on the example input, channels per layer,
+    and Torch-Pruning's MACs per module, which the prune stage reuses: :meth:`of` counts them once)."""
 
     macs: float
     params: int
     layers: dict[str, int]
+    layer_macs: Optional[dict[str, float]] = None
+
+    @classmethod
+    def of(cls, model: nn.Module, example) -> "Dense":
+        macs, params, layer_macs = count_layer_macs(model, example)
+        return cls(macs, params, layer_channels(model), layer_macs)
 
 
 @dataclass
@@ -231,8 +238,7 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
 
     model = copy.deepcopy(base.model).to(spec.device)
     example = task.example_inputs()
-    macs, params = count_macs_params(model, example)
-    dense = Dense(macs, params, layer_channels(model))
+    dense = Dense.of(model, example)
     fields = _record_fields(spec, key, base.sha256, started, current_job())
     fields["provenance"] = _with_training(fields["provenance"], spec, task, w)
     info = method_info(spec, spec.method, spec.hyperparameters)
@@ -500,7 +506,9 @@ def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: D
             base_channels = {g.id: g.n_channels for g in groups}
             # rounds are guided by per-layer MACs; once per stage: whether the count on meta tensors is exact
             # (then counts and search probes run on weightless copies, see prune_round)
-            _, _, layers, meta = meta_count_exact(model, example)
+            # (the dense model's count is the stage's model's: the same shapes, counted once per run)
+            known = None if dense.layer_macs is None else (dense.macs, dense.params, dense.layer_macs)
+            _, _, layers, meta = meta_count_exact(model, example, known)
         obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
                       calibration=track.calibration)
         scores = client.score(r, groups, obs)
