@@ -176,7 +176,7 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
 
 
 def _short(e: Exception, limit: int = 160) -> str:
-    from specs.sdk import one_line
+    from specs.base import one_line
     text = one_line(e)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

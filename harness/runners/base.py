@@ -23,7 +23,7 @@ from harness.methods import MethodSource
 from harness.runners.sandbox import Limits, resolve_limits
 from specs.manifest import MethodManifest, ObservationKind
 from specs.messages import Group
-from specs.sdk import Tensors, split_scale_key
+from specs.tensors import Tensors, split_scale_key
 
 
 def declares(manifest: MethodManifest, minimum: tuple[int, int]) -> bool:

@@ -11,8 +11,10 @@ from harness.errors import MethodFailure
 from harness.runners.base import (COMPACT_REGULARIZER, MethodClient, RegGrads, RegularizerLink, Tensors, declares,
                                   validate_reg)
 from specs.messages import Group, Hello
-from specs.sdk import MethodBase, Observations, one_line, split_compact
+from specs.base import one_line
+from specs.sdk import MethodBase, Observations
 from specs.sdk.server import instantiate
+from specs.tensors import split_compact
 
 
 class InProcessClient(MethodClient):

@@ -40,10 +40,10 @@ from harness.errors import MethodFailure
 from harness.runners.base import (COMPACT_REGULARIZER, INLINE_REPLIES, MethodClient, RegGrads, RegularizerLink,
                                   Tensors, declares, validate_reg)
 from specs import wire
-from specs.base import explain
+from specs.wire import SOCKET_NAME
+from specs.base import explain, one_line
 from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors, RegularizeReply, RegularizeRequest,
                             ReplyTensors, ScoreReply, ScoreRequest, Shutdown, TensorFile, method_message)
-from specs.sdk import SOCKET_NAME, one_line
 
 START_TIMEOUT_S = 120.0
 #: how long a method may take to exit after the shutdown message before it is killed
