@@ -132,19 +132,3 @@ def test_a_compact_regularizer_link_waits_for_a_client_begun_on_a_thread(small):
     assert answers[0].dense.keys() == answers[1].dense.keys() and answers[0].scales.keys() == answers[1].scales.keys()
     assert all(torch.equal(answers[0].dense[k], answers[1].dense[k]) for k in answers[0].dense)
 
-
-def test_spec_versions_are_a_table_every_runner_speaks():
-    """What each spec version speaks is one row of specs.version.DIALECTS (the last is SPEC_VERSION); every
-    runner has a link class for every regularizer dialect in it, and the wire's two reply transports
-    follow the rows (1.0-1.2 files, 1.3 on the socket)."""
-    from harness.runners import RUNNERS
-    from specs.version import DIALECTS, SPEC_VERSION, dialect_of
-
-    versions = [tuple(int(x) for x in d.version.split(".")) for d in DIALECTS]
-    assert versions == sorted(set(versions)) and DIALECTS[-1].version == SPEC_VERSION
-    assert [(d.regularizer, d.replies) for d in map(dialect_of, ("1.0", "1.1", "1.2", "1.3"))] == [
-        ("dense", "files"), ("compact", "files"), ("compact", "files"), ("compact", "inline")]
-    assert dialect_of("1.9") is DIALECTS[-1] and dialect_of("one") is DIALECTS[0] and dialect_of("0.9") is DIALECTS[0]
-    for name in RUNNERS.names():
-        links = RUNNERS.get(name).links
-        assert {d.regularizer for d in DIALECTS} <= set(links), name

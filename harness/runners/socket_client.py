@@ -40,10 +40,10 @@ import harness
 from harness.errors import MethodFailure
 from harness.runners.base import MethodClient, RegGrads, RegularizerLink, Tensors, validate_reg
 from specs import wire
-from specs.wire import SOCKET_NAME
 from specs.base import explain, one_line
 from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors, RegularizeReply, RegularizeRequest,
                             ReplyTensors, ScoreReply, ScoreRequest, Shutdown, TensorFile, method_message)
+from specs.wire import SOCKET_NAME
 
 START_TIMEOUT_S = 120.0
 #: how long a method may take to exit after the shutdown message before it is killed
@@ -205,7 +205,7 @@ class SocketClient(MethodClient):
     def _write(self, stem: str, tensors: Tensors) -> TensorFile:
         self._counter += 1
         name = f"{stem}-{self._counter:05d}.safetensors"
-        self.own_file(name)
+        self._own.add(name)
         data = safetensors_bytes({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
         # a new file, never through a link the method may have planted, readable by the container's user
         fd = os.open(self.exchange / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
