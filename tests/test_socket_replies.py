@@ -131,4 +131,3 @@ def test_a_compact_regularizer_link_waits_for_a_client_begun_on_a_thread(small):
             assert client._starting is None and client._conn is not None
     assert answers[0].dense.keys() == answers[1].dense.keys() and answers[0].scales.keys() == answers[1].scales.keys()
     assert all(torch.equal(answers[0].dense[k], answers[1].dense[k]) for k in answers[0].dense)
-
