@@ -30,7 +30,7 @@ def search_path() -> list[Path]:
 
 
 def discover() -> Registry[MethodSource]:
-    registry: Registry[MethodSource] = Registry("method")
+    registry: Registry[MethodSource] = Registry("method", of=MethodSource)
     for root in search_path():
         if not root.is_dir():
             continue

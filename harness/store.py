@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from harness.errors import HarnessError
 from harness.files import atomic_write_text
+from harness.labels import label_of
 from specs.base import explain, sha256_json
 from specs.result import ResultRecord
 
@@ -132,7 +133,7 @@ def run_key_of(spec: "RunSpec") -> str:
 
 def run_dir_name(spec: "RunSpec", key: str) -> str:
     """``<method>[+<regularizer>]-<speedup>x-<strategy>[-<recipe>]-s<seed>-<key[:8]>``."""
-    name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "")
+    name = label_of(spec)
     recipe = f"-{spec.recipe}" if spec.recipe else ""
     return f"{name}-{spec.speedup:g}x-{spec.track.pruning.strategy}{recipe}-s{spec.seed}-{key[:8]}"
 

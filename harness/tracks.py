@@ -35,7 +35,7 @@ def parse_track_file(path: Path) -> TrackConfig:
 
 @functools.lru_cache(maxsize=1)
 def registry() -> Registry[TrackConfig]:
-    reg: Registry[TrackConfig] = Registry("track")
+    reg: Registry[TrackConfig] = Registry("track", of=TrackConfig)
     for path in sorted(TRACKS_DIR.glob("*.yaml")):
         track = parse_track_file(path)
         if track.id != path.stem:
@@ -65,7 +65,7 @@ def default_track(dataset: str) -> TrackConfig:
     (``cifar100-resnet18``, ``digits-resnet18``, ``imagenet-resnet18``...)."""
     from harness.data import DATASETS
 
-    DATASETS.get(dataset)  # unknown dataset: the registry's one-line error with close names
+    DATASETS.check(dataset)  # unknown dataset: the registry's one-line error with close names
     tracks = tracks_of(dataset)
     if not tracks:
         raise HarnessError(f"dataset {dataset!r} has no registered track to derive one from; pass --track FILE")
@@ -176,7 +176,7 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
 
 
 def _short(e: Exception, limit: int = 160) -> str:
-    from specs.sdk import one_line
+    from specs.base import one_line
     text = one_line(e)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

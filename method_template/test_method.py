@@ -6,7 +6,9 @@ from pathlib import Path
 import torch
 
 from specs.messages import Group, Member
-from specs.sdk import Observations, load_manifest, load_method_class
+from specs.manifest import load_manifest
+from specs.sdk import Observations
+from specs.sdk.server import load_method_class
 
 HERE = Path(__file__).resolve().parent
 

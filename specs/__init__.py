@@ -8,7 +8,8 @@ on torch + safetensors) and never on the harness, timm or ultralytics.
 - :mod:`specs.track`     the track config (one leaderboard setting)
 - :mod:`specs.result`    the result record written for every run
 - :mod:`specs.wire`      framing of messages on the exchange socket
-- :mod:`specs.sdk`       the method-side runtime (needs torch)
+- :mod:`specs.tensors`   what the messages' tensors mean, for both sides (needs torch)
+- :mod:`specs.sdk`       the method authors' helpers and server (needs torch); the harness never imports it
 """
 
 from specs.version import SPEC_VERSION

@@ -75,3 +75,10 @@ def explain(err: ValidationError) -> str:
     loc = ".".join(str(p) for p in first["loc"]) or "value"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{loc}: {first['msg']}{more}"
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line for a record or a reply: ``Type: message`` (whitespace collapsed, at most
+    500 characters)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}"[:500]

@@ -14,6 +14,8 @@ import socket
 import struct
 import time
 
+#: the socket the harness listens on, in the exchange directory
+SOCKET_NAME = "pbench.sock"
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # JSON only; tensors travel in files
 _HEADER = struct.Struct(">Q")
 

@@ -1,7 +1,9 @@
 """One-way layers, read from the code's own imports (``ast``, imports inside functions included; those
 under ``if TYPE_CHECKING:`` never run and are left out): no import cycle among the ``harness`` and
-``specs`` modules, ``specs`` (the contract) imports nothing of the harness, and library code imports
-neither typer nor the web layer. A new cycle fails here, named module by module. Cost: under a second.
+``specs`` modules, ``specs`` (the contract) imports nothing of the harness, library code imports
+neither typer nor the web layer, the harness imports the contract but not the authors' SDK (``specs.sdk``),
+orchestration never imports views, and no room of the harness (``harness.<subpackage or module>``) imports
+another's private (``_name``) names. A new cycle fails here, named module by module. Cost: under a second.
 """
 
 from __future__ import annotations
@@ -164,3 +166,75 @@ def test_library_code_imports_neither_typer_nor_the_web_layer():
             bad += [f"{name} imports {m}" for m in mods if m.split(".")[0] == "typer" or m.startswith("harness.web")
                     or m.startswith("harness.cli")]
     assert not bad, bad
+
+
+#: harness modules that may import ``specs.sdk`` (the method authors' helpers), each with its reason
+SDK_ALLOWED = {
+    "harness.runners.inprocess": "the inprocess runner runs the method's own SDK class (MethodBase, Observations, "
+                                 "the server's instantiate) inside the harness's process, by design",
+}
+
+#: (importing module, imported module, private name) -> why it is left for now. (The estimator's third import
+#: from protocol.run, ``Dense``, is public by name and not caught here; it goes with the two below.) An entry
+#: no longer used fails the test: drop it when the names are renamed.
+PRIVATE_ALLOWED = {
+    ("harness.orchestration.estimate", "harness.protocol.run", "_client"):
+        "issue 19 deliverable 2: being renamed to a public protocol API on the other helper's branch",
+    ("harness.orchestration.estimate", "harness.protocol.run", "_prune_stage"):
+        "issue 19 deliverable 2: being renamed to a public protocol API on the other helper's branch",
+}
+
+
+def _room(module: str) -> str:
+    """``harness.protocol.run`` -> ``harness.protocol``; ``harness.store`` -> itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_the_harness_imports_the_contract_not_the_sdk():
+    graph = import_graph()
+    bad = sorted(f"{m} imports {d}" for m, deps in graph.items() if m.startswith("harness") and m not in SDK_ALLOWED
+                 for d in deps if d == "specs.sdk" or d.startswith("specs.sdk."))
+    assert not bad, bad
+    assert all(any(d.startswith("specs.sdk") for d in graph[m]) for m in SDK_ALLOWED), "stale SDK_ALLOWED entry"
+
+
+def test_orchestration_never_imports_views():
+    graph = import_graph()
+    bad = sorted(f"{m} imports {d}" for m, deps in graph.items() if m.startswith("harness.orchestration")
+                 for d in deps if d.startswith("harness.views"))
+    assert not bad, bad
+
+
+def private_imports() -> set[tuple[str, str, str]]:
+    """(importer, module, name) for every ``from harness.x import _name`` and every ``module._name`` read
+    through an imported harness module, where importer and module are in different rooms."""
+    modules = _modules()
+    found = set()
+    for name, path in modules.items():
+        if not name.startswith("harness"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level \
+                    and node.module.split(".")[0] == "harness":
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in modules:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        found.add((name, node.module, a.name))
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in modules})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and node.attr.startswith("_") and not node.attr.startswith("__"):
+                found.add((name, aliases[node.value.id], node.attr))
+    return {(m, d, n) for m, d, n in found if _room(m) != _room(d)}
+
+
+def test_no_private_name_crosses_rooms():
+    found = private_imports()
+    bad = sorted(f"{m} uses {d}.{n}" for m, d, n in found if (m, d, n) not in PRIVATE_ALLOWED)
+    assert not bad, "private names across rooms (make them public, or move them down):\n" + "\n".join(bad)
+    stale = sorted(PRIVATE_ALLOWED.keys() - found)
+    assert not stale, f"allow-listed but no longer used (drop them from PRIVATE_ALLOWED): {stale}"

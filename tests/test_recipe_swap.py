@@ -12,7 +12,7 @@ import yaml
 from scipy.stats import kendalltau
 from typer.testing import CliRunner
 
-from harness.orchestration import recipe_swap as swap
+from harness.views import recipe_swap as swap
 from harness.cli import app
 from harness.methods import find_method
 from harness.protocol.run import RunSpec

@@ -226,3 +226,20 @@ def test_normalize_keeps_an_all_zero_group_finite():
     torch.testing.assert_close(normalize(torch.tensor([1.0, 3.0]), "mean"), torch.tensor([0.5, 1.5]))
     # LAMP: each score over the sum of the scores not smaller than it
     torch.testing.assert_close(normalize(torch.tensor([1.0, 3.0, 2.0]), "lamp"), torch.tensor([1 / 6, 1.0, 2 / 5]))
+
+
+def test_spec_versions_are_a_table_every_runner_speaks():
+    """What each spec version speaks is one row of specs.version.DIALECTS (the last is SPEC_VERSION); every
+    runner has a link class for every regularizer dialect in it, and the wire's two reply transports
+    follow the rows (1.0-1.2 files, 1.3 on the socket)."""
+    from harness.runners import RUNNERS
+    from specs.version import DIALECTS, SPEC_VERSION, dialect_of
+
+    versions = [tuple(int(x) for x in d.version.split(".")) for d in DIALECTS]
+    assert versions == sorted(set(versions)) and DIALECTS[-1].version == SPEC_VERSION
+    assert [(d.regularizer, d.replies) for d in map(dialect_of, ("1.0", "1.1", "1.2", "1.3"))] == [
+        ("dense", "files"), ("compact", "files"), ("compact", "files"), ("compact", "inline")]
+    assert dialect_of("1.9") is DIALECTS[-1] and dialect_of("one") is DIALECTS[0] and dialect_of("0.9") is DIALECTS[0]
+    for name in RUNNERS.names():
+        links = RUNNERS.get(name).links
+        assert {d.regularizer for d in DIALECTS} <= set(links), name

@@ -338,7 +338,7 @@ def _seeds_needed(resolved: ResolvedPlan, difference: float) -> str:
 
 
 def _swap_report(resolved: ResolvedPlan, summary) -> None:
-    from harness.orchestration import recipe_swap as swap
+    from harness.views import recipe_swap as swap
     out.print()
     from harness.views.leaderboard import base_warnings
     for line in base_warnings(summary.records):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from harness.errors import HarnessError
-from harness.registry import Registry, resolve
+from harness.registry import Registry
 from specs.track import DatasetRef
 
 __all__ = ["DATASETS", "DatasetBundle", "DatasetError", "Loader", "load_dataset", "load_track_dataset",
@@ -59,14 +60,14 @@ class DatasetBundle:
 # A loader takes (data_root, image_size); both may be None (loader defaults apply).
 Loader = Callable[[Optional[Path], Optional[int]], DatasetBundle]
 
-DATASETS: Registry[Loader] = Registry("dataset")
+DATASETS: Registry[Loader] = Registry("dataset", of=Callable)
 
 
 def load_dataset(
     name: str, data_root: str | Path | None = None, image_size: int | None = None
 ) -> DatasetBundle:
     """Load a registered dataset. Raises ``UnknownName`` or :class:`DatasetError`."""
-    loader = resolve(DATASETS.get(name))
+    loader = DATASETS.get(name)
     if image_size is not None and image_size < 1:
         raise DatasetError(f"{name}: image_size must be a positive integer, got {image_size}")
     root = Path(data_root).expanduser() if data_root is not None else None
@@ -107,7 +108,7 @@ def load_track_dataset(ref: DatasetRef, data_root: Optional[Path]) -> DatasetBun
     """The track's dataset; a track's ``mean``/``std`` go to loaders that take them (ImageNet)."""
     if ref.mean is None:
         return load_dataset(ref.name, data_root, ref.image_size)
-    loader = resolve(DATASETS.get(ref.name))
+    loader = DATASETS.get(ref.name)
     if "mean" not in inspect.signature(loader).parameters:
         raise HarnessError(f"dataset {ref.name} has a fixed normalization: drop mean/std from the track")
     root = Path(data_root).expanduser() if data_root is not None else None

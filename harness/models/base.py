@@ -11,7 +11,6 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.models.names import DEFAULT_VARIANT, MODELS, PRUNE_ADAPTERS, VARIANTS, ModelFactory
-from harness.registry import resolve
 
 if TYPE_CHECKING:
     from harness.protocol.grouping import PruneConfig
@@ -35,10 +34,8 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
         if variant is not None:
             kwargs["variant"] = variant  # only registered names have variants: the factory decides
         return build_reference(name, num_classes, in_chans, image_size, sha256=sha256, **kwargs)
-    entry = MODELS.get(name)
-    if variant is not None and variant != DEFAULT_VARIANT:
-        entry = VARIANTS.get(f"{name}/{variant}")
-    factory = resolve(entry)
+    MODELS.check(name)
+    factory = MODELS.get(name) if variant is None or variant == DEFAULT_VARIANT else VARIANTS.get(f"{name}/{variant}")
     return factory(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
 
 
@@ -55,7 +52,7 @@ def prune_config_of(model: nn.Module) -> "PruneConfig":
     for cls in type(model).__mro__:  # a subclass (timm's distilled DeiT) gets its base class's adapter
         key = f"{cls.__module__}.{cls.__qualname__}"
         if key in PRUNE_ADAPTERS:
-            return resolve(PRUNE_ADAPTERS.get(key))(model)
+            return PRUNE_ADAPTERS.get(key)(model)
     return PruneConfig()
 
 

@@ -40,7 +40,7 @@ from typing import Callable, Optional
 from torch import nn
 
 from harness.errors import HarnessError
-from specs.sdk import one_line
+from specs.base import one_line
 
 #: keyword arguments that would make a factory load (download) weights
 WEIGHT_KWARGS = ("weights", "pretrained", "weights_backbone", "pretrained_cfg", "pretrained_cfg_overlay",

@@ -42,7 +42,7 @@ from harness.files import atomic_write_text
 from harness.store import clean_stale_staging, recorded, run_dir_name, run_key_of
 from specs.base import Strict, explain
 from specs.result import JobInfo, ResultRecord
-from specs.sdk import one_line
+from specs.base import one_line
 
 #: sbatch options SlurmOptions sets itself; ``extra_sbatch`` may not repeat them
 _MANAGED = {"partition", "gpus_per_node", "gres", "cpus_per_task", "mem", "time", "array", "job_name", "output",

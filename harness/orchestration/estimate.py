@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from harness.errors import HarnessError
+from harness.labels import label_of
 
 #: training steps timed beyond the first (the marginal cost per step)
 MEASURE_STEPS = 4
@@ -243,8 +244,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
                 base, pruned[spec.speedup], example, device=task.device), "projected from one pass")
         key = (spec.method.id, spec.regularizer.id if spec.regularizer else None, spec.speedup, spec.recipe)
         if key not in shapes:
-            name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "") + \
-                (f" ({spec.recipe})" if spec.recipe else "")
+            name = label_of(spec) + (f" ({spec.recipe})" if spec.recipe else "")
             stages = ([sparse[spec.regularizer.id]] if spec.regularizer else []) + [
                 prune[spec.method.id], retrain[spec.speedup, recipe.hash()], evaluation[spec.speedup]]
             if spec.measure_latency:

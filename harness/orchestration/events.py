@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from harness.labels import label_of
 from harness.store import clean_stale_staging, host_name, run_dir_name, run_key_of
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ class RunEvents:
         return cancel_reason(self.out, self.key)
 
     def start(self, spec: "RunSpec") -> None:
-        name = spec.method.id + (f"+{spec.regularizer.id}" if spec.regularizer else "")
+        name = label_of(spec)
         append_event(self.path, {"kind": "start", "pid": os.getpid(), "host": host_name(),
                                  "proc_start": _proc_start(os.getpid()), "name": name, "track": spec.track.id,
                                  "speedup": spec.speedup, "seed": spec.seed})

@@ -56,7 +56,7 @@ def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, p
 def other_bases(specs: list[RunSpec], records) -> list[str]:
     """One line per track of ``specs`` whose store also holds records made from another base checkpoint
     (or another version of the track): they stay out of this sweep's leaderboard."""
-    from harness.views.leaderboard import short
+    from harness.labels import short
     mine = {(s.track.id, s.track.hash(), s.base_sha256) for s in specs}
     lines = []
     for track in sorted({t for t, _, _ in mine}):

@@ -22,7 +22,7 @@ import torch_pruning as tp
 
 from harness.errors import HarnessError
 from specs.messages import Group, Member
-from specs.sdk import one_line
+from specs.base import one_line
 
 ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 
@@ -479,8 +479,7 @@ def _refuse(model: nn.Module, layer: str, what: str) -> Unprunable:
 
 def _extent(member: Member, tensor: torch.Tensor) -> int:
     """How many channels ``member.idxs`` may index in ``tensor`` (its weight or bias)."""
-    from specs.sdk import grouped
-    from specs.sdk.members import member_dim
+    from specs.tensors import grouped, member_dim
 
     if grouped(member) and tensor.dim() > 1:  # blocks of a grouped conv: groups x columns
         return int(tensor.shape[1]) * member.conv_groups

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from harness.errors import HarnessError
 from harness.models.base import logits_of
 from specs.messages import Group
-from specs.sdk import Tensors
+from specs.tensors import Tensors
 from specs.track import Calibration
 
 #: the task's loss on one calibration batch

@@ -48,8 +48,9 @@ from harness.store import (image_digest_of, new_staging, publish, recorded, reso
 from harness.tasks import Task, base_sha256, task_for
 from specs.result import (BeforeAfter, Diagnostics, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing,
                           TrackInfo)
-from specs.sdk import one_line, seed_everything
+from specs.base import one_line
 from specs.manifest import SandboxLimits
+from specs.tensors import seed_everything
 from specs.track import TrackConfig
 
 

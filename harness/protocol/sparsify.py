@@ -28,7 +28,7 @@ from harness.protocol.train import Progress
 from harness.runners.base import MethodClient, RegGrads, RegularizerLink
 from harness.tasks.base import Task
 from specs.messages import Group
-from specs.sdk import broadcast_scale
+from specs.tensors import broadcast_scale
 from specs.track import Recipe
 
 

@@ -5,13 +5,19 @@ Registered lazily so that importing the harness does not import the Docker SDK.
 
 from __future__ import annotations
 
-from harness.registry import Registry, resolve
+from typing import TYPE_CHECKING
 
-RUNNERS: Registry[str] = Registry("runner")
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.runners.base import MethodClient
+
+#: the class is imported when a runner is asked for (``--help`` imports neither torch nor docker)
+RUNNERS: Registry[type["MethodClient"]] = Registry("runner", of="harness.runners.base:MethodClient", classes=True)
 RUNNERS.register("inprocess", "harness.runners.inprocess:InProcessClient")
 RUNNERS.register("subprocess", "harness.runners.subprocess_runner:SubprocessClient")
 RUNNERS.register("docker", "harness.runners.docker_runner:DockerClient")
 
 
-def client_class(name: str):
-    return resolve(RUNNERS.get(name))
+def client_class(name: str) -> type["MethodClient"]:
+    return RUNNERS.get(name)

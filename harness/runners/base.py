@@ -23,23 +23,8 @@ from harness.methods import MethodSource
 from harness.runners.sandbox import Limits, resolve_limits
 from specs.manifest import MethodManifest, ObservationKind
 from specs.messages import Group
-from specs.sdk import Tensors, split_scale_key
-
-
-def declares(manifest: MethodManifest, minimum: tuple[int, int]) -> bool:
-    """Whether the method declares ``spec_version`` >= ``minimum`` (major, minor): it then speaks that
-    version's additions (1.1: the compact regularizer exchange; 1.3: replies on the socket)."""
-    try:
-        major, minor = (int(x) for x in manifest.spec_version.split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= minimum
-
-
-#: spec 1.1: regularizer groups sent once, compact per-channel scales
-COMPACT_REGULARIZER = (1, 1)
-#: spec 1.3: replies' tensors on the socket (``inline_reply``); the exchange directory is read-only to the method
-INLINE_REPLIES = (1, 3)
+from specs.tensors import Tensors, split_scale_key
+from specs.version import Dialect, dialect_of
 
 
 def _describe_ids(ids) -> str:
@@ -144,21 +129,29 @@ class RegularizerLink:
 
 
 class LegacyLink(RegularizerLink):
-    """Spec 1.0: the runner's ``regularize()`` (groups and dense gradients every step)."""
+    """The ``"dense"`` dialect (spec 1.0): the runner's ``regularize()`` (groups and dense gradients every step)."""
 
     def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
         return RegGrads(dense=self.client.regularize(step, total_steps, self.groups, weights))
 
 
 class MethodClient(ABC):
-    """A started method. Use as a context manager; :meth:`start` performs the handshake."""
+    """A started method. Use as a context manager; :meth:`start` performs the handshake.
+
+    What the method speaks is :attr:`dialect` (:func:`specs.version.dialect_of` its manifest's
+    ``spec_version``); the client never compares version numbers itself. Sparse training opens the link
+    class :attr:`links` holds for the dialect's ``regularizer`` (one class per behaviour)."""
 
     runner: str = "?"
+    #: the sparse-training link of each regularizer dialect; runners add their ``"compact"`` exchange
+    links: dict[str, type[RegularizerLink]] = {"dense": LegacyLink}
 
     def __init__(self, source: MethodSource, hyperparameters: dict, seed: int, device: str = "cpu",
                  call_timeout: Optional[float] = None, run_timeout: Optional[float] = None,
                  limits: Optional[Limits] = None):
         self.source = source
+        #: what the method speaks (by the spec version its manifest declares)
+        self.dialect: Dialect = dialect_of(source.manifest.spec_version)
         self.seed = seed
         self.device = device
         try:
@@ -286,10 +279,11 @@ class MethodClient(ABC):
         return validate_reg_grads(weights, self._regularize(step, total_steps, groups, weights))
 
     def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
-        """The sparse-training exchange with this regularizer over ``groups``. Runners override it
-        with their spec-1.1 exchange for methods that declare it; spec 1.0 methods (and this default)
-        get :class:`LegacyLink`. Close the link when training ends."""
-        return LegacyLink(self, groups)
+        """The sparse-training exchange with this regularizer over ``groups``: the :attr:`links` entry of
+        the method's dialect (a runner without a ``"compact"`` link speaks ``"dense"`` to every method: a
+        1.1 method answers both). Close the link when training ends."""
+        link = self.links.get(self.dialect.regularizer, LegacyLink)
+        return link(self, groups)
 
     def __enter__(self) -> "MethodClient":
         if self._begun:  # ``with client.begin():`` (started, or starting on its thread)

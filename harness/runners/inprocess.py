@@ -8,11 +8,12 @@ from __future__ import annotations
 import torch
 
 from harness.errors import MethodFailure
-from harness.runners.base import (COMPACT_REGULARIZER, MethodClient, RegGrads, RegularizerLink, Tensors, declares,
-                                  validate_reg)
+from harness.runners.base import MethodClient, RegGrads, RegularizerLink, Tensors, validate_reg
 from specs.messages import Group, Hello
-from specs.sdk import MethodBase, Observations, one_line, split_compact
+from specs.base import one_line
+from specs.sdk import MethodBase, Observations
 from specs.sdk.server import instantiate
+from specs.tensors import split_compact
 
 
 class InProcessClient(MethodClient):
@@ -45,17 +46,13 @@ class InProcessClient(MethodClient):
         return self._call(self.method.regularize, step, total_steps, groups,
                           {k: t.detach().clone() for k, t in weights.items()})
 
-    def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
-        if declares(self.manifest, COMPACT_REGULARIZER):
-            return InProcessLink(self, groups)
-        return super().regularizer_link(groups)
-
     def close(self) -> None:
         self.method = None
 
 
 class InProcessLink(RegularizerLink):
-    """The method object lives in this process: call its compact form directly."""
+    """The ``"compact"`` regularizer dialect (spec 1.1) in process: the method object lives here, so its
+    compact form is called directly."""
 
     client: InProcessClient
 
@@ -70,3 +67,7 @@ class InProcessLink(RegularizerLink):
             raise MethodFailure(f"regularize_compact() returned {type(out).__name__}, expected dict")
         dense, scales = split_compact(out)
         return validate_reg(weights, dense, scales)
+
+
+#: the link class of each regularizer dialect (set here: the compact link is defined after the client)
+InProcessClient.links = {**MethodClient.links, "compact": InProcessLink}

@@ -5,8 +5,9 @@ The harness creates a private exchange directory and listens on
 a container with only the exchange directory mounted), which connects and
 answers. Tensors from the harness are safetensors files in the exchange
 directory. Tensors from the method come back on the socket right after its reply
-(spec 1.3, ``inline_reply``: methods whose manifest declares ``spec_version`` >= 1.3)
-or as files it writes into the exchange directory (older methods).
+(``inline_reply``: methods whose dialect, :func:`specs.version.dialect_of` their manifest's
+``spec_version``, has ``replies="inline"``: spec 1.3 on) or as files it writes into the exchange directory
+(older methods).
 
 Defences: a deadline on start-up, on every call and on the whole run; replies
 validated by the spec models; no reply may exceed its expected size (plus
@@ -38,13 +39,12 @@ from safetensors.torch import save_file
 
 import harness
 from harness.errors import MethodFailure
-from harness.runners.base import (COMPACT_REGULARIZER, INLINE_REPLIES, MethodClient, RegGrads, RegularizerLink,
-                                  Tensors, declares, validate_reg)
+from harness.runners.base import MethodClient, RegGrads, RegularizerLink, Tensors, validate_reg
 from specs import wire
-from specs.base import explain
+from specs.base import explain, one_line
 from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors, RegularizeReply, RegularizeRequest,
                             ReplyTensors, ScoreReply, ScoreRequest, Shutdown, TensorFile, method_message)
-from specs.sdk import SOCKET_NAME, one_line
+from specs.wire import SOCKET_NAME
 
 START_TIMEOUT_S = 120.0
 #: how long a method may take to exit after the shutdown message before it is killed
@@ -61,8 +61,8 @@ class SocketClient(MethodClient):
     def __init__(self, *args, start_timeout: float = START_TIMEOUT_S, log_path: Optional[Path] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.start_timeout = start_timeout
-        #: spec 1.3: the method answers on the socket and never needs to write the exchange directory
-        self.inline = declares(self.manifest, INLINE_REPLIES)
+        #: the method answers on the socket (spec 1.3) and never needs to write the exchange directory
+        self.inline = self.dialect.replies == "inline"
         self.exchange = Path(tempfile.mkdtemp(prefix="pbx-", dir=self._exchange_root()))
         os.chmod(self.exchange, 0o755 if self.inline else 0o777)  # a container's own user reads (and writes)
         self._own_log = log_path is None
@@ -71,7 +71,7 @@ class SocketClient(MethodClient):
         self._conn: Optional[socket.socket] = None
         self._counter = 0
         self._deadline: Optional[float] = None  # of the call in progress (inline tensors follow its reply)
-        self._own: set[str] = {SOCKET_NAME}  # what the harness put into the exchange directory
+        self._own: set[str] = {SOCKET_NAME}  # what the harness put into the exchange directory (own_file)
 
     # -- what a runner provides ------------------------------------------------------------------
     def _exchange_root(self) -> Optional[str]:
@@ -118,11 +118,13 @@ class SocketClient(MethodClient):
                     raise MethodFailure(f"method exited before connecting ({status}){self._log_tail()}")
                 if time.monotonic() > deadline:
                     raise MethodFailure(f"method did not connect within {self.start_timeout:.0f} s")
-        reply = self._call(Hello(harness_version=harness.__version__, seed=self.seed, device=self.device,
+        reply = self.request(Hello(harness_version=harness.__version__, seed=self.seed, device=self.device,
                                  hyperparameters=self.hyperparameters), HelloReply, self.start_timeout, "hello")
         self._check_manifest(reply.manifest)
 
-    def _call(self, msg, expect: type, timeout: float, what: str):
+    def request(self, msg, expect: type, timeout: float, what: str):
+        """Send ``msg`` and return the method's validated reply, an ``expect`` (a MethodFailure with a one-line
+        reason otherwise: the deadline, a crash, an invalid or unexpected reply, the write limit)."""
         by_run = False
         if self.run_deadline is not None:
             left = self.run_deadline - time.monotonic()
@@ -220,9 +222,17 @@ class SocketClient(MethodClient):
 
     def _discard(self, name: str) -> None:
         (self.exchange / name).unlink(missing_ok=True)
+        self.release_file(name)
+
+    def own_file(self, name: str) -> None:
+        """``name`` in the exchange directory is the harness's: not counted against the method's writes."""
+        self._own.add(name)
+
+    def release_file(self, name: str) -> None:
+        """``name`` (removed) is no longer the harness's."""
         self._own.discard(name)
 
-    def _tensors(self, ref: ReplyTensors, max_bytes: int, what: str) -> Tensors:
+    def read_tensors(self, ref: ReplyTensors, max_bytes: int, what: str) -> Tensors:
         """The tensors of a reply, read from the socket (inline) or from its file; at most ``max_bytes``
         (the reply's expected size plus slack), and never more than the write limit."""
         if isinstance(ref, InlineTensors) != self.inline:
@@ -278,28 +288,23 @@ class SocketClient(MethodClient):
         refs = {kind: self._write(f"obs-{kind}", tensors) for kind, tensors in observations.items()}
         reply_file = f"scores-{round:03d}.safetensors"
         try:
-            reply = self._call(ScoreRequest(round=round, groups=groups, observations=refs, reply_file=reply_file,
+            reply = self.request(ScoreRequest(round=round, groups=groups, observations=refs, reply_file=reply_file,
                                             inline_reply=self.inline), ScoreReply, self.call_timeout, "score")
         finally:
             for ref in refs.values():
                 self._discard(ref.file)
         expected = sum(g.n_channels for g in groups) * 8 + 256 * len(groups)
-        return self._tensors(reply.scores, expected + REPLY_SLACK_BYTES, "score")
+        return self.read_tensors(reply.scores, expected + REPLY_SLACK_BYTES, "score")
 
     def _regularize(self, step: int, total_steps: int, groups: list[Group], weights: Tensors) -> object:
         ref = self._write("weights", weights)
         try:
-            reply = self._call(RegularizeRequest(step=step, total_steps=total_steps, groups=groups, weights=ref,
+            reply = self.request(RegularizeRequest(step=step, total_steps=total_steps, groups=groups, weights=ref,
                                                  reply_file=f"reg-{step:06d}.safetensors", inline_reply=self.inline),
                                RegularizeReply, self.call_timeout, "regularize")
         finally:
             self._discard(ref.file)
-        return self._tensors(reply.grads, dense_reply_bytes(weights), "regularize")
-
-    def regularizer_link(self, groups: list[Group]) -> RegularizerLink:
-        if declares(self.manifest, COMPACT_REGULARIZER):
-            return SocketLink(self, groups)
-        return super().regularizer_link(groups)
+        return self.read_tensors(reply.grads, dense_reply_bytes(weights), "regularize")
 
     def close(self) -> None:
         if self._starting is not None:  # never waited for (the harness failed first): stop it now
@@ -329,7 +334,7 @@ def dense_reply_bytes(weights: Tensors) -> int:
     return sum(t.numel() * 8 + 256 for t in weights.values()) + REPLY_SLACK_BYTES
 
 
-# --------------------------------------------------------------------------- sparse training (spec 1.1)
+# --------------------------------------------------------------------------- sparse training, "compact" (spec 1.1)
 
 WEIGHTS_FILE = "reg-weights.safetensors"
 GRADS_FILE = "reg-grads.safetensors"
@@ -337,7 +342,7 @@ SCALES_FILE = "reg-scales.safetensors"
 
 
 class SocketLink(RegularizerLink):
-    """Spec 1.1 over the socket, every step of sparse training:
+    """The ``"compact"`` regularizer dialect (spec 1.1) over the socket, every step of sparse training:
 
     - only group members' parameters travel, always to the same file, rewritten in place
       (:class:`_InPlaceFile`: created once, never reopened by name);
@@ -351,7 +356,7 @@ class SocketLink(RegularizerLink):
     def __init__(self, client: SocketClient, groups: list[Group]):
         super().__init__(client, groups)
         self.weights_file = _InPlaceFile(client.exchange, WEIGHTS_FILE)
-        client._own.add(WEIGHTS_FILE)
+        client.own_file(WEIGHTS_FILE)
         self.sent_groups = False
 
     def __call__(self, step: int, total_steps: int, weights: Tensors) -> RegGrads:
@@ -362,19 +367,23 @@ class SocketLink(RegularizerLink):
             step=step, total_steps=total_steps, groups=[] if self.sent_groups else self.groups,
             same_groups=self.sent_groups, weights=TensorFile(file=WEIGHTS_FILE, keys=self.weights_file.keys),
             reply_file=GRADS_FILE, scales_file=SCALES_FILE, inline_reply=client.inline)
-        reply = client._call(request, RegularizeReply, client.call_timeout, "regularize")
+        reply = client.request(request, RegularizeReply, client.call_timeout, "regularize")
         self.sent_groups = True
         for ref, name in ((reply.grads, GRADS_FILE), (reply.scales, SCALES_FILE)):
             if isinstance(ref, TensorFile) and ref.file != name:
                 raise MethodFailure(f"regularizer replied in {ref.file!r}, expected {name!r}")
         scale_bytes = sum(sum(t.shape) * 8 + 512 for t in weights.values()) + REPLY_SLACK_BYTES
-        dense = client._tensors(reply.grads, dense_reply_bytes(weights), "regularize")
-        scales = client._tensors(reply.scales, scale_bytes, "regularize") if reply.scales else {}
+        dense = client.read_tensors(reply.grads, dense_reply_bytes(weights), "regularize")
+        scales = client.read_tensors(reply.scales, scale_bytes, "regularize") if reply.scales else {}
         return validate_reg(weights, dense, scales)
 
     def close(self) -> None:
         self.weights_file.close()
-        self.client._own.discard(WEIGHTS_FILE)
+        self.client.release_file(WEIGHTS_FILE)
+
+
+#: the link class of each regularizer dialect (set here: the compact link is defined after the client)
+SocketClient.links = {**MethodClient.links, "compact": SocketLink}
 
 
 class _InPlaceFile:

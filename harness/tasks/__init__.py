@@ -11,16 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from harness.registry import Registry, resolve
+from harness.registry import Registry
 from harness.tasks.base import Task
 
-TASKS: Registry[str] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", of=Task, classes=True)
 TASKS.register("top1", "harness.tasks.classification:ClassificationTask")
 TASKS.register("map50_95", "harness.tasks.detection:DetectionTask")
 
 
 def task_for(track, **kwargs) -> Task:
-    return resolve(TASKS.get(track.metric))(track, **kwargs)
+    return TASKS.get(track.metric)(track, **kwargs)
 
 
 def base_sha256(track, data_root: Optional[Path] = None, cache_dir: Optional[Path] = None, device: str = "cpu",

@@ -35,6 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Optional
 
+from harness.labels import label_of, run_label, short
 from harness.views import cd, stats
 from harness.views import latency as lat
 from harness.views.stats import Summary
@@ -49,10 +50,6 @@ LEGEND = ("Final, Pruned, Pruned+BN: mean ± half-width of the 95% confidence in
 FLAG = "⚠"
 FLAG_LEGEND = (f"{FLAG} the method's scores were constant in every group: it pruned by the seeded tie-break alone "
                f"(at random).")
-
-
-def short(digest: Optional[str], n: int = 12) -> str:
-    return (digest or "unknown")[:n]
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ class Row:
 
     @property
     def name(self) -> str:
-        return self.method + self.variant + (f"+{self.regularizer}" if self.regularizer != "-" else "")
+        return run_label(self.method, self.regularizer, self.variant)
 
     @property
     def setting(self) -> tuple:
@@ -128,8 +125,7 @@ class Row:
 
 def run_name(r: ResultRecord, recipe: bool = True) -> str:
     """``method[+regularizer]``, and `` (retrain <recipe>)`` for a recipe-swap run."""
-    return (r.method.id + (f"+{r.regularizer.id}" if r.regularizer else "")
-            + (f" (retrain {r.recipe})" if recipe and r.recipe else ""))
+    return label_of(r) + (f" (retrain {r.recipe})" if recipe and r.recipe else "")
 
 
 def setting_label(strategy: str, recipe: Optional[str]) -> str:
@@ -384,7 +380,7 @@ class AverageRow:
 
     @property
     def name(self) -> str:
-        return self.method + self.variant + (f"+{self.regularizer}" if self.regularizer != "-" else "")
+        return run_label(self.method, self.regularizer, self.variant)
 
 
 def average(rs: list[Row]) -> list[AverageRow]:

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, Field
 
 from harness.errors import HarnessError
+from harness.labels import label_of
 from harness.orchestration.events import events_path, read_events
 from harness.web.auth import COOKIE, Principal, viewer
 from harness.web.boards import Leaderboard, board
@@ -174,7 +175,7 @@ def submit_plan(body: PlanRequest, request: Request, who: User,
         r = resolved.resolved
         return DryRun(runs=len(resolved.specs), new=sum(k not in records for k in resolved.keys), track=r.track.id,
                       targets=r.targets, seeds=r.seeds)
-    runs = [PlanRun(key=k, name=s.method.id + (f"+{s.regularizer.id}" if s.regularizer else ""), track=s.track.id,
+    runs = [PlanRun(key=k, name=label_of(s), track=s.track.id,
                     speedup=s.speedup, seed=s.seed, strategy=s.track.pruning.strategy)
             for k, s in zip(resolved.keys, resolved.specs)]
     limit = who.max_queued_runs if who.max_queued_runs is not None else platform.cfg.max_queued_runs

@@ -50,7 +50,7 @@ from harness.errors import HarnessError
 from harness.files import atomic_write_text, sha256_file
 from harness.web.config import ServerConfig
 from specs.base import Strict
-from specs.sdk import one_line
+from specs.base import one_line
 
 MAX_ENTRIES = 200
 MAX_RATIO = 100  # uncompressed / compressed, per entry (a zip bomb compresses ~1000:1)

@@ -2,7 +2,9 @@
 root channels, normalizers, and (for regularizers) per-channel norms and compact scales.
 
 Everything here takes the spec's :class:`~specs.messages.Group`/:class:`~specs.messages.Member`
-descriptions and plain tensors; nothing imports the harness.
+descriptions and plain tensors; nothing imports the harness. What the harness reads the same way
+(:func:`grouped`, :func:`member_dim`, the compact scales' keys) lives in the contract,
+:mod:`specs.tensors`, and is re-exported here.
 """
 
 from __future__ import annotations
@@ -12,19 +14,10 @@ from typing import Iterable, Optional
 import torch
 
 from specs.messages import Group, Member
+from specs.tensors import broadcast_scale, grouped, member_dim, split_scale_key
 
 #: the layer kinds Torch-Pruning's magnitude-style importances look at
 PARAM_KINDS = ("conv", "linear", "bn", "layernorm")
-
-
-def grouped(member: Member) -> bool:
-    """Whether the member's channel slices are blocks of a grouped conv rather than whole hyperplanes:
-    a grouped (``1 < groups``), not depthwise conv read along its inputs, or a transposed one along its
-    outputs. Input channel ``c`` of a ``groups=g`` conv with ``w = C_in / g`` inputs per group feeds
-    only group ``j = c // w``'s ``C_out / g`` outputs, at column ``c % w`` of the weight - channels
-    ``c`` and ``c + w`` share the column, not the rows."""
-    return (member.kind == "conv" and member.conv_groups > 1 and not member.depthwise
-            and (member.dim == "in") != member.transposed)
 
 
 def _blocks(member: Member, tensor: torch.Tensor):
@@ -185,15 +178,6 @@ def normalize(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
 # --------------------------------------------------------------------------- helpers for regularizers
 
 
-def member_dim(member: Member, tensor: torch.Tensor) -> int:
-    """The dimension of ``tensor`` (the member's weight or bias) that ``member.idxs`` index."""
-    if tensor.dim() == 1 or member.depthwise:  # a depthwise conv's inputs are its outputs: filters [C, 1, K]
-        return 0
-    if member.dim == "out":
-        return 1 if member.transposed else 0
-    return 0 if member.transposed else 1
-
-
 def member_positions(member: Member, tensor: torch.Tensor) -> torch.Tensor:
     """Positions along :func:`member_dim` of ``member.idxs``: each index's slice is the whole hyperplane
     ``tensor.select(member_dim, position)``. Not for a grouped conv's channels (:func:`grouped`), whose
@@ -272,28 +256,6 @@ def scale_members(groups: Iterable[Group], coefs: dict[str, torch.Tensor], weigh
                 s = out.setdefault(f"{key}@{d}", torch.zeros(w.shape[d], dtype=torch.float32))
                 s.index_add_(0, member_positions(m, w), c[root])
     return out
-
-
-def split_scale_key(name: str) -> tuple[str, Optional[int]]:
-    """``"layer.weight@1"`` -> ``("layer.weight", 1)``; a plain parameter key -> ``(key, None)``."""
-    key, sep, dim = name.rpartition("@")
-    if sep and dim.isdigit():
-        return key, int(dim)
-    return name, None
-
-
-def broadcast_scale(scale: torch.Tensor, ndim: int, dim: int) -> torch.Tensor:
-    shape = [1] * ndim
-    shape[dim] = -1
-    return scale.reshape(shape)
-
-
-def split_compact(out: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """A compact answer as ``(dense gradients, scales)``."""
-    dense, scales = {}, {}
-    for name, t in out.items():
-        (dense if split_scale_key(name)[1] is None else scales)[name] = t
-    return dense, scales
 
 
 def expand_compact(weights: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

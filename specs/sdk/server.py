@@ -23,13 +23,13 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save, save_file
 
 from specs import wire
-from specs.base import explain
+from specs.base import explain, one_line
 from specs.manifest import MethodLoadError, MethodManifest, load_manifest
 from specs.messages import (ErrorReply, Group, Hello, HelloReply, InlineTensors, RegularizeReply, RegularizeRequest,
                             ReplyTensors, ScoreReply, ScoreRequest, Shutdown, TensorFile, harness_message)
-from specs.sdk import SOCKET_NAME, one_line, seed_everything
-from specs.sdk.members import split_compact
 from specs.sdk.methods import ImportanceMethod, MethodBase, Observations, RegularizerMethod
+from specs.tensors import seed_everything, split_compact
+from specs.wire import SOCKET_NAME
 
 # --------------------------------------------------------------------------- loading
 
