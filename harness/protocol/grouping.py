@@ -523,7 +523,8 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
                 if extent is not None and any(not 0 <= i < extent for i in m.idxs):
                     raise _refuse(model, m.layer, f"group {g.id} prunes {m.dim} channel {max(m.idxs)} of {key}, "
                                                   f"which has {extent}")
-    dry = copy.deepcopy(model).eval()
+    dry, config = copy.deepcopy((model, config))  # config's layers and parameters, as the copy's
+    dry.eval()
     try:
         apply_plan(dry, example_inputs, config, floor_plan(groups, fraction))
     except Untraceable:
