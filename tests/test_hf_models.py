@@ -114,14 +114,6 @@ def test_patch_merging_prunes_its_four_copies_by_hand():
     assert model(torch.rand(2, 1, 16, 16)).logits.shape == (2, 10)
 
 
-def test_a_multi_stage_swin_passes_the_group_checks_at_the_floor():
-    torch.manual_seed(0)
-    model = create_model("hf:swin", num_classes=10, in_chans=1, image_size=16, **SWIN).eval()
-    x = torch.rand(1, 1, 16, 16)
-    config = _config(model)
-    check_groups(model, x, config, describe_groups(model, x, config), 0.1)
-
-
 DEIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=4)
 
 
@@ -186,3 +178,113 @@ def test_hf_levit_builds_and_is_refused_in_one_line_naming_its_packed_projection
     assert isinstance(e.value, HarnessError) and "\n" not in str(e.value)
     assert text.startswith("cannot prune LevitForImageClassification at layer "
                            "'levit.encoder.stages.0.layers.0.module.queries_keys_values'") and "hf:swin" in text
+
+
+# --------------------------------------------------------------------------- timm's Swin, CaiT, EVA
+
+TIMM_SWIN = dict(embed_dim=16, depths=(2, 1), num_heads=(2, 4), window_size=2, patch_size=2)
+
+
+def test_timm_swin_prunes_as_timm_builds_a_narrower_one():
+    """timm's Swin: qkv head slices, per-head bias tables kept, patch merging as one layer; halved = timm's
+    Swin with embed_dim 8 and hand-sliced weights."""
+    torch.manual_seed(0)
+    model = create_model("timm:swin_tiny_patch4_window7_224", num_classes=10, in_chans=1, image_size=16,
+                         **TIMM_SWIN).eval()
+    x = torch.rand(2, 1, 16, 16)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    _halved(model, x[:1])
+    small = create_model("timm:swin_tiny_patch4_window7_224", num_classes=10, in_chans=1, image_size=16,
+                         **{**TIMM_SWIN, "embed_dim": 8}).eval()
+
+    def blocks(name, dim):
+        stage = int(re.search(r"layers\.(\d+)\.", name).group(1)) if "layers." in name else 0
+        heads = TIMM_SWIN["num_heads"][stage]
+        if "downsample" in name and (".norm." in name or dim == 1):
+            return 4
+        if re.search(r"\.qkv\.(weight|bias)$", name) and dim == 0:
+            return 3 * heads
+        return heads if re.search(r"attn\.proj\.weight$", name) and dim == 1 else 1
+
+    small.load_state_dict(_sliced(big, small.state_dict(), blocks))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
+    for stage, heads in zip(model.layers, TIMM_SWIN["num_heads"]):
+        for block in stage.blocks:
+            assert block.attn.num_heads == heads and block.attn.scale == (block.attn.qkv.out_features // 3 // heads) ** -0.5
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("cait_xxs24_224", dict(embed_dim=32, depth=1, num_heads=2, patch_size=4, depth_token_only=1, init_values=0.5)),
+    ("eva_giant_patch14_224", dict(embed_dim=32, depth=1, num_heads=2, patch_size=4, init_values=0.5)),
+])
+def test_cait_and_eva_prune_their_mlps_as_timm_builds_narrower_ones(name, kwargs):
+    """Attention width = input width in CaiT and EVA: only the MLP hidden widths are pruned; halved = the same
+    model with mlp_ratio 2 instead of 4. The per-channel layer scales (gamma_1/gamma_2) are declared."""
+    torch.manual_seed(0)
+    ratio = {"mlp_ratio_token_only": 4.0} if name.startswith("cait") else {}
+    model = create_model(f"timm:{name}", num_classes=10, in_chans=1, image_size=16, mlp_ratio=4.0, **ratio,
+                         **kwargs).eval()
+    config = _config(model)
+    gammas = [n for n, p in model.named_parameters() if n.rpartition(".")[2] in ("gamma_1", "gamma_2")]
+    declared = {id(p) for p, _ in config.unwrapped_parameters}
+    assert gammas and all(id(p) in declared for n, p in model.named_parameters() if n in gammas)
+    x = torch.rand(2, 1, 16, 16)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = _halved(model, x[:1])
+    assert groups and all(g.root.endswith("mlp.fc1") for g in groups)
+    small = create_model(f"timm:{name}", num_classes=10, in_chans=1, image_size=16, mlp_ratio=2.0,
+                         **{k: 2.0 for k in ratio}, **kwargs).eval()
+    small.load_state_dict(_sliced(big, small.state_dict(), lambda name, dim: 1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
+
+
+def test_an_eva_with_gated_mlps_only_is_refused_in_one_line():
+    model = create_model("timm:eva02_tiny_patch14_224", num_classes=10, in_chans=1, image_size=16, embed_dim=32,
+                         depth=1, num_heads=2, patch_size=4)
+    with pytest.raises(Unprunable) as e:
+        prune_config_of(model)
+    assert str(e.value).startswith("cannot prune Eva at layer 'blocks.0.mlp.fc1': its attention width is its "
+                                   "input width and its MLPs are gated") and "\n" not in str(e.value)
+
+
+class _HiddenScale(torch.nn.Module):
+    """A layer scale Torch-Pruning cannot see (used detached): it stays at its width when the conv is pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3)
+        self.gamma = torch.nn.Parameter(torch.ones(8, 1, 1))
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc((self.conv(x) * self.gamma.detach()).mean((2, 3)))
+
+
+def test_a_parameter_left_at_its_width_is_refused_with_advice_that_applies():
+    """A parameter cannot go in pruning.ignored_layers: the refusal names the parameter and the adapter field."""
+    model = _HiddenScale().eval()
+    x = torch.rand(1, 1, 8, 8)
+    config = PruneConfig(ignored_layers=[model.fc])
+    with pytest.raises(Unprunable) as e:
+        check_groups(model, x, config, describe_groups(model, x, config), 0.1)
+    assert str(e.value) == (
+        "cannot prune _HiddenScale at parameter 'gamma': per-channel parameter gamma stays at its width 8, which no "
+        "pruned layer has any more; declare gamma with the dim that holds its channels in the architecture's prune "
+        "adapter (PruneConfig.unwrapped_parameters, registered in harness.models.PRUNE_ADAPTERS)")
+
+
+@pytest.mark.parametrize("ref, kwargs", [
+    ("hf:swin", dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2, patch_size=2)),
+    ("timm:swin_tiny_patch4_window7_224", dict(embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=2,
+                                               patch_size=2)),
+])
+def test_a_multi_stage_swin_derives_a_track_before_any_training(tiny_track, ref, kwargs):
+    """The probe of a derived track (forward, graph, the group checks at the floor: before any training)
+    accepts a two-stage Swin."""
+    from harness.tracks import derive_track
+
+    track, note = derive_track(tiny_track, ref, kwargs=kwargs)
+    assert "input size 8px" in note and track.model.kwargs == kwargs
