@@ -288,3 +288,32 @@ def test_a_multi_stage_swin_derives_a_track_before_any_training(tiny_track, ref,
 
     track, note = derive_track(tiny_track, ref, kwargs=kwargs)
     assert "input size 8px" in note and track.model.kwargs == kwargs
+
+
+SWINV2 = dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], window_size=2, patch_size=2)
+
+
+def test_hf_swinv2_prunes_as_transformers_builds_a_narrower_one():
+    """Swin V2: the norm after the reduction, cosine attention with a per-head logit scale and a per-head
+    continuous position-bias MLP (kept whole, out of the trace); halved = Swin V2 at embed_dim 8."""
+    torch.manual_seed(0)
+    model = create_model("hf:swinv2", num_classes=10, in_chans=1, image_size=16, **SWINV2).eval()
+    x = torch.rand(2, 1, 16, 16)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = _halved(model, x[:1])
+    assert not [m.layer for g in groups for m in g.members if "continuous_position_bias_mlp" in m.layer]
+    small = create_model("hf:swinv2", num_classes=10, in_chans=1, image_size=16,
+                         **{**SWINV2, "embed_dim": 8}).eval()
+
+    def blocks(name, dim):
+        heads = SWINV2["num_heads"][int(re.search(r"layers\.(\d+)\.", name).group(1)) if "layers." in name else 0]
+        if "downsample.reduction" in name and dim == 1:
+            return 4
+        if re.search(r"\.self\.(query|key|value)\.(weight|bias)$", name) and dim == 0:
+            return heads
+        return heads if re.search(r"attention\.output\.dense\.weight$", name) and dim == 1 else 1
+
+    small.load_state_dict(_sliced(big, small.state_dict(), blocks))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, small(x).logits, rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())

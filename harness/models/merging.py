@@ -87,23 +87,32 @@ def merging_forward(self, input_feature: torch.Tensor, input_dimensions) -> torc
 
 
 @contextlib.contextmanager
-def traceable_merging(model: nn.Module):
-    """Every transformers patch merging of ``model`` runs :func:`merging_forward` inside the block."""
-    swapped = [m for m in model.modules() if _merging(m) and hasattr(m, "maybe_pad")]
-    for m in swapped:
-        m.forward = types.MethodType(merging_forward, m)
+def swapped_forward(modules: list[nn.Module], forward):
+    """Every module of ``modules`` runs ``forward(module, *args)`` instead of its own inside the block."""
+    for m in modules:
+        m.forward = types.MethodType(forward, m)
     try:
         yield
     finally:
-        for m in swapped:
+        for m in modules:
             del m.forward
+
+
+def traceable_merging(model: nn.Module):
+    """Every transformers patch merging of ``model`` runs :func:`merging_forward` inside the block."""
+    return swapped_forward([m for m in model.modules() if _merging(m) and hasattr(m, "maybe_pad")], merging_forward)
+
+
+def call(model: nn.Module, example_inputs):
+    """``model`` on ``example_inputs`` as Torch-Pruning calls it (a dict as keywords, a tuple as arguments)."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    return model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
 
 
 def _trace_forward(model: nn.Module, example_inputs):
     with traceable_merging(model):
-        if isinstance(example_inputs, dict):
-            return model(**example_inputs)
-        return model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
+        return call(model, example_inputs)
 
 
 def merging_config(model: nn.Module) -> PruneConfig:
