@@ -137,12 +137,19 @@ def test_hf_deit_builds_and_prunes_as_a_narrower_deit():
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
 
 
-def test_hf_architectures_kwarg_picks_another_classifier_class():
+def test_hf_architectures_kwarg_picks_another_classifier_class_and_both_heads_keep_their_outputs():
     from transformers import DeiTForImageClassificationWithTeacher
 
     model = create_model("hf:deit", num_classes=10, in_chans=1, image_size=8,
-                         architectures=["DeiTForImageClassificationWithTeacher"], **DEIT)
+                         architectures=["DeiTForImageClassificationWithTeacher"], **DEIT).eval()
     assert type(model) is DeiTForImageClassificationWithTeacher
+    x = torch.rand(1, 1, 8, 8)
+    config = _config(model)  # protects one classifier; the other is coupled to it (their logits are averaged)
+    groups = describe_groups(model, x, config)
+    check_groups(model, x, config, groups, 0.1)
+    assert not [g.root for g in groups if "classifier" in g.root]
+    apply_plan(model, x, config, floor_plan(groups, 0.25))
+    assert model(torch.rand(2, 1, 8, 8)).logits.shape == (2, 10)
 
 
 PERCEIVER = dict(num_latents=8, d_latents=32, num_blocks=1, num_self_attends_per_block=1, num_self_attention_heads=2,
