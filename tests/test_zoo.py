@@ -353,6 +353,10 @@ EVALUATED = [(a.ref, a.family, a.kwargs) for a in ZOO] + [
     ("hf:resnet", "ResNet, transformers", {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1],
                                            "layer_type": "basic"}),
     ("zoo_factories:namedtuple_tiny", "namedtuple outputs in training (as GoogLeNet's)", {}),
+    ("timm:swin_tiny_patch4_window7_224", "Swin, timm (two stages: patch merging)", {
+        "embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2], "window_size": 2, "patch_size": 2}),
+    ("timm:cait_xxs24_224", "CaiT (talking heads, class attention, layer scale gamma_1/gamma_2)", {
+        "embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 4, "depth_token_only": 1, "init_values": 1.0}),
 ]
 EVAL_TRACK = {
     "id": "zoo-digits", "model": {"name": "resnet18"}, "dataset": {"name": "digits"},

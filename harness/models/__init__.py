@@ -7,8 +7,10 @@ register lazily as ``"module:attr"`` strings, so ``pbench-harness --help`` impor
 Besides registered names, a track may name any architecture by reference (:mod:`harness.models.refs`:
 ``torchvision:<name>``, ``timm:<name>``, ``<module>:<factory>``, ``file:<path>``). Architectures
 that need more than "never prune the classifier" register a prune adapter keyed by their class
-(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), ConvNeXt
-(:mod:`harness.models.convnext`), YOLOv8 (:mod:`harness.models.yolo`). tests/test_models.py checks
+(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT and EVA
+(:mod:`harness.models.timm_attn`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
+(:mod:`harness.models.yolo`), every ``transformers`` model (:mod:`harness.models.hf`); Swin's patch merging
+(:mod:`harness.models.merging`) serves timm's and transformers' Swin. tests/test_models.py checks
 the CIFAR family; tests/test_models_zoo.py prunes every registered name and variant;
 tests/test_models_refs.py the references; tests/test_zoo.py every method on twelve more
 architectures.
@@ -33,6 +35,9 @@ PRUNE_ADAPTERS.register("ultralytics.nn.tasks.DetectionModel", "harness.models.y
 PRUNE_ADAPTERS.register("timm.models.convnext.ConvNeXt", "harness.models.convnext:prune_config")
 PRUNE_ADAPTERS.register("torchvision.models.convnext.ConvNeXt", "harness.models.convnext:prune_config")
 PRUNE_ADAPTERS.register("transformers.modeling_utils.PreTrainedModel", "harness.models.hf:prune_config")
+PRUNE_ADAPTERS.register("timm.models.swin_transformer.SwinTransformer", "harness.models.timm_attn:swin")
+PRUNE_ADAPTERS.register("timm.models.cait.Cait", "harness.models.timm_attn:mlp_only")
+PRUNE_ADAPTERS.register("timm.models.eva.Eva", "harness.models.timm_attn:mlp_only")
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "logits_of",
            "prune_config_of",

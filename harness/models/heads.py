@@ -48,9 +48,10 @@ def classifier_of(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-#: names of per-channel layer-scale parameters (timm ``LayerScale.gamma``, ``ConvNeXtBlock.gamma``;
-#: torchvision ``CNBlock.layer_scale``; transformers ``ConvNextLayer.layer_scale_parameter``)
-LAYER_SCALE_NAMES = ("gamma", "layer_scale", "layer_scale_parameter")
+#: names of per-channel layer-scale parameters (timm ``LayerScale.gamma`` - the ``ls1``/``ls2`` of its ViTs -,
+#: ``ConvNeXtBlock.gamma``, CaiT's and EVA's ``gamma_1``/``gamma_2``; torchvision ``CNBlock.layer_scale``;
+#: transformers ``ConvNextLayer.layer_scale_parameter``, ``lambda_1``/``lambda_2`` of BEiT-style layers)
+LAYER_SCALE_NAMES = ("gamma", "gamma_1", "gamma_2", "layer_scale", "layer_scale_parameter", "lambda_1", "lambda_2")
 
 
 def layer_scales(model: nn.Module) -> list[tuple[nn.Parameter, int]]:

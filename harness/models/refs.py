@@ -153,7 +153,10 @@ def _factory(name: str) -> Builder:
 
 def _hf(model_type: str) -> Builder:
     """``transformers``: ``AutoConfig.for_model(model_type, **kwargs)`` and
-    ``AutoModelForImageClassification.from_config`` - a config, never a checkpoint, so nothing is downloaded."""
+    ``AutoModelForImageClassification.from_config`` - a config, never a checkpoint, so nothing is downloaded.
+    A type with several classifier classes (``deit``: with and without a teacher head; ``levit``; ``perceiver``:
+    learned, Fourier or conv preprocessing) builds the first one transformers lists unless ``kwargs`` name
+    ``architectures`` (transformers 5 picks the class by ``config.architectures``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import transformers
@@ -177,8 +180,15 @@ def _hf(model_type: str) -> Builder:
                 if hasattr(config, attr) and attr not in kwargs:
                     setattr(config, attr, value)
             config.num_labels = num_classes
+            classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
+            if not isinstance(classes, str) and not getattr(config, "architectures", None):
+                config.architectures = [classes[0]]  # a type with several classifier classes: its first
             return AutoModelForImageClassification.from_config(config)
-        return _call(f"hf:{model_type}", make)
+        model = _call(f"hf:{model_type}", make)
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None and first.in_channels == 3 != in_chans:  # a class that ignores num_channels
+            first_conv_for(model, in_chans)
+        return model
     return build
 
 

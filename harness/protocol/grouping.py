@@ -471,7 +471,12 @@ class Unprunable(HarnessError):
     """The harness cannot describe or prune the architecture correctly; ``str()`` names the layer."""
 
 
-def _refuse(model: nn.Module, layer: str, what: str) -> Unprunable:
+def _refuse(model: nn.Module, layer: str, what: str, parameter: Optional[str] = None) -> Unprunable:
+    if parameter is not None:  # a bare parameter cannot be listed in ignored_layers: only an adapter can place it
+        return Unprunable(f"cannot prune {type(model).__name__} at {'parameter' if layer == parameter else 'layer'} "
+                          f"{layer!r}: {what}; declare {parameter} with the dim that holds its channels in the "
+                          f"architecture's prune adapter (PruneConfig.unwrapped_parameters, registered in "
+                          f"harness.models.PRUNE_ADAPTERS)")
     return Unprunable(f"cannot prune {type(model).__name__} at layer {layer!r}: {what}; give the architecture a "
                       f"prune adapter (harness.models.PRUNE_ADAPTERS) or list the layer in the track's "
                       f"pruning.ignored_layers")
@@ -524,8 +529,9 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
                     extent = _extent(m, tensors[key]) if key in tensors else None
                 if extent is not None and any(not 0 <= i < extent for i in m.idxs):
                     raise _refuse(model, m.layer, f"group {g.id} prunes {m.dim} channel {max(m.idxs)} of {key}, "
-                                                  f"which has {extent}")
-    dry = copy.deepcopy(model).eval()
+                                                  f"which has {extent}", key if m.kind == "parameter" else None)
+    dry, config = copy.deepcopy((model, config))  # config's layers and parameters, as the copy's
+    dry.eval()
     try:
         apply_plan(dry, example_inputs, config, floor_plan(groups, fraction))
     except Untraceable:
@@ -579,4 +585,4 @@ def _check_layer_scales(model: nn.Module, pruned: nn.Module) -> None:
         if new.shape[0] == p.shape[0] and new.shape[0] not in widths:
             raise _refuse(model, name.rpartition(".")[0] or name,
                           f"per-channel parameter {name} stays at its width {p.shape[0]}, which no pruned layer "
-                          f"has any more")
+                          f"has any more", name)
