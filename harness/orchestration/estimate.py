@@ -170,7 +170,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
     from harness.methods import find_method
     from harness.protocol.grouping import count_macs_params, describe_groups, layer_channels
     from harness.protocol.latency import projected_seconds
-    from harness.protocol.run import Dense, _client, _prune_stage
+    from harness.protocol.run import Dense, method_client, prune_stage
     from harness.protocol.sparsify import sparsify
     from harness.store import Store, run_key_of
     from harness.tasks import task_for
@@ -207,7 +207,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
             continue
         log(f"measuring the prune stage of {spec.method.id}")
         s = dataclasses.replace(spec, track=timed_track, speedup=todo[0].speedup)
-        seconds = _timed(lambda: _prune_stage(s, task, copy.deepcopy(base), example, dense, None), task.device)
+        seconds = _timed(lambda: prune_stage(s, task, copy.deepcopy(base), example, dense, None), task.device)
         prune[spec.method.id] = StageCost("prune", seconds * rounds / measured_rounds,
                                           f"{rounds} rounds x {seconds / measured_rounds:.2f} s")
 
@@ -217,7 +217,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
         s = dataclasses.replace(todo[0], track=track.model_copy(update={"pruning": track.pruning.model_copy(
             update={"rounds": 1})}), method=find_method("magnitude_l2"), runner="inprocess", speedup=target,
             regularizer=None, hyperparameters={})
-        pruned[target] = _prune_stage(s, task, copy.deepcopy(base), example, dense, None).model
+        pruned[target] = prune_stage(s, task, copy.deepcopy(base), example, dense, None).model
 
     sparse: dict[str, StageCost] = {}
     for spec in todo:
@@ -225,7 +225,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
         if reg is None or reg.id in sparse:
             continue
         log(f"measuring sparse training with {reg.id}")
-        with _client(spec, reg, spec.reg_hyperparameters) as client:
+        with method_client(spec, reg, spec.reg_hyperparameters) as client:
             sparse[reg.id] = training_cost(
                 task, base, track.sparsify, "sparsify", steps,
                 train=lambda t, m, r: sparsify(t, m, r, client, describe_groups(m, example, t.prune_config(m)), 0))

@@ -128,7 +128,10 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
+def method_client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
+    """An unstarted client of ``source`` (the importance method or the regularizer) as run ``spec`` runs it:
+    its runner, seed, device, deadlines and caps; the runner options (e.g. a docker image) are the
+    importance method's only. Public for the estimator, which times the stages as a run does."""
     options = spec.runner_options if source is spec.method else {}
     return client_class(spec.runner)(source, hyperparameters, spec.seed, spec.device, call_timeout=spec.call_timeout,
                                      run_timeout=spec.run_timeout, limits=spec.limits(), **options)
@@ -399,9 +402,9 @@ def _prune_everywhere(spec: RunSpec, task: Task, model: nn.Module, example, dens
                       progress: Optional[Progress]) -> Pruned:
     """The prune stage on rank 0 (the only rank that talks to the method); every rank gets its result,
     the pruned model included (sent from the CPU, placed on each rank's device). Rank 0's ``model`` is
-    pruned in place (see :func:`_prune_stage`): pass a copy you own."""
+    pruned in place (see :func:`prune_stage`): pass a copy you own."""
     return distributed.on_main(
-        lambda: _prune_stage(spec, task, model, example, dense, progress),
+        lambda: prune_stage(spec, task, model, example, dense, progress),
         to_others=lambda p: dataclasses.replace(p, model=copy.deepcopy(p.model).cpu()),
         from_main=lambda p: dataclasses.replace(p, model=p.model.to(spec.device)))
 
@@ -460,12 +463,12 @@ def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progre
     only) and sparse-train ``model`` in place with the track's ``sparsify`` recipe; returns the wall time
     (seconds)."""
     main = distributed.world().main
-    with _client(spec, spec.regularizer, spec.reg_hyperparameters) if main else nullcontext() as client:
+    with method_client(spec, spec.regularizer, spec.reg_hyperparameters) if main else nullcontext() as client:
         groups = describe_groups(model, example, task.prune_config(model))
         return sparsify(task, model, spec.track.sparsify, client, groups, spec.seed, progress)
 
 
-def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
+def prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
                  progress: Optional[Progress]) -> Pruned:
     """Steps 2-3, ``track.pruning.rounds`` times: groups -> observations -> scores -> the smallest
     plan whose measured speedup reaches this round's share of the target. The method starts on a thread
@@ -476,7 +479,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
     runs too, and ``Pruned.model`` is that object; a stage that fails midway leaves it half-pruned. Pass
     a copy you own: :func:`evaluate` passes its run's deep copy of the base, the estimator and the
     benchmarks deep copies or models they built (``tests/test_prune_overhead.py`` checks the callers)."""
-    with _client(spec, spec.method, spec.hyperparameters).begin() as client:
+    with method_client(spec, spec.method, spec.hyperparameters).begin() as client:
         t0 = time.perf_counter()
         model, macs, params, base_channels, ties = _prune_rounds(spec, task, model, example, dense, client, progress)
         step_s = time.perf_counter() - t0 - client.start_wait_seconds
@@ -486,7 +489,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
 
 def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense, client,
                   progress: Optional[Progress]):
-    """The rounds of :func:`_prune_stage`; returns ``(model, macs, params, base_channels, ties)``."""
+    """The rounds of :func:`prune_stage`; returns ``(model, macs, params, base_channels, ties)``."""
     track = spec.track
     calib = task.calibration_batches(spec.seed)
     base_channels: dict[str, int] = {}
