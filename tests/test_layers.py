@@ -164,3 +164,22 @@ def test_library_code_imports_neither_typer_nor_the_web_layer():
             bad += [f"{name} imports {m}" for m in mods if m.split(".")[0] == "typer" or m.startswith("harness.web")
                     or m.startswith("harness.cli")]
     assert not bad, bad
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module that importing ``start`` (and running its functions) can import."""
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_run_keys_are_pure():
+    """The store computes run keys from resolved inputs: nothing it imports, even inside a function, can
+    load, hash or train a base checkpoint (the tasks, the models, the data, the protocol)."""
+    bad = sorted(m for m in _reachable(import_graph(), "harness.store")
+                 if m.startswith(("harness.tasks", "harness.protocol", "harness.models", "harness.data")))
+    assert not bad, f"harness.store reaches {bad}"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.plan import Plan, PlanError
-from harness.store import run_key_of
+from harness.protocol.run import run_key_of
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 

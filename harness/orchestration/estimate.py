@@ -165,6 +165,22 @@ def _base(track, task):
     return model.to(task.device).eval(), path.is_file() or track.checkpoint.path is not None
 
 
+def _unrecorded(resolved) -> list:
+    """The runs of ``resolved`` a sweep would run: those not recorded (``retry_failed``: not recorded ``ok``).
+    Keys need the base digest; a base not trained yet is measured, never trained here, and no run of it
+    can be recorded."""
+    from harness.protocol.run import BaseNotTrained, with_bases
+    from harness.store import Store, run_key_of
+    plan = resolved.plan
+    try:
+        specs = with_bases(resolved.specs, train=False)
+    except BaseNotTrained:
+        return list(resolved.specs)
+    recorded = Store.load(plan.out).records if plan.out.exists() else {}
+    return [s for s in specs if not ((r := recorded.get(run_key_of(s))) is not None
+                                     and (r.status == "ok" or not plan.retry_failed))]
+
+
 def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = lambda line: None) -> PlanCost:
     """Projected cost of every run of ``resolved`` (a :class:`harness.plan.ResolvedPlan`) not yet recorded."""
     from harness.methods import find_method
@@ -172,14 +188,11 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
     from harness.protocol.latency import projected_seconds
     from harness.protocol.run import Dense, method_client, prune_stage
     from harness.protocol.sparsify import sparsify
-    from harness.store import Store, run_key_of
     from harness.tasks import task_for
     from harness.tasks.classification import ClassificationTask
 
     plan, track = resolved.plan, resolved.track
-    recorded = Store.load(plan.out).records if plan.out.exists() else {}
-    todo = [s for s in resolved.specs if not ((r := recorded.get(run_key_of(s))) is not None
-                                               and (r.status == "ok" or not plan.retry_failed))]
+    todo = _unrecorded(resolved)
     skipped = len(resolved.specs) - len(todo)
     processes = resolved.slurm.processes if resolved.slurm is not None else 1
     if not todo:

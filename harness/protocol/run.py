@@ -43,8 +43,8 @@ from harness.protocol.train import Progress
 from harness.provenance import provenance
 from harness.runners import client_class
 from harness.runners.sandbox import check_resources, limits_for
-from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
-                           run_key_of)
+from harness.store import image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir
+from harness.store import run_key_of as resolved_run_key
 from harness.tasks import Task, base_sha256, task_for
 from specs.result import (BeforeAfter, Diagnostics, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing,
                           TrackInfo)
@@ -84,7 +84,8 @@ class RunSpec:
         """The caps this run's runner enforces (:func:`harness.runners.sandbox.limits_for`)."""
         return limits_for(self.runner, self.sandbox, self.track.sandbox)
     #: sha256 of the base checkpoint (part of the run key), resolved before the run by :func:`with_base`;
-    #: None = resolve it when the key is computed. A base that differs at run time is a recorded failure
+    #: None = the run's base stage resolves it (and :func:`run_key_of` before a key is computed). A base that
+    #: differs at run time is a recorded failure
     base_sha256: Optional[str] = None
 
     def retrain_recipe(self):
@@ -94,17 +95,21 @@ class RunSpec:
             raise HarnessError(str(e)) from None
 
 
+class BaseNotTrained(HarnessError):
+    """The base checkpoint's sha256 cannot be known without training it (:func:`with_base`, ``train=False``)."""
+
+
 def with_base(spec: RunSpec, train: bool = True, verify: bool = False) -> RunSpec:
     """``spec`` with ``base_sha256`` resolved (:func:`harness.tasks.base_sha256`: the published
     file's digest, the cached trained base's, the track's pin unless ``verify``, or - ``train`` - the base
     trained now).
-    Raises :class:`HarnessError` when it cannot be known without training and ``train`` is false, and
+    Raises :class:`BaseNotTrained` when it cannot be known without training and ``train`` is false, and
     :class:`BaseMismatch` when a file differs from the track's pin."""
     if spec.base_sha256 is not None:
         return spec
     digest = base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=train, verify=verify)
     if digest is None:
-        raise HarnessError(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
+        raise BaseNotTrained(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
                            f"its sha256: run `pbench-harness pretrain {spec.track.id}` first (with the same cache "
                            f"folder), or pin checkpoint.sha256 in the track")
     return dataclasses.replace(spec, base_sha256=digest)
@@ -122,6 +127,13 @@ def with_bases(specs: list[RunSpec], train: bool = True, verify: bool = False) -
         resolved.setdefault(ident, spec.base_sha256)
         out.append(spec)
     return out
+
+
+def run_key_of(spec: RunSpec) -> str:
+    """The run key of ``spec`` (:func:`harness.store.run_key_of`, which is pure) once its base digest is
+    resolved (:func:`with_base`: the track's file, its cached trained base, its pin, or - only when none
+    is known - the base trained now). ``spec`` itself is not changed."""
+    return resolved_run_key(with_base(spec))
 
 
 def _now() -> str:
