@@ -20,13 +20,15 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def _esc(s) -> str:
+def esc(s) -> str:
+    """``s`` as text safe inside SVG/HTML markup and attribute values."""
     return html.escape(str(s), quote=True)
 
 
-def _svg(width: int, height: int, body: str, label: str) -> str:
+def svg(width: int, height: int, body: str, label: str) -> str:
+    """An ``<svg>`` chart element of ``body`` (``label``: its accessible name); the web's charts use it too."""
     return (f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{_esc(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>')
+            f'aria-label="{esc(label)}" xmlns="http://www.w3.org/2000/svg">{body}</svg>')
 
 
 
@@ -66,7 +68,7 @@ def cd_diagram(mean_ranks: dict[str, float], critical_difference: Optional[float
         return left + (r - 1) / max(1, k - 1) * (width - left - right)
 
     body = [f'<rect width="{width}" height="{height}" fill="#fff"/>', CD_STYLE,
-            f'<text x="{width / 2:.0f}" y="13" class="label" text-anchor="middle">{_esc(title)}</text>'
+            f'<text x="{width / 2:.0f}" y="13" class="label" text-anchor="middle">{esc(title)}</text>'
             if title else "",
             f'<line x1="{px(1):.1f}" y1="{axis_y}" x2="{px(k):.1f}" y2="{axis_y}" stroke="#333" stroke-width="1.2"/>']
     for t in range(1, k + 1):
@@ -81,7 +83,7 @@ def cd_diagram(mean_ranks: dict[str, float], critical_difference: Optional[float
     for i, clique in enumerate(cliques):
         lo, hi = min(mean_ranks[n] for n in clique), max(mean_ranks[n] for n in clique)
         y = bars_y + 8 * i
-        body.append(f'<g><title>not separated: {_esc(", ".join(clique))}</title><line x1="{px(lo) - 3:.1f}" '
+        body.append(f'<g><title>not separated: {esc(", ".join(clique))}</title><line x1="{px(lo) - 3:.1f}" '
                     f'y1="{y}" x2="{px(hi) + 3:.1f}" y2="{y}" stroke="#222" stroke-width="4" '
                     f'stroke-linecap="round"/></g>')
     for i, name in enumerate(names):
@@ -90,9 +92,9 @@ def cd_diagram(mean_ranks: dict[str, float], critical_difference: Optional[float
         y = label_y0 + row * (i if on_left else k - 1 - i)
         x_end = left - 10 if on_left else width - right + 10
         anchor = "end" if on_left else "start"
-        body.append(f'<g><title>{_esc(name)}: mean rank {r:.2f}</title>'
+        body.append(f'<g><title>{esc(name)}: mean rank {r:.2f}</title>'
                     f'<path d="M{px(r):.1f},{axis_y}V{y}H{x_end:.1f}" fill="none" stroke="{color(i)}" '
                     f'stroke-width="1.3"/><circle cx="{px(r):.1f}" cy="{axis_y}" r="3" fill="{color(i)}"/>'
                     f'<text x="{x_end + (-4 if on_left else 4):.1f}" y="{y + 4}" class="tick" '
-                    f'text-anchor="{anchor}">{_esc(short_label(name))} ({r:.2f})</text></g>')
-    return _svg(width, height, f'<g class="cdd">{"".join(body)}</g>', title or "critical-difference diagram")
+                    f'text-anchor="{anchor}">{esc(short_label(name))} ({r:.2f})</text></g>')
+    return svg(width, height, f'<g class="cdd">{"".join(body)}</g>', title or "critical-difference diagram")

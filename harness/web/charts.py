@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from harness.views.diagram import PALETTE, _esc, _svg, cd_diagram, color
+from harness.views.diagram import PALETTE, esc, svg, cd_diagram, color
 
 __all__ = ["PALETTE", "cd_diagram", "channel_bars", "color", "line_chart", "nice_ticks", "scatter_chart"]
 
@@ -80,14 +80,14 @@ class _Frame:
         parts.append(f'<rect x="{self.left}" y="{self.top}" width="{self.w - self.left - self.right}" '
                      f'height="{self.h - self.top - self.bottom}" class="frame"/>')
         parts.append(f'<text x="{(self.left + self.w - self.right) / 2:.0f}" y="{self.h - 8}" class="label" '
-                     f'text-anchor="middle">{_esc(self.xlabel)}</text>')
+                     f'text-anchor="middle">{esc(self.xlabel)}</text>')
         parts.append(f'<text transform="translate(14 {(self.top + self.h - self.bottom) / 2:.0f}) rotate(-90)" '
-                     f'class="label" text-anchor="middle">{_esc(self.ylabel)}</text>')
+                     f'class="label" text-anchor="middle">{esc(self.ylabel)}</text>')
         return "".join(parts)
 
 
 def _legend(names: list[str]) -> str:
-    items = "".join(f'<li><span class="swatch" style="background:{color(i)}"></span>{_esc(n)}</li>'
+    items = "".join(f'<li><span class="swatch" style="background:{color(i)}"></span>{esc(n)}</li>'
                     for i, n in enumerate(names))
     return f'<ul class="legend">{items}</ul>'
 
@@ -123,10 +123,10 @@ def line_chart(series: dict[str, list[tuple[float, float, Optional[float], str]]
             if err and i >= 0:
                 body.append(_error_bar(cx, f.py(y - err), f.py(y + err), c))
             body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{3.5 if i >= 0 else 2.5}" fill="{c}"><title>'
-                        f'{_esc(name)}: {_esc(tip)}</title></circle>')
+                        f'{esc(name)}: {esc(tip)}</title></circle>')
     legend = _legend(shown) + (f'<p class="muted legend-grey">grey: {len(grey)} other'
-                               f'{"s" if len(grey) > 1 else ""} ({_esc(", ".join(grey))})</p>' if grey else "")
-    return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{legend}</div>'
+                               f'{"s" if len(grey) > 1 else ""} ({esc(", ".join(grey))})</p>' if grey else "")
+    return f'<div class="figure">{svg(width, height, "".join(body), ylabel)}{legend}</div>'
 
 
 def scatter_chart(points: list[tuple[str, float, float, Optional[float], str, Optional[str]]],
@@ -151,11 +151,11 @@ def scatter_chart(points: list[tuple[str, float, float, Optional[float], str, Op
         if err and name in names:
             body.append(_error_bar(f.px(x), f.py(y - err), f.py(y + err), c))
         dot = (f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="{4 if name in names else 2.5}" fill="{c}" '
-               f'fill-opacity=".85"><title>{_esc(name)}: {_esc(tip)}</title></circle>')
-        body.append(f'<a href="{_esc(href)}">{dot}</a>' if href else dot)
+               f'fill-opacity=".85"><title>{esc(name)}: {esc(tip)}</title></circle>')
+        body.append(f'<a href="{esc(href)}">{dot}</a>' if href else dot)
     legend = _legend(names) + (f'<p class="muted legend-grey">grey: {len(grey)} other'
-                               f'{"s" if len(grey) > 1 else ""} ({_esc(", ".join(grey))})</p>' if grey else "")
-    return f'<div class="figure">{_svg(width, height, "".join(body), ylabel)}{legend}</div>'
+                               f'{"s" if len(grey) > 1 else ""} ({esc(", ".join(grey))})</p>' if grey else "")
+    return f'<div class="figure">{svg(width, height, "".join(body), ylabel)}{legend}</div>'
 
 
 def channel_bars(layers: list[tuple[str, int, int]], width: int = 1000) -> str:
@@ -171,11 +171,11 @@ def channel_bars(layers: list[tuple[str, int, int]], width: int = 1000) -> str:
         y = top + i * row
         kept = after / before if before else 0
         body.append(
-            f'<g><title>{_esc(name)}: {after} of {before} channels kept ({kept:.0%})</title>'
-            f'<text x="{left - 6}" y="{y + 11}" class="tick" text-anchor="end">{_esc(name[-28:])}</text>'
+            f'<g><title>{esc(name)}: {after} of {before} channels kept ({kept:.0%})</title>'
+            f'<text x="{left - 6}" y="{y + 11}" class="tick" text-anchor="end">{esc(name[-28:])}</text>'
             f'<rect x="{left}" y="{y + 2}" width="{before * scale:.1f}" height="{row - 4}" class="before"/>'
             f'<rect x="{left}" y="{y + 2}" width="{after * scale:.1f}" height="{row - 4}" class="after"/>'
             f'<text x="{left + before * scale + 5:.1f}" y="{y + 11}" class="tick">{after}/{before} '
             f'({kept:.0%})</text></g>')
-    return _svg(width, height, "".join(body), "channels per layer")
+    return svg(width, height, "".join(body), "channels per layer")
 
