@@ -225,3 +225,12 @@ def test_protocol_functions_are_short():
                 if node.end_lineno - first + 1 > MAX_PROTOCOL_LINES:
                     long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
     assert not long, long
+
+
+def test_validation_has_one_home():
+    """The plan checks what a user asks to run (harness/plan.py, check_run for hand-built RunSpecs); the
+    protocol trusts its RunSpec: no other module words these refusals again."""
+    refusals = ("speedup must be > 1", "given without a regularizer", "no sparse-training budget")
+    homes = {str(path.relative_to(REPO)) for path in (REPO / "harness").rglob("*.py")
+             if any(r in path.read_text() for r in refusals)}
+    assert homes == {"harness/plan.py"}, homes
