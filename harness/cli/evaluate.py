@@ -2,7 +2,8 @@
 
 Each command parses its flags into a :class:`harness.plan.Plan` (with ``sweep --plan FILE``, the file's
 values, overridden by the flags given on the command line), resolves it and runs it with
-:func:`harness.plan.run_plan` (``evaluate``: every run, recorded or not); all validation is the plan's. Heavy modules (torch, the protocol) are imported inside the commands.
+:func:`harness.plan.run_plan` (``evaluate``: every run, recorded or not); all validation is the plan's.
+Heavy modules (torch, the protocol) are imported inside the commands.
 """
 
 from __future__ import annotations
