@@ -33,7 +33,7 @@ from torch.utils.data import TensorDataset
 from harness.data.fixtures import write_tiny_cifar
 from harness.methods import find_method
 from harness.models import create_model
-from harness.protocol.run import Dense, RunSpec, _prune_stage
+from harness.protocol.run import Dense, RunSpec, prune_stage
 from harness.protocol.train import lr_factor, train
 from harness.tasks import task_for
 from harness.tracks import load_track
@@ -128,7 +128,7 @@ def prune_step_times(device: str, methods: list[str], rounds: int, calibration: 
                                data_root=Path(data), device=device, measure_latency=False, save_models=False)
                 dense = Dense.of(model, example)
                 t0 = time.perf_counter()
-                pruned = _prune_stage(spec, task, model, example, dense, None)
+                pruned = prune_stage(spec, task, model, example, dense, None)
                 wall = time.perf_counter() - t0
                 key = "one_shot" if r == 1 else f"rounds_{r}"
                 row[key] = {"stage_s": wall, "step_s": pruned.step_s, "per_round_s": pruned.step_s / r,

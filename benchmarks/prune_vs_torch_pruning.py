@@ -8,7 +8,7 @@ MagnitudeL2 and a 10% floor:
 - Torch-Pruning: reproduce/main.py's ``progressive_pruning`` exactly as PruningBench calls it:
   ``MagnitudePruner(global_pruning=True, iterative_steps=S, pruning_ratio=1.0, max_pruning_ratio=0.9)``,
   ``step()`` and count MACs until the target is reached; it takes N of its S steps;
-- harness: the real prune stage (``harness.protocol.run._prune_stage``) of the track with ``rounds: N``
+- harness: the real prune stage (``harness.protocol.run.prune_stage``) of the track with ``rounds: N``
   (the N Torch-Pruning took), the method out of process (subprocess runner): N score requests; the
   first N-1 rounds apply the step the per-layer MACs model predicts, the last searches the exact
   minimum.
@@ -45,7 +45,7 @@ from harness.data.fixtures import write_tiny_cifar, write_tiny_imagefolder
 from harness.methods import find_method
 from harness.models import classifier_of
 from harness.models.base import build_model
-from harness.protocol.run import Dense, RunSpec, _prune_stage
+from harness.protocol.run import Dense, RunSpec, prune_stage
 from harness.tasks import task_for
 from harness.tracks import load_track
 
@@ -75,7 +75,7 @@ def torch_pruning_loop(model, example, target: float, steps: int):
 
 def harness_stage(spec, task, model, example, dense):
     t0 = time.perf_counter()
-    pruned = _prune_stage(spec, task, model, example, dense, None)
+    pruned = prune_stage(spec, task, model, example, dense, None)
     return time.perf_counter() - t0, dense.macs / pruned.macs, pruned
 
 

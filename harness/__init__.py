@@ -10,7 +10,10 @@ imports the contract ``specs``, never the authors' SDK ``specs.sdk``; orchestrat
                                 architecture's prune adapter
 - :mod:`harness.data`           dataset loaders (digits, CIFAR, ImageNet, COCO) and tiny fixtures
 - :mod:`harness.runners`        how a method runs: inprocess, subprocess, docker (the wire protocol's harness side)
-- :mod:`harness.store`          the result store: run keys, run directories, staging, validated records
+- :mod:`harness.plan`           the run plan: every check of what a user asks to run, one RunSpec per run,
+                                ``run_plan`` (the protocol trusts the RunSpecs it builds)
+- :mod:`harness.store`          the result store: run keys (pure: computed from a resolved base digest, never
+                                training one), run directories, staging, validated records
 - :mod:`harness.orchestration`  many runs: sweeps (local, Slurm), submissions, blind evaluation
 - :mod:`harness.views`          leaderboards, the recipe-swap report and the static site, from records only
 - :mod:`harness.cli`            the Typer CLI ``pbench-harness`` (parse -> library call)

@@ -6,7 +6,8 @@ from CLI flags, from a plan file (``pbench-harness sweep --plan plan.yaml``) or 
 run it with :func:`run_plan`. All validation lives here: :meth:`Plan.resolve` turns names into
 a track, method sources and one :class:`~harness.protocol.run.RunSpec` per run, or raises a
 :class:`PlanError` naming the offending field with a one-line message (the CLI prints it; the web
-form shows it next to the field).
+form shows it next to the field). The protocol trusts the RunSpecs it is given; the few callers that
+build one without a plan (blind evaluation, the submission smoke run) check it with :func:`check_run`.
 
 This module imports neither torch nor the protocol at import time (the CLI's ``--help`` stays fast).
 """
@@ -122,9 +123,7 @@ class Plan(Strict):
             raise PlanError("own", "--own needs --recipes (the recipe-swap mode)")
         track, note = self._track()
         targets = self.speedups or list(track.pruning.speedups)
-        bad = [t for t in targets if not 1.0 < t <= 1000]
-        if bad:
-            raise PlanError("speedups", f"speedup must be > 1 (e.g. 2, 4, 8), got {bad[0]:g}")
+        check_speedups(targets)
         seeds = self.seeds or list(track.seeds)
         methods, regularizers = self._methods(), self._regularizers(track)
         methods, regularizers, skipped = self._applicable(track, methods, regularizers)
@@ -139,9 +138,12 @@ class Plan(Strict):
                       sandbox=self.sandbox)
         specs = [RunSpec(track=track, speedup=t, seed=s, **combo, **common)
                  for combo in combos for t in targets for s in seeds]
-        for spec in specs[: len(combos)]:  # hyperparameters fit every method (bad input before the first run)
-            self._check_hyperparameters(spec)
-        self._check_resources(track, methods, combos)
+        for spec in specs[:: len(targets) * len(seeds)]:  # one per combination: hyperparameters fit every method
+            _check_hyperparameters(spec)
+        if self.runner == "docker":  # no method may ask for more than the caps (checked before the first run)
+            from harness.runners.sandbox import limits_for
+            _check_resources(limits_for(self.runner, self.sandbox, track.sandbox),
+                             [*methods, *(c.get("regularizer") for c in combos)])
         slurm = self._slurm()
         return ResolvedPlan(self, track, targets, seeds, methods, specs, slurm, [n for n in [note] if n] + skipped)
 
@@ -212,10 +214,7 @@ class Plan(Strict):
                 src = _find("regularizers", name)
                 _require("regularizers", src, "regularizer")
                 out.append(src)
-        if any(r is not None for r in out) and track.sparsify.epochs == 0:
-            raise PlanError("regularizers", f"track {track.id} has no sparse-training budget (sparsify.epochs is 0)")
-        if self.reg_hyperparameters and all(r is None for r in out):
-            raise PlanError("reg_hyperparameters", "regularizer hyperparameters given without a regularizer")
+        _check_regularizers(track, out, self.reg_hyperparameters)
         return out
 
     def _recipes(self, track: TrackConfig, methods: list["MethodSource"]) -> list[str]:
@@ -238,31 +237,6 @@ class Plan(Strict):
                                        f"--recipes, got {method}={recipe}")
         return list(self.recipes)
 
-    def _check_hyperparameters(self, spec: "RunSpec") -> None:
-        from harness.store import resolved_hyperparameters
-        try:
-            resolved_hyperparameters(spec.method, spec.hyperparameters)
-        except HarnessError as e:
-            raise PlanError("hyperparameters", str(e)) from None
-        if spec.regularizer is not None:
-            try:
-                resolved_hyperparameters(spec.regularizer, spec.reg_hyperparameters)
-            except HarnessError as e:
-                raise PlanError("reg_hyperparameters", str(e)) from None
-
-    def _check_resources(self, track: TrackConfig, methods: list["MethodSource"], combos: list[dict]) -> None:
-        """Under docker, no method may ask for more than the caps (checked before the first run)."""
-        if self.runner != "docker":
-            return
-        from harness.runners.sandbox import ResourcesRejected, check_resources, limits_for
-        limits = limits_for(self.runner, self.sandbox, track.sandbox)
-        sources = {id(s): s for s in [*methods, *(c.get("regularizer") for c in combos)] if s is not None}
-        for source in sources.values():
-            try:
-                check_resources(source.manifest, limits)
-            except ResourcesRejected as e:
-                raise PlanError("sandbox", str(e)) from None
-
     def _slurm(self):
         if self.executor != "slurm":
             return None
@@ -274,6 +248,61 @@ class Plan(Strict):
         if self.device == "cuda" and slurm.gpus_per_job == 0:
             raise PlanError("slurm_config", "--device cuda on Slurm: set gpus_per_job >= 1 in the --slurm-config file")
         return slurm
+
+
+# -- the checks of one run: Plan.resolve's, and check_run's for a RunSpec built without a plan ----------------
+def check_speedups(targets: list[float]) -> None:
+    """Every MACs speedup target is > 1 (and at most 1000)."""
+    bad = [t for t in targets if not 1.0 < t <= 1000]
+    if bad:
+        raise PlanError("speedups", f"speedup must be > 1 (e.g. 2, 4, 8), got {bad[0]:g}")
+
+
+def _check_regularizers(track: TrackConfig, regularizers: list[Optional["MethodSource"]],
+                        reg_hyperparameters: dict) -> None:
+    """Sparse training needs the track's budget for it; regularizer hyperparameters need a regularizer."""
+    if any(r is not None for r in regularizers) and track.sparsify.epochs == 0:
+        raise PlanError("regularizers", f"track {track.id} has no sparse-training budget (sparsify.epochs is 0)")
+    if reg_hyperparameters and all(r is None for r in regularizers):
+        raise PlanError("reg_hyperparameters", "regularizer hyperparameters given without a regularizer")
+
+
+def _check_hyperparameters(spec: "RunSpec") -> None:
+    """The run's hyperparameters fit its method's (and regularizer's) declared ones."""
+    from harness.store import resolved_hyperparameters
+    try:
+        resolved_hyperparameters(spec.method, spec.hyperparameters)
+    except HarnessError as e:
+        raise PlanError("hyperparameters", str(e)) from None
+    if spec.regularizer is not None:
+        try:
+            resolved_hyperparameters(spec.regularizer, spec.reg_hyperparameters)
+        except HarnessError as e:
+            raise PlanError("reg_hyperparameters", str(e)) from None
+
+
+def _check_resources(limits, sources: list[Optional["MethodSource"]]) -> None:
+    """Under docker, no method's manifest may ask for more than the caps ``limits``."""
+    from harness.runners.sandbox import ResourcesRejected, check_resources
+    for source in {id(s): s for s in sources if s is not None}.values():
+        try:
+            check_resources(source.manifest, limits)
+        except ResourcesRejected as e:
+            raise PlanError("sandbox", str(e)) from None
+
+
+def check_run(spec: "RunSpec") -> None:
+    """What :meth:`Plan.resolve` checks, for one RunSpec built without a plan (the organizers' blind
+    evaluation, the submission's smoke run): the same one-line :class:`PlanError`, before anything runs.
+    :func:`harness.protocol.run.evaluate` trusts its RunSpec: it checks none of this again."""
+    check_speedups([spec.speedup])
+    _require("methods", spec.method, "importance")
+    if spec.regularizer is not None:
+        _require("regularizers", spec.regularizer, "regularizer")
+    _check_regularizers(spec.track, [spec.regularizer], spec.reg_hyperparameters)
+    _check_hyperparameters(spec)
+    if spec.runner == "docker":
+        _check_resources(spec.limits(), [spec.method, spec.regularizer])
 
 
 def _find(field_name: str, name: str) -> "MethodSource":
@@ -309,10 +338,14 @@ class ResolvedPlan:
 
 
 def run_plan(resolved: ResolvedPlan, on_result: Optional["OnResult"] = None, progress=None,
-             log: Callable[[str], None] = print, events=None) -> "SweepSummary":
+             log: Callable[[str], None] = print, events=None, rerun: bool = False) -> "SweepSummary":
     """Run (or skip, if recorded) every run of the plan with the sweep machinery; ``events``
-    (:class:`harness.orchestration.events.EventLog`): live events and cancelling for every run."""
-    from harness.orchestration.sweep import run_sweep
+    (:class:`harness.orchestration.events.EventLog`): live events and cancelling for every run.
+    ``rerun`` (the ``evaluate`` command): every run now, here, recorded or not, each resolving its own
+    base (:func:`harness.orchestration.sweep.run_each`)."""
+    from harness.orchestration.sweep import run_each, run_sweep
+    if rerun:
+        return run_each(resolved.specs, on_result, progress, events)
     plan = resolved.plan
     return run_sweep(resolved.specs, plan.out, jobs=plan.jobs, retry_failed=plan.retry_failed, on_result=on_result,
                      progress=progress, executor=plan.executor, slurm=resolved.slurm, log=log, events=events,

@@ -109,26 +109,23 @@ def image_digest_of(spec: "RunSpec", source: Optional["MethodSource"] = None) ->
     return image_digest(image or image_tag(source.manifest))
 
 
-def base_sha256_of(spec: "RunSpec") -> str:
-    """The sha256 of the base checkpoint run ``spec`` starts from: ``spec.base_sha256`` when the caller
-    resolved it (:func:`harness.protocol.run.with_base`), else resolved now (the track's file, its cached
-    trained base, its pin, or the base trained once: :func:`harness.tasks.base_sha256`)."""
-    if spec.base_sha256 is not None:
-        return spec.base_sha256
-    from harness.tasks import base_sha256  # torch: only when a key is computed
-    return base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=True)
-
-
 def run_key_of(spec: "RunSpec") -> str:
     """The canonical identity of the run ``spec`` describes (:func:`run_key`); a regularizer counts
-    as ``id@version``; under docker the image digest is part of it, and always the base checkpoint's."""
+    as ``id@version``; under docker the image digest is part of it, and always the base checkpoint's.
+
+    Pure: the key is computed from resolved inputs only, so ``spec.base_sha256`` must be resolved
+    (:func:`harness.protocol.run.with_base`, or :func:`harness.protocol.run.run_key_of`, which resolves it
+    first); the store never loads, hashes or trains a base checkpoint."""
+    if spec.base_sha256 is None:
+        raise ValueError(f"run key of {run_dir_name(spec, '')[:-1]}: the base checkpoint's sha256 is not resolved "
+                         f"(harness.protocol.run.with_base resolves it)")
     reg = spec.regularizer
     recipe = None if spec.recipe is None else (spec.recipe, spec.retrain_recipe().hash())
     return run_key(spec.track.hash(), spec.method.id, spec.method.manifest.version, image_digest_of(spec),
                    f"{reg.id}@{reg.manifest.version}" if reg else None, spec.speedup, spec.track.pruning.strategy,
                    spec.seed, resolved_hyperparameters(spec.method, spec.hyperparameters),
                    resolved_hyperparameters(reg, spec.reg_hyperparameters) if reg else None, recipe,
-                   base_sha256=base_sha256_of(spec))
+                   base_sha256=spec.base_sha256)
 
 
 def run_dir_name(spec: "RunSpec", key: str) -> str:

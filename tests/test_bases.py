@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.methods import find_method
 from harness.protocol.checkpoints import BaseMismatch, cache_path, initial_model
-from harness.protocol.run import RunSpec, evaluate
-from harness.store import Store, run_key_of
+from harness.protocol.run import RunSpec, evaluate, run_key_of
+from harness.store import Store
 from harness.tasks import base_sha256, task_for
 from harness.views import leaderboard as lb
 

@@ -16,8 +16,8 @@ from harness.cli import app
 from harness.orchestration.cluster import SlurmOptions, load_slurm_options
 from harness.errors import HarnessError
 from harness.methods import find_method
-from harness.protocol.run import RunSpec, evaluate, record_unrun
-from harness.store import run_dir_name, run_key_of
+from harness.protocol.run import RunSpec, evaluate, record_unrun, run_key_of
+from harness.store import run_dir_name
 from harness.store import Store, clean_stale_staging, host_name, staging_prefix
 from specs.result import JobInfo
 

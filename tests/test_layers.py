@@ -3,7 +3,9 @@ under ``if TYPE_CHECKING:`` never run and are left out): no import cycle among t
 ``specs`` modules, ``specs`` (the contract) imports nothing of the harness, library code imports
 neither typer nor the web layer, the harness imports the contract but not the authors' SDK (``specs.sdk``),
 orchestration never imports views, and no room of the harness (``harness.<subpackage or module>``) imports
-another's private (``_name``) names. A new cycle fails here, named module by module. Cost: under a second.
+another's private (``_name``) names. A new cycle fails here, named module by module. Also read from the code:
+the store cannot reach a base checkpoint (run keys are pure), the plan alone words the run refusals, and no
+protocol function is over about 60 lines. Cost: a few seconds.
 """
 
 from __future__ import annotations
@@ -174,15 +176,9 @@ SDK_ALLOWED = {
                                  "the server's instantiate) inside the harness's process, by design",
 }
 
-#: (importing module, imported module, private name) -> why it is left for now. (The estimator's third import
-#: from protocol.run, ``Dense``, is public by name and not caught here; it goes with the two below.) An entry
-#: no longer used fails the test: drop it when the names are renamed.
-PRIVATE_ALLOWED = {
-    ("harness.orchestration.estimate", "harness.protocol.run", "_client"):
-        "issue 19 deliverable 2: being renamed to a public protocol API on the other helper's branch",
-    ("harness.orchestration.estimate", "harness.protocol.run", "_prune_stage"):
-        "issue 19 deliverable 2: being renamed to a public protocol API on the other helper's branch",
-}
+#: (importing module, imported module, private name) -> why it is left for now. An entry no longer used
+#: fails the test.
+PRIVATE_ALLOWED: dict[tuple[str, str, str], str] = {}
 
 
 def _room(module: str) -> str:
@@ -238,3 +234,47 @@ def test_no_private_name_crosses_rooms():
     assert not bad, "private names across rooms (make them public, or move them down):\n" + "\n".join(bad)
     stale = sorted(PRIVATE_ALLOWED.keys() - found)
     assert not stale, f"allow-listed but no longer used (drop them from PRIVATE_ALLOWED): {stale}"
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module that importing ``start`` (and running its functions) can import."""
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph.get(todo.pop(), ()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_run_keys_are_pure():
+    """The store computes run keys from resolved inputs: nothing it imports, even inside a function, can
+    load, hash or train a base checkpoint (the tasks, the models, the data, the protocol)."""
+    bad = sorted(m for m in _reachable(import_graph(), "harness.store")
+                 if m.startswith(("harness.tasks", "harness.protocol", "harness.models", "harness.data")))
+    assert not bad, f"harness.store reaches {bad}"
+
+
+#: the longest a function of harness/protocol/ may be (lines, decorators and docstring included)
+MAX_PROTOCOL_LINES = 60
+
+
+def test_protocol_functions_are_short():
+    """Named stages, not one long function: every function in harness/protocol/ fits in about a screen."""
+    long = []
+    for path in sorted((REPO / "harness" / "protocol").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                if node.end_lineno - first + 1 > MAX_PROTOCOL_LINES:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - first + 1} lines)")
+    assert not long, long
+
+
+def test_validation_has_one_home():
+    """The plan checks what a user asks to run (harness/plan.py, check_run for hand-built RunSpecs); the
+    protocol trusts its RunSpec: no other module words these refusals again."""
+    refusals = ("speedup must be > 1", "given without a regularizer", "no sparse-training budget")
+    homes = {str(path.relative_to(REPO)) for path in (REPO / "harness").rglob("*.py")
+             if any(r in path.read_text() for r in refusals)}
+    assert homes == {"harness/plan.py"}, homes

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.plan import Plan, PlanError
-from harness.store import run_key_of
+from harness.protocol.run import run_key_of
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -47,6 +47,8 @@ def test_all_means_every_method_that_provides_it():
     (dict(methods=["nope"]), "methods", "unknown method 'nope'"),
     (dict(methods=["random"], speedups=[0.5]), "speedups", "speedup must be > 1"),
     (dict(methods=["random"], hyperparameters={"q": 1}), "hyperparameters", "has no hyperparameter 'q'"),
+    (dict(methods=["lamp", "random"], hyperparameters={"p": 1}, speedups=[2, 4]), "hyperparameters",
+     "method 'random' has no hyperparameter 'p'"),  # every method's, not only the first runs'
     (dict(methods=["random"], reg_hyperparameters={"lam": 1}), "reg_hyperparameters", "without a regularizer"),
     (dict(methods=["random", "lamp"], recipes=["track"]), "recipes", "at least two recipes"),
     (dict(methods=["random"], recipes=["track", "ft_long"]), "methods", "at least two methods"),
@@ -61,6 +63,30 @@ def test_bad_plans_name_the_field_in_one_line(fields, field, message):
     with pytest.raises(PlanError) as e:
         resolve(track="digits-resnet18", **fields)
     assert e.value.field == field and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fields, field, message", [
+    (dict(speedup=0.5), "speedups", "speedup must be > 1 (e.g. 2, 4, 8), got 0.5"),
+    (dict(method="group_norm"), "methods", "method 'group_norm' provides no importance scores"),
+    (dict(regularizer="lamp"), "regularizers", "method 'lamp' provides no regularizer"),
+    (dict(reg_hyperparameters={"reg": 1}), "reg_hyperparameters", "regularizer hyperparameters given without a "
+                                                                  "regularizer"),
+    (dict(hyperparameters={"q": 1}), "hyperparameters", "method 'random' has no hyperparameter 'q'"),
+])
+def test_a_run_built_without_a_plan_gets_the_plans_checks(fields, field, message):
+    """``check_run``: blind evaluation and the submission smoke run build their RunSpecs by hand; the
+    protocol checks none of it (it trusts its RunSpec), the plan's checks do, in the same words."""
+    from harness.methods import find_method
+    from harness.plan import check_run
+    from harness.protocol.run import RunSpec
+    from harness.tracks import load_track
+    sources = {k: find_method(fields.pop(k)) for k in ("method", "regularizer") if k in fields}
+    spec = RunSpec(track=load_track("digits-resnet18"), **{"method": find_method("random"), "speedup": 2, "seed": 0,
+                                                            **sources, **fields})
+    with pytest.raises(PlanError) as e:
+        check_run(spec)
+    assert e.value.field == field and str(e.value).startswith(message) and "\n" not in str(e.value)
+    check_run(RunSpec(track=load_track("digits-resnet18"), method=find_method("random"), speedup=2, seed=0))
 
 
 def test_model_alone_selects_its_only_track_and_lists_several():

@@ -14,7 +14,7 @@ from harness.models import classifier_of, create_model
 from harness.protocol.grouping import (PruneConfig, apply_plan, build_graph, count_layer_macs, count_macs_params,
                                        describe_groups, layer_channels, shape_pass)
 from harness.protocol.pruning import macs_predictor, make_planner, predicted_step
-from harness.protocol.run import Dense, RunSpec, _prune_stage
+from harness.protocol.run import Dense, RunSpec, prune_stage
 from harness.tasks import task_for
 
 MODELS = [("resnet18", 0.125, 16), ("vgg19", 0.125, 16), ("resnet50", 0.0625, 16), ("mobilenet_v3_small", 1, 32)]
@@ -83,7 +83,7 @@ def test_rounds_score_each_round_and_land_on_the_target(tiny_track, rounds):
     example = task.example_inputs()
     macs, params = count_macs_params(model, example)
     seen = []
-    pruned = _prune_stage(spec, task, model, example, Dense(macs, params, layer_channels(model)),
+    pruned = prune_stage(spec, task, model, example, Dense(macs, params, layer_channels(model)),
                           lambda stage, done, total, **info: seen.append((done, total, info["speedup"])))
     assert [(d, t) for d, t, _ in seen] == [(r + 1, rounds) for r in range(rounds)]
     for r, (_, _, s) in enumerate(seen[:-1]):  # intermediate rounds near their share of the target (log-spaced)

@@ -25,7 +25,7 @@ from harness.protocol.grouping import (PruneConfig, apply_plan, build_graph, cou
                                        describe_groups, layer_channels, meta_count_exact)
 from harness.protocol.pruning import (ProbeMismatch, macs_predictor, make_planner, materialize, predicted_step,
                                       probe_macs, prune_round, search_speedup)
-from harness.protocol.run import Dense, RunSpec, _prune_stage
+from harness.protocol.run import Dense, RunSpec, prune_stage
 from harness.runners.subprocess_runner import SubprocessClient
 from harness.tasks import task_for
 
@@ -151,7 +151,7 @@ def test_progressive_stage_gives_the_same_architecture_round_for_round(tiny_trac
     original_after = task.after_prune
     task.after_prune = lambda m: (original_after(m), seen.append(layer_channels(m)))
     model = copy.deepcopy(base.model)
-    pruned = _prune_stage(spec, task, model, example, Dense.of(model, example), None)
+    pruned = prune_stage(spec, task, model, example, Dense.of(model, example), None)
     task.after_prune = original_after
     archs, ref_macs = reference_stage(track, task, copy.deepcopy(base.model), example, 4, seed=1)
     assert seen == archs
@@ -402,13 +402,13 @@ def test_counting_on_meta_tensors_leaves_no_meta_tensor_and_no_side_effect_behin
 
 
 def test_every_caller_of_the_prune_stage_passes_a_model_it_owns():
-    """``_prune_stage`` prunes its ``model`` in place (one-shot runs too): every call in the library and the
+    """``prune_stage`` prunes its ``model`` in place (one-shot runs too): every call in the library and the
     benchmarks passes a deep copy, a model built there, or (a pass-through) its own ``model`` argument,
     whose callers are checked in turn."""
     import ast
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    stages = {"_prune_stage", "_prune_everywhere", "harness_stage"}  # (the last two pass their argument on)
+    stages = {"prune_stage", "_prune_everywhere", "harness_stage"}  # (the last two pass their argument on)
 
     def owned(expr, assigned, line) -> bool:
         text = ast.unparse(expr)

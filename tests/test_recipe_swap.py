@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 from harness.views import recipe_swap as swap
 from harness.cli import app
 from harness.methods import find_method
-from harness.protocol.run import RunSpec
-from harness.store import run_key_of
+from harness.protocol.run import RunSpec, run_key_of
 from harness.store import Store
 from specs.result import MethodInfo, MetricInfo, Provenance, ResultRecord, Speedup, TrackInfo
 

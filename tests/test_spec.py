@@ -132,7 +132,7 @@ def test_committed_digits_records_belong_to_the_current_track():
     assert {r.track.hash for r in store.records.values()} == {load_track("digits-resnet18").hash()}
     # ...and their run keys are the ones today's harness gives those runs (a sweep would skip them)
     import importlib.util
-    from harness.store import run_key_of
+    from harness.protocol.run import run_key_of
     spec = importlib.util.spec_from_file_location("digits_leaderboard", REPO / "benchmarks" / "digits_leaderboard.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

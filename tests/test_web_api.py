@@ -123,7 +123,7 @@ def test_a_queued_plan_lists_its_runs_and_cancels(local):
     assert out["counts"] == {"queued": 2} and [r["seed"] for r in out["runs"]] == [0, 1]
     from harness.methods import find_method
     from harness.protocol.run import RunSpec
-    from harness.store import run_key_of
+    from harness.protocol.run import run_key_of
     from harness.tracks import load_track
     spec = RunSpec(track=load_track("digits-resnet18"), method=find_method("lamp"), speedup=2.0, seed=1)
     assert out["runs"][1]["key"] == run_key_of(spec)  # the CLI's run key: the same store entry

@@ -1,8 +1,9 @@
 """``evaluate`` (one method), ``sweep`` (methods x speedups x seeds) and ``recipe-swap``.
 
 Each command parses its flags into a :class:`harness.plan.Plan` (with ``sweep --plan FILE``, the file's
-values, overridden by the flags given on the command line), resolves it and runs it; all validation is
-the plan's. Heavy modules (torch, the protocol) are imported inside the commands.
+values, overridden by the flags given on the command line), resolves it and runs it with
+:func:`harness.plan.run_plan` (``evaluate``: every run, recorded or not); all validation is the plan's.
+Heavy modules (torch, the protocol) are imported inside the commands.
 """
 
 from __future__ import annotations
@@ -143,16 +144,16 @@ def evaluate(
     _setup(device, threads)
     resolved = _resolve(plan)
     from harness.protocol import distributed
-    from harness.protocol.run import evaluate as run_protocol
-    failed = 0
-    for spec in resolved.specs:
-        with ProgressDisplay(enabled=not distributed.launched() or os.environ.get("RANK") == "0") as progress:
-            record, run_dir = run_protocol(spec, progress)
+    from harness.store import run_dir
+
+    def report(spec, record: ResultRecord, how: str) -> None:
         if distributed.world().main:  # under torchrun: rank 0 speaks for the run
-            out.print(_summary(record, run_dir), highlight=False, soft_wrap=True)
+            out.print(_summary(record, run_dir(spec, record.run_key)), highlight=False, soft_wrap=True)
             _warn_constant(record)
-        failed += record.status != "ok"
-    if failed:
+
+    with ProgressDisplay(enabled=not distributed.launched() or os.environ.get("RANK") == "0") as progress:
+        summary = run_plan(resolved, on_result=report, progress=progress, rerun=True)
+    if summary.failed:
         raise typer.Exit(1)
 
 

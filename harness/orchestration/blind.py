@@ -26,6 +26,7 @@ from harness.errors import HarnessError
 from harness.methods import MethodSource
 from harness.orchestration.image_archive import BadArchive, foreign_tags, inspect_archive, load_untagged
 from harness.orchestration.preflight import check_free_space
+from harness.plan import check_run
 from harness.protocol.run import RunSpec, evaluate
 from harness.runners.docker_runner import docker_client, image_tag
 from harness.runners.sandbox import Limits, ResourcesRejected, check_resources, limits_for
@@ -173,11 +174,12 @@ def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Opti
             for seed in seeds or track.seeds:
                 say(f"{bundle.name}: {speedup:g}x seed {seed}")
                 check_free_space(out, True, min_free_mb, before=f"starting {bundle.name} {speedup:g}x seed {seed}")
-                record, _ = evaluate(RunSpec(
-                    track=track, method=source, speedup=speedup, seed=seed, runner="docker",
-                    runner_options={"image": digest}, out=Path(out) / "results", data_root=data_root,
-                    cache_dir=cache_dir, call_timeout=call_timeout, run_timeout=run_timeout, save_models=False,
-                    sandbox=sandbox, base_sha256=base))
+                spec = RunSpec(track=track, method=source, speedup=speedup, seed=seed, runner="docker",
+                               runner_options={"image": digest}, out=Path(out) / "results", data_root=data_root,
+                               cache_dir=cache_dir, call_timeout=call_timeout, run_timeout=run_timeout,
+                               save_models=False, sandbox=sandbox, base_sha256=base)
+                check_run(spec)  # built without a plan: the plan's checks
+                record, _ = evaluate(spec)
                 records.append(record)
         results.append(BlindResult(bundle.name, _status(records, secrets), sub.manifest.id, records))
     atomic_write_text(Path(out) / "status.json",

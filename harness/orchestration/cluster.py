@@ -37,9 +37,10 @@ from pydantic import Field, ValidationError, field_validator
 
 from harness.configs import read_mapping
 from harness.errors import HarnessError
-from harness.protocol.run import RunSpec, current_job, evaluate, evaluate_distributed, record_unrun, with_bases
+from harness.protocol.run import (RunSpec, current_job, evaluate, evaluate_distributed, record_unrun, run_key_of,
+                                  with_bases)
 from harness.files import atomic_write_text
-from harness.store import clean_stale_staging, recorded, run_dir_name, run_key_of
+from harness.store import clean_stale_staging, recorded, run_dir_name
 from specs.base import Strict, explain
 from specs.result import JobInfo, ResultRecord
 from specs.base import one_line

@@ -166,21 +166,34 @@ def _base(track, task):
     return model.to(task.device).eval(), path.is_file() or track.checkpoint.path is not None
 
 
+def _unrecorded(resolved) -> list:
+    """The runs of ``resolved`` a sweep would run: those not recorded (``retry_failed``: not recorded ``ok``).
+    Keys need the base digest; a base not trained yet is measured, never trained here, and no run of it
+    can be recorded."""
+    from harness.protocol.run import BaseNotTrained, with_bases
+    from harness.store import Store, run_key_of
+    plan = resolved.plan
+    try:
+        specs = with_bases(resolved.specs, train=False)
+    except BaseNotTrained:
+        return list(resolved.specs)
+    recorded = Store.load(plan.out).records if plan.out.exists() else {}
+    return [s for s in specs if not ((r := recorded.get(run_key_of(s))) is not None
+                                     and (r.status == "ok" or not plan.retry_failed))]
+
+
 def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = lambda line: None) -> PlanCost:
     """Projected cost of every run of ``resolved`` (a :class:`harness.plan.ResolvedPlan`) not yet recorded."""
     from harness.methods import find_method
     from harness.protocol.grouping import describe_groups
     from harness.protocol.latency import projected_seconds
-    from harness.protocol.run import Dense, _client, _prune_stage
+    from harness.protocol.run import Dense, method_client, prune_stage
     from harness.protocol.sparsify import sparsify
-    from harness.store import Store, run_key_of
     from harness.tasks import task_for
     from harness.tasks.classification import ClassificationTask
 
     plan, track = resolved.plan, resolved.track
-    recorded = Store.load(plan.out).records if plan.out.exists() else {}
-    todo = [s for s in resolved.specs if not ((r := recorded.get(run_key_of(s))) is not None
-                                               and (r.status == "ok" or not plan.retry_failed))]
+    todo = _unrecorded(resolved)
     skipped = len(resolved.specs) - len(todo)
     processes = resolved.slurm.processes if resolved.slurm is not None else 1
     if not todo:
@@ -207,7 +220,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
             continue
         log(f"measuring the prune stage of {spec.method.id}")
         s = dataclasses.replace(spec, track=timed_track, speedup=todo[0].speedup)
-        seconds = _timed(lambda: _prune_stage(s, task, copy.deepcopy(base), example, dense, None), task.device)
+        seconds = _timed(lambda: prune_stage(s, task, copy.deepcopy(base), example, dense, None), task.device)
         prune[spec.method.id] = StageCost("prune", seconds * rounds / measured_rounds,
                                           f"{rounds} rounds x {seconds / measured_rounds:.2f} s")
 
@@ -217,7 +230,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
         s = dataclasses.replace(todo[0], track=track.model_copy(update={"pruning": track.pruning.model_copy(
             update={"rounds": 1})}), method=find_method("magnitude_l2"), runner="inprocess", speedup=target,
             regularizer=None, hyperparameters={})
-        pruned[target] = _prune_stage(s, task, copy.deepcopy(base), example, dense, None).model
+        pruned[target] = prune_stage(s, task, copy.deepcopy(base), example, dense, None).model
 
     sparse: dict[str, StageCost] = {}
     for spec in todo:
@@ -225,7 +238,7 @@ def estimate(resolved, steps: int = MEASURE_STEPS, log: Callable[[str], None] = 
         if reg is None or reg.id in sparse:
             continue
         log(f"measuring sparse training with {reg.id}")
-        with _client(spec, reg, spec.reg_hyperparameters) as client:
+        with method_client(spec, reg, spec.reg_hyperparameters) as client:
             sparse[reg.id] = training_cost(
                 task, base, track.sparsify, "sparsify", steps,
                 train=lambda t, m, r: sparsify(t, m, r, client, describe_groups(m, example, t.prune_config(m)), 0))

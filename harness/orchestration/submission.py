@@ -19,6 +19,7 @@ import harness
 from harness.conformance import check_method
 from harness.errors import HarnessError
 from harness.methods import MethodSource
+from harness.plan import check_run
 from harness.protocol.run import RunSpec, evaluate
 from harness.files import atomic_write_text
 from harness.runners.docker_runner import BASE_IMAGE, docker_client, image_tag
@@ -74,9 +75,10 @@ def submit(source: MethodSource, out_dir: Path, smoke_track: str = "digits-resne
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{m.id}-", dir=out_dir))
     try:
-        record, _ = evaluate(RunSpec(track=load_track(smoke_track), method=source, speedup=smoke_speedup, seed=0,
-                                     runner="docker", out=staging / "smoke", cache_dir=cache_dir,
-                                     save_models=False))
+        spec = RunSpec(track=load_track(smoke_track), method=source, speedup=smoke_speedup, seed=0, runner="docker",
+                       out=staging / "smoke", cache_dir=cache_dir, save_models=False)
+        check_run(spec)  # built without a plan: the plan's checks
+        record, _ = evaluate(spec)
         if record.status != "ok":
             raise HarnessError(f"smoke evaluation failed: {record.error}")
         say("saving the image")

@@ -69,6 +69,22 @@ def other_bases(specs: list[RunSpec], records) -> list[str]:
     return lines
 
 
+def run_each(specs: list[RunSpec], on_result: Optional[OnResult] = None, progress=None,
+             events: Optional["EventLog"] = None) -> SweepSummary:
+    """Run every spec here, one after the other, recorded or not (``evaluate``): a run replaces an older
+    record of its key. No base is resolved up front: each run's base stage resolves it (a base other than
+    the track's pin is then that run's recorded failure, not a stop), and under torchrun every rank runs
+    the same specs in step."""
+    summary = SweepSummary()
+    for spec in specs:
+        record = _run_one(spec, 0, events, progress)
+        summary.records.append(record)
+        summary.ran += 1
+        if on_result:
+            on_result(spec, record, "ran")
+    return summary
+
+
 def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool = False,
               on_result: Optional[OnResult] = None, progress=None, executor: str = "local",
               slurm=None, log=print, events: Optional["EventLog"] = None,

@@ -502,16 +502,9 @@ def floor_plan(groups: list[Group], fraction: float) -> dict[str, list[int]]:
     return plan
 
 
-def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: list[Group],
-                 fraction: float = 0.1) -> None:
-    """Raise :class:`Unprunable` (one line naming the layer) unless ``groups`` describe ``model`` correctly
-    and can be pruned: every member's indices fit its tensor, and a copy pruned to the floor (every group
-    at ``fraction`` of its channels, :func:`floor_plan`) has no empty layer, keeps every per-channel
-    parameter at its layer's new width and runs forward. Run before a method sees the groups, so that an
-    architecture the harness cannot handle is bad input, never a method's ``IndexError`` or an internal
-    error mid-run. ``model`` itself is not changed."""
-    import copy
-
+def _check_indices(model: nn.Module, config: PruneConfig, groups: list[Group]) -> None:
+    """The part of :func:`check_groups` that reads the groups only: every group splits into its slices,
+    and every member's indices fit its root channels and its tensors."""
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     declared = {id(p): d for p, d in (config.unwrapped_parameters or [])}  # a bare parameter's pruning dim
     params = dict(model.named_parameters())
@@ -530,6 +523,19 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
                 if extent is not None and any(not 0 <= i < extent for i in m.idxs):
                     raise _refuse(model, m.layer, f"group {g.id} prunes {m.dim} channel {max(m.idxs)} of {key}, "
                                                   f"which has {extent}", key if m.kind == "parameter" else None)
+
+
+def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: list[Group],
+                 fraction: float = 0.1) -> None:
+    """Raise :class:`Unprunable` (one line naming the layer) unless ``groups`` describe ``model`` correctly
+    and can be pruned: every member's indices fit its tensor, and a copy pruned to the floor (every group
+    at ``fraction`` of its channels, :func:`floor_plan`) has no empty layer, keeps every per-channel
+    parameter at its layer's new width and runs forward. Run before a method sees the groups, so that an
+    architecture the harness cannot handle is bad input, never a method's ``IndexError`` or an internal
+    error mid-run. ``model`` itself is not changed."""
+    import copy
+
+    _check_indices(model, config, groups)
     dry, config = copy.deepcopy((model, config))  # config's layers and parameters, as the copy's
     dry.eval()
     try:

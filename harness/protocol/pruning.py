@@ -223,12 +223,20 @@ def search_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Mo
                            in_place, graph, meta)
 
     goal = target * (1 - 1e-9)
-    lo, s_lo = 0, base_macs / current_macs
-    if s_lo >= goal:
+    if base_macs / current_macs >= goal:
         cache[0] = None  # nothing to remove, nothing probed
         return done(0)
-    # first probe: MACs of conv nets shrink roughly with the square of the channels kept
-    if first is None:
+    return done(_smallest_step(speedup, goal, target, base_macs / current_macs, planner, first))
+
+
+def _smallest_step(speedup: Callable[[int], float], goal: float, target: float, s_lo: float, planner: Planner,
+                   first: Optional[int]) -> int:
+    """For :func:`search_speedup`: the smallest plan step ``t`` with ``speedup(t) >= goal`` (``speedup`` grows
+    with ``t``; step 0, the model as it is, gives ``s_lo < goal``), or :class:`Unreachable`. Probes are placed
+    by interpolating log-speedup between the bracket ends, with a bisection step whenever interpolation fails
+    to halve the bracket; ``first``: the first probe (default: a square-law guess)."""
+    lo = 0
+    if first is None:  # MACs of conv nets shrink roughly with the square of the channels kept
         first = round(planner.t_max * (1 - (s_lo / target) ** 0.5))
     first = min(planner.t_max, max(1, first))
     if speedup(first) >= goal:
@@ -253,7 +261,7 @@ def search_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Mo
         else:
             lo, s_lo = mid, speedup(mid)
         bisect = (hi - lo) > width / 2
-    return done(hi)
+    return hi
 
 
 def probe_macs(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],

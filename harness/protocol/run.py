@@ -5,10 +5,13 @@ groups -> observations -> method scores -> remove the lowest-scoring channels
 until the measured MACs speedup reaches the target -> retrain with the track's
 recipe -> evaluate -> one result record.
 
-Bad input (unknown data root, wrong checkpoint hash) raises HarnessError before
-anything is written. Once the method has been started, every failure (the
-method's, or an unreachable target) becomes a ``failed`` record with a one-line
-error, and no partial artifacts are left behind.
+:func:`evaluate` trusts its :class:`RunSpec`: what a user may get wrong in it (speedup,
+capabilities, hyperparameters, sparse-training budget, docker caps) is checked by the plan
+(:mod:`harness.plan`) that built it. What only the run can see (unknown data root, wrong checkpoint
+hash, an architecture the harness cannot prune) raises HarnessError before anything is written. Once
+the method has been started, every failure (the method's, or an unreachable target) becomes a
+``failed`` record with a one-line error, and no partial artifacts are left behind
+(:func:`_settle`: the run's one cleanup).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from harness.protocol import distributed
 from harness.protocol.batchnorm import recalibrate
-from harness.protocol.checkpoints import BaseMismatch
+from harness.protocol.checkpoints import BaseCheckpoint, BaseMismatch
 from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_layer_macs,
                                        describe_groups, layer_channels, meta_count_exact)
 from harness.protocol.latency import measure as measure_latency
@@ -42,9 +45,9 @@ from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
 from harness.runners import client_class
-from harness.runners.sandbox import check_resources, limits_for
-from harness.store import (image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir,
-                           run_key_of)
+from harness.runners.sandbox import limits_for
+from harness.store import image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir
+from harness.store import run_key_of as resolved_run_key
 from harness.tasks import Task, base_sha256, task_for
 from specs.result import (BeforeAfter, Diagnostics, JobInfo, MethodInfo, MetricInfo, ResultRecord, Speedup, Timing,
                           TrackInfo)
@@ -85,7 +88,8 @@ class RunSpec:
         """The caps this run's runner enforces (:func:`harness.runners.sandbox.limits_for`)."""
         return limits_for(self.runner, self.sandbox, self.track.sandbox)
     #: sha256 of the base checkpoint (part of the run key), resolved before the run by :func:`with_base`;
-    #: None = resolve it when the key is computed. A base that differs at run time is a recorded failure
+    #: None = the run's base stage resolves it (and :func:`run_key_of` before a key is computed). A base that
+    #: differs at run time is a recorded failure
     base_sha256: Optional[str] = None
 
     def retrain_recipe(self):
@@ -95,17 +99,21 @@ class RunSpec:
             raise HarnessError(str(e)) from None
 
 
+class BaseNotTrained(HarnessError):
+    """The base checkpoint's sha256 cannot be known without training it (:func:`with_base`, ``train=False``)."""
+
+
 def with_base(spec: RunSpec, train: bool = True, verify: bool = False) -> RunSpec:
     """``spec`` with ``base_sha256`` resolved (:func:`harness.tasks.base_sha256`: the published
     file's digest, the cached trained base's, the track's pin unless ``verify``, or - ``train`` - the base
     trained now).
-    Raises :class:`HarnessError` when it cannot be known without training and ``train`` is false, and
+    Raises :class:`BaseNotTrained` when it cannot be known without training and ``train`` is false, and
     :class:`BaseMismatch` when a file differs from the track's pin."""
     if spec.base_sha256 is not None:
         return spec
     digest = base_sha256(spec.track, spec.data_root, spec.cache_dir, spec.device, train=train, verify=verify)
     if digest is None:
-        raise HarnessError(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
+        raise BaseNotTrained(f"the base checkpoint of track {spec.track.id} is not trained yet, and runs are keyed by "
                            f"its sha256: run `pbench-harness pretrain {spec.track.id}` first (with the same cache "
                            f"folder), or pin checkpoint.sha256 in the track")
     return dataclasses.replace(spec, base_sha256=digest)
@@ -125,11 +133,21 @@ def with_bases(specs: list[RunSpec], train: bool = True, verify: bool = False) -
     return out
 
 
+def run_key_of(spec: RunSpec) -> str:
+    """The run key of ``spec`` (:func:`harness.store.run_key_of`, which is pure) once its base digest is
+    resolved (:func:`with_base`: the track's file, its cached trained base, its pin, or - only when none
+    is known - the base trained now). ``spec`` itself is not changed."""
+    return resolved_run_key(with_base(spec))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
+def method_client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
+    """An unstarted client of ``source`` (the importance method or the regularizer) as run ``spec`` runs it:
+    its runner, seed, device, deadlines and caps; the runner options (e.g. a docker image) are the
+    importance method's only. Public for the estimator, which times the stages as a run does."""
     options = spec.runner_options if source is spec.method else {}
     return client_class(spec.runner)(source, hyperparameters, spec.seed, spec.device, call_timeout=spec.call_timeout,
                                      run_timeout=spec.run_timeout, limits=spec.limits(), **options)
@@ -186,134 +204,191 @@ def method_info(spec: RunSpec, source: MethodSource, hyperparameters: dict) -> M
                       image_digest=image_digest_of(spec, source))
 
 
-def _check(spec: RunSpec) -> None:
-    """Bad input, raised before anything runs or is written (:class:`harness.plan.Plan` checks the same
-    for whole plans; this guards callers that build a RunSpec themselves)."""
-    if not 1.0 < spec.speedup <= 1000:
-        raise HarnessError(f"speedup must be > 1 (e.g. 2, 4, 8), got {spec.speedup:g}")
-    try:
-        spec.method.manifest.require("importance")
-        if spec.regularizer is not None:
-            spec.regularizer.manifest.require("regularizer")
-    except ValueError as e:
-        raise HarnessError(str(e)) from None
-    reg = spec.regularizer
-    if reg is None and spec.reg_hyperparameters:
-        raise HarnessError("regularizer hyperparameters given without a regularizer")
-    if reg is not None and spec.track.sparsify.epochs == 0:
-        raise HarnessError(f"track {spec.track.id} has no sparse-training budget (sparsify.epochs is 0)")
-    resolved_hyperparameters(spec.method, spec.hyperparameters)
-    if reg is not None:
-        resolved_hyperparameters(reg, spec.reg_hyperparameters)
-    if spec.runner == "docker":  # a manifest asking for more than the caps never runs
-        for source in filter(None, (spec.method, spec.regularizer)):
-            check_resources(source.manifest, spec.limits())
-
-
 def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[ResultRecord, Path]:
-    """Run the protocol once; returns the record and the run directory it was written to."""
-    _check(spec)
+    """Run the protocol once; returns the record and the run directory it was written to. ``spec`` is
+    trusted: its checks are the plan's (:mod:`harness.plan`). The stages, in order: the world
+    (:func:`_join_world`), the recipes and the base (:func:`_base_stage`), the model checks, the run's
+    opening (:func:`_open_run`), then :func:`_run_stages` under :func:`_settle`, the one place where the
+    run ends: its record, its staging directory, and what each process rank does."""
     spec, progress, w = _join_world(spec, progress)
-    track, reg = spec.track, spec.regularizer
     t_start, started = time.perf_counter(), _now()
     seed_everything(spec.seed)
-    task = task_for(track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
+    task = task_for(spec.track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     _check_recipes(spec, task)
     try:
         spec, base = _base_stage(spec, task, progress)
     except BaseMismatch as e:  # not the base the run is keyed by (or the track pins): recorded under that key
-        spec = dataclasses.replace(spec, base_sha256=spec.base_sha256 or track.checkpoint.sha256)
+        spec = dataclasses.replace(spec, base_sha256=spec.base_sha256 or spec.track.checkpoint.sha256)
         return _record_failure(spec, run_key_of(spec), str(e))
     _check_groups(spec, task, base)  # an architecture the harness cannot prune: bad input, before any method call
-    needy = [s.manifest for s in (spec.method, reg) if s is not None and s.manifest.requires]
-    if needy:  # a model a method cannot score: bad input, refused before anything is written
-        with torch.random.fork_rng(devices=[]):  # the check leaves the run's random stream alone
-            probe, probe_input = copy.deepcopy(base.model).to(spec.device), task.example_inputs()
-            probe_groups = describe_groups(probe, probe_input, task.prune_config(probe))
-            for manifest in needy:
-                check_applicable(manifest, probe, probe_input, probe_groups)
-    key = run_key_of(spec)  # also validates hyperparameters and (docker) finds the image
-    recipe = spec.retrain_recipe()
-    target_dir = run_dir(spec, key)
-    staging = new_staging(target_dir) if w.main else Path(tempfile.mkdtemp(prefix="pbench-rank-"))
+    _check_applicable(spec, task, base)
+    run = _open_run(spec, task, base, w, t_start, started)
+    if progress:
+        progress("evaluate", 0, 2, metric=spec.track.metric, base=base.metric)
+    return _settle(run, lambda: _run_stages(run, progress))
 
-    model = copy.deepcopy(base.model).to(spec.device)
+
+@dataclass
+class _Run:
+    """One run between its opening and its record: what the stages share, and what its record says
+    whatever the outcome (``fields``, ``timing`` and ``metric`` grow as the stages pass)."""
+
+    spec: RunSpec
+    task: Task
+    base: BaseCheckpoint
+    world: distributed.World
+    key: str
+    target_dir: Path
+    staging: Path           # the run's files until it is published (a private temporary folder off rank 0)
+    example: torch.Tensor
+    dense: Dense
+    info: MethodInfo
+    fields: dict
+    metric: MetricInfo
+    t_start: float
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def save(self, model: nn.Module, name: str) -> None:
+        if self.spec.save_models:
+            self.task.save(model, self.staging / name)
+
+
+def _check_applicable(spec: RunSpec, task: Task, base) -> None:
+    """A model a method cannot score (its manifest's ``requires``): bad input, refused before anything is
+    written; the check leaves the run's random stream alone."""
+    needy = [s.manifest for s in (spec.method, spec.regularizer) if s is not None and s.manifest.requires]
+    if not needy:
+        return
+    with torch.random.fork_rng(devices=[]):
+        probe, probe_input = copy.deepcopy(base.model).to(spec.device), task.example_inputs()
+        probe_groups = describe_groups(probe, probe_input, task.prune_config(probe))
+        for manifest in needy:
+            check_applicable(manifest, probe, probe_input, probe_groups)
+
+
+def _open_run(spec: RunSpec, task: Task, base, w: "distributed.World", t_start: float, started: str) -> _Run:
+    """The run's key (also checks the hyperparameters and, under docker, finds the image), what the dense
+    model measures, the record's fields, and last the staging directory (rank 0's beside the run
+    directory, the others' private)."""
+    key = run_key_of(spec)
+    target_dir = run_dir(spec, key)
     example = task.example_inputs()
-    dense = Dense.of(model, example)
+    probe = copy.deepcopy(base.model).to(spec.device)  # counting leaves it as it is: the stages prune their own
+    dense = Dense.of(probe, example)
+    del probe
     fields = _record_fields(spec, key, base.sha256, started, current_job())
     fields["provenance"] = _with_training(fields["provenance"], spec, task, w)
     info = method_info(spec, spec.method, spec.hyperparameters)
-    if reg is not None:
-        fields["regularizer"] = method_info(spec, reg, spec.reg_hyperparameters)
-    timing: dict[str, float] = {}
-    metric = MetricInfo(name=track.metric, base=base.metric)
-    if progress:
-        progress("evaluate", 0, 2, metric=track.metric, base=base.metric)
-    try:
-        if reg is not None:
-            timing["reg_s"] = _sparsify_stage(spec, task, model, example, progress)
-            if spec.save_models:
-                task.save(model, staging / "sparse.pt")
-        pruned = _prune_everywhere(spec, task, model, example, dense, progress)
-        timing.update(step_s=pruned.step_s, score_s=pruned.score_s, method_start_s=pruned.start_s,
+    if spec.regularizer is not None:
+        fields["regularizer"] = method_info(spec, spec.regularizer, spec.reg_hyperparameters)
+    staging = new_staging(target_dir) if w.main else Path(tempfile.mkdtemp(prefix="pbench-rank-"))
+    return _Run(spec, task, base, w, key, target_dir, staging, example, dense, info, fields,
+                MetricInfo(name=spec.track.metric, base=base.metric), t_start)
+
+
+def _run_stages(run: _Run, progress: Optional[Progress]) -> ResultRecord:
+    """[sparse training] -> prune -> evaluate (and with BatchNorm re-estimated) -> retrain -> evaluate ->
+    latency: the ``ok`` record. A failure raises; :func:`_settle` records it."""
+    spec, task = run.spec, run.task
+    model = copy.deepcopy(run.base.model).to(spec.device)
+    if spec.regularizer is not None:
+        run.timing["reg_s"] = _sparsify_stage(spec, task, model, run.example, progress)
+        run.save(model, "sparse.pt")
+    pruned = _prune_everywhere(spec, task, model, run.example, run.dense, progress)
+    run.timing.update(step_s=pruned.step_s, score_s=pruned.score_s, method_start_s=pruned.start_s,
                       method_start_wait_s=pruned.start_wait_s)
-        model = pruned.model
-        metric = metric.model_copy(update={"pruned": task.evaluate(model),
-                                           "pruned_recal": _recalibrate_stage(spec, task, model)})
-        fields["diagnostics"] = _diagnostics(pruned.ties)
-        if progress:
-            progress("evaluate", 1, 2, metric=track.metric, pruned=metric.pruned, pruned_recal=metric.pruned_recal)
-        if spec.save_models:
-            task.save(model, staging / "pruned.pt")
-        t0 = time.perf_counter()
-        task.train(model, recipe, seed=spec.seed, progress=progress, stage="retrain")
-        timing["retrain_s"] = time.perf_counter() - t0
-        final = task.evaluate(model)
-        metric = metric.model_copy(update={"final": final, "delta": final - base.metric})
-        if progress:
-            progress("evaluate", 2, 2, metric=track.metric, final=final)
-        if spec.save_models:
-            task.save(model, staging / "final.pt")
-        if spec.measure_latency:
-            fields["latency"] = measure_latency(copy.deepcopy(base.model).to(spec.device), model, example,
-                                                device=spec.device, calibration=_calibration_inputs(task, spec.seed))
-        after = layer_channels(model)
-        roots = [g for g in pruned.base_channels if g in after]
-        record = ResultRecord(
-            status="ok", method=info, speedup=Speedup(target=spec.speedup, achieved=dense.macs / pruned.macs),
-            macs=BeforeAfter(base=dense.macs, pruned=pruned.macs),
-            params=BeforeAfter(base=dense.params, pruned=pruned.params), metric=metric,
-            min_channel_fraction=min((after[g] / dense.layers[g] for g in roots), default=None),
-            layer_channels={n: (dense.layers[n], after[n]) for n in dense.layers if n in after},
-            timing=Timing(**timing, total_s=time.perf_counter() - t_start),
-            files={n: n for n in ("sparse.pt", "pruned.pt", "final.pt") if (staging / n).exists()},
-            finished_at=_now(), **fields)
+    model = pruned.model
+    run.metric = run.metric.model_copy(update={"pruned": task.evaluate(model),
+                                               "pruned_recal": _recalibrate_stage(spec, task, model)})
+    run.fields["diagnostics"] = _diagnostics(pruned.ties)
+    if progress:
+        progress("evaluate", 1, 2, metric=spec.track.metric, pruned=run.metric.pruned,
+                 pruned_recal=run.metric.pruned_recal)
+    run.save(model, "pruned.pt")
+    _retrain_stage(run, model, progress)
+    if spec.measure_latency:
+        run.fields["latency"] = measure_latency(copy.deepcopy(run.base.model).to(spec.device), model, run.example,
+                                                device=spec.device,
+                                                calibration=_calibration_inputs(task, spec.seed))
+    return _ok_record(run, pruned, layer_channels(model))
+
+
+def _retrain_stage(run: _Run, model: nn.Module, progress: Optional[Progress]) -> None:
+    """Step 4: retrain the pruned ``model`` in place with the run's recipe, then evaluate it."""
+    spec, task = run.spec, run.task
+    t0 = time.perf_counter()
+    task.train(model, spec.retrain_recipe(), seed=spec.seed, progress=progress, stage="retrain")
+    run.timing["retrain_s"] = time.perf_counter() - t0
+    final = task.evaluate(model)
+    run.metric = run.metric.model_copy(update={"final": final, "delta": final - run.base.metric})
+    if progress:
+        progress("evaluate", 2, 2, metric=spec.track.metric, final=final)
+    run.save(model, "final.pt")
+
+
+def _ok_record(run: _Run, pruned: Pruned, after: dict[str, int]) -> ResultRecord:
+    """The record of a run whose stages all passed (``after``: the final model's channels per layer)."""
+    dense = run.dense
+    roots = [g for g in pruned.base_channels if g in after]
+    return ResultRecord(
+        status="ok", method=run.info, speedup=Speedup(target=run.spec.speedup, achieved=dense.macs / pruned.macs),
+        macs=BeforeAfter(base=dense.macs, pruned=pruned.macs),
+        params=BeforeAfter(base=dense.params, pruned=pruned.params), metric=run.metric,
+        min_channel_fraction=min((after[g] / dense.layers[g] for g in roots), default=None),
+        layer_channels={n: (dense.layers[n], after[n]) for n in dense.layers if n in after},
+        timing=Timing(**run.timing, total_s=time.perf_counter() - run.t_start),
+        files={n: n for n in ("sparse.pt", "pruned.pt", "final.pt") if (run.staging / n).exists()},
+        finished_at=_now(), **run.fields)
+
+
+def _failed(run: _Run, error: str) -> ResultRecord:
+    """The record of a run that failed in its stages: what it measured before it failed."""
+    dense = run.dense
+    return ResultRecord(
+        status="failed", error=_error_line(error), method=run.info,
+        speedup=Speedup(target=run.spec.speedup), macs=BeforeAfter(base=dense.macs),
+        params=BeforeAfter(base=dense.params), metric=MetricInfo(name=run.metric.name, base=run.metric.base),
+        timing=Timing(**run.timing, total_s=time.perf_counter() - run.t_start), finished_at=_now(), **run.fields)
+
+
+def _settle(run: _Run, stages) -> tuple[ResultRecord, Path]:
+    """The whole run's cleanup, in one place. ``stages()`` gives the ``ok`` record; the method's failure
+    or an unreachable target, and a crash inside the harness, become a ``failed`` record (its files
+    removed); bad input (:class:`HarnessError`) removes the staging directory and propagates. Rank 0
+    publishes the record; the other ranks only clean up (see :func:`_leave`)."""
+    try:
+        record, failure = stages(), None
     except (MethodFailure, Unreachable) as e:
-        record, failure = _failed(str(e), info, spec, metric, dense, timing, t_start, fields), e
+        record, failure = _failed(run, str(e)), e
     except HarnessError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not w.main and not distributed.everywhere(e):  # rank 0 is elsewhere: it records why (torchrun stops it)
-            distributed.note_failure(_rank_notes(target_dir), one_line(e))
+        shutil.rmtree(run.staging, ignore_errors=True)
+        if not run.world.main and not distributed.everywhere(e):  # rank 0 is elsewhere: it records why
+            distributed.note_failure(_rank_notes(run.target_dir), one_line(e))  # (and torchrun stops it)
         raise
     except Exception as e:  # a crash inside the harness must not lose the sweep: record it
-        error = _distributed_error(e, target_dir) if w.distributed else f"internal error: {one_line(e)}"
-        record, failure = _failed(error, info, spec, metric, dense, timing, t_start, fields), e
-    else:
-        failure = None
+        error = _distributed_error(e, run.target_dir) if run.world.distributed else f"internal error: {one_line(e)}"
+        record, failure = _failed(run, error), e
     if record.status == "failed":
-        for f in staging.iterdir():
+        for f in run.staging.iterdir():
             f.unlink()
-    if not w.main:
-        shutil.rmtree(staging, ignore_errors=True)
+    return _leave(run, record, failure)
+
+
+def _leave(run: _Run, record: ResultRecord, failure: Optional[BaseException]) -> tuple[ResultRecord, Path]:
+    """Rank 0 publishes the record; another rank removes its private staging, and, when it failed alone
+    (out of step with rank 0), notes why for rank 0 and leaves at once (torchrun stops the others). A
+    run every rank ended alike waits at a barrier: rank 0 has published before any rank exits."""
+    if not run.world.main:
+        shutil.rmtree(run.staging, ignore_errors=True)
         if failure is not None and not distributed.everywhere(failure):
             if not isinstance(failure, distributed.WorkerStopped):  # (stopped because another rank failed)
-                distributed.note_failure(_rank_notes(target_dir), one_line(failure))
-            return record, target_dir  # out of step with rank 0: exit, and torchrun stops the others
+                distributed.note_failure(_rank_notes(run.target_dir), one_line(failure))
+            return record, run.target_dir
     else:
-        publish(record, staging, target_dir)
+        publish(record, run.staging, run.target_dir)
     if failure is None or distributed.everywhere(failure):
-        distributed.barrier()  # rank 0 has published before any rank exits (an exit stops the others)
-    return record, target_dir
+        distributed.barrier()
+    return record, run.target_dir
 
 
 def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
@@ -406,9 +481,9 @@ def _prune_everywhere(spec: RunSpec, task: Task, model: nn.Module, example, dens
                       progress: Optional[Progress]) -> Pruned:
     """The prune stage on rank 0 (the only rank that talks to the method); every rank gets its result,
     the pruned model included (sent from the CPU, placed on each rank's device). Rank 0's ``model`` is
-    pruned in place (see :func:`_prune_stage`): pass a copy you own."""
+    pruned in place (see :func:`prune_stage`): pass a copy you own."""
     return distributed.on_main(
-        lambda: _prune_stage(spec, task, model, example, dense, progress),
+        lambda: prune_stage(spec, task, model, example, dense, progress),
         to_others=lambda p: dataclasses.replace(p, model=copy.deepcopy(p.model).cpu()),
         from_main=lambda p: dataclasses.replace(p, model=p.model.to(spec.device)))
 
@@ -467,12 +542,12 @@ def _sparsify_stage(spec: RunSpec, task: Task, model: nn.Module, example, progre
     only) and sparse-train ``model`` in place with the track's ``sparsify`` recipe; returns the wall time
     (seconds)."""
     main = distributed.world().main
-    with _client(spec, spec.regularizer, spec.reg_hyperparameters) if main else nullcontext() as client:
+    with method_client(spec, spec.regularizer, spec.reg_hyperparameters) if main else nullcontext() as client:
         groups = describe_groups(model, example, task.prune_config(model))
         return sparsify(task, model, spec.track.sparsify, client, groups, spec.seed, progress)
 
 
-def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
+def prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense,
                  progress: Optional[Progress]) -> Pruned:
     """Steps 2-3, ``track.pruning.rounds`` times: groups -> observations -> scores -> the smallest
     plan whose measured speedup reaches this round's share of the target. The method starts on a thread
@@ -483,7 +558,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
     runs too, and ``Pruned.model`` is that object; a stage that fails midway leaves it half-pruned. Pass
     a copy you own: :func:`evaluate` passes its run's deep copy of the base, the estimator and the
     benchmarks deep copies or models they built (``tests/test_prune_overhead.py`` checks the callers)."""
-    with _client(spec, spec.method, spec.hyperparameters).begin() as client:
+    with method_client(spec, spec.method, spec.hyperparameters).begin() as client:
         t0 = time.perf_counter()
         model, macs, params, base_channels, ties = _prune_rounds(spec, task, model, example, dense, client, progress)
         step_s = time.perf_counter() - t0 - client.start_wait_seconds
@@ -493,7 +568,7 @@ def _prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: De
 
 def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense, client,
                   progress: Optional[Progress]):
-    """The rounds of :func:`_prune_stage`; returns ``(model, macs, params, base_channels, ties)``."""
+    """The rounds of :func:`prune_stage`; returns ``(model, macs, params, base_channels, ties)``."""
     track = spec.track
     calib = task.calibration_batches(spec.seed)
     base_channels: dict[str, int] = {}
@@ -570,12 +645,3 @@ def _record_failure(spec: RunSpec, key: str, error: str, job: Optional[JobInfo] 
         metric=MetricInfo(name=spec.track.metric), finished_at=now, **fields)
     publish(record, new_staging(target_dir), target_dir)
     return record, target_dir
-
-
-def _failed(error: str, info: MethodInfo, spec: RunSpec, metric: MetricInfo, dense: Dense, timing: dict,
-            t_start: float, fields: dict) -> ResultRecord:
-    return ResultRecord(
-        status="failed", error=_error_line(error), method=info,
-        speedup=Speedup(target=spec.speedup), macs=BeforeAfter(base=dense.macs),
-        params=BeforeAfter(base=dense.params), metric=MetricInfo(name=metric.name, base=metric.base),
-        timing=Timing(**timing, total_s=time.perf_counter() - t_start), finished_at=_now(), **fields)

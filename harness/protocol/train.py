@@ -305,19 +305,7 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
                     x, y = mixup(x, y)
                 with autocast():
                     loss = criterion(logits_of(net(x)), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                unscaled = grad_hook is not None
-                if unscaled:
-                    scaler.unscale_(opt)
-                    grad_hook(step, total)
-                if recipe.clip_grad_norm:
-                    if not unscaled:
-                        scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
+                _update(model, loss, opt, scaler, sched, recipe, grad_hook, step, total)
                 step += 1
                 loss_sum += loss.detach()
                 n_batches += 1
@@ -331,6 +319,25 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
     distributed.sync_module(model)
     model.eval()
     return model
+
+
+def _update(model: nn.Module, loss: torch.Tensor, opt, scaler, sched, recipe: Recipe, grad_hook: Optional[GradHook],
+            step: int, total: int) -> None:
+    """One optimizer step of :func:`train`: the (scaled) backward pass, the regularizer's ``grad_hook`` on
+    unscaled gradients, gradient clipping, the step, the scaler's and the schedule's updates."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    unscaled = grad_hook is not None
+    if unscaled:
+        scaler.unscale_(opt)
+        grad_hook(step, total)
+    if recipe.clip_grad_norm:
+        if not unscaled:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
 
 
 def _loss(recipe: Recipe, num_classes: Optional[int], seed: int, w) -> tuple:
