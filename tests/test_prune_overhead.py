@@ -190,6 +190,52 @@ def test_a_method_ends_without_the_interpreters_teardown(make_method, tmp_path):
     assert proc.returncode == 0 and not marker.exists()
 
 
+def test_what_a_method_started_ends_with_it_and_its_exit_code_is_reported(make_method, tmp_path):
+    """A child the method started (a pool worker, a subprocess) does not outlive the method's process, and a
+    ``sys.exit(7)`` in method code is reported with its code (it ends the process at once, like a shutdown)."""
+    import os
+
+    from harness.errors import MethodFailure
+    pid_file = tmp_path / "child.pid"
+    method = make_method(f"""
+        import pathlib, subprocess
+        from specs.sdk import ImportanceMethod
+        child = subprocess.Popen(["sleep", "300"])
+        pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))
+        class Method(ImportanceMethod):
+            def score_group(self, group, obs):
+                raise NotImplementedError
+        """)
+    client = SubprocessClient(method, {}, 0)
+    client.start()
+    client.close()
+    child = int(pid_file.read_text())
+    for _ in range(200):  # (killed already: at most the time its new parent takes to collect it)
+        try:
+            state = open(f"/proc/{child}/stat").read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, 9)
+        pytest.fail("the method's child outlived it")
+    exiting = make_method("""
+        import sys
+        from specs.sdk import ImportanceMethod
+        class Method(ImportanceMethod):
+            def score_group(self, group, obs):
+                sys.exit(7)
+        """)
+    from harness.protocol.observations import collect
+    model, x = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 3)), torch.randn(1, 3, 8, 8)
+    groups = describe_groups(model, x, PruneConfig())
+    with pytest.raises(MethodFailure, match="exit code 7"):
+        with SubprocessClient(exiting, {}, 0) as client:
+            client.score(0, groups, collect(["weights"], model, groups, []))
+
+
 def test_a_method_begun_on_a_thread_is_waited_for_once_or_stopped(monkeypatch):
     client = SubprocessClient(find_method("magnitude_l2"), {}, 0).begin()
     client.ready()
@@ -436,3 +482,42 @@ def test_every_caller_of_the_prune_stage_passes_a_model_it_owns():
                     where = f"{path.name}:{node.lineno} {ast.unparse(node)}"
                     assert passes_on or owned(model, assigned, node.lineno), where
     assert calls >= 5
+
+
+class Gated(torch.nn.Module):
+    """A learned gate opens a block; the test on its value fails on meta tensors and is caught there, so a
+    meta forward skips the block whatever the gate says (the outside review's model)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.extra = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.gate = torch.nn.Parameter(torch.zeros(()))
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.conv2(torch.relu(self.conv1(x)))
+        try:
+            if self.gate > 0:
+                x = x + self.extra(x)
+        except (RuntimeError, NotImplementedError):
+            pass
+        return self.fc(x.mean((2, 3)))
+
+
+def test_after_sparse_training_the_stage_counts_the_model_again(tiny_track):
+    """The run's dense count stands for the prune stage's model only where no sparsify stage trained it since:
+    a gate that training opened changes the real count but not the meta one, and the stage, seeing a
+    regularizer, counts again (for real here), so the MACs it reports are Torch-Pruning's."""
+    task = task_for(tiny_track)
+    example = task.example_inputs()
+    torch.manual_seed(0)
+    model = Gated(example.shape[1]).eval()
+    dense = Dense.of(model, example)  # before sparse training
+    with torch.no_grad():
+        model.gate.fill_(1.0)  # what sparse training may do
+    spec = RunSpec(track=tiny_track, method=find_method("magnitude_l2"), regularizer=find_method("group_lasso"),
+                   speedup=2, seed=0, runner="inprocess")
+    pruned = prune_stage(spec, task, model, example, dense, None)
+    assert pruned.macs == tp_counts(pruned.model, example)[0]

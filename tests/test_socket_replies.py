@@ -155,3 +155,28 @@ def test_observations_are_never_written_through_a_link_the_method_planted(tmp_pa
         assert torch.equal(load_file(str(path))["w"], torch.arange(6.0).reshape(2, 3))
     finally:
         client.close()
+
+
+def test_a_planted_fifo_or_directory_neither_hangs_nor_crashes_the_harness(tmp_path):
+    """A FIFO planted under the next observation's name is replaced (the harness writes in its own directory
+    and renames the file into the exchange: it never opens a name the method controls, so it cannot block on
+    a FIFO); a non-empty directory there cannot be replaced: a MethodFailure in one line, nothing left."""
+    import os
+    import stat
+
+    from harness.errors import MethodFailure
+    client = client_class("subprocess")(find_method("magnitude_l2"), {}, 0)
+    try:
+        os.mkfifo(client.exchange / "obs-weights-00001.safetensors")
+        ref = client._write("obs-weights", {"w": torch.ones(2)})
+        assert stat.S_ISREG(os.lstat(client.exchange / ref.file).st_mode)
+        planted = client.exchange / "obs-weights-00002.safetensors"
+        planted.mkdir()
+        (planted / "x").write_text("x")
+        with pytest.raises(MethodFailure) as e:
+            client._write("obs-weights", {"w": torch.ones(2)})
+        assert "'obs-weights-00002.safetensors'" in str(e.value) and "\n" not in str(e.value)
+        assert not list(client._staging.iterdir())
+    finally:
+        client.close()
+    assert not client._staging.exists() and not client.exchange.exists()

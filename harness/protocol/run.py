@@ -582,8 +582,10 @@ def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: D
             base_channels = {g.id: g.n_channels for g in groups}
             # rounds are guided by per-layer MACs; once per stage: whether the count on meta tensors is exact
             # (then counts and search probes run on weightless copies, see prune_round)
-            # (the dense model's count is the stage's model's: the same shapes, counted once per run)
-            known = None if dense.layer_macs is None else (dense.macs, dense.params, dense.layer_macs)
+            # (the dense count is the stage's model's where no sparsify stage trained it since: the same
+            # weights; after sparse training a forward that depends on the trained values is counted again)
+            reuse = dense.layer_macs is not None and spec.regularizer is None
+            known = (dense.macs, dense.params, dense.layer_macs) if reuse else None
             _, _, layers, meta = meta_count_exact(model, example, known)
         obs = collect(spec.method.manifest.observations, model, groups, calib, task.loss, seed=spec.seed,
                       calibration=track.calibration)

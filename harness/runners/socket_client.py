@@ -65,6 +65,9 @@ class SocketClient(MethodClient):
         self.inline = self.dialect.replies == "inline"
         self.exchange = Path(tempfile.mkdtemp(prefix="pbx-", dir=self._exchange_root()))
         os.chmod(self.exchange, 0o755 if self.inline else 0o777)  # a container's own user reads (and writes)
+        #: where the harness writes tensors before renaming them into the exchange directory: its own (0700),
+        #: on the same filesystem, out of the method's reach
+        self._staging = Path(tempfile.mkdtemp(prefix="pbx-own-", dir=self._exchange_root()))
         self._own_log = log_path is None
         self.log_path = log_path or self.exchange.with_name(self.exchange.name + ".log")
         self._listener: Optional[socket.socket] = None
@@ -208,16 +211,18 @@ class SocketClient(MethodClient):
         name = f"{stem}-{self._counter:05d}.safetensors"
         self._own.add(name)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        # safetensors writes a new temporary file (O_EXCL) and renames it to ``name``: never through a link the
-        # method may have planted (rename replaces a link, it does not follow it); 2.5x faster than its bytes
-        # and a write (one copy less). Then readable by the container's user, again not through a link.
-        path = self.exchange / name
-        save_file(tensors, str(path))
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # written by safetensors (2.5x faster than its bytes and a write) in the harness's own directory, made
+        # readable by the container's user there, then renamed into the exchange directory: a link, FIFO or
+        # file the method planted under that name is replaced, never followed or opened
+        staged = self._staging / name
         try:
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
+            save_file(tensors, str(staged))
+            os.chmod(staged, 0o644)
+            os.rename(staged, self.exchange / name)
+        except (OSError, SafetensorError) as e:
+            staged.unlink(missing_ok=True)
+            raise MethodFailure(f"cannot put {name!r} into the exchange directory ({one_line(e)}; a method that "
+                                f"writes there may have planted something under that name)") from None
         return TensorFile(file=name, keys=sorted(tensors))
 
     def _discard(self, name: str) -> None:
@@ -325,6 +330,7 @@ class SocketClient(MethodClient):
                 s.close()
         self._conn = self._listener = None
         shutil.rmtree(self.exchange, ignore_errors=True)
+        shutil.rmtree(self._staging, ignore_errors=True)
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
 

@@ -56,16 +56,34 @@ class SubprocessClient(SocketClient):
     def _exit_status(self) -> Optional[str]:
         if self._proc is None:
             return "not started"
-        code = self._proc.poll()
+        code = self._reap()
         if code is None:
             return None
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+    def _reap(self) -> Optional[int]:
+        """The method's exit code once it ended (None while it runs). Before its exit is collected, what is
+        left of its process group (children it started: multiprocessing workers, a pool) is killed: the
+        ended process still holds the group's id then, so no other process can have taken it."""
+        if self._proc.returncode is not None:
+            return self._proc.returncode
+        try:
+            ended = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, AttributeError):  # (collected elsewhere; no waitid)
+            return self._proc.poll()
+        if ended is None:
+            return None
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self._proc.poll()
 
     def _wait_exit(self, timeout: float) -> None:
         """Until the process exits (a pidfd that becomes readable then: no polling, no sleeps; Popen's own
         ``wait(timeout)`` sleeps in a loop), at most ``timeout`` seconds. ``poll()``, not ``select()``: the
         harness may hold more than 1024 descriptors (``select`` refuses those)."""
-        if self._proc is None or self._proc.poll() is not None:
+        if self._proc is None or self._reap() is not None:
             return
         try:
             fd = os.pidfd_open(self._proc.pid)
@@ -81,10 +99,10 @@ class SubprocessClient(SocketClient):
             waiter.poll(max(0, int(timeout * 1000)))
         finally:
             os.close(fd)
-        self._proc.poll()  # reap it
+        self._reap()
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._reap() is None:
             try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
             except ProcessLookupError:
