@@ -10,6 +10,7 @@ which methods cannot score a track's architecture meaningfully (their manifest's
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -150,16 +151,25 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
     sizes = [native] + sorted({s for s in (declared, *PROBE_SIZES) if s and s > native}) if not fixed else [native]
     failures: list[str] = []
     architecture: Optional[HarnessError] = None  # ran forward, but cannot be traced or pruned
+    previous = None  # the last size's error, in one line
     for size in sizes:
         candidate = track if size == native else track.model_copy(update={
             "dataset": track.dataset.model_copy(update={"image_size": size})})
         try:
             _probe(candidate, data_root, data, size)
-        except (Untraceable, Unprunable) as e:
-            architecture = architecture or e
-            failures.append(f"{size}px: {_short(e)}")
-            continue
         except (HarnessError, RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
+            if isinstance(e, (Untraceable, Unprunable)):
+                architecture = architecture or e
+            text = _short(e, limit=10_000)
+            # the same at two sizes: the size is not the cause (the unpruned model ran forward for an architecture
+            # error, so its size words are about channels)
+            if text == previous and (isinstance(e, (Untraceable, Unprunable)) or not about_size(text)):
+                if isinstance(e, (Untraceable, Unprunable)):
+                    raise e from None
+                raise HarnessError(f"{track.model.name} fails the same way at {failures[-1].split(':')[0]} and "
+                                   f"{size}px, so not for its input size: "
+                                   f"{str(e) if type(e) is HarnessError else _short(e, 400)}") from None
+            previous = text
             failures.append(f"{size}px: {_short(e)}")
             continue
         candidate = TrackConfig.model_validate(candidate.model_dump(by_alias=True))
@@ -170,9 +180,26 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
                            f"set dataset.image_size in a track file to choose another")
     if architecture is not None:  # the model runs; the harness cannot prune it: the layer, not the size
         raise architecture
+    if fixed:
+        raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at the track's "
+                           f"dataset.image_size ({failures[-1]}); set dataset.image_size to a size the model "
+                           f"accepts, or fix the model if the size is not the cause")
     tried = ", ".join(f"{s}px" for s in sizes)
     raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at {tried} ({failures[-1]}); "
                        f"set dataset.image_size in a track file (--track FILE) to a size the model accepts")
+
+
+#: what PyTorch, timm and transformers say when an input is too small or of a shape the model was not built for
+_SIZE_WORDS = re.compile(
+    r"too small|output size|input size|image size|img_size|kernel size|padd|divisible|does ?n[o']t match|spatial|"
+    r"resolution|shapes cannot be multiplied|size of tensor a|is invalid for input of size|"
+    r"more than 1 value per channel|non-?positive|negative dimension", re.IGNORECASE)
+
+
+def about_size(error: str) -> bool:
+    """Whether an error (one line) reads like one about the input's size: a probe keeps trying other sizes
+    after it. Any other error that repeats at two sizes is the model's own, and reported as such."""
+    return bool(_SIZE_WORDS.search(error))
 
 
 def _short(e: Exception, limit: int = 160) -> str:
