@@ -158,6 +158,8 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
         try:
             _probe(candidate, data_root, data, size)
         except (HarnessError, RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
+            if isinstance(e, WillNotLearn):
+                raise e from None
             if isinstance(e, (Untraceable, Unprunable)):
                 architecture = architecture or e
             text = _short(e, limit=10_000)
@@ -224,6 +226,41 @@ def _declared_min_size(track: TrackConfig) -> Optional[int]:
     return int(size[-1]) if size else None
 
 
+class WillNotLearn(HarnessError):
+    """The track's pretraining cannot give this model a base that beats chance, for a reason known before
+    training (e.g. BatchNorm statistics that the recipe is too short to move)."""
+
+
+def check_batchnorm_momentum(track: TrackConfig, model, train_samples: int) -> None:
+    """:class:`WillNotLearn` in one line when a BatchNorm layer's momentum is so small that after the track's
+    pretraining steps its running statistics would still hold more than half of their initial values (zero
+    mean, unit variance): the trained base would then be evaluated with statistics of no data, at chance
+    (torchvision's MNASNet: momentum 0.0003, which needs ~2,300 steps). Nothing to check for a base that is
+    not trained here (a published checkpoint, or a ``file:`` model's own weights)."""
+    import math
+
+    from torch import nn
+
+    recipe = track.checkpoint.pretrain
+    if track.checkpoint.path is not None or recipe is None or recipe.epochs == 0:
+        return
+    steps = recipe.epochs * max(1, train_samples // recipe.batch_size)
+    for name, m in model.named_modules():
+        momentum = getattr(m, "momentum", None) if isinstance(m, nn.modules.batchnorm._BatchNorm) else None
+        if momentum is None or not getattr(m, "track_running_stats", False):
+            continue
+        kept = (1 - momentum) ** steps
+        if kept > 0.5:
+            need = math.ceil(math.log(0.5) / math.log(1 - momentum))
+            epochs = math.ceil(need / max(1, train_samples // recipe.batch_size))
+            raise WillNotLearn(
+                f"{track.model.name}'s BatchNorm layer {name!r} has momentum {momentum:.2g}: after the pretrain "
+                f"recipe's {steps} steps its running statistics would still weigh their initial values (mean 0, "
+                f"variance 1) at {kept:.0%}, so the trained base would be evaluated with statistics of no data (at chance); pretrain for at "
+                f"least {need} steps (checkpoint.pretrain.epochs: {epochs} in a track file), or build the model "
+                f"with a larger BatchNorm momentum (a <module>:<factory> reference)")
+
+
 def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> None:
     """Build ``track``'s model (seeded) and check it at ``size``: forward in training and eval mode, the
     dependency graph, and the groups (:func:`~harness.protocol.grouping.check_groups`)."""
@@ -237,6 +274,7 @@ def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(track.model, num_classes=data.num_classes, in_chans=data.in_chans, image_size=size)
+        check_batchnorm_momentum(track, model, len(data.train))
         x = torch.randn(2, data.in_chans, size, size)
         model.train()
         with torch.no_grad():

@@ -125,3 +125,23 @@ def test_a_dict_output_without_logits_is_refused_naming_its_keys(tiny_track):
         logits_of({})
     line, _ = derive(tiny_track, "odd_models:dict_no_logits")  # before any training
     assert "the model returned a dict with keys ['embedding', 'scores'] and no 'logits'" in line
+
+
+def test_batchnorm_statistics_the_recipe_cannot_move_are_refused_before_training(tiny_track):
+    """momentum 0.001 over the tiny track's pretraining (4 epochs of 64-image batches) leaves the running
+    statistics at 0.999**steps of their initial values: refused up front, with the steps that would do."""
+    from harness.data import load_track_dataset
+
+    n = len(load_track_dataset(tiny_track.dataset, None).train)
+    steps = 4 * (n // 64)
+    assert 0.999 ** steps > 0.5
+    with pytest.raises(HarnessError) as e:
+        derive_track(tiny_track, "odd_models:slow_batchnorm")
+    line = str(e.value)
+    assert line.startswith(f"odd_models:slow_batchnorm's BatchNorm layer 'features.1' has momentum 0.001: after the "
+                           f"pretrain recipe's {steps} steps its running statistics would still weigh their "
+                           f"initial values (mean 0, variance 1) at {0.999 ** steps:.0%}")
+    assert "pretrain for at least 693 steps" in line and "\n" not in line  # 0.999**693 < 0.5 < 0.999**692
+    assert 0.999 ** 693 < 0.5 < 0.999 ** 692
+    track, _ = derive_track(tiny_track, "odd_models:slow_batchnorm", kwargs={"momentum": 0.1})  # moves: accepted
+    assert track.model.kwargs == {"momentum": 0.1}

@@ -361,6 +361,11 @@ EVAL_TRACK = {
     "calibration": {"num_samples": 32, "batch_size": 32, "activation_samples": 32, "output_samples": 8},
     "sparsify": {"epochs": 1, "batch_size": 64, "lr": 0.01}, "retrain": {"epochs": 1, "batch_size": 64, "lr": 0.01},
     "seeds": [0]}
+#: a pretraining recipe of an architecture's own, as its user's track file would give it (the rest of EVAL_TRACK
+#: stays): DeiT-III's layer scale starts at 1e-6, so under SGD (lr 0.05, 69 steps) its blocks stay off and the
+#: class token's output does not depend on the image (measured top-1 10.0); AdamW, DeiT-III's own optimizer,
+#: reaches 92.2 in the same 3 epochs
+RECIPES = {"timm:deit3_small_patch16_224": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}}
 
 
 def evaluate_twice(ref: str, kwargs: dict, out: str) -> dict:
@@ -383,7 +388,9 @@ def evaluate_twice(ref: str, kwargs: dict, out: str) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     try:
-        track, note = derive_track(TrackConfig.model_validate(EVAL_TRACK), ref, kwargs=kwargs)
+        base = copy.deepcopy(EVAL_TRACK)
+        base["checkpoint"]["pretrain"].update(RECIPES.get(ref, {}))
+        track, note = derive_track(TrackConfig.model_validate(base), ref, kwargs=kwargs)
         records = [evaluate(RunSpec(track=track, method=find_method("magnitude_l2"), speedup=2, seed=0,
                                     runner="inprocess", out=Path(out) / f"run{i}", save_models=False,
                                     measure_latency=False))[0] for i in (1, 2)]
@@ -442,16 +449,17 @@ def evaluated_table(results: dict[str, dict], wall_s: float) -> str:
 REFUSED = {"torchvision:shufflenet_v2_x0_5": "Torch-Pruning cannot trace ShuffleNetV2",
            "zoo_factories:mixer_tiny": "cannot prune MlpMixer at layer 'blocks.1.mlp_tokens.fc2'",
            "timm:mobilevit_xxs": "cannot prune ByobNet at layer",
-           "timm:pvt_v2_b0": "cannot prune PyramidVisionTransformerV2 at layer"}
+           "timm:pvt_v2_b0": "cannot prune PyramidVisionTransformerV2 at layer",
+           # BatchNorm momentum 0.0003: a base trained in 3 epochs would be evaluated at its initial statistics
+           "torchvision:mnasnet0_5": "BatchNorm layer 'layers.1' has momentum 0.0003"}
 
 
 #: architectures whose base does not beat chance on the zoo's 3-epoch recipe (measured: SqueezeNet, no BatchNorm,
 #: 10.00; DeiT-III 10.00; MNASNet 9.72; MobileOne 9.17): one line, nothing recorded
-FAILED_BASES = {"torchvision:squeezenet1_1", "timm:deit3_small_patch16_224", "torchvision:mnasnet0_5",
-                "timm:mobileone_s0"}
+FAILED_BASES = {"torchvision:squeezenet1_1", "timm:mobileone_s0"}
 #: full-size torchvision/timm architectures (60-190 s each on a shared 2-core machine): run with PBENCH_ZOO_FULL=1
 HEAVY = {"torchvision:efficientnet_b0", "torchvision:regnet_y_400mf", "timm:mobileone_s0", "torchvision:googlenet",
-         "timm:mobilenetv3_small_050", "torchvision:mnasnet0_5", "torchvision:squeezenet1_1",
+         "timm:mobilenetv3_small_050", "torchvision:squeezenet1_1",
          "zoo_factories:resnext_tiny", "resnet18", "torchvision:mobilenet_v2"}
 FULL = os.environ.get("PBENCH_ZOO_FULL") == "1"
 
@@ -476,7 +484,7 @@ def test_evaluate_twice_or_refuse_up_front(evaluated, ref):
         return
     if ref in REFUSED:
         assert r["status"] == "refused" and "\n" not in r["reason"] and REFUSED[ref] in r["reason"], r
-        assert "prune adapter" in r["reason"] or "dataset.image_size" in r["reason"]
+        assert any(what in r["reason"] for what in ("prune adapter", "dataset.image_size", "checkpoint.pretrain"))
         return
     assert r["status"] == "ok", r["reason"]
     assert r["statuses"] == ["ok", "ok"], r["errors"]
