@@ -145,3 +145,19 @@ def test_batchnorm_statistics_the_recipe_cannot_move_are_refused_before_training
     assert 0.999 ** 693 < 0.5 < 0.999 ** 692
     track, _ = derive_track(tiny_track, "odd_models:slow_batchnorm", kwargs={"momentum": 0.1})  # moves: accepted
     assert track.model.kwargs == {"momentum": 0.1}
+
+
+def test_the_cli_refuses_a_training_only_branch_before_pretraining(tmp_path, pbench_cache):
+    """The outside review's end-to-end attack: ``evaluate --model <training-only branch> --dataset digits`` failed
+    mid-run with an internal error; now exit 2, one line naming the layer, nothing trained, nothing written."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--model", "odd_models:train_only_branch",
+                                   "--dataset", "digits", "--speedup", "2", "--runner", "inprocess",
+                                   "--out", str(tmp_path / "results")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "cannot prune TrainOnlyBranch at layer 'aux'" in res.output and "internal error" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not list(pbench_cache.rglob("*train_only_branch*")) and not (tmp_path / "results").exists()
