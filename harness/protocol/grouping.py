@@ -13,6 +13,7 @@ import contextlib
 import copy
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -543,11 +544,9 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
 
 def _check_runs(model: nn.Module, dry: nn.Module, example_inputs, training: bool) -> None:
     """``dry`` (``model`` pruned to the floor) runs forward - in training mode on a batch of two (BatchNorm
-    needs more than one value per channel) and backward through its logits too, as pretraining and
+    needs more than one value per channel) and backward through its outputs too, as pretraining and
     retraining will - or :class:`Unprunable` naming the innermost layer that was running (a layer only
     training mode uses, e.g. an auxiliary head, is not in the graph traced in eval mode)."""
-    from harness.models.base import logits_of
-
     running: list[nn.Module] = []
 
     def began(module, args) -> None:
@@ -569,11 +568,9 @@ def _check_runs(model: nn.Module, dry: nn.Module, example_inputs, training: bool
             if training:
                 what = "a training-mode backward"
                 running.clear()
-                logits = logits_of(out)
-                if logits.requires_grad:
-                    logits.float().sum().backward()
-    except HarnessError:
-        raise
+                outputs = [t for t in _tensors(out) if t.requires_grad and t.is_floating_point()]
+                if outputs:
+                    sum(t.float().sum() for t in outputs).backward()
     except Exception as e:
         names = {m: n for n, m in dry.named_modules()}
         layer = names.get(running[-1], "(model)") if running else "(model)"
@@ -585,6 +582,18 @@ def _check_runs(model: nn.Module, dry: nn.Module, example_inputs, training: bool
         for h in handles:
             h.remove()
         dry.zero_grad(set_to_none=True)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a forward's output (a tensor, a mapping or ``transformers`` output, a (named) tuple or
+    list, nested): what a backward through all of a task's outputs reaches."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    return []
 
 
 def _check_layer_scales(model: nn.Module, pruned: nn.Module) -> None:
