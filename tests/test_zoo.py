@@ -58,7 +58,7 @@ ZOO = [
     Arch("resnet18", "ResNet, registered (residual)", {"width": 0.125}, 32),
     Arch("torchvision:mobilenet_v2", "MobileNetV2 (depthwise)", {"width_mult": 0.25, "inverted_residual_setting": [
         [1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 1, 2], [6, 64, 1, 2], [6, 96, 1, 1]]}),
-    Arch("timm:mobilenetv3_small_050", "MobileNetV3 (depthwise, squeeze-excitation)"),
+    Arch("timm:mobilenetv3_small_050", "MobileNetV3 (depthwise, squeeze-excitation)", {"depth_multiplier": 0.1}),
     Arch("timm:test_efficientnet", "EfficientNet (depthwise, squeeze-excitation)"),
     Arch("zoo_factories:regnet_tiny", "RegNetX, torchvision class (grouped)"),
     Arch("zoo_factories:resnext_tiny", "ResNeXt, torchvision class (grouped)"),
