@@ -396,7 +396,9 @@ REFUSED = {"torchvision:shufflenet_v2_x0_5": "Torch-Pruning cannot trace Shuffle
 #: MobileOne-S0 (4.3M parameters at 8 px) 11.7 under SGD, 5.8 under AdamW lr 1e-3. Neither is the harness's doing
 #: (DeiT-III's was the recipe: :data:`RECIPES`; MNASNet's a BatchNorm momentum, now refused up front)
 FAILED_BASES = {"torchvision:squeezenet1_1", "timm:mobileone_s0"}
-#: full-size torchvision/timm architectures (60-190 s each on a shared 2-core machine): run with PBENCH_ZOO_FULL=1
+#: run with PBENCH_ZOO_FULL=1 only: the full-size torchvision/timm architectures (60-190 s each on a shared 2-core
+#: machine), and four small ones of the per-method zoo whose families the CI selection covers otherwise (ResNet:
+#: hf:resnet; depthwise: test_efficientnet; grouped: regnet_tiny) - the CI budget
 HEAVY = {"torchvision:efficientnet_b0", "torchvision:regnet_y_400mf", "timm:mobileone_s0", "torchvision:googlenet",
          "timm:mobilenetv3_small_050", "torchvision:squeezenet1_1",
          "zoo_factories:resnext_tiny", "resnet18", "torchvision:mobilenet_v2"}
