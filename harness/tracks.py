@@ -10,6 +10,7 @@ which methods cannot score a track's architecture meaningfully (their manifest's
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -150,16 +151,27 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
     sizes = [native] + sorted({s for s in (declared, *PROBE_SIZES) if s and s > native}) if not fixed else [native]
     failures: list[str] = []
     architecture: Optional[HarnessError] = None  # ran forward, but cannot be traced or pruned
+    previous = None  # the last size's error, in one line
     for size in sizes:
         candidate = track if size == native else track.model_copy(update={
             "dataset": track.dataset.model_copy(update={"image_size": size})})
         try:
             _probe(candidate, data_root, data, size)
-        except (Untraceable, Unprunable) as e:
-            architecture = architecture or e
-            failures.append(f"{size}px: {_short(e)}")
-            continue
         except (HarnessError, RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
+            if isinstance(e, WillNotLearn):
+                raise e from None
+            if isinstance(e, (Untraceable, Unprunable)):
+                architecture = architecture or e
+            text = _short(e, limit=10_000)
+            # the same at two sizes: the size is not the cause (the unpruned model ran forward for an architecture
+            # error, so its size words are about channels)
+            if text == previous and (isinstance(e, (Untraceable, Unprunable)) or not about_size(text)):
+                if isinstance(e, (Untraceable, Unprunable)):
+                    raise e from None
+                raise HarnessError(f"{track.model.name} fails the same way at {failures[-1].split(':')[0]} and "
+                                   f"{size}px, so not for its input size: "
+                                   f"{str(e) if type(e) is HarnessError else _short(e, 400)}") from None
+            previous = text
             failures.append(f"{size}px: {_short(e)}")
             continue
         candidate = TrackConfig.model_validate(candidate.model_dump(by_alias=True))
@@ -170,9 +182,26 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
                            f"set dataset.image_size in a track file to choose another")
     if architecture is not None:  # the model runs; the harness cannot prune it: the layer, not the size
         raise architecture
+    if fixed:
+        raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at the track's "
+                           f"dataset.image_size ({failures[-1]}); set dataset.image_size to a size the model "
+                           f"accepts, or fix the model if the size is not the cause")
     tried = ", ".join(f"{s}px" for s in sizes)
     raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at {tried} ({failures[-1]}); "
                        f"set dataset.image_size in a track file (--track FILE) to a size the model accepts")
+
+
+#: what PyTorch, timm and transformers say when an input is too small or of a shape the model was not built for
+_SIZE_WORDS = re.compile(
+    r"too small|output size|input size|image size|img_size|kernel size|padd|divisible|does ?n[o']t match|spatial|"
+    r"resolution|shapes cannot be multiplied|size of tensor a|is invalid for input of size|"
+    r"more than 1 value per channel|non-?positive|negative dimension", re.IGNORECASE)
+
+
+def about_size(error: str) -> bool:
+    """Whether an error (one line) reads like one about the input's size: a probe keeps trying other sizes
+    after it. Any other error that repeats at two sizes is the model's own, and reported as such."""
+    return bool(_SIZE_WORDS.search(error))
 
 
 def _short(e: Exception, limit: int = 160) -> str:
@@ -197,6 +226,41 @@ def _declared_min_size(track: TrackConfig) -> Optional[int]:
     return int(size[-1]) if size else None
 
 
+class WillNotLearn(HarnessError):
+    """The track's pretraining cannot give this model a base that beats chance, for a reason known before
+    training (e.g. BatchNorm statistics that the recipe is too short to move)."""
+
+
+def check_batchnorm_momentum(track: TrackConfig, model, train_samples: int) -> None:
+    """:class:`WillNotLearn` in one line when a BatchNorm layer's momentum is so small that after the track's
+    pretraining steps its running statistics would still hold more than half of their initial values (zero
+    mean, unit variance): the trained base would then be evaluated with statistics of no data, at chance
+    (torchvision's MNASNet: momentum 0.0003, which needs ~2,300 steps). Nothing to check for a base that is
+    not trained here (a published checkpoint, or a ``file:`` model's own weights)."""
+    import math
+
+    from torch import nn
+
+    recipe = track.checkpoint.pretrain
+    if track.checkpoint.path is not None or recipe is None or recipe.epochs == 0:
+        return
+    steps = recipe.epochs * max(1, train_samples // recipe.batch_size)
+    for name, m in model.named_modules():
+        momentum = getattr(m, "momentum", None) if isinstance(m, nn.modules.batchnorm._BatchNorm) else None
+        if momentum is None or not getattr(m, "track_running_stats", False):
+            continue
+        kept = (1 - momentum) ** steps
+        if kept > 0.5:
+            need = math.ceil(math.log(0.5) / math.log(1 - momentum))
+            epochs = math.ceil(need / max(1, train_samples // recipe.batch_size))
+            raise WillNotLearn(
+                f"{track.model.name}'s BatchNorm layer {name!r} has momentum {momentum:.2g}: after the pretrain "
+                f"recipe's {steps} steps its running statistics would still weigh their initial values (mean 0, "
+                f"variance 1) at {kept:.0%}, so the trained base would be evaluated with statistics of no data (at chance); pretrain for at "
+                f"least {need} steps (checkpoint.pretrain.epochs: {epochs} in a track file), or build the model "
+                f"with a larger BatchNorm momentum (a <module>:<factory> reference)")
+
+
 def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> None:
     """Build ``track``'s model (seeded) and check it at ``size``: forward in training and eval mode, the
     dependency graph, and the groups (:func:`~harness.protocol.grouping.check_groups`)."""
@@ -210,6 +274,7 @@ def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model(track.model, num_classes=data.num_classes, in_chans=data.in_chans, image_size=size)
+        check_batchnorm_momentum(track, model, len(data.train))
         x = torch.randn(2, data.in_chans, size, size)
         model.train()
         with torch.no_grad():

@@ -65,12 +65,17 @@ def build_model(ref: "ModelRef", num_classes: int, in_chans: int, image_size: in
 def logits_of(out) -> torch.Tensor:
     """The logits in what a classifier's forward returns - the one adapter every stage uses (pretraining,
     calibration, observations, retraining, evaluation): a tensor as it is; a ``transformers`` output or a
-    dict: its ``logits`` (else its first value); a tuple or namedtuple (GoogLeNet's and Inception's
-    training outputs: main logits first, auxiliary ones after): its first element."""
+    dict: its ``logits`` (a dict without them is refused in one line naming its keys: which value is the
+    logits would be a guess); a tuple or namedtuple (GoogLeNet's and Inception's training outputs: main
+    logits first, auxiliary ones after): its first element."""
     if isinstance(out, torch.Tensor):
         return out
-    if isinstance(out, Mapping) and out:
-        return logits_of(out["logits"] if "logits" in out else next(iter(out.values())))
+    if isinstance(out, Mapping):
+        if out.get("logits") is None:
+            keys = ", ".join(repr(k) for k in list(out)[:8]) + (", ..." if len(out) > 8 else "")
+            raise HarnessError(f"the model returned a {type(out).__name__} with keys [{keys}] and no 'logits': "
+                               f"return the logits tensor [batch, classes], or put it under 'logits'")
+        return logits_of(out["logits"])
     if isinstance(out, (tuple, list)) and out:
         return logits_of(out[0])
     raise HarnessError(f"the model returned a {type(out).__name__}, which holds no logits: return a tensor "

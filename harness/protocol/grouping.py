@@ -13,6 +13,7 @@ import contextlib
 import copy
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -550,6 +551,16 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
         if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(w, torch.Tensor) and w.numel() == 0:
             raise _refuse(model, name, "pruning to the floor leaves it with no channels")
     _check_layer_scales(model, dry)
+    _check_runs(model, dry, example_inputs, training=False)
+    with torch.random.fork_rng(devices=[]):  # dropout / stochastic depth leave the caller's stream alone
+        _check_runs(model, dry.train(), example_inputs, training=True)
+
+
+def _check_runs(model: nn.Module, dry: nn.Module, example_inputs, training: bool) -> None:
+    """``dry`` (``model`` pruned to the floor) runs forward - in training mode on a batch of two (BatchNorm
+    needs more than one value per channel) and backward through its outputs too, as pretraining and
+    retraining will - or :class:`Unprunable` naming the innermost layer that was running (a layer only
+    training mode uses, e.g. an auxiliary head, is not in the graph traced in eval mode)."""
     running: list[nn.Module] = []
 
     def began(module, args) -> None:
@@ -559,18 +570,44 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
         if running:
             running.pop()
 
+    x = example_inputs
+    if training:  # a second sample, different from the first
+        x = [torch.cat([t, torch.rand_like(t)]) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+             for t in (x if isinstance(x, (tuple, list)) else [x])]
     handles = [h for m in dry.modules() for h in (m.register_forward_pre_hook(began), m.register_forward_hook(ended))]
+    what = "a training-mode forward" if training else "forward"
     try:
-        with shape_pass(), torch.no_grad():
-            dry(*example_inputs) if isinstance(example_inputs, (tuple, list)) else dry(example_inputs)
+        with shape_pass(), torch.set_grad_enabled(training):
+            out = dry(*x) if isinstance(x, (tuple, list)) else dry(x)
+            if training:
+                what = "a training-mode backward"
+                running.clear()
+                outputs = [t for t in _tensors(out) if t.requires_grad and t.is_floating_point()]
+                if outputs:
+                    sum(t.float().sum() for t in outputs).backward()
     except Exception as e:
         names = {m: n for n, m in dry.named_modules()}
         layer = names.get(running[-1], "(model)") if running else "(model)"
-        raise _refuse(model, layer or "(model)", f"pruned to the floor it no longer runs forward "
-                                                 f"({one_line(e)})") from None
+        why = (" - eval mode runs, so training mode takes a path of its own, which the dependency graph (traced "
+               "in eval mode) does not see" if training else "")
+        raise _refuse(model, layer or "(model)", f"pruned to the floor it no longer runs {what} "
+                                                 f"({one_line(e)}){why}") from None
     finally:
         for h in handles:
             h.remove()
+        dry.zero_grad(set_to_none=True)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a forward's output (a tensor, a mapping or ``transformers`` output, a (named) tuple or
+    list, nested): what a backward through all of a task's outputs reaches."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    return []
 
 
 def _check_layer_scales(model: nn.Module, pruned: nn.Module) -> None:

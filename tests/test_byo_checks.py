@@ -1,0 +1,163 @@
+"""Bring your own model: what the harness checks before any training, each an attack an outside review
+made (tests/fixtures/odd_models.py).
+
+- a layer only training mode runs (an auxiliary head) or a backward only a pruned model breaks: the dry
+  prune to the floor also runs a training-mode forward and backward, and refuses in one line naming the
+  layer, instead of an internal error mid-run;
+- an error that has nothing to do with the input size (a factory's signature, logits of the wrong width)
+  stops the input-size probe after two sizes and is reported as what it is; a genuine size problem still
+  probes on, and names ``dataset.image_size`` when no size works;
+- a dict output without ``logits`` is refused naming its keys (no guessing which value is the logits).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.models import classifier_of, create_model, logits_of, prune_config_of
+from harness.protocol.grouping import PruneConfig, Unprunable, apply_plan, check_groups, describe_groups, floor_plan
+from harness.tracks import about_size, derive_track
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def odd_models(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    import odd_models
+    odd_models.CALLS.clear()
+    return odd_models
+
+
+def _groups(ref: str):
+    model = create_model(ref, num_classes=10, in_chans=1, image_size=8).eval()
+    config = prune_config_of(model).merged(PruneConfig(ignored_layers=[classifier_of(model)]))
+    x = torch.rand(1, 1, 8, 8)
+    return model, x, config, describe_groups(model, x, config)
+
+
+def derive(tiny_track, ref: str):
+    t = time.perf_counter()
+    with pytest.raises(HarnessError) as e:
+        derive_track(tiny_track, ref)
+    return str(e.value), time.perf_counter() - t
+
+
+def test_a_training_mode_only_branch_is_refused_naming_its_layer(tiny_track):
+    model, x, config, groups = _groups("odd_models:train_only_branch")
+    dry = copy.deepcopy(model)
+    apply_plan(dry, x, config, floor_plan(groups, 0.1))
+    dry(x)  # eval mode runs pruned: an eval-only check would pass it
+    with pytest.raises(RuntimeError):
+        dry.train()(torch.rand(2, 1, 8, 8))  # what pretraining and retraining would then meet mid-run
+    with pytest.raises(Unprunable) as e:
+        check_groups(model, x, config, groups)
+    assert str(e.value).startswith("cannot prune TrainOnlyBranch at layer 'aux': pruned to the floor it no longer "
+                                   "runs a training-mode forward")
+    assert "\n" not in str(e.value) and not model.training  # the model itself is untouched, in eval mode
+    line, _ = derive(tiny_track, "odd_models:train_only_branch")  # before any training
+    assert line.startswith("cannot prune TrainOnlyBranch at layer 'aux'")
+
+
+def test_a_backward_only_a_pruned_model_breaks_is_refused(tiny_track):
+    model, x, config, groups = _groups("odd_models:backward_only")
+    dry = copy.deepcopy(model)
+    apply_plan(dry, x, config, floor_plan(groups, 0.1))
+    out = dry.train()(torch.rand(2, 1, 8, 8))  # forward runs in both modes
+    with pytest.raises(RuntimeError):
+        out.sum().backward()
+    with pytest.raises(Unprunable) as e:
+        check_groups(model, x, config, groups)
+    assert "pruned to the floor it no longer runs a training-mode backward (RuntimeError: The size of tensor a" \
+        in str(e.value)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("factory, reason", [
+    ("no_image_size", "raised TypeError: no_image_size() got an unexpected keyword argument 'image_size'"),
+    ("wrong_width", "logits of shape [2, 16], not [batch, 10]"),
+])
+def test_an_error_that_is_not_about_size_stops_the_probe(tiny_track, odd_models, factory, reason):
+    line, seconds = derive(tiny_track, f"odd_models:{factory}")
+    assert line.startswith(f"odd_models:{factory} fails the same way at 8px and 16px, so not for its input size: ")
+    assert reason in line and "\n" not in line and "dataset.image_size" not in line
+    if factory in odd_models.CALLS:  # (the signature fails before the body runs)
+        assert odd_models.CALLS[factory] == 2  # two sizes probed, not eight
+    assert seconds < 20
+
+
+def test_a_size_problem_keeps_probing_and_names_image_size(tiny_track, odd_models):
+    line, _ = derive(tiny_track, "odd_models:exact_size")
+    assert odd_models.CALLS["exact_size"] == 8  # every candidate size
+    assert line.startswith("odd_models:exact_size does not run on digits at 8px, 16px, 32px, 64px, 96px, 128px, "
+                           "160px, 224px")
+    assert "set dataset.image_size in a track file" in line and "\n" not in line
+    track, note = derive_track(tiny_track, "odd_models:strided")  # "Output size is too small" below 63 px
+    assert track.dataset.image_size == 64 and "input size 64px (the smallest probed size that works" in note
+
+
+def test_size_words():
+    assert about_size("RuntimeError: Given input size: (8x1x1). Calculated output size: (8x0x0). Output size is "
+                      "too small")
+    assert about_size("AssertionError: Input height (8) doesn't match model (224).")
+    assert about_size("RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x64 and 784x10)")
+    assert not about_size("HarnessError: logits of shape [2, 16], not [batch, 10]")
+    assert not about_size("TypeError: f() got an unexpected keyword argument 'image_size'")
+
+
+def test_a_dict_output_without_logits_is_refused_naming_its_keys(tiny_track):
+    from transformers.modeling_outputs import ImageClassifierOutput
+
+    t = torch.randn(2, 10)
+    assert logits_of({"logits": t, "features": t}) is t
+    assert logits_of(ImageClassifierOutput(logits=t)) is t
+    assert logits_of((t, t * 2)) is t
+    with pytest.raises(HarnessError, match=r"^the model returned a dict with keys \['embedding', 'scores'\] and no "
+                                           r"'logits': return the logits tensor"):
+        logits_of({"embedding": t, "scores": t})
+    with pytest.raises(HarnessError, match="keys \\[\\] and no 'logits'"):
+        logits_of({})
+    line, _ = derive(tiny_track, "odd_models:dict_no_logits")  # before any training
+    assert "the model returned a dict with keys ['embedding', 'scores'] and no 'logits'" in line
+
+
+def test_batchnorm_statistics_the_recipe_cannot_move_are_refused_before_training(tiny_track):
+    """momentum 0.001 over the tiny track's pretraining (4 epochs of 64-image batches) leaves the running
+    statistics at 0.999**steps of their initial values: refused up front, with the steps that would do."""
+    from harness.data import load_track_dataset
+
+    n = len(load_track_dataset(tiny_track.dataset, None).train)
+    steps = 4 * (n // 64)
+    assert 0.999 ** steps > 0.5
+    with pytest.raises(HarnessError) as e:
+        derive_track(tiny_track, "odd_models:slow_batchnorm")
+    line = str(e.value)
+    assert line.startswith(f"odd_models:slow_batchnorm's BatchNorm layer 'features.1' has momentum 0.001: after the "
+                           f"pretrain recipe's {steps} steps its running statistics would still weigh their "
+                           f"initial values (mean 0, variance 1) at {0.999 ** steps:.0%}")
+    assert "pretrain for at least 693 steps" in line and "\n" not in line  # 0.999**693 < 0.5 < 0.999**692
+    assert 0.999 ** 693 < 0.5 < 0.999 ** 692
+    track, _ = derive_track(tiny_track, "odd_models:slow_batchnorm", kwargs={"momentum": 0.1})  # moves: accepted
+    assert track.model.kwargs == {"momentum": 0.1}
+
+
+def test_the_cli_refuses_a_training_only_branch_before_pretraining(tmp_path, pbench_cache):
+    """The outside review's end-to-end attack: ``evaluate --model <training-only branch> --dataset digits`` failed
+    mid-run with an internal error; now exit 2, one line naming the layer, nothing trained, nothing written."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    res = CliRunner().invoke(app, ["evaluate", "--method", "magnitude_l2", "--model", "odd_models:train_only_branch",
+                                   "--dataset", "digits", "--speedup", "2", "--runner", "inprocess",
+                                   "--out", str(tmp_path / "results")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "cannot prune TrainOnlyBranch at layer 'aux'" in res.output and "internal error" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not list(pbench_cache.rglob("*train_only_branch*")) and not (tmp_path / "results").exists()
