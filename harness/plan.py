@@ -125,6 +125,7 @@ class Plan(Strict):
         targets = self.speedups or list(track.pruning.speedups)
         check_speedups(targets)
         seeds = self.seeds or list(track.seeds)
+        check_seeds(seeds)
         methods, regularizers = self._methods(), self._regularizers(track)
         methods, regularizers, skipped = self._applicable(track, methods, regularizers)
         if self.recipes is not None:
@@ -252,10 +253,25 @@ class Plan(Strict):
 
 # -- the checks of one run: Plan.resolve's, and check_run's for a RunSpec built without a plan ----------------
 def check_speedups(targets: list[float]) -> None:
-    """Every MACs speedup target is > 1 (and at most 1000)."""
+    """Every MACs speedup target is > 1 (and at most 1000), and none is given twice (the same run twice)."""
     bad = [t for t in targets if not 1.0 < t <= 1000]
     if bad:
         raise PlanError("speedups", f"speedup must be > 1 (e.g. 2, 4, 8), got {bad[0]:g}")
+    _once("speedups", "speedup", targets)
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """Every seed is >= 0, and none is given twice (the same run twice)."""
+    bad = [s for s in seeds if s < 0]
+    if bad:
+        raise PlanError("seeds", f"seeds must be >= 0, got {bad[0]}")
+    _once("seeds", "seed", seeds)
+
+
+def _once(field: str, what: str, values: list) -> None:
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise PlanError(field, f"{what} {twice:g} is given twice (it would be the same run twice)")
 
 
 def _check_regularizers(track: TrackConfig, regularizers: list[Optional["MethodSource"]],
@@ -296,6 +312,7 @@ def check_run(spec: "RunSpec") -> None:
     evaluation, the submission's smoke run): the same one-line :class:`PlanError`, before anything runs.
     :func:`harness.protocol.run.evaluate` trusts its RunSpec: it checks none of this again."""
     check_speedups([spec.speedup])
+    check_seeds([spec.seed])
     _require("methods", spec.method, "importance")
     if spec.regularizer is not None:
         _require("regularizers", spec.regularizer, "regularizer")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, ClassVar, Literal, Optional, Union
 
-from pydantic import Field, StrictInt, StringConstraints, model_serializer, model_validator
+from pydantic import ConfigDict, Field, StrictInt, StringConstraints, model_serializer, model_validator
 
 from specs.base import Identifier, PositiveFloat, Scalar, Sha256, Strict, Versioned, canonical, sha256_json
 from specs.manifest import SandboxLimits
@@ -28,6 +28,13 @@ ModelName = Annotated[str, StringConstraints(
 #: a model keyword argument: a JSON scalar, or a list of scalars or of lists of them (timm's
 #: ``depths: [1, 1, 2, 1]``, torchvision's ``inverted_residual_setting: [[1, 16, 1, 1], ...]``)
 ModelArg = Union[Scalar, list[Union[Scalar, list[Scalar]]]]
+
+
+class _Finite(Strict):
+    """Numbers in a recipe, checkpoint, pruning or calibration setting are finite: an infinite learning rate
+    or margin is a typo, never a setting."""
+
+    model_config = ConfigDict(**Strict.model_config, allow_inf_nan=False)
 
 
 class ModelRef(Strict):
@@ -93,7 +100,7 @@ class DatasetRef(Strict):
         return self
 
 
-class Recipe(Strict):
+class Recipe(_Finite):
     """A training recipe (pretraining, sparse training or retraining).
 
     ``batch_size`` is the global batch: a run over N processes (torchrun) gives each N-th of it,
@@ -155,7 +162,7 @@ class Recipe(Strict):
 CHANCE_MARGIN = 5.0
 
 
-class Checkpoint(Strict):
+class Checkpoint(_Finite):
     """The base model. ``path`` + ``sha256`` for published checkpoints; when ``path``
     is null the harness trains one with ``pretrain`` and caches it by hash. ``sha256``
     pins the expected digest either way: a published file, or the checkpoint the
@@ -188,7 +195,7 @@ class Checkpoint(Strict):
         return data
 
 
-class Pruning(Strict):
+class Pruning(_Finite):
     added_fields: ClassVar[frozenset[str]] = frozenset({"round_to"})
 
     strategy: Strategy = "protected_global"
@@ -204,12 +211,12 @@ class Pruning(Strict):
 
     @model_validator(mode="after")
     def _speedups(self) -> "Pruning":
-        if any(s < 1 for s in self.speedups):
-            raise ValueError("speedups must be >= 1")
+        if any(s <= 1 for s in self.speedups):
+            raise ValueError("speedups must be > 1 (e.g. 2, 4, 8)")
         return self
 
 
-class Calibration(Strict):
+class Calibration(_Finite):
     """Data the harness uses to compute observations (same for every method)."""
 
     num_samples: int = Field(ge=1)

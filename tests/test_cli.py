@@ -81,6 +81,8 @@ def test_leaderboard_reports_an_invalid_record(tmp_path):
     (["--method", "magnitude_l2", "--model", "resnet18"], "model 'resnet18' has 4 tracks"),
     (["--method", "magnitude_l2", "--model", "yolov8"], "COCO 2017 layout"),
     (["--method", "magnitude_l2", "--track", "nope", "--speedup", "2"], "unknown track 'nope'"),
+    (["--method", "magnitude_l2", "--track", "digits-resnet18", "--speedup", "2", "--seed", "-1"],
+     "seeds must be >= 0, got -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     res = invoke("evaluate", *args, "--out", tmp_path)
@@ -140,3 +142,23 @@ def test_wrong_checkpoint_hash(tiny_track, tmp_path):
     res = invoke("evaluate", "--method", "random", "--track", path, "--speedup", "2", "--out", tmp_path)
     assert res.exit_code == 2
     assert "does not match the track's " + "b" * 64 in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("sweep", ["--track", "digits-resnet18", "--methods", "magnitude_l2", "--speedups", "2", "--seeds", "0,0",
+               "--dry-run"], "seed 0 is given twice"),
+    ("sweep", ["--track", "digits-resnet18", "--methods", "magnitude_l2", "--speedups", "2,4,2", "--dry-run"],
+     "speedup 2 is given twice"),
+    ("sweep", ["--track", "digits-resnet18", "--methods", "", "--speedups", "2", "--dry-run"], "--methods: empty list"),
+    ("sweep", ["--track", "digits-resnet18", "--methods", "magnitude_l2", "--seeds", "", "--dry-run"],
+     "--seeds: empty list"),
+    ("blind-eval", ["--submissions", "/nonexistent-bundles", "--track", "digits-resnet18"],
+     "/nonexistent-bundles: not a folder"),
+])
+def test_what_the_outside_review_found_is_one_line_and_exit_2(command, args, message, tmp_path):
+    """Duplicates would run the same run twice; an empty list meant "all"; a missing submissions folder was a
+    traceback."""
+    res = invoke(command, *args, "--out", tmp_path)
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output, res.output
+    assert not list(find_records(tmp_path))

@@ -151,7 +151,9 @@ def test_track_recipes_are_named_and_checked(tiny_track):
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"pruning": {"speedups": [0.5]}}, "speedups must be >= 1"),
+    ({"pruning": {"speedups": [0.5]}}, "speedups must be > 1"),
+    ({"pruning": {"speedups": [1, 4]}}, "speedups must be > 1"),
+    ({"retrain": {"lr": float("inf")}}, "finite number"),
     ({"pruning": {"speedups": [2], "strategy": "greedy"}}, "Input should be"),
     ({"checkpoint": {}}, "needs a path or a pretrain recipe"),
     ({"checkpoint": {"path": "x.pt", "sha256": "abc"}}, "String should match pattern"),

@@ -200,9 +200,9 @@ def _plan_fields(options: dict, explicit: set[str]) -> dict:
         if isinstance(value, enum.Enum):
             value = value.value
         if name == "speedups":
-            value = parse_list(value, float, "--speedups") if value else None
+            value = parse_list(value, float, "--speedups") if value is not None else None
         elif name == "seeds":
-            value = parse_list(value, int, "--seeds") if value else None
+            value = parse_list(value, int, "--seeds") if value is not None else None
         elif name == "no_models":
             value = not value
         elif name == "round_to":
@@ -286,8 +286,8 @@ def sweep(
     opts: dict = None,
 ) -> None:
     """Run methods x speedups x seeds on one track; finished runs are skipped, failures never stop the others."""
-    own = {"methods": parse_list(methods, str, "--methods") if methods else None,
-           "regularizers": parse_list(regularizers, str, "--regularizers") if regularizers else None}
+    own = {"methods": parse_list(methods, str, "--methods") if methods is not None else None,
+           "regularizers": parse_list(regularizers, str, "--regularizers") if regularizers is not None else None}
     if plan_file is None:
         explicit = set(opts)
         fields = {**_plan_fields(opts, explicit), **{k: v for k, v in own.items() if v is not None}}

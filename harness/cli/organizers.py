@@ -39,8 +39,8 @@ def blind_eval_cmd(
     caps = SandboxLimits(**sandbox_caps(max_memory_mb=max_memory_mb, max_cpus=max_cpus,
                                         max_call_timeout=max_call_timeout, max_write_mb=max_write_mb))
     results = blind_eval(submissions, cfg, out_dir, data_root=data_root,
-                         speedups=parse_list(speedups, float, "--speedups") if speedups else None,
-                         seeds=parse_list(seeds, int, "--seeds") if seeds else None, cache_dir=cache_dir,
+                         speedups=parse_list(speedups, float, "--speedups") if speedups is not None else None,
+                         seeds=parse_list(seeds, int, "--seeds") if seeds is not None else None, cache_dir=cache_dir,
                          call_timeout=call_timeout, run_timeout=run_timeout, sandbox=caps, min_free_mb=min_free_mb,
                          say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     for r in results:

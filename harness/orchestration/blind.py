@@ -145,6 +145,8 @@ def blind_eval(submissions: Path, track: TrackConfig, out: Path, data_root: Opti
     instead of loading a bundle or starting a run with less than ``min_free_mb`` free."""
     say = say or (lambda msg: None)
     limits = limits_for("docker", sandbox, track.sandbox)
+    if not Path(submissions).is_dir():
+        raise HarnessError(f"{submissions}: not a folder (of submission bundles)")
     bundles = sorted(p for p in Path(submissions).iterdir() if p.is_dir() and not p.name.startswith("."))
     if not bundles:
         raise HarnessError(f"{submissions}: no submission bundles")
