@@ -161,3 +161,35 @@ def test_the_cli_refuses_a_training_only_branch_before_pretraining(tmp_path, pbe
     assert "cannot prune TrainOnlyBranch at layer 'aux'" in res.output and "internal error" not in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not list(pbench_cache.rglob("*train_only_branch*")) and not (tmp_path / "results").exists()
+
+
+def test_a_tied_weight_is_observed_under_both_names_and_scored():
+    """A classifier weight tied to a second head (``fc2.weight = fc.weight``): the group members name both, so
+    the observations carry both (a KeyError, an "internal error" record, before), as distinct tensors that can
+    be written side by side, and a method out of process scores the groups."""
+    from harness.methods import find_method
+    from harness.protocol.observations import collect
+    from harness.runners import client_class
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.fc, self.fc2 = torch.nn.Linear(8, 10), torch.nn.Linear(8, 10)
+            self.fc2.weight = self.fc.weight
+
+        def forward(self, x):
+            f = torch.relu(self.conv(x)).mean((2, 3))
+            return self.fc(f) + self.fc2(f)
+
+    torch.manual_seed(0)
+    model, x = Tied().eval(), torch.randn(2, 1, 8, 8)
+    groups = describe_groups(model, x, PruneConfig(ignored_layers=[model.fc, model.fc2]))
+    batches = [(x, torch.tensor([1, 2]))]
+    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    obs = collect(["weights", "gradients"], model, groups, batches, loss)
+    assert torch.equal(obs["weights"]["fc2.weight"], model.fc.weight) and \
+        obs["weights"]["fc2.weight"].data_ptr() != obs["weights"]["fc.weight"].data_ptr()
+    with client_class("subprocess")(find_method("taylor"), {}, 0) as client:
+        scores = client.score(0, groups, obs)
+    assert {g.id: scores[g.id].shape[0] for g in groups} == {g.id: g.n_channels for g in groups}

@@ -74,7 +74,7 @@ def logits_of(out) -> torch.Tensor:
         if out.get("logits") is None:
             keys = ", ".join(repr(k) for k in list(out)[:8]) + (", ..." if len(out) > 8 else "")
             raise HarnessError(f"the model returned a {type(out).__name__} with keys [{keys}] and no 'logits': "
-                               f"return the logits tensor [batch, classes], or put it under 'logits'")
+                               f"return the logits tensor (batch x classes), or put it under 'logits'")
         return logits_of(out["logits"])
     if isinstance(out, (tuple, list)) and out:
         return logits_of(out[0])

@@ -281,8 +281,11 @@ def check_learned(track: TrackConfig, num_classes: int, top1: float, path: Path)
     if track.metric == "top1" and margin is not None and top1 < chance + margin:
         raise FailedBase(f"failed base: {path.name} of track {track.id} reaches top-1 {top1:.2f}, which does not "
                          f"beat chance ({chance:.2f}) by the track's checkpoint.chance_margin ({margin:g} points); "
-                         f"no run is recorded on it - train longer (checkpoint.pretrain), at another input size "
-                         f"(dataset.image_size), or pick another model")
+                         f"no run is recorded on it - "
+                         + ("publish a base that learned (checkpoint.path), or pick another model"
+                            if track.checkpoint.pretrain is None else
+                            "train longer (checkpoint.pretrain), at another input size (dataset.image_size), or "
+                            "pick another model"))
     return top1
 
 

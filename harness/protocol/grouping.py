@@ -472,7 +472,10 @@ class Unprunable(HarnessError):
     """The harness cannot describe or prune the architecture correctly; ``str()`` names the layer."""
 
 
-def _refuse(model: nn.Module, layer: str, what: str, parameter: Optional[str] = None) -> Unprunable:
+def _refuse(model: nn.Module, layer: str, what: str, parameter: Optional[str] = None,
+            advice: Optional[str] = None) -> Unprunable:
+    if advice is not None:
+        return Unprunable(f"cannot prune {type(model).__name__} at layer {layer!r}: {what}; {advice}")
     if parameter is not None:  # a bare parameter cannot be listed in ignored_layers: only an adapter can place it
         return Unprunable(f"cannot prune {type(model).__name__} at {'parameter' if layer == parameter else 'layer'} "
                           f"{layer!r}: {what}; declare {parameter} with the dim that holds its channels in the "
@@ -590,8 +593,11 @@ def _check_runs(model: nn.Module, dry: nn.Module, example_inputs, training: bool
         layer = names.get(running[-1], "(model)") if running else "(model)"
         why = (" - eval mode runs, so training mode takes a path of its own, which the dependency graph (traced "
                "in eval mode) does not see" if training else "")
+        advice = ("make that branch run in eval mode too (its output may be discarded there: the graph then sees "
+                  "it), or list the layers that feed it in the track's pruning.ignored_layers (listing the branch "
+                  "itself does not help: its inputs are what is pruned)") if training else None
         raise _refuse(model, layer or "(model)", f"pruned to the floor it no longer runs {what} "
-                                                 f"({one_line(e)}){why}") from None
+                                                 f"({one_line(e)}){why}", advice=advice) from None
     finally:
         for h in handles:
             h.remove()

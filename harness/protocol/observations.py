@@ -46,16 +46,34 @@ def param_keys(groups: Iterable[Group]) -> list[str]:
     return sorted(keys)
 
 
+def all_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter under every name it has: a tied weight (``fc2.weight = fc.weight``) answers to both
+    names, as the group members name it."""
+    return dict(model.named_parameters(remove_duplicate=False))
+
+
+def distinct(tensors: Tensors) -> Tensors:
+    """``tensors`` with a copy of each one another key already holds (a tied weight under its two names):
+    tensors that share memory cannot be written side by side (safetensors refuses them)."""
+    seen: set[int] = set()
+    out = {}
+    for k, t in tensors.items():
+        where = t.untyped_storage().data_ptr()
+        out[k] = t.clone() if where in seen and t.numel() else t
+        seen.add(where)
+    return out
+
+
 def _weights(model: nn.Module, keys: list[str]) -> Tensors:
-    state = dict(model.named_parameters())
+    state = all_parameters(model)
     # no copy: the tensors are sent (written out, or copied by the in-process runner) before the model changes
-    return {k: state[k].detach().to("cpu", torch.float32) for k in keys}
+    return distinct({k: state[k].detach().to("cpu", torch.float32) for k in keys})
 
 
 def _gradients(model: nn.Module, keys: list[str], batches: list, loss_fn: LossFn, squared: bool) -> Tensors:
     """Mean-loss gradients (summed over batches / number of batches), or per-sample squared
     gradients summed over samples. Eval mode: BatchNorm uses its running statistics."""
-    params = dict(model.named_parameters())
+    params = all_parameters(model)
     wanted = {k: params[k] for k in keys}
     acc = {k: torch.zeros_like(p, device="cpu", dtype=torch.float32) for k, p in wanted.items()}
 

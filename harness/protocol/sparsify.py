@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from harness.errors import MethodFailure
 from harness.protocol import distributed
-from harness.protocol.observations import param_keys
+from harness.protocol.observations import all_parameters, distinct, param_keys
 from harness.protocol.train import Progress
 from harness.runners.base import MethodClient, RegGrads, RegularizerLink
 from harness.tasks.base import Task
@@ -60,13 +60,13 @@ def make_grad_hook(model: nn.Module, groups: list[Group], link: RegularizerLink)
     """``hook(step, total_steps)`` for ``Task.train``: the group members' current weights go to
     the regularizer, its validated answer is added to their gradients."""
     keys = param_keys(groups)
-    params = dict(model.named_parameters())
+    params = all_parameters(model)
     missing = [k for k in keys if k not in params]
     if missing:
         raise MethodFailure(f"internal error: group parameter {missing[0]!r} is not in the model")
 
     def hook(step: int, total_steps: int) -> None:
-        weights = {k: params[k].detach() for k in keys}
+        weights = distinct({k: params[k].detach() for k in keys})
         apply_reg_grads(params, link(step, total_steps, weights))
 
     return hook
