@@ -160,13 +160,14 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
         except (HarnessError, RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
             if isinstance(e, WillNotLearn):
                 raise e from None
-            if isinstance(e, (Untraceable, Unprunable)):
+            unprunable = isinstance(e, (Untraceable, Unprunable))
+            if unprunable:
                 architecture = architecture or e
             text = _short(e, limit=10_000)
             # the same at two sizes: the size is not the cause (the unpruned model ran forward for an architecture
             # error, so its size words are about channels)
-            if text == previous and (isinstance(e, (Untraceable, Unprunable)) or not about_size(text)):
-                if isinstance(e, (Untraceable, Unprunable)):
+            if text == previous and (unprunable or not about_size(text)):
+                if unprunable:
                     raise e from None
                 raise HarnessError(f"{track.model.name} fails the same way at {failures[-1].split(':')[0]} and "
                                    f"{size}px, so not for its input size: "
