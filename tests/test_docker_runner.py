@@ -9,6 +9,7 @@ import re
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import REPO
@@ -131,3 +132,31 @@ def test_submit_a_broken_method_fails_with_the_reason(breakage, message, tiny_tr
     assert message in " ".join(res.output.split()), res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "subs").exists() or not any((tmp_path / "subs").iterdir())
+
+
+def test_a_spare_container_is_taken_by_the_next_client_and_none_is_left(images):
+    """A sweep's spare (:mod:`harness.runners.spares`) under docker: the container started ahead serves the
+    next run's client (its own seed), a spare of another image is not taken, and no container outlives it."""
+    from harness.runners import spares
+    from harness.runners.docker_runner import DockerClient
+    from specs.messages import Group, Member
+    src = find_method("magnitude_l2")
+    with spares.expecting(lambda: DockerClient(src, {}, 0)):
+        spares.stock()
+    spare = spares.current()
+    try:
+        assert spare is not None and spare.connected(60)
+        other = DockerClient(src, {}, 0, image=images["hostile"])
+        assert spares.take(other) is other
+        other.close()
+        client = spares.take(DockerClient(src, {"p": 1}, 5))
+        assert client is spare and (client.seed, client.hyperparameters["p"]) == (5, 1)
+        group = Group(id="g", root="fc", n_channels=2, members=[Member(
+            layer="fc", module_type="Linear", kind="linear", dim="out", idxs=[0, 1], root_idxs=[0, 1],
+            weight="fc.weight")])
+        with client.begin():
+            scores = client.score(0, [group], {"weights": {"fc.weight": torch.tensor([[1.0, -1.0], [3.0, 0.0]])}})
+        assert scores["g"].tolist() == pytest.approx([2 / 2.5, 3 / 2.5])  # p=1 sums |w|, mean-normalized
+    finally:
+        spares.discard()
+    assert not _leftover_containers()

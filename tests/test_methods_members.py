@@ -260,3 +260,31 @@ def test_lamp_sums_from_the_top():
         return float(((x.double() - exact).abs() / exact).max())
 
     assert worst(normalize(scores, "lamp")) < 1e-6 and worst(subtracted) > 1e-3
+
+
+CASES = [  # (member fields, tensor shape): conv/linear outputs and inputs, transposed, depthwise, bias
+    (dict(kind="conv", dim="out"), (8, 6, 3, 3)), (dict(kind="conv", dim="in"), (8, 6, 3, 3)),
+    (dict(kind="linear", dim="out"), (8, 6)), (dict(kind="linear", dim="in"), (6, 8)),
+    (dict(kind="conv", dim="out", transposed=True), (6, 8, 3, 3)),
+    (dict(kind="conv", dim="in", transposed=True), (8, 6, 3, 3)),
+    (dict(kind="conv", dim="out", depthwise=True, conv_groups=8), (8, 1, 3, 3)), (dict(kind="bn", dim="out"), (8,)),
+]
+
+
+@pytest.mark.parametrize("fields,shape", CASES)
+@pytest.mark.parametrize("idxs", [[0, 1, 2, 3, 4, 5], [2, 3, 4], [4], [0, 2, 5], [5, 1, 3], []])
+def test_rows_of_consecutive_indices_are_a_slice_with_the_gathered_rows_bits(fields, shape, idxs):
+    """A run of consecutive indices is sliced, not gathered: the same rows, contiguous like the gathered
+    copy, so a method's sums over them are the same to the bit (the committed records stay valid)."""
+    from specs.messages import Member
+    from specs.tensors import member_dim
+    torch.manual_seed(0)
+    w = torch.randn(shape)
+    member = Member(layer="l", module_type="X", weight="l.weight", idxs=idxs, root_idxs=idxs, **fields)
+    rows = w.movedim(member_dim(member, w), 0) if w.dim() > 1 else w.unsqueeze(1)
+    gathered = rows[torch.as_tensor(idxs, dtype=torch.long)].flatten(1)
+    got = member_rows(member, w)
+    assert got.is_contiguous() and gathered.is_contiguous()
+    assert torch.equal(got, gathered) and got.shape == gathered.shape
+    for p in (1, 2):
+        assert torch.equal(got.abs().pow(p).sum(1), gathered.abs().pow(p).sum(1))

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from harness.orchestration.preflight import check_free_space
-from harness.protocol.run import RunSpec, evaluate, with_bases
+from harness.protocol.run import RunSpec, evaluate, next_method, with_bases
+from harness.runners import spares
 from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
 from specs.result import ResultRecord
@@ -46,11 +47,24 @@ class SweepSummary:
         return sum(r.status != "ok" for r in self.records)
 
 
-def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, progress=None) -> ResultRecord:
+def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, progress=None,
+             next_spec: Optional[RunSpec] = None) -> ResultRecord:
+    """One run; ``next_spec``: the run this process does next, whose method it launches (a spare, see
+    :mod:`harness.runners.spares`) while this run retrains."""
     if threads:
         import torch
         torch.set_num_threads(threads)
-    return events.run(spec, progress) if events is not None else evaluate(spec, progress)[0]
+    with spares.expecting(next_method(next_spec) if next_spec is not None else None):
+        return events.run(spec, progress) if events is not None else evaluate(spec, progress)[0]
+
+
+def _run_in_order(specs: list[RunSpec], run: Callable[[int, RunSpec, Optional[RunSpec]], None]) -> None:
+    """``run(i, spec, next spec)`` for every spec in turn; no spare outlives the last."""
+    try:
+        for i, spec in enumerate(specs):
+            run(i, spec, specs[i + 1] if i + 1 < len(specs) else None)
+    finally:
+        spares.discard()
 
 
 def other_bases(specs: list[RunSpec], records) -> list[str]:
@@ -76,12 +90,15 @@ def run_each(specs: list[RunSpec], on_result: Optional[OnResult] = None, progres
     the track's pin is then that run's recorded failure, not a stop), and under torchrun every rank runs
     the same specs in step."""
     summary = SweepSummary()
-    for spec in specs:
-        record = _run_one(spec, 0, events, progress)
+
+    def run(i: int, spec: RunSpec, next_spec: Optional[RunSpec]) -> None:
+        record = _run_one(spec, 0, events, progress, next_spec)
         summary.records.append(record)
         summary.ran += 1
         if on_result:
             on_result(spec, record, "ran")
+
+    _run_in_order(specs, run)
     return summary
 
 
@@ -133,14 +150,19 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         run_on_slurm([absolute(s) for s in todo], out, slurm or SlurmOptions(), done, log, events=events)
         return summary
     if jobs <= 1:
-        for i, spec in enumerate(todo, 1):
-            preflight(i)
-            done(spec, _run_one(spec, 0, events, progress))
+        def run(i: int, spec: RunSpec, next_spec: Optional[RunSpec]) -> None:
+            preflight(i + 1)
+            done(spec, _run_one(spec, 0, events, progress, next_spec))
+
+        _run_in_order(todo, run)
         return summary
     preflight(1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, spec, threads, events): spec for spec in todo}
+        # a worker does not know which run it gets next; while runs remain, it bets on this run's method
+        # (a plan's runs go method by method); a spare nobody takes dies with the worker
+        futures = {pool.submit(_run_one, spec, threads, events, None, spec if i + jobs < len(todo) else None): spec
+                   for i, spec in enumerate(todo)}
         for future in as_completed(futures):
             done(futures[future], future.result())
     return summary

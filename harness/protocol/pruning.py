@@ -76,19 +76,22 @@ class Planner:
     def t_max(self) -> int:
         return LOCAL_STEPS if self.strategy == "local" else sum(self.caps.values())
 
-    def _sorted_units(self, gid: str) -> torch.Tensor:
-        """The units of group ``gid``, lowest score first, equal scores in the seeded tie-break order."""
-        s, tb = self.unit_scores[gid], self.tie_break[gid]
-        by_tie = torch.argsort(tb)
-        return by_tie[torch.sort(s[by_tie], stable=True).indices]
+    def _sorted_units(self, gid: str) -> list[int]:
+        """The units of group ``gid``, lowest score first, equal scores in the seeded tie-break order
+        (sorted once per group: every plan step reads the same order)."""
+        cache = self.__dict__.setdefault("_sorted", {})
+        if gid not in cache:
+            s, tb = self.unit_scores[gid], self.tie_break[gid]
+            by_tie = torch.argsort(tb)
+            cache[gid] = by_tie[torch.sort(s[by_tie], stable=True).indices].tolist()
+        return cache[gid]
 
     def _order(self) -> list[tuple[str, int]]:
         if not hasattr(self, "_global_order"):
             keys = []
             for g in self.groups:
-                s, tb = self.unit_scores[g.id], self.tie_break[g.id]
-                kept = self._sorted_units(g.id)[: self.caps[g.id]]
-                keys.extend((float(s[u]), int(tb[u]), g.id, int(u)) for u in kept)
+                s, tb = self.unit_scores[g.id].tolist(), self.tie_break[g.id].tolist()
+                keys.extend((s[u], tb[u], g.id, u) for u in self._sorted_units(g.id)[: self.caps[g.id]])
             keys.sort()  # score, then the seeded permutation (unique): never group or channel order
             self._global_order = [(k[2], k[3]) for k in keys]
         return self._global_order
@@ -103,7 +106,7 @@ class Planner:
             counts = {g.id: 0 for g in self.groups}
             for gid, _ in self._order()[:t]:
                 counts[gid] += 1
-        return {gid: self._sorted_units(gid)[: self._rounded(gid, k)].tolist() for gid, k in counts.items()}
+        return {gid: self._sorted_units(gid)[: self._rounded(gid, k)] for gid, k in counts.items()}
 
     def _rounded(self, gid: str, k: int) -> int:
         """``k`` units removed from group ``gid``, rounded as Torch-Pruning's pruners round them
@@ -332,8 +335,15 @@ def macs_predictor(model: nn.Module, layer_macs: dict[str, float], total: float,
             n = m.num_features if hasattr(m, "num_features") else \
                 m.num_channels if hasattr(m, "num_channels") else int(m.normalized_shape[-1])
             shapes[name] = ("norm", n, n)
-    members = {g.id: [(m.layer, m.dim, torch.tensor(m.root_idxs)) for m in g.members
-                      if m.layer in shapes and m.layer in layer_macs] for g in groups}
+    # per group: the (layer, dim) its members touch, and how many of each one's entries every root channel
+    # removes (one row per member): a plan's removals are then one column sum per group
+    members = {}
+    for g in groups:
+        kept = [m for m in g.members if m.layer in shapes and m.layer in layer_macs]
+        if kept:
+            counts = torch.stack([torch.bincount(torch.tensor(m.root_idxs, dtype=torch.long),
+                                                 minlength=g.n_channels)[:g.n_channels] for m in kept])
+            members[g.id] = ([(m.layer, m.dim) for m in kept], counts)
     free = sum(v for n, v in layer_macs.items() if n in modules and n not in shapes and
                not any(True for _ in modules[n].children()) and not any(True for _ in modules[n].parameters()))
     norms = {n: v for n, v in layer_macs.items() if shapes.get(n, ("",))[0] == "norm"}
@@ -342,11 +352,11 @@ def macs_predictor(model: nn.Module, layer_macs: dict[str, float], total: float,
     def predict(plan: dict[str, list[int]]) -> float:
         removed = {"in": defaultdict(int), "out": defaultdict(int)}
         for gid, idxs in plan.items():
-            if not idxs:
+            if not idxs or gid not in members:
                 continue
-            chosen = torch.tensor(idxs)
-            for layer, dim, roots in members.get(gid, ()):
-                removed[dim][layer] += int(torch.isin(roots, chosen).sum())
+            touched, counts = members[gid]
+            for (layer, dim), n in zip(touched, counts[:, idxs].sum(1).tolist()):
+                removed[dim][layer] += n
         macs, norm_removed = total, 0.0
         for layer in set(removed["in"]) | set(removed["out"]):
             kind, cin, cout = shapes[layer]

@@ -26,7 +26,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ from harness.protocol.pruning import Ties, Unreachable, make_planner, prune_roun
 from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
-from harness.runners import client_class
+from harness.runners import client_class, spares
 from harness.runners.sandbox import limits_for
 from harness.store import image_digest_of, new_staging, publish, recorded, resolved_hyperparameters, run_dir
 from harness.store import run_key_of as resolved_run_key
@@ -55,6 +55,9 @@ from specs.base import one_line
 from specs.manifest import SandboxLimits
 from specs.tensors import seed_everything
 from specs.track import TrackConfig
+
+if TYPE_CHECKING:
+    from harness.runners.base import MethodClient
 
 
 @dataclass
@@ -148,9 +151,19 @@ def method_client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
     """An unstarted client of ``source`` (the importance method or the regularizer) as run ``spec`` runs it:
     its runner, seed, device, deadlines and caps; the runner options (e.g. a docker image) are the
     importance method's only. Public for the estimator, which times the stages as a run does."""
+    return spares.take(_new_client(spec, source, hyperparameters))
+
+
+def _new_client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
     options = spec.runner_options if source is spec.method else {}
     return client_class(spec.runner)(source, hyperparameters, spec.seed, spec.device, call_timeout=spec.call_timeout,
                                      run_timeout=spec.run_timeout, limits=spec.limits(), **options)
+
+
+def next_method(spec: RunSpec) -> Callable[[], MethodClient]:
+    """For a sweep whose next run is ``spec``: what makes that run's (unstarted) method client, the spare
+    the current run launches once its prune stage is done (:mod:`harness.runners.spares`)."""
+    return lambda: _new_client(spec, spec.method, spec.hyperparameters)
 
 
 def current_job() -> Optional[JobInfo]:
@@ -212,6 +225,9 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     run ends: its record, its staging directory, and what each process rank does."""
     spec, progress, w = _join_world(spec, progress)
     t_start, started = time.perf_counter(), _now()
+    if w.main:  # the method starts while the base is loaded and checked (unless a spare of it already waits)
+        with spares.expecting(next_method(spec)):
+            spares.stock()
     seed_everything(spec.seed)
     task = task_for(spec.track, data_root=spec.data_root, cache_dir=spec.cache_dir, device=spec.device)
     _check_recipes(spec, task)
@@ -295,6 +311,8 @@ def _run_stages(run: _Run, progress: Optional[Progress]) -> ResultRecord:
         run.timing["reg_s"] = _sparsify_stage(spec, task, model, run.example, progress)
         run.save(model, "sparse.pt")
     pruned = _prune_everywhere(spec, task, model, run.example, run.dense, progress)
+    if run.world.main:  # the next run's method starts while this one retrains
+        spares.stock()
     run.timing.update(step_s=pruned.step_s, score_s=pruned.score_s, method_start_s=pruned.start_s,
                       method_start_wait_s=pruned.start_wait_s)
     model = pruned.model

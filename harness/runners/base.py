@@ -189,6 +189,23 @@ class MethodClient(ABC):
     @abstractmethod
     def start(self) -> None: ...
 
+    def launch_key(self) -> Optional[tuple]:
+        """What the method's process depends on, for a runner whose process can be launched ahead of its run
+        (:mod:`harness.runners.spares`); None: it cannot."""
+        return None
+
+    def prelaunch(self) -> None:
+        """Launch the method ahead of :meth:`start` (runners with a :meth:`launch_key`)."""
+
+    def launched(self) -> bool:
+        return False
+
+    def take_session(self, other: "MethodClient") -> None:
+        """Serve ``other``'s run (a spare taken over before its handshake): its seed, hyperparameters and
+        deadlines, the run deadline counted from now."""
+        self.seed, self.hyperparameters = other.seed, other.hyperparameters
+        self.call_timeout, self.run_timeout, self.run_deadline = other.call_timeout, other.run_timeout, other.run_deadline
+
     #: whether :meth:`begin` starts the method on a thread (a runner whose start is instant, or touches
     #: the harness's own state, says False and starts at once)
     starts_in_background = True

@@ -64,6 +64,9 @@ class DockerClient(SocketClient):
         self._logs = ""
         self.image_digest = digest
 
+    def _launch_options(self) -> tuple:
+        return (self.image, self.image_digest)
+
     def _exchange_root(self) -> Optional[str]:
         return None if self.inline else str(tmpfs_root())
 

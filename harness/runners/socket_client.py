@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -100,13 +101,45 @@ class SocketClient(MethodClient):
             time.sleep(0.05)
 
     # -- protocol --------------------------------------------------------------------------------
-    def start(self) -> None:
+    def prelaunch(self) -> None:
+        """Listen, and launch the method: it connects and waits for its handshake. The first half of
+        :meth:`start`, which a spare (:mod:`harness.runners.spares`) does ahead of the run that takes it."""
+        if self._listener is not None:
+            return
         path = self.exchange / SOCKET_NAME
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(path))
         os.chmod(path, 0o777)
         self._listener.listen(1)
         self._launch()
+
+    def launch_key(self) -> tuple:
+        """Everything the launched process depends on: the runner, the method's folder and manifest, the
+        device, the organizers' caps, where its log goes (and a runner's own options, :meth:`_launch_options`).
+        The seed, hyperparameters and deadlines are not in it: they travel in the handshake and the requests."""
+        log = None if self._own_log else str(self.log_path)
+        return (type(self), str(self.source.path), self.manifest.model_dump_json(), self.device, self.limits,
+                self.start_timeout, log, *self._launch_options())
+
+    def _launch_options(self) -> tuple:
+        return ()
+
+    def launched(self) -> bool:
+        """Whether the process has been launched and is still running (it may not have connected yet)."""
+        return self._listener is not None and self._exit_status() is None
+
+    def connected(self, timeout: float) -> bool:
+        """Whether a launched method has connected (its start is done), waiting up to ``timeout`` seconds."""
+        if self._conn is not None:
+            return True
+        if self._listener is None:
+            return False
+        waiter = select.poll()
+        waiter.register(self._listener, select.POLLIN)
+        return bool(waiter.poll(max(0, int(timeout * 1000))))
+
+    def start(self) -> None:
+        self.prelaunch()
         deadline = time.monotonic() + self.start_timeout
         self._listener.settimeout(0.2)
         while self._conn is None:
@@ -316,13 +349,13 @@ class SocketClient(MethodClient):
             self.closing = True
             self._kill()  # a start waiting for the method's handshake returns at once
             self._abandon_start()
-        if self._conn is not None:
-            try:
-                wire.send(self._conn, Shutdown().model_dump(mode="json"))
-            except OSError:
-                pass
         try:
-            self._wait_exit(SHUTDOWN_TIMEOUT_S)
+            if self._conn is not None:  # (a method that never shook hands, a spare, is killed at once)
+                try:
+                    wire.send(self._conn, Shutdown().model_dump(mode="json"))
+                except OSError:
+                    pass
+                self._wait_exit(SHUTDOWN_TIMEOUT_S)
         finally:  # (whatever the wait raised: the process never outlives its client)
             self._kill()
         for s in (self._conn, self._listener):

@@ -38,12 +38,19 @@ def member_rows(member: Member, tensor: torch.Tensor) -> torch.Tensor:
     ``k = C_out / groups * K``. (Torch-Pruning 1.6.1 instead repeats the whole column ``c % w`` for every
     group, so channels ``c`` and ``c + w`` share each other's weights.)
     """
-    if tensor.dim() == 1:
-        return tensor[torch.as_tensor(member.idxs, dtype=torch.long)].unsqueeze(1)
-    if grouped(member):
+    if grouped(member) and tensor.dim() > 1:
         blocks, j, l = _blocks(member, tensor)
         return blocks[j, :, l].flatten(1)
-    return tensor.movedim(member_dim(member, tensor), 0)[torch.as_tensor(member.idxs, dtype=torch.long)].flatten(1)
+    rows = tensor.movedim(member_dim(member, tensor), 0) if tensor.dim() > 1 else tensor.unsqueeze(1)
+    return _select(rows, member.idxs).flatten(1).contiguous()
+
+
+def _select(rows: torch.Tensor, idxs: list[int]) -> torch.Tensor:
+    """``rows[idxs]``; a run of consecutive indices (most members: a whole layer) as a slice, not a gathered
+    copy: the same values, laid out the same once contiguous (so every sum over them is the same to the bit)."""
+    if idxs and idxs[-1] - idxs[0] == len(idxs) - 1 and idxs == list(range(idxs[0], idxs[-1] + 1)):
+        return rows[idxs[0]:idxs[-1] + 1]
+    return rows[torch.as_tensor(idxs, dtype=torch.long)]
 
 
 def member_coefficients(member: Member, tensor: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

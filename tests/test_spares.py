@@ -1,0 +1,115 @@
+"""Spare method processes (:mod:`harness.runners.spares`): a sweep launches the next run's method while
+this run retrains. The run that takes it over measures what it measures with a process of its own started
+cold; a spare no run takes, or one that died while it waited, is never used and leaves nothing behind.
+About 25 s (three tiny-track runs and a few method starts)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from harness.methods import find_method
+from harness.orchestration.sweep import run_each
+from harness.protocol.run import RunSpec, evaluate
+from harness.runners import spares
+from harness.runners.subprocess_runner import SubprocessClient
+from specs.messages import Group, Member
+
+ECHO = """
+    import torch
+    from specs.sdk import ImportanceMethod
+    class Method(ImportanceMethod):
+        def score_group(self, group, obs):  # what the handshake said: the seed, then hyperparameter a
+            return torch.tensor([float(self.seed), float(self.hp["a"])])
+    """
+HP = {"hyperparameters": {"a": {"type": "int", "default": 0, "minimum": 0, "maximum": 9}}}
+GROUP = Group(id="g", root="fc", n_channels=2,
+              members=[Member(layer="fc", module_type="Linear", kind="linear", dim="out", idxs=[0, 1],
+                                    root_idxs=[0, 1], weight="fc.weight")])
+WEIGHTS = {"weights": {"fc.weight": torch.ones(2, 3)}}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_spare_left():
+    yield
+    spares.discard()
+
+
+def stocked(factory):
+    with spares.expecting(factory):
+        spares.stock()
+    spare = spares.current()
+    assert spare is not None and spare.connected(60)  # launched and done starting, before any run asked
+    return spare
+
+
+def test_the_run_that_takes_a_spare_gets_its_own_seed_hyperparameters_and_deadline(make_method):
+    echo = make_method(ECHO, **HP)
+    spare = stocked(lambda: SubprocessClient(echo, {"a": 1}, 0, run_timeout=5))
+    before = spares.taken
+    fresh = SubprocessClient(echo, {"a": 7}, 3, run_timeout=600)
+    client = spares.take(fresh)
+    assert client is spare and spares.taken == before + 1 and spares.current() is None
+    assert not fresh.exchange.exists()  # the fresh client it replaced is closed
+    with client.begin():
+        scores = client.score(0, [GROUP], WEIGHTS)
+        assert scores["g"].tolist() == [3.0, 7.0]
+        assert client.run_timeout == 600 and client.run_deadline == fresh.run_deadline
+        assert client.start_seconds < 60
+    assert not client.exchange.exists()
+
+
+def test_a_spare_of_another_method_is_not_taken_and_leaves_nothing(make_method):
+    echo, other = make_method(ECHO, **HP), make_method(ECHO, **{**HP, "id": "other"})
+    spare = stocked(lambda: SubprocessClient(echo, {}, 0))
+    pid, exchange = spare._proc.pid, spare.exchange
+    fresh = SubprocessClient(other, {}, 0)
+    assert spares.take(fresh) is fresh and spares.current() is spare
+    # other caps (the organizers' limits) are another key too
+    capped = SubprocessClient(echo, {}, 0, limits=spare.limits.__class__(**{**spare.limits.__dict__,
+                                                                            "max_log_mb": 1}))
+    assert spares.take(capped) is capped
+    fresh.close()
+    capped.close()
+    spares.stock()  # no sweep expects a run: the unused spare goes
+    assert spares.current() is None and not exchange.exists()
+    assert not alive(pid)
+
+
+def test_a_spare_that_died_while_it_waited_is_never_handed_out(make_method):
+    echo = make_method(ECHO, **HP)
+    spare = stocked(lambda: SubprocessClient(echo, {}, 0))
+    spare._proc.kill()
+    spare._proc.wait()
+    fresh = SubprocessClient(echo, {}, 4)
+    client = spares.take(fresh)
+    assert client is fresh and not spare.exchange.exists()
+    with client:
+        assert client.score(0, [GROUP], WEIGHTS)["g"].tolist() == [4.0, 0.0]
+
+
+def test_a_sweeps_next_run_takes_the_spare_and_measures_what_a_cold_start_measures(tiny_track, tmp_path):
+    method = find_method("random")  # its channels are drawn from the seed the handshake carries
+
+    def spec(seed, out, runner="subprocess"):
+        return RunSpec(track=tiny_track, method=method, speedup=2, seed=seed, runner=runner, out=out,
+                       measure_latency=False, save_models=False)
+
+    before = spares.taken
+    swept = run_each([spec(0, tmp_path / "sweep"), spec(1, tmp_path / "sweep")]).records
+    # the first run's method started beside its base stage, the second's while the first retrained
+    assert spares.taken == before + 2 and spares.current() is None  # the last run leaves no spare
+    cold, _ = evaluate(spec(1, tmp_path / "cold", "inprocess"))  # no process at all
+    assert [r.status for r in (*swept, cold)] == ["ok"] * 3
+    assert swept[1].layer_channels == cold.layer_channels != swept[0].layer_channels
+    assert (swept[1].macs, swept[1].metric, swept[1].run_key) == (cold.macs, cold.metric, cold.run_key)
