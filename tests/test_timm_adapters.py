@@ -1,0 +1,53 @@
+"""Prune adapters of timm's MLP-Mixer (and of the families after it), proved as tests/test_hf_models.py proves
+transformers' and timm's attention: every group pruned to the first half of each of its slices through the
+harness must give the model timm builds with half the widths, loaded with the big model's weights sliced by
+hand - the same logits, the same parameter count.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.models import prune_config_of
+from harness.protocol.grouping import Unprunable
+from test_hf_models import _halved, _sliced
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+MIXER = dict(patch_size=2, num_blocks=2, embed_dim=16, mlp_ratio=(0.5, 4.0))
+
+
+def _mixer(embed_dim: int):
+    from timm.models.mlp_mixer import MlpMixer
+
+    return MlpMixer(num_classes=10, img_size=8, in_chans=1, **{**MIXER, "embed_dim": embed_dim}).eval()
+
+
+def test_mixer_prunes_its_token_mlps_hidden_width_and_never_the_patches():
+    """MLP-Mixer halved = timm's MlpMixer at half the embedding width (token hidden 8 -> 4, channel hidden
+    64 -> 32, embedding 16 -> 8); the token MLPs keep the 16 patches at their inputs and outputs."""
+    torch.manual_seed(0)
+    model = _mixer(16)
+    x = torch.rand(2, 1, 8, 8)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = _halved(model, x[:1])
+    assert sorted(g.root for g in groups if "mlp_tokens" in g.root) == ["blocks.0.mlp_tokens.fc1",
+                                                                         "blocks.1.mlp_tokens.fc1"]
+    assert not [m.layer for g in groups for m in g.members if m.layer.endswith("mlp_tokens.fc2") and m.dim == "out"]
+    small = _mixer(8)
+    small.load_state_dict(_sliced(big, small.state_dict(), lambda name, dim: 1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
+    assert all(b.mlp_tokens.fc1.in_features == b.mlp_tokens.fc2.out_features == 16 for b in model.blocks)
+
+
+def test_resmlp_is_refused_in_one_line_naming_its_token_layer():
+    from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
+
+    model = MlpMixer(num_classes=10, img_size=8, in_chans=1, patch_size=4, num_blocks=1, embed_dim=16,
+                     block_layer=ResBlock, norm_layer=Affine, mlp_ratio=4)
+    with pytest.raises(Unprunable) as e:
+        prune_config_of(model)
+    assert str(e.value).startswith("cannot prune MlpMixer at layer 'blocks.0.linear_tokens'") and "\n" not in str(e.value)
