@@ -51,3 +51,30 @@ def test_resmlp_is_refused_in_one_line_naming_its_token_layer():
     with pytest.raises(Unprunable) as e:
         prune_config_of(model)
     assert str(e.value).startswith("cannot prune MlpMixer at layer 'blocks.0.linear_tokens'") and "\n" not in str(e.value)
+
+
+PVT = dict(depths=(1, 1, 1, 1), embed_dims=(8, 16, 16, 32), num_heads=(1, 2, 2, 4))
+
+
+def _pvt(mlp_ratio: float):
+    from timm.models.pvt_v2 import PyramidVisionTransformerV2
+
+    return PyramidVisionTransformerV2(num_classes=10, in_chans=1, mlp_ratios=(mlp_ratio,) * 4, **PVT).eval()
+
+
+def test_pvt_v2_prunes_its_mlps_hidden_widths_through_the_depthwise_conv():
+    """PVTv2's attention reshapes its output by its input width (as CaiT's and EVA's do), so only the MLPs'
+    hidden widths are pruned: fc1's outputs, the depthwise conv between (channels-first, after a transpose
+    and a view) and fc2's inputs. Halved = timm's PVTv2 with mlp_ratios 2 instead of 4."""
+    torch.manual_seed(0)
+    model = _pvt(4.0)
+    x = torch.rand(2, 1, 32, 32)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = _halved(model, x[:1])
+    assert len(groups) == 4 and all({m.layer.rpartition(".")[2] for m in g.members} == {"fc1", "dwconv", "fc2"}
+                                    for g in groups)
+    small = _pvt(2.0)
+    small.load_state_dict(_sliced(big, small.state_dict(), lambda name, dim: 1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())

@@ -11,6 +11,9 @@
   with the layers they feed). Every other conv and linear layer is kept whole. A gated MLP (EVA-02's
   ``GluMlp``: ``fc1``'s outputs split in two halves) cannot be pruned either; an EVA with only those is
   refused in one line.
+- **PVTv2** (``PyramidVisionTransformerV2``): its attention reshapes its output by its input width too, so it
+  gets the same adapter; its MLP's depthwise conv between ``fc1`` and ``fc2`` (channels first, after a
+  transpose and a view) follows the hidden channels.
 
 Bare parameters: the tokens and position embedding (``[1, N, C]``, pruned along C) and the per-channel layer
 scales (``gamma_1``/``gamma_2``, ``LayerScale.gamma``) are declared, so they follow the channels they belong to.
@@ -64,7 +67,7 @@ def swin(model: nn.Module) -> PruneConfig:
 
 
 def mlp_only(model: nn.Module) -> PruneConfig:
-    """CaiT, EVA: only the MLPs' hidden widths (every conv and linear layer but ``mlp.fc1`` is kept whole). A
+    """CaiT, EVA, PVTv2: only the MLPs' hidden widths (every conv and linear layer but ``mlp.fc1`` is kept whole). A
     gated MLP (``fc1`` twice as wide as ``fc2``'s inputs, split in halves) is kept whole too: Torch-Pruning does
     not map the split. A model left with nothing to prune is refused (:class:`Unprunable`, one line)."""
     from harness.protocol.grouping import Unprunable
@@ -72,6 +75,8 @@ def mlp_only(model: nn.Module) -> PruneConfig:
     mlps = [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "fc1", None), nn.Linear)
             and isinstance(getattr(m, "fc2", None), nn.Linear)]
     hidden = {id(m.fc1) for _, m in mlps if m.fc1.out_features == m.fc2.in_features}
+    # PVTv2's MLP: a depthwise conv between fc1 and fc2 follows the hidden channels (a member, never kept whole)
+    hidden |= {id(m.dwconv) for _, m in mlps if id(m.fc1) in hidden and isinstance(getattr(m, "dwconv", None), nn.Conv2d)}
     if not hidden:
         where = f"{mlps[0][0]}.fc1" if mlps else "(model)"
         raise Unprunable(
