@@ -6,6 +6,8 @@ hand - the same logits, the same parameter count.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -78,3 +80,43 @@ def test_pvt_v2_prunes_its_mlps_hidden_widths_through_the_depthwise_conv():
     with torch.no_grad():
         torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
+
+
+def _mobilevit(c: int):
+    """A MobileViT of timm's classes: a stem, an inverted residual, a MobileViT block (one ViT block on 2x2
+    patches, 4 heads) and the final conv, every width a multiple of ``c``."""
+    from timm.models.byobnet import ByobNet, ByoModelCfg
+    from timm.models.mobilevit import _inverted_residual_block, _mobilevit_block
+
+    cfg = ByoModelCfg(blocks=(_inverted_residual_block(d=1, c=c, s=1, br=2.0),
+                              _mobilevit_block(d=1, c=2 * c, s=2, transformer_dim=2 * c, transformer_depth=1,
+                                               patch_size=2, br=2.0)),
+                      stem_chs=c, stem_type="3x3", stem_pool="", downsample="", act_layer="silu", num_features=4 * c)
+    return ByobNet(cfg, num_classes=10, in_chans=1).eval()
+
+
+def test_mobilevit_prunes_as_timm_builds_a_narrower_one():
+    """MobileViT (timm's ByobNet with a MobileViT block): convs, the unfold into patches, a ViT block with head
+    slices of its qkv, the fold and the fusion conv over the concatenated shortcut. Halved = the same
+    architecture at half every width (heads kept: half the head dim; the fusion conv's inputs: half of each
+    part of the concatenation)."""
+    torch.manual_seed(0)
+    model = _mobilevit(16)
+    x = torch.rand(2, 1, 16, 16)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    _halved(model, x[:1])
+    small = _mobilevit(8)
+
+    def blocks(name, dim):
+        if re.search(r"attn\.qkv\.(weight|bias)$", name) and dim == 0:
+            return 3 * 4
+        if re.search(r"conv_fusion\.conv\.weight$", name) and dim == 1:
+            return 2  # [shortcut, block output]: the first half of each
+        return 4 if re.search(r"attn\.proj\.weight$", name) and dim == 1 else 1
+
+    small.load_state_dict(_sliced(big, small.state_dict(), blocks))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
+    attn = model.stages[1][1].transformer[0].attn
+    assert attn.num_heads == 4 and attn.head_dim == 4 and attn.scale == 4 ** -0.5  # 32 -> 16 wide

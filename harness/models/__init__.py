@@ -7,7 +7,7 @@ register lazily as ``"module:attr"`` strings, so ``pbench-harness --help`` impor
 Besides registered names, a track may name any architecture by reference (:mod:`harness.models.refs`:
 ``torchvision:<name>``, ``timm:<name>``, ``<module>:<factory>``, ``file:<path>``). Architectures
 that need more than "never prune the classifier" register a prune adapter keyed by their class
-(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT, EVA and PVTv2
+(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT, EVA, PVTv2 and MobileViT
 (:mod:`harness.models.timm_attn`), timm's MLP-Mixer (:mod:`harness.models.mixer`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
 (:mod:`harness.models.yolo`), every ``transformers`` model (:mod:`harness.models.hf`); Swin's patch merging
 (:mod:`harness.models.merging`) serves timm's and transformers' Swin. tests/test_models.py checks
@@ -40,6 +40,7 @@ PRUNE_ADAPTERS.register("timm.models.cait.Cait", "harness.models.timm_attn:mlp_o
 PRUNE_ADAPTERS.register("timm.models.eva.Eva", "harness.models.timm_attn:mlp_only")
 PRUNE_ADAPTERS.register("timm.models.mlp_mixer.MlpMixer", "harness.models.mixer:prune_config")
 PRUNE_ADAPTERS.register("timm.models.pvt_v2.PyramidVisionTransformerV2", "harness.models.timm_attn:mlp_only")
+PRUNE_ADAPTERS.register("timm.models.byobnet.ByobNet", "harness.models.timm_attn:byobnet")
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "logits_of",
            "prune_config_of",

@@ -1,4 +1,4 @@
-"""timm transformers beyond ``VisionTransformer`` (:mod:`harness.models.vit`) and how to prune them.
+"""timm transformers (and hybrids) beyond ``VisionTransformer`` (:mod:`harness.models.vit`) and how to prune them.
 
 - **Swin** (``SwinTransformer``): every window attention's fused ``qkv`` is split into ``3 * num_heads``
   channel slices (every head of q, k and v loses the same dims, the number of heads stays: the
@@ -14,6 +14,10 @@
 - **PVTv2** (``PyramidVisionTransformerV2``): its attention reshapes its output by its input width too, so it
   gets the same adapter; its MLP's depthwise conv between ``fc1`` and ``fc2`` (channels first, after a
   transpose and a view) follows the hidden channels.
+
+**MobileViT** (timm's ``ByobNet`` with ``MobileVitBlock``\ s): a conv network whose blocks unfold the feature
+map into patches and run ViT blocks on them; each fused ``qkv`` gets head slices and :func:`fix_heads`, as
+Swin's. Torch-Pruning maps the unfold and fold (reshapes and transposes that keep the channels last/first).
 
 Bare parameters: the tokens and position embedding (``[1, N, C]``, pruned along C) and the per-channel layer
 scales (``gamma_1``/``gamma_2``, ``LayerScale.gamma``) are declared, so they follow the channels they belong to.
@@ -85,3 +89,14 @@ def mlp_only(model: nn.Module) -> PruneConfig:
             f"pruned on its own; pick another architecture (timm: vit, deit, swin or cait families)")
     kept = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and id(m) not in hidden]
     return PruneConfig(ignored_layers=kept, unwrapped_parameters=bare_parameters(model) or None)
+
+
+def byobnet(model: nn.Module) -> PruneConfig:
+    """timm's ByobNet: MobileViT's blocks run a ViT transformer (fused qkv, ``num_heads``) on the unfolded
+    patches of a conv feature map; their qkv gets head slices and :func:`fix_heads`, as Swin's. A ByobNet
+    without attention (conv blocks only) needs nothing."""
+    heads = {a.qkv: 3 * h for a, h in _fused(model)}
+    if not heads:
+        return PruneConfig()
+    return PruneConfig(unwrapped_parameters=bare_parameters(model) or None, out_channel_groups=heads,
+                       fixup=fix_heads)
