@@ -1,4 +1,4 @@
-"""timm's MLP-Mixer (``MlpMixer`` of ``MixerBlock``\\ s) and how to prune it.
+"""timm's MLP-Mixer (``MlpMixer`` of ``MixerBlock`` blocks) and how to prune it.
 
 A mixer block mixes tokens, then channels: ``x + mlp_tokens(norm1(x).transpose(1, 2)).transpose(1, 2)``, then
 ``x + mlp_channels(norm2(x))``. The token-mixing MLP runs across the patches: its input and output width is the

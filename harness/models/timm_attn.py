@@ -15,7 +15,7 @@
   gets the same adapter; its MLP's depthwise conv between ``fc1`` and ``fc2`` (channels first, after a
   transpose and a view) follows the hidden channels.
 
-**MobileViT** (timm's ``ByobNet`` with ``MobileVitBlock``\ s): a conv network whose blocks unfold the feature
+**MobileViT** (timm's ``ByobNet`` with ``MobileVitBlock`` blocks): a conv network whose blocks unfold the feature
 map into patches and run ViT blocks on them; each fused ``qkv`` gets head slices and :func:`fix_heads`, as
 Swin's. Torch-Pruning maps the unfold and fold (reshapes and transposes that keep the channels last/first).
 
@@ -80,7 +80,8 @@ def mlp_only(model: nn.Module) -> PruneConfig:
             and isinstance(getattr(m, "fc2", None), nn.Linear)]
     hidden = {id(m.fc1) for _, m in mlps if m.fc1.out_features == m.fc2.in_features}
     # PVTv2's MLP: a depthwise conv between fc1 and fc2 follows the hidden channels (a member, never kept whole)
-    hidden |= {id(m.dwconv) for _, m in mlps if id(m.fc1) in hidden and isinstance(getattr(m, "dwconv", None), nn.Conv2d)}
+    hidden |= {id(m.dwconv) for _, m in mlps
+               if id(m.fc1) in hidden and isinstance(getattr(m, "dwconv", None), nn.Conv2d)}
     if not hidden:
         where = f"{mlps[0][0]}.fc1" if mlps else "(model)"
         raise Unprunable(

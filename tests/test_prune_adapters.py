@@ -1,7 +1,9 @@
-"""Prune adapters of timm's MLP-Mixer (and of the families after it), proved as tests/test_hf_models.py proves
-transformers' and timm's attention: every group pruned to the first half of each of its slices through the
-harness must give the model timm builds with half the widths, loaded with the big model's weights sliced by
-hand - the same logits, the same parameter count.
+"""Prune adapters of timm's MLP-Mixer, PVTv2 and MobileViT and torchvision's ShuffleNetV2, proved as
+tests/test_hf_models.py proves transformers' and timm's attention: every group pruned to the first half of each
+of its slices through the harness must give the model the library builds with half the widths, loaded with the
+big model's weights sliced by hand - the same logits, the same parameter count. ShuffleNetV2's constructor ties
+its hidden widths to its stage widths (which stay whole), so its reference is the original model with the
+weights that read every removed channel zeroed by hand.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def test_resmlp_is_refused_in_one_line_naming_its_token_layer():
                      block_layer=ResBlock, norm_layer=Affine, mlp_ratio=4)
     with pytest.raises(Unprunable) as e:
         prune_config_of(model)
-    assert str(e.value).startswith("cannot prune MlpMixer at layer 'blocks.0.linear_tokens'") and "\n" not in str(e.value)
+    text = str(e.value)
+    assert text.startswith("cannot prune MlpMixer at layer 'blocks.0.linear_tokens'") and "\n" not in text
 
 
 PVT = dict(depths=(1, 1, 1, 1), embed_dims=(8, 16, 16, 32), num_heads=(1, 2, 2, 4))
@@ -120,3 +123,41 @@ def test_mobilevit_prunes_as_timm_builds_a_narrower_one():
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
     attn = model.stages[1][1].transformer[0].attn
     assert attn.num_heads == 4 and attn.head_dim == 4 and attn.scale == 4 ** -0.5  # 32 -> 16 wide
+
+
+def _shufflenet():
+    from torchvision.models.shufflenetv2 import ShuffleNetV2
+
+    model = ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 32], num_classes=10).eval()
+    with torch.no_grad():  # trained-looking BatchNorms: every channel matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_shufflenet_v2_keeps_its_shuffled_widths_and_prunes_the_rest_as_removing_channels_does():
+    """ShuffleNetV2: the stage widths (shuffled at every block) are kept; the stem, every branch2's hidden width
+    and conv5 are pruned. Reference: removing a channel equals zeroing the weights that read it - the original
+    model with those columns zeroed by hand (the second half of every pruned width) gives the same logits."""
+    import copy
+
+    torch.manual_seed(0)
+    model = _shufflenet()
+    reference = copy.deepcopy(model)
+    x = torch.rand(2, 3, 32, 32)
+    groups = _halved(model, x[:1])
+    blocks = [b for stage in (reference.stage2, reference.stage3, reference.stage4) for b in stage]
+    assert len(groups) == 2 + len(blocks)  # the stem, conv5 and one hidden width per block
+    with torch.no_grad():
+        for block in blocks:
+            block.branch2[5].weight[:, block.branch2[0].out_channels // 2:] = 0
+        reference.stage2[0].branch1[2].weight[:, 4:] = 0
+        reference.stage2[0].branch2[0].weight[:, 4:] = 0
+        reference.fc.weight[:, 16:] = 0
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    assert model.conv1[0].out_channels == 4 and model.conv5[0].out_channels == 16 and model.fc.in_features == 16
+    for pruned, block in zip((b for s in (model.stage2, model.stage3, model.stage4) for b in s), blocks):
+        assert pruned.branch2[0].out_channels == pruned.branch2[3].out_channels == block.branch2[0].out_channels // 2
+        assert pruned.branch2[5].out_channels == block.branch2[5].out_channels  # a stage width: kept
