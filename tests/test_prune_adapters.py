@@ -47,6 +47,28 @@ def test_mixer_prunes_its_token_mlps_hidden_width_and_never_the_patches():
     assert all(b.mlp_tokens.fc1.in_features == b.mlp_tokens.fc2.out_features == 16 for b in model.blocks)
 
 
+
+def test_a_gated_mixer_keeps_its_gated_hidden_widths_and_prunes_the_embedding():
+    """gMixer (GluMlp: fc1's outputs split in a value and a gate half): only the embedding width is pruned.
+    Halved = timm's gMixer at embed_dim 8 with mlp_ratio doubled, so its hidden widths are the big model's."""
+    from timm.layers import GluMlp
+    from timm.models.mlp_mixer import MlpMixer
+
+    def gmixer(dim: int, ratio: tuple):
+        return MlpMixer(num_classes=10, img_size=8, in_chans=1, patch_size=2, num_blocks=2, embed_dim=dim,
+                        mlp_ratio=ratio, mlp_layer=GluMlp, act_layer=torch.nn.SiLU).eval()
+
+    torch.manual_seed(0)
+    model = gmixer(16, (1.0, 4.0))
+    x = torch.rand(2, 1, 8, 8)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    assert [g.root for g in _halved(model, x[:1])] == ["blocks.1.mlp_channels.fc2"]
+    small = gmixer(8, (2.0, 8.0))
+    small.load_state_dict(_sliced(big, small.state_dict(), lambda name, dim: 1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), small(x), rtol=1e-4, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in small.parameters())
+
 def test_resmlp_is_refused_in_one_line_naming_its_token_layer():
     from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
 

@@ -8,8 +8,9 @@ patches to the embedding channels. The graph is therefore traced with an equival
 (:func:`_traced_block`): the same values, but the token MLP's input and its output leave the residual stream's
 graph (detached), and the token MLP and ``norm1`` are reached through outputs of their own. Then the token MLP
 is coupled to nothing outside itself: its hidden width is one group, its ``fc2`` (whose outputs are the
-patches) is never a root, and ``norm1`` stays in the residual group. ResMLP's and gMLP's blocks (a linear layer
-across tokens with a layer scale or a gate) are refused in one line.
+patches) is never a root, and ``norm1`` stays in the residual group. A gated MLP (gMixer's ``GluMlp``: ``fc1``'s
+outputs split in halves) keeps its hidden width whole. ResMLP's and gMLP's blocks (a linear layer across tokens
+with a layer scale or a gate) are refused in one line.
 """
 
 from __future__ import annotations
@@ -58,4 +59,9 @@ def prune_config(model: nn.Module) -> PruneConfig:
                 f"architecture (timm: mixer family)")
     if not blocks:
         return PruneConfig()
-    return PruneConfig(ignored_layers=[b.mlp_tokens.fc2 for b in blocks], forward_fn=_trace_forward)
+    kept = [b.mlp_tokens.fc2 for b in blocks]
+    # a gated MLP (gMixer's GluMlp: fc1's outputs split in a value and a gate half) keeps its hidden width whole:
+    # Torch-Pruning does not map the split
+    kept += [mlp.fc1 for b in blocks for mlp in (b.mlp_tokens, b.mlp_channels)
+             if mlp.fc1.out_features != mlp.fc2.in_features]
+    return PruneConfig(ignored_layers=kept, forward_fn=_trace_forward)
