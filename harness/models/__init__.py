@@ -7,12 +7,14 @@ register lazily as ``"module:attr"`` strings, so ``pbench-harness --help`` impor
 Besides registered names, a track may name any architecture by reference (:mod:`harness.models.refs`:
 ``torchvision:<name>``, ``timm:<name>``, ``<module>:<factory>``, ``file:<path>``). Architectures
 that need more than "never prune the classifier" register a prune adapter keyed by their class
-(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT and EVA
-(:mod:`harness.models.timm_attn`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
+(found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT, EVA, PVTv2 and MobileViT
+(:mod:`harness.models.timm_attn`), timm's MLP-Mixer (:mod:`harness.models.mixer`), torchvision's ShuffleNetV2
+(:mod:`harness.models.shufflenet`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
 (:mod:`harness.models.yolo`), every ``transformers`` model (:mod:`harness.models.hf`); Swin's patch merging
 (:mod:`harness.models.merging`) serves timm's and transformers' Swin. tests/test_models.py checks
 the CIFAR family; tests/test_models_zoo.py prunes every registered name and variant;
-tests/test_models_refs.py the references; tests/test_zoo.py every method on twelve more
+tests/test_models_refs.py the references; tests/test_hf_models.py and tests/test_prune_adapters.py the
+adapters against the narrower models the libraries build; tests/test_zoo.py every method on twelve more
 architectures.
 """
 
@@ -38,6 +40,10 @@ PRUNE_ADAPTERS.register("transformers.modeling_utils.PreTrainedModel", "harness.
 PRUNE_ADAPTERS.register("timm.models.swin_transformer.SwinTransformer", "harness.models.timm_attn:swin")
 PRUNE_ADAPTERS.register("timm.models.cait.Cait", "harness.models.timm_attn:mlp_only")
 PRUNE_ADAPTERS.register("timm.models.eva.Eva", "harness.models.timm_attn:mlp_only")
+PRUNE_ADAPTERS.register("timm.models.mlp_mixer.MlpMixer", "harness.models.mixer:prune_config")
+PRUNE_ADAPTERS.register("timm.models.pvt_v2.PyramidVisionTransformerV2", "harness.models.timm_attn:mlp_only")
+PRUNE_ADAPTERS.register("timm.models.byobnet.ByobNet", "harness.models.timm_attn:byobnet")
+PRUNE_ADAPTERS.register("torchvision.models.shufflenetv2.ShuffleNetV2", "harness.models.shufflenet:prune_config")
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "logits_of",
            "prune_config_of",
