@@ -56,7 +56,8 @@ class Timing(Strict):
     step_s: Optional[float] = Field(None, description="pruning step: observations + scoring + pruning")
     score_s: Optional[float] = Field(None, description="time spent inside the method answering score requests")
     method_start_s: Optional[float] = Field(None, description="the method process's start (launch to handshake), "
-                                                              "on a thread beside the prune stage")
+                                                              "on a thread beside the prune stage; a process "
+                                                              "launched ahead (a spare) shows its handshake only")
     method_start_wait_s: Optional[float] = Field(None, description="the part of method_start_s the prune stage "
                                                                    "waited for (not in step_s)")
     reg_s: Optional[float] = Field(None, description="sparse training time (regularizer runs)")
