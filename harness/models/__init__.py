@@ -8,7 +8,7 @@ Besides registered names, a track may name any architecture by reference (:mod:`
 ``torchvision:<name>``, ``timm:<name>``, ``<module>:<factory>``, ``file:<path>``). Architectures
 that need more than "never prune the classifier" register a prune adapter keyed by their class
 (found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT and EVA
-(:mod:`harness.models.timm_attn`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
+(:mod:`harness.models.timm_attn`), timm's ReXNet (:mod:`harness.models.rexnet`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
 (:mod:`harness.models.yolo`), every ``transformers`` model (:mod:`harness.models.hf`); Swin's patch merging
 (:mod:`harness.models.merging`) serves timm's and transformers' Swin. tests/test_models.py checks
 the CIFAR family; tests/test_models_zoo.py prunes every registered name and variant;
@@ -38,6 +38,7 @@ PRUNE_ADAPTERS.register("transformers.modeling_utils.PreTrainedModel", "harness.
 PRUNE_ADAPTERS.register("timm.models.swin_transformer.SwinTransformer", "harness.models.timm_attn:swin")
 PRUNE_ADAPTERS.register("timm.models.cait.Cait", "harness.models.timm_attn:mlp_only")
 PRUNE_ADAPTERS.register("timm.models.eva.Eva", "harness.models.timm_attn:mlp_only")
+PRUNE_ADAPTERS.register("timm.models.rexnet.RexNet", "harness.models.rexnet:prune_config")
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "logits_of",
            "prune_config_of",
