@@ -183,8 +183,8 @@ def test_rexnet_prunes_as_rexnet_cut_by_hand():
 
 def test_rexnet_100_prunes_within_the_bound():
     """The full-size ReXNet-1.0 (its walk never ended before the adapter): its groups pass the harness's checks."""
-    model = create_model("timm:rexnet_100", num_classes=10, in_chans=3, image_size=32).eval()
-    x = torch.rand(1, 3, 32, 32)
+    model = create_model("timm:rexnet_100", num_classes=10, in_chans=1, image_size=8).eval()
+    x = torch.rand(1, 1, 8, 8)
     config = _config(model)
     check_groups(model, x, config, describe_groups(model, x, config))
 
@@ -195,10 +195,10 @@ def test_rexnet_without_its_adapter_is_refused_not_hung(monkeypatch):
 
     monkeypatch.setattr(PRUNE_ADAPTERS, "_entries", {k: v for k, v in PRUNE_ADAPTERS._entries.items()
                                                      if "rexnet" not in k})
-    model = create_model("timm:rexnet_100", num_classes=10, in_chans=3, image_size=32).eval()
+    model = create_model("timm:rexnet_100", num_classes=10, in_chans=1, image_size=8).eval()
     t = time.perf_counter()
     with pytest.raises(HarnessError) as e:
-        x = torch.rand(1, 3, 32, 32)
+        x = torch.rand(1, 1, 8, 8)
         config = _config(model)
         check_groups(model, x, config, describe_groups(model, x, config))
     assert str(e.value).startswith("cannot prune RexNet at layer 'features.") and "\n" not in str(e.value)

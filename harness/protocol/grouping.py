@@ -221,7 +221,8 @@ def chunk_order(DG: tp.DependencyGraph) -> None:
             return next((k for f, k in getattr(out.grad_fn, "next_functions", ()) if f is node.grad_fn), None)
 
         chunks = [chunk(o) for o in node.outputs]
-        if chunks != sorted(chunks) and sorted(c for c in chunks if c is not None) == list(range(len(chunks))):
+        known = sorted(c for c in chunks if c is not None)
+        if known == list(range(len(chunks))) and chunks != known:  # every output names its chunk, out of order
             node.outputs.sort(key=chunk)
             moved = True
     if moved:
