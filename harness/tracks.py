@@ -124,12 +124,13 @@ def derive_track(base: TrackConfig, model: str, data_root: Optional[Path] = None
 PROBE_SIZES = (16, 32, 64, 96, 128, 160, 224)
 
 
-def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tuple[TrackConfig, str]:
+def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
+                   probe: bool = True) -> tuple[TrackConfig, str]:
     """``track`` at an input size its model accepts, and a few words saying which.
 
     Candidates, smallest (cheapest on a CPU) first: the track's ``dataset.image_size`` (the dataset's own
     size when unset), the model's declared minimum (timm's ``min_input_size``), then :data:`PROBE_SIZES`
-    above it. A size is accepted when a freshly built model runs forward there (in training and eval
+    above it; only the first without ``probe`` (a track file's size is the user's to choose). A size is accepted when a freshly built model runs forward there (in training and eval
     mode), Torch-Pruning builds its dependency graph, and its groups pass :func:`check_groups` (a dry
     prune to the floor). No size: :class:`HarnessError` in one line naming ``dataset.image_size``; an
     architecture that traces but cannot be pruned: :class:`~harness.protocol.grouping.Unprunable`, before
@@ -148,7 +149,8 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
     native = data.image_size
     fixed = track.dataset.image_size is not None
     declared = _declared_min_size(track)
-    sizes = [native] + sorted({s for s in (declared, *PROBE_SIZES) if s and s > native}) if not fixed else [native]
+    sizes = [native] + sorted({s for s in (declared, *PROBE_SIZES) if s and s > native}) if probe and not fixed \
+        else [native]
     failures: list[str] = []
     architecture: Optional[HarnessError] = None  # ran forward, but cannot be traced or pruned
     previous = None  # the last size's error, in one line
@@ -183,10 +185,12 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None) -> tupl
                            f"set dataset.image_size in a track file to choose another")
     if architecture is not None:  # the model runs; the harness cannot prune it: the layer, not the size
         raise architecture
-    if fixed:
-        raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at the track's "
-                           f"dataset.image_size ({failures[-1]}); set dataset.image_size to a size the model "
-                           f"accepts, or fix the model if the size is not the cause")
+    if fixed or not probe:
+        which = "the track's dataset.image_size" if fixed else "the dataset's own size (the track sets no " \
+                                                               "dataset.image_size)"
+        raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at {which} ({failures[-1]}); "
+                           f"set dataset.image_size to a size the model accepts, or fix the model if the size is "
+                           f"not the cause")
     tried = ", ".join(f"{s}px" for s in sizes)
     raise HarnessError(f"{track.model.name} does not run on {track.dataset.name} at {tried} ({failures[-1]}); "
                        f"set dataset.image_size in a track file (--track FILE) to a size the model accepts")
@@ -303,7 +307,8 @@ def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[
     """The track a user means, and a one-line note when it was derived (None otherwise).
 
     ``track`` (an id or a file) wins; with a different ``model`` it is derived from that track with the
-    model replaced. Without ``track``: the registered track of (``model``, ``dataset``), else one derived
+    model replaced. A track file's model gets the checks a derived track's gets, before any training, at the
+    track's own input size (:func:`fit_input_size` without probing other sizes): the same one-line refusals. Without ``track``: the registered track of (``model``, ``dataset``), else one derived
     from the dataset's default track (:func:`default_track`, :func:`derive_track`). A ``dataset`` that
     contradicts ``track`` is bad input.
     """
@@ -314,6 +319,8 @@ def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[
                                f"another track")
         if model and model != cfg.model.name:
             return derive_track(cfg, model, data_root)
+        if track not in registry().names():  # a track file: its model is the user's, checked before any training
+            check_track_file(cfg, data_root)
         return cfg, None
     if not model or not dataset:
         raise HarnessError("give --track, or both --model and --dataset")
@@ -321,6 +328,21 @@ def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[
     if matches:
         return matches[0], None
     return derive_track(default_track(dataset), model, data_root)
+
+
+#: (track hash, data root) of the track files whose model passed :func:`check_track_file` in this process
+_FILES_CHECKED: set[tuple[str, str]] = set()
+
+
+def check_track_file(track: TrackConfig, data_root: Optional[Path] = None) -> None:
+    """A track file's model checked as a derived track's is, at the track's own input size: forward in both
+    modes, the dependency graph, the groups (a dry prune to the floor) and the BatchNorm momentum against the
+    pretrain recipe - a one-line refusal before any training instead of after pretraining. Once per track and
+    process (the check of a seeded, freshly built model gives the same answer every time)."""
+    key = (track.hash(), str(data_root))
+    if key not in _FILES_CHECKED:
+        fit_input_size(track, data_root, probe=False)
+        _FILES_CHECKED.add(key)
 
 
 def inapplicable(track: TrackConfig, sources: list, data_root: Optional[Path] = None) -> dict[str, str]:

@@ -193,3 +193,33 @@ def test_a_tied_weight_is_observed_under_both_names_and_scored():
     with client_class("subprocess")(find_method("taylor"), {}, 0) as client:
         scores = client.score(0, groups, obs)
     assert {g.id: scores[g.id].shape[0] for g in groups} == {g.id: g.n_channels for g in groups}
+
+
+@pytest.mark.parametrize("command", ["evaluate", "pretrain"])
+@pytest.mark.parametrize("model, refusal", [
+    ("odd_models:train_only_branch", "cannot prune TrainOnlyBranch at layer 'aux'"),
+    ("odd_models:slow_batchnorm", "odd_models:slow_batchnorm's BatchNorm layer 'features.1' has momentum 0.001")])
+def test_a_track_files_model_is_refused_before_pretraining(tmp_path, pbench_cache, monkeypatch, command, model,
+                                                           refusal):
+    """A model given in a track file (not by ``--model``) got the group and BatchNorm checks only after its base was
+    pretrained; now the same one-line refusals as ``--model`` before it: exit 2, and nothing written to the
+    checkpoint cache (no base trained) or to the results. (Pretraining runs in a process of its own: the fixtures
+    are on its PYTHONPATH too, so without the check the base would be trained and cached.)"""
+    import os
+
+    from typer.testing import CliRunner
+
+    from conftest import TINY_TRACK
+    from harness.cli import app
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FIXTURES), os.environ.get("PYTHONPATH")])))
+    track = tmp_path / "own.yaml"
+    track.write_text(TINY_TRACK.replace("id: tiny-digits", "id: own-digits")
+                     .replace("{name: resnet18, kwargs: {width: 0.25}}", f"{{name: '{model}'}}"))
+    before = sorted(pbench_cache.rglob("*"))
+    args = (["evaluate", "--method", "magnitude_l2", "--track", str(track), "--speedup", "2", "--runner", "inprocess",
+             "--out", str(tmp_path / "results")] if command == "evaluate" else ["pretrain", str(track)])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert refusal in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    assert sorted(pbench_cache.rglob("*")) == before and not (tmp_path / "results").exists()

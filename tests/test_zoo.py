@@ -357,6 +357,7 @@ EVALUATED = [(a.ref, a.family, a.kwargs) for a in ZOO] + [
     ("timm:mobilevit_xxs", "MobileViT (hybrid conv-attention)", {}),
     ("timm:mobileone_s0", "MobileOne (re-parameterizable blocks)", {}),
     ("timm:pvt_v2_b0", "PVTv2 (pyramid ViT)", {"depths": [1, 1, 1, 1]}),
+    ("timm:rexnet_100", "ReXNet (a residual added to a channel slice)", {"width_mult": 0.5, "depth_mult": 0.35}),
     ("hf:vit", "ViT, transformers (heads)", {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
                                             "intermediate_size": 64, "patch_size": 4}),
     ("hf:swin", "Swin, transformers (windows, relative position bias)", {

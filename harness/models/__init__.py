@@ -8,8 +8,9 @@ Besides registered names, a track may name any architecture by reference (:mod:`
 ``torchvision:<name>``, ``timm:<name>``, ``<module>:<factory>``, ``file:<path>``). Architectures
 that need more than "never prune the classifier" register a prune adapter keyed by their class
 (found through subclasses): timm's ViT family (:mod:`harness.models.vit`), timm's Swin, CaiT, EVA, PVTv2 and MobileViT
-(:mod:`harness.models.timm_attn`), timm's MLP-Mixer (:mod:`harness.models.mixer`), torchvision's ShuffleNetV2
-(:mod:`harness.models.shufflenet`), ConvNeXt (:mod:`harness.models.convnext`), YOLOv8
+(:mod:`harness.models.timm_attn`), timm's MLP-Mixer (:mod:`harness.models.mixer`), timm's ReXNet
+(:mod:`harness.models.rexnet`), torchvision's ShuffleNetV2 (:mod:`harness.models.shufflenet`), ConvNeXt
+(:mod:`harness.models.convnext`), YOLOv8
 (:mod:`harness.models.yolo`), every ``transformers`` model (:mod:`harness.models.hf`); Swin's patch merging
 (:mod:`harness.models.merging`) serves timm's and transformers' Swin. tests/test_models.py checks
 the CIFAR family; tests/test_models_zoo.py prunes every registered name and variant;
@@ -44,6 +45,7 @@ PRUNE_ADAPTERS.register("timm.models.mlp_mixer.MlpMixer", "harness.models.mixer:
 PRUNE_ADAPTERS.register("timm.models.pvt_v2.PyramidVisionTransformerV2", "harness.models.timm_attn:mlp_only")
 PRUNE_ADAPTERS.register("timm.models.byobnet.ByobNet", "harness.models.timm_attn:byobnet")
 PRUNE_ADAPTERS.register("torchvision.models.shufflenetv2.ShuffleNetV2", "harness.models.shufflenet:prune_config")
+PRUNE_ADAPTERS.register("timm.models.rexnet.RexNet", "harness.models.rexnet:prune_config")
 
 __all__ = ["MODELS", "PRUNE_ADAPTERS", "VARIANTS", "build_model", "classifier_of", "create_model", "logits_of",
            "prune_config_of",

@@ -10,6 +10,7 @@ deep copy of it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 import warnings
@@ -39,6 +40,7 @@ class PruneConfig:
     so every head of q, k and v keeps the same head dim. ``fixup(model)`` runs after channels are
     removed, before anything else touches the model (e.g. it updates attention head sizes, which
     Torch-Pruning cannot), so a pruned copy is forward-consistent when its MACs are measured.
+    ``graph_fixup(graph)`` mends Torch-Pruning's graph right after it is traced (e.g. :func:`chunk_order`).
     """
 
     ignored_layers: list[nn.Module] = field(default_factory=list)
@@ -48,6 +50,7 @@ class PruneConfig:
     forward_fn: Optional[Callable] = None
     fixup: Optional[Callable[[nn.Module], None]] = None
     ignored_params: list = field(default_factory=list)  # bare parameters never pruned (a per-head bias table)
+    graph_fixup: Optional[Callable[[tp.DependencyGraph], None]] = None  # mends the graph once it is traced
 
     def merged(self, other: "PruneConfig") -> "PruneConfig":
         """This config plus ``other``'s ignored layers, parameters, pruners and groups (other's fixup and
@@ -58,7 +61,8 @@ class PruneConfig:
                            unwrapped_parameters=params or None, customized_pruners=pruners or None,
                            out_channel_groups={**self.out_channel_groups, **other.out_channel_groups},
                            forward_fn=other.forward_fn or self.forward_fn, fixup=other.fixup or self.fixup,
-                           ignored_params=[*self.ignored_params, *other.ignored_params])
+                           ignored_params=[*self.ignored_params, *other.ignored_params],
+                           graph_fixup=other.graph_fixup or self.graph_fixup)
 
 
 def ignored_modules(config: PruneConfig) -> list[nn.Module]:
@@ -126,10 +130,13 @@ def build_graph(model: nn.Module, example_inputs, config: PruneConfig) -> tp.Dep
         handles.append(m.register_forward_hook(ended))
     try:
         with shape_pass():
-            return tp.DependencyGraph().build_dependency(
+            DG = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=config.forward_fn,
                 unwrapped_parameters=config.unwrapped_parameters, customized_pruners=config.customized_pruners,
                 ignored_params=config.ignored_params or None)
+            if config.graph_fixup is not None:
+                config.graph_fixup(DG)
+            return _bounded(DG, model)
     except Exception as e:
         names = {m: n for n, m in model.named_modules()}
         if running:
@@ -143,6 +150,86 @@ def build_graph(model: nn.Module, example_inputs, config: PruneConfig) -> tp.Dep
     finally:
         for h in handles:
             h.remove()
+
+
+#: how many (layer, channels) steps Torch-Pruning's walk may take to collect one group, per dependency of the
+#: graph. The longest walk measured on the zoo (ResNet, DenseNet, GoogLeNet, EfficientNet, ConvNeXt, ViT, Swin,
+#: YOLOv8) takes 0.49 per dependency; a walk whose index mappings send channels to ever new positions (a
+#: channel slice it reads at the wrong width, as in timm's ReXNet) grows exponentially with depth and never ends.
+WALK_STEPS_PER_DEPENDENCY = 4
+
+#: ``[steps left]`` of the group walk running in this context (None: not counted)
+_walk_steps: contextvars.ContextVar[Optional[list]] = contextvars.ContextVar("walk_steps", default=None)
+
+
+class _WalkTooLong(Exception):
+    pass
+
+
+class _CountedGroup(tp.dependency.group.Group):
+    """Torch-Pruning's group, counting the steps of a walk that :func:`_bounded` watches (others: as it is)."""
+
+    def add_dep(self, dep, idxs):
+        left = _walk_steps.get()
+        if left is not None:
+            left[0] -= 1
+            if left[0] < 0:
+                raise _WalkTooLong()
+        super().add_dep(dep, idxs)
+
+
+# get_pruning_group builds its groups with the Group of its own module: the counted one (no budget: the same)
+tp.dependency.graph.Group = _CountedGroup
+
+
+def _bounded(DG: tp.DependencyGraph, model: nn.Module) -> tp.DependencyGraph:
+    """``DG`` whose group walks (``get_pruning_group``, also inside ``get_all_groups`` and ``Group.prune``)
+    stop after :data:`WALK_STEPS_PER_DEPENDENCY` steps per dependency with :class:`Unprunable` naming the root
+    layer, instead of running for hours."""
+    steps = WALK_STEPS_PER_DEPENDENCY * sum(len(n.dependencies) for n in DG.module2node.values())
+    walk = DG.get_pruning_group
+
+    def get_pruning_group(module, pruning_fn, idxs):
+        token = _walk_steps.set([steps])
+        try:
+            return walk(module, pruning_fn, idxs)
+        except _WalkTooLong:
+            layer = DG._module2name.get(module, type(module).__name__)
+            raise _refuse(model, layer, f"Torch-Pruning's walk to collect the layers pruned with it took more than "
+                                        f"{steps} steps ({WALK_STEPS_PER_DEPENDENCY} per dependency of the graph): "
+                                        f"its index mappings send channels to ever new positions (a channel slice "
+                                        f"or concatenation it reads at the wrong width)") from None
+        finally:
+            _walk_steps.reset(token)
+
+    DG.get_pruning_group = get_pruning_group
+    return DG
+
+
+def chunk_order(DG: tp.DependencyGraph) -> None:
+    """Every split's outputs in the order of its chunks. Torch-Pruning reads a split's ``i``-th output as its
+    ``i``-th chunk (its sizes, offsets and index mappings), but lists the outputs in the order its trace reached
+    them, backwards from the model's output: a chunk that feeds a concatenation directly comes before one that
+    feeds it through an addition. Each output's grad_fn names the chunk it consumes. The concatenations' sizes,
+    which the trace inferred from the misordered outputs, are then inferred again."""
+    moved = False
+    for node in DG.module2node.values():
+        if node.type != tp.ops.OPTYPE.SPLIT:
+            continue
+
+        def chunk(out):
+            return next((k for f, k in getattr(out.grad_fn, "next_functions", ()) if f is node.grad_fn), None)
+
+        chunks = [chunk(o) for o in node.outputs]
+        known = sorted(c for c in chunks if c is not None)
+        if known == list(range(len(chunks))) and chunks != known:  # every output names its chunk, out of order
+            node.outputs.sort(key=chunk)
+            moved = True
+    if moved:
+        for node in DG.module2node.values():
+            if node.type == tp.ops.OPTYPE.CONCAT:
+                node.module.concat_sizes = None
+        tp.dependency.index_mapping.update_index_mapping(DG)
 
 
 def _graph_failure_site(error: Exception, names: dict) -> str:
@@ -544,7 +631,7 @@ def check_groups(model: nn.Module, example_inputs, config: PruneConfig, groups: 
     dry.eval()
     try:
         apply_plan(dry, example_inputs, config, floor_plan(groups, fraction))
-    except Untraceable:
+    except (Untraceable, Unprunable):  # a walk that never ends (_bounded) says so itself
         raise
     except Exception as e:
         raise _refuse(model, groups[0].root if groups else "(model)",
