@@ -1,11 +1,16 @@
 """Spare method processes (:mod:`harness.runners.spares`): a sweep launches the next run's method while
 this run retrains. The run that takes it over measures what it measures with a process of its own started
 cold; a spare no run takes, or one that died while it waited, is never used and leaves nothing behind.
-About 25 s (three tiny-track runs and a few method starts)."""
+About 50 s (three tiny-track runs and a few method starts)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +118,55 @@ def test_a_sweeps_next_run_takes_the_spare_and_measures_what_a_cold_start_measur
     assert [r.status for r in (*swept, cold)] == ["ok"] * 3
     assert swept[1].layer_channels == cold.layer_channels != swept[0].layer_channels
     assert (swept[1].macs, swept[1].metric, swept[1].run_key) == (cold.macs, cold.metric, cold.run_key)
+
+
+def test_a_run_launches_no_spare_of_another_method(make_method):
+    """(review) Another method's process would run its code while this run retrains and its latency is
+    measured: a run launches the next run's method only when it is its own."""
+    echo, other = make_method(ECHO, **HP), make_method(ECHO, **{**HP, "id": "other"})
+    mine = SubprocessClient(echo, {}, 0)
+    with spares.expecting(lambda: SubprocessClient(other, {}, 0)):
+        spares.stock(like=mine)
+        assert spares.current() is None
+    with spares.expecting(lambda: SubprocessClient(echo, {"a": 2}, 1)):  # its own method, another seed: launched
+        spares.stock(like=mine)
+        assert spares.current() is not None
+    mine.close()
+
+
+STOPPED = """
+import sys, time
+import harness.cli
+from harness.runners import spares
+from harness.runners.subprocess_runner import SubprocessClient
+from harness.methods import load_source
+
+def serve():  # stands in for a command whose run has a spare waiting
+    with spares.expecting(lambda: SubprocessClient(load_source(sys.argv[1]), {}, 0)):
+        spares.stock()
+    spare = spares.current()
+    assert spare.connected(60)
+    print(spare._proc.pid, spare.exchange, flush=True)
+    time.sleep(120)
+
+harness.cli.app = serve
+harness.cli.main()
+"""
+
+
+def test_a_harness_stopped_by_sigterm_leaves_no_method_process_and_no_exchange_folder(make_method, tmp_path):
+    """(review) ``kill`` of the CLI (a queue's cancel, a Slurm stop) while a spare waits: the CLI unwinds, the
+    spare's process is killed and its exchange folder removed."""
+    echo = make_method(ECHO, **HP)
+    script = tmp_path / "stopped.py"
+    script.write_text(STOPPED)
+    proc = subprocess.Popen([sys.executable, str(script), str(echo.path)], stdout=subprocess.PIPE, text=True)
+    pid, exchange = proc.stdout.readline().split()
+    assert alive(int(pid)) and Path(exchange).is_dir()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 128 + signal.SIGTERM
+    assert not Path(exchange).exists()
+    deadline = time.monotonic() + 10
+    while alive(int(pid)) and time.monotonic() < deadline:  # (not our child: reaped by its parent or init)
+        time.sleep(0.1)
+    assert not alive(int(pid))

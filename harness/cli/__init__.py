@@ -7,6 +7,9 @@ message and exit code 2, and failed runs into exit code 1.
 
 from __future__ import annotations
 
+import signal
+import sys
+
 import typer
 
 from harness.cli import evaluate, listing, organizers, results, submit
@@ -24,4 +27,7 @@ app.add_typer(organizers.app)
 
 
 def main() -> None:
+    # stopped (a kill, a queue's cancel): unwind, so that method processes, containers and their exchange
+    # folders are closed and removed (a run in flight leaves no record: it runs again next time)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     app()

@@ -311,8 +311,6 @@ def _run_stages(run: _Run, progress: Optional[Progress]) -> ResultRecord:
         run.timing["reg_s"] = _sparsify_stage(spec, task, model, run.example, progress)
         run.save(model, "sparse.pt")
     pruned = _prune_everywhere(spec, task, model, run.example, run.dense, progress)
-    if run.world.main:  # the next run's method starts while this one retrains
-        spares.stock()
     run.timing.update(step_s=pruned.step_s, score_s=pruned.score_s, method_start_s=pruned.start_s,
                       method_start_wait_s=pruned.start_wait_s)
     model = pruned.model
@@ -580,8 +578,9 @@ def prune_stage(spec: RunSpec, task: Task, model: nn.Module, example, dense: Den
         t0 = time.perf_counter()
         model, macs, params, base_channels, ties = _prune_rounds(spec, task, model, example, dense, client, progress)
         step_s = time.perf_counter() - t0 - client.start_wait_seconds
-        return Pruned(model, macs, params, base_channels, step_s, client.score_seconds, ties,
-                      start_s=client.start_seconds, start_wait_s=client.start_wait_seconds)
+    spares.stock(like=client)  # a sweep's next run of this method: its process starts while this run retrains
+    return Pruned(model, macs, params, base_channels, step_s, client.score_seconds, ties,
+                  start_s=client.start_seconds, start_wait_s=client.start_wait_seconds)
 
 
 def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: Dense, client,

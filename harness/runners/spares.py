@@ -1,9 +1,11 @@
 """Spare method processes: the next run's method, launched while this run retrains.
 
 A method's start (a Python process importing torch, or a container) takes one to a few seconds, and a
-run waits for it in its prune stage. A sweep knows which method its next run needs. So, once a run's
-prune stage has closed its method, the sweep's worker launches a *spare*: a client of the next run's
-method whose process (or container) has started and waits for its handshake. The next run takes it over
+run waits for it in its prune stage. So :func:`~harness.protocol.run.evaluate` launches its method as it
+begins, beside the base stage; and a sweep knows which method its next run needs: once a run's prune stage
+has closed its method, the sweep's worker launches a *spare* for the next run when that run's method is
+this run's (never another method: its code would run while this run retrains and its latency is
+measured): a client whose process (or container) has started and waits for its handshake. The next run takes it over
 when it asks for a client with the same launch key (``launch_key()``: the runner, the method's folder and
 manifest, the device, the organizers' caps, the image). The handshake then carries that run's own seed
 and hyperparameters, and its run deadline counts from then.
@@ -43,10 +45,12 @@ def expecting(factory: Optional[Callable[[], "MethodClient"]]) -> Iterator[None]
         _expected = previous
 
 
-def stock() -> None:
+def stock(like: Optional["MethodClient"] = None) -> None:
     """Launch a spare of the expected client (see :func:`expecting`), replacing one left unused unless it
-    is already that (same launch key, still running). It is only a head start: a client that cannot be
-    made or launched here is dropped, and the run that needs it starts its own and reports what fails."""
+    is already that (same launch key, still running). ``like``: only if the expected client has ``like``'s
+    launch key (a run launches the next run's method only when it is its own: no other method's code runs
+    while this run is measured). It is only a head start: a client that cannot be made or launched here is
+    dropped, and the run that needs it starts its own and reports what fails."""
     global _spare
     if _expected is None:
         discard()
@@ -57,6 +61,10 @@ def stock() -> None:
         discard()
         return
     key = client.launch_key()
+    if like is not None and key != like.launch_key():
+        client.close()
+        discard()
+        return
     if _spare is not None and key is not None and _spare.launch_key() == key and _spare.launched():
         client.close()  # the spare waiting is already the one expected
         return

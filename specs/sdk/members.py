@@ -42,13 +42,16 @@ def member_rows(member: Member, tensor: torch.Tensor) -> torch.Tensor:
         blocks, j, l = _blocks(member, tensor)
         return blocks[j, :, l].flatten(1)
     rows = tensor.movedim(member_dim(member, tensor), 0) if tensor.dim() > 1 else tensor.unsqueeze(1)
-    return _select(rows, member.idxs).flatten(1).contiguous()
+    out = _select(rows, member.idxs).flatten(1).contiguous()
+    # a tensor of its own, as the gathered copy was: a method may change it in place
+    return out.clone() if out.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr() else out
 
 
 def _select(rows: torch.Tensor, idxs: list[int]) -> torch.Tensor:
     """``rows[idxs]``; a run of consecutive indices (most members: a whole layer) as a slice, not a gathered
-    copy: the same values, laid out the same once contiguous (so every sum over them is the same to the bit)."""
-    if idxs and idxs[-1] - idxs[0] == len(idxs) - 1 and idxs == list(range(idxs[0], idxs[-1] + 1)):
+    copy (copying a slice is several times cheaper than gathering it): the same values, laid out the same once
+    contiguous, so every sum over them is the same to the bit."""
+    if idxs and idxs[0] >= 0 and idxs[-1] - idxs[0] == len(idxs) - 1 and idxs == list(range(idxs[0], idxs[-1] + 1)):
         return rows[idxs[0]:idxs[-1] + 1]
     return rows[torch.as_tensor(idxs, dtype=torch.long)]
 
