@@ -170,3 +170,12 @@ def test_a_harness_stopped_by_sigterm_leaves_no_method_process_and_no_exchange_f
     while alive(int(pid)) and time.monotonic() < deadline:  # (not our child: reaped by its parent or init)
         time.sleep(0.1)
     assert not alive(int(pid))
+
+
+def test_a_run_that_ends_before_its_prune_stage_leaves_no_process_behind(tiny_track, tmp_path):
+    """(review) The method launched as ``evaluate`` begins is killed when the run ends without using it (here
+    a base that is not the one the run asks for), in a caller that lives on (a notebook, the smoke run)."""
+    spec = RunSpec(track=tiny_track, method=find_method("magnitude_l1"), speedup=2, seed=0, runner="subprocess",
+                   out=tmp_path, base_sha256="0" * 64, measure_latency=False, save_models=False)
+    record, _ = evaluate(spec)
+    assert record.status == "failed" and spares.current() is None

@@ -222,7 +222,15 @@ def evaluate(spec: RunSpec, progress: Optional[Progress] = None) -> tuple[Result
     trusted: its checks are the plan's (:mod:`harness.plan`). The stages, in order: the world
     (:func:`_join_world`), the recipes and the base (:func:`_base_stage`), the model checks, the run's
     opening (:func:`_open_run`), then :func:`_run_stages` under :func:`_settle`, the one place where the
-    run ends: its record, its staging directory, and what each process rank does."""
+    run ends: its record, its staging directory, and what each process rank does. A method process
+    launched ahead for it that it did not use is killed as it ends, unless a sweep expects another run."""
+    try:
+        return _evaluate(spec, progress)
+    finally:
+        spares.settle()
+
+
+def _evaluate(spec: RunSpec, progress: Optional[Progress]) -> tuple[ResultRecord, Path]:
     spec, progress, w = _join_world(spec, progress)
     t_start, started = time.perf_counter(), _now()
     if w.main:  # the method starts while the base is loaded and checked (unless a spare of it already waits)

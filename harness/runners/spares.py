@@ -104,6 +104,13 @@ def current() -> Optional["MethodClient"]:
     return _spare
 
 
+def settle() -> None:
+    """A run has ended: its spare goes unless a sweep expects another run (a run that ended before its prune
+    stage, e.g. on a wrong base, leaves no process behind in a long-lived caller)."""
+    if _expected is None:
+        discard()
+
+
 def discard() -> None:
     """Kill the spare, if one waits."""
     global _spare
