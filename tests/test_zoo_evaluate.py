@@ -1,9 +1,10 @@
 """Bring your own model, end to end: every architecture of the zoo's list (tests/test_zoo.py: ``EVALUATED``, the
 twelve of the per-method zoo plus the BYO families) either completes ``evaluate`` twice on one cache - a fresh
 base, then the cached one, at the input size the harness picked - or is refused before training in one line
-that says what to do (``REFUSED``), or, trained and not learned, is a failed base: one line, nothing recorded
-(``FAILED_BASES``). A file apart from the per-method zoo so that ``make test`` (pytest-xdist, ``--dist
-loadfile``) runs the two on different workers; each takes the cores its worker is due (:func:`workers`).
+that says what to do (``REFUSED``). An architecture that needs a pretraining recipe or an input size of its own
+gets it as its user's track file would (``RECIPES``, ``IMAGE_SIZES``). A file apart from the per-method zoo so
+that ``make test`` (pytest-xdist, ``--dist loadfile``) runs the two on different workers; each takes the cores
+its worker is due (:func:`workers`).
 Full-size torchvision/timm architectures (``HEAVY``) run with ``PBENCH_ZOO_FULL=1``; ``PBENCH_ZOO_TABLE=path``
 appends the table (architecture, input size, base top-1, outcome, seconds).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from test_zoo import (EVAL_TRACK, EVALUATED, FAILED_BASES, FIXTURES, FULL, HEAVY, RECIPES, REFUSED,  # noqa: F401
+from test_zoo import (EVAL_TRACK, EVALUATED, FIXTURES, FULL, HEAVY, IMAGE_SIZES, RECIPES, REFUSED,  # noqa: F401
                       workers)
 
 
@@ -46,6 +47,8 @@ def evaluate_twice(ref: str, kwargs: dict, out: str) -> dict:
     try:
         base = copy.deepcopy(EVAL_TRACK)
         base["checkpoint"]["pretrain"].update(RECIPES.get(ref, {}))
+        if ref in IMAGE_SIZES:
+            base["dataset"]["image_size"] = IMAGE_SIZES[ref]
         track, note = derive_track(TrackConfig.model_validate(base), ref, kwargs=kwargs)
         derived_s = time.perf_counter() - t0
         records = [evaluate(RunSpec(track=track, method=find_method("magnitude_l2"), speedup=2, seed=0,
@@ -118,9 +121,6 @@ def test_the_evaluated_zoo_covers_the_families():
 def test_evaluate_twice_or_refuse_up_front(evaluated, ref):
     r = evaluated[ref]
     assert r["status"] != "error", r.get("traceback")
-    if ref in FAILED_BASES:  # trained, did not learn: one line, nothing recorded
-        assert r["status"] == "refused" and r["reason"].startswith("failed base:") and "\n" not in r["reason"], r
-        return
     if ref in REFUSED:
         assert r["status"] == "refused" and "\n" not in r["reason"] and REFUSED[ref] in r["reason"], r
         assert any(what in r["reason"] for what in ("prune adapter", "dataset.image_size", "checkpoint.pretrain"))
