@@ -144,6 +144,9 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
         data = task_for(track, data_root=data_root).data
     except (DatasetError, HarnessError) as e:
         return track, f"input size not checked (dataset not loaded here: {e})"
+    except (MemoryError, RuntimeError) as e:  # (review) e.g. dataset.image_size 4096: 96 GB of digits
+        raise HarnessError(f"cannot load {track.dataset.name} at dataset.image_size {track.dataset.image_size} "
+                           f"({_short(e)}); choose a smaller dataset.image_size") from None
     if getattr(data, "task", "classification") != "classification":
         return track, "input size as the track's"
     native = data.image_size
@@ -159,8 +162,8 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
             "dataset": track.dataset.model_copy(update={"image_size": size})})
         try:
             _probe(candidate, data_root, data, size)
-        except (HarnessError, RuntimeError, ValueError, TypeError, AssertionError, IndexError) as e:
-            if isinstance(e, WillNotLearn):
+        except Exception as e:  # (review) whatever the model's own code raises: a refusal, never a traceback
+            if isinstance(e, (WillNotLearn, CannotSave)):
                 raise e from None
             unprunable = isinstance(e, (Untraceable, Unprunable))
             if unprunable:
@@ -231,6 +234,11 @@ def _declared_min_size(track: TrackConfig) -> Optional[int]:
     return int(size[-1]) if size else None
 
 
+class CannotSave(HarnessError):
+    """A run saves its pruned and retrained models whole (``torch.save`` pickles them): a model holding a lambda
+    or a local function (an attribute, a hook) cannot be, whatever its input size."""
+
+
 class WillNotLearn(HarnessError):
     """The track's pretraining cannot give this model a base that beats chance, for a reason known before
     training (e.g. BatchNorm statistics that the recipe is too short to move)."""
@@ -278,20 +286,42 @@ def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> No
     task = task_for(track, data_root=data_root)  # its data is not loaded: the model is built for ``data``'s shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(track.model, num_classes=data.num_classes, in_chans=data.in_chans, image_size=size)
-        check_batchnorm_momentum(track, model, len(data.train))
-        x = torch.randn(2, data.in_chans, size, size)
-        model.train()
-        with torch.no_grad():
-            logits = logits_of(model(x))
+        try:
+            model = build_model(track.model, num_classes=data.num_classes, in_chans=data.in_chans, image_size=size)
+            check_batchnorm_momentum(track, model, len(data.train))
+            _check_saveable(track, model)
+            x = torch.randn(2, data.in_chans, size, size)
+            model.train()
+            logits = logits_of(model(x))  # (with gradients: training needs them)
+        except SystemExit as e:  # (review) a factory or forward that exits: no silent exit 0
+            raise HarnessError(f"{track.model.name}: the model's code called sys.exit({e.code})") from None
         if tuple(logits.shape) != (2, data.num_classes):
             raise HarnessError(f"logits of shape {list(logits.shape)}, not [batch, {data.num_classes}]")
+        if not logits.is_floating_point() or not logits.requires_grad:  # (review) it would never learn
+            why = f"of dtype {logits.dtype}" if not logits.is_floating_point() else "detached from the parameters"
+            raise HarnessError(f"{track.model.name}'s logits in training mode are {why}: pretraining cannot move "
+                               f"them; return the classifier's float output")
         model.eval()
         example = x[:1]
         config = task.prune_config(model)
         graph = build_graph(model, example, config)
         groups = describe_groups(model, example, config, graph)
         check_groups(model, example, config, groups, track.pruning.min_channel_fraction)
+
+
+def _check_saveable(track: TrackConfig, model) -> None:
+    """:class:`CannotSave` in one line when ``torch.save`` cannot pickle ``model`` (tried on a weightless copy)."""
+    import io
+
+    import torch
+
+    from harness.protocol.grouping import meta_copy
+    try:
+        torch.save(meta_copy(model), io.BytesIO())
+    except Exception as e:  # noqa: BLE001 - pickling fails in many ways (PicklingError, AttributeError, TypeError)
+        raise CannotSave(f"{track.model.name} cannot be saved: a run saves its pruned model whole and torch.save "
+                         f"cannot pickle it ({_short(e)}); define its classes and functions at module level, not as "
+                         f"lambdas or local ones") from None
 
 
 def _model_ref(model: str, kwargs: Optional[dict] = None) -> ModelRef:

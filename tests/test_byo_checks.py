@@ -223,3 +223,19 @@ def test_a_track_files_model_is_refused_before_pretraining(tmp_path, pbench_cach
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert refusal in res.output and len(res.output.strip().splitlines()) == 1, res.output
     assert sorted(pbench_cache.rglob("*")) == before and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("factory, reason", [
+    ("key_error", "KeyError: 'logits'"),
+    ("exits", "the model's code called sys.exit(0)"),
+    ("lambda_activation", "cannot be saved: a run saves its pruned model whole and torch.save cannot pickle it"),
+    ("lambda_hook", "cannot be saved: a run saves its pruned model whole and torch.save cannot pickle it"),
+    ("detached_logits", "logits in training mode are detached from the parameters"),
+    ("integer_logits", "logits in training mode are of dtype torch.int64"),
+])
+def test_what_a_models_own_code_gets_wrong_is_refused_in_one_line_before_training(tiny_track, factory, reason):
+    """(review) A forward raising what the probe did not list (a traceback before), a factory calling sys.exit
+    (a silent exit 0), a model torch.save cannot pickle and logits pretraining cannot move (both failed only
+    after the base was trained): one line, before any training."""
+    line, _ = derive(tiny_track, f"odd_models:{factory}")
+    assert reason in line and "\n" not in line
