@@ -161,8 +161,8 @@ def _new_client(spec: RunSpec, source: MethodSource, hyperparameters: dict):
 
 
 def next_method(spec: RunSpec) -> Callable[[], MethodClient]:
-    """For a sweep whose next run is ``spec``: what makes that run's (unstarted) method client, the spare
-    the current run launches once its prune stage is done (:mod:`harness.runners.spares`)."""
+    """What makes run ``spec``'s (unstarted) method client, for a process launched ahead of it
+    (:mod:`harness.runners.spares`): by ``evaluate`` as the run begins, or by the run before it in a sweep."""
     return lambda: _new_client(spec, spec.method, spec.hyperparameters)
 
 

@@ -2,17 +2,18 @@
 
 A method's start (a Python process importing torch, or a container) takes one to a few seconds, and a
 run waits for it in its prune stage. So :func:`~harness.protocol.run.evaluate` launches its method as it
-begins, beside the base stage; and a sweep knows which method its next run needs: once a run's prune stage
-has closed its method, the sweep's worker launches a *spare* for the next run when that run's method is
-this run's (never another method: its code would run while this run retrains and its latency is
-measured): a client whose process (or container) has started and waits for its handshake. The next run takes it over
-when it asks for a client with the same launch key (``launch_key()``: the runner, the method's folder and
-manifest, the device, the organizers' caps, the image). The handshake then carries that run's own seed
-and hyperparameters, and its run deadline counts from then.
+begins, beside the base stage. And a sweep knows which method its next run needs: once a run's prune
+stage has closed its method, the sweep's worker launches a *spare* for the next run when that run's method
+is this run's (never another method's: its code would run while this run retrains and its latency is
+measured). A spare is a client whose process (or container) has started and waits for its handshake. The
+next run takes it over when it asks for a client with the same launch key (``launch_key()``: the runner,
+the method's folder and manifest, the device, the organizers' caps, the image). The handshake then
+carries that run's own seed and hyperparameters, and its run deadline counts from then.
 
 Every run still gets a process of its own, started fresh: nothing of one run's method lives on into
 the next, and a run's result does not depend on whether it took a spare. A spare nobody takes is killed
-(at the next :func:`stock`, by :func:`discard` when the sweep ends, at exit), and one that dies while it
+(at the next :func:`stock`, when a run ends without it and no sweep expects another (:func:`settle`), by
+:func:`discard` when the sweep ends, at exit, and when the CLI gets SIGTERM), and one that dies while it
 waits is never handed out. One spare at most per process; the runner's caps apply to it as to any method.
 """
 
