@@ -17,8 +17,8 @@ Side by side, interleaved, in one run; medians. Printed, in this order:
 
 1. the whole-stage ratio (harness stage, the method's process start included / Torch-Pruning's loop);
 2. the same in a sweep: every run after the first takes over a spare, the method process launched while
-   the previous run retrained (:mod:`harness.runners.spares`; here launched after the previous stage and
-   waited for before the next Torch-Pruning loop, so that it never runs beside a timed loop);
+   the previous run retrained (:mod:`harness.runners.spares`; here the cold stage launches it as a sweep's
+   run does, and it is waited for before the next stage, so that it never starts beside a timed loop);
 3. the ratio without the process start (the part of it the stage waited for: the method starts on a
    thread while the stage builds the graph and collects observations; Torch-Pruning has no process);
 4. per round: the harness's overhead (stage without process start and without the score round trips)
@@ -83,13 +83,12 @@ def harness_stage(spec, task, model, example, dense):
     return time.perf_counter() - t0, dense.macs / pruned.macs, pruned
 
 
-def stock_spare(spec) -> None:
-    """What a sweep does once a run's prune stage is done: launch the next run's method (here: the same
-    run again), then wait until it has started, so that it is not starting while a timed loop runs."""
-    with spares.expecting(next_method(spec)):
-        spares.stock()
-    if not spares.current().connected(120):
-        raise SystemExit("the spare method did not start within 120 s")
+def wait_for_spare() -> None:
+    """Wait until the spare the stage launched (as a sweep's run does once its prune stage is done) has
+    started, so that it is not starting while a timed loop runs."""
+    spare = spares.current()
+    if spare is None or not spare.connected(120):
+        raise SystemExit("the stage launched no spare method, or it did not start within 120 s")
 
 
 def tiny_data(track, root: str) -> None:
@@ -125,12 +124,13 @@ def main() -> None:
                 rounds_track = track.model_copy(update={"pruning": track.pruning.model_copy(update={"rounds": rounds})})
                 spec = RunSpec(track=rounds_track, method=find_method("magnitude_l2"), speedup=args.speedup, seed=0,
                                runner="subprocess", data_root=Path(data), measure_latency=False, save_models=False)
-            t, s, pruned = harness_stage(spec, task, copy.deepcopy(model), example, dense)
+            with spares.expecting(next_method(spec)):  # a sweep's next run is this run again: the stage stocks it
+                t, s, pruned = harness_stage(spec, task, copy.deepcopy(model), example, dense)
             ours.append(t)
             starts.append(pruned.start_s)
             waits.append(pruned.start_wait_s)
             inside.append(pruned.score_s)
-            stock_spare(spec)
+            wait_for_spare()
             taken = spares.taken
             warm.append(harness_stage(spec, task, copy.deepcopy(model), example, dense)[0])
             assert spares.taken == taken + 1, "the stage did not take the spare"
