@@ -130,8 +130,8 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
 
     Candidates, smallest (cheapest on a CPU) first: the track's ``dataset.image_size`` (the dataset's own
     size when unset), the model's declared minimum (timm's ``min_input_size``), then :data:`PROBE_SIZES`
-    above it; only the first without ``probe`` (a track file's size is the user's to choose). A size is accepted when a freshly built model runs forward there (in training and eval
-    mode), Torch-Pruning builds its dependency graph, and its groups pass :func:`check_groups` (a dry
+    above it; only the first without ``probe`` (a track file's size is the user's to choose). A size is
+    accepted when a freshly built model runs forward there (in training and eval mode), Torch-Pruning builds its dependency graph, and its groups pass :func:`check_groups` (a dry
     prune to the floor). No size: :class:`HarnessError` in one line naming ``dataset.image_size``; an
     architecture that traces but cannot be pruned: :class:`~harness.protocol.grouping.Unprunable`, before
     any training. A dataset that cannot be loaded here leaves the track as it is (each run checks it).
@@ -269,9 +269,9 @@ def check_batchnorm_momentum(track: TrackConfig, model, train_samples: int) -> N
             raise WillNotLearn(
                 f"{track.model.name}'s BatchNorm layer {name!r} has momentum {momentum:.2g}: after the pretrain "
                 f"recipe's {steps} steps its running statistics would still weigh their initial values (mean 0, "
-                f"variance 1) at {kept:.0%}, so the trained base would be evaluated with statistics of no data (at chance); pretrain for at "
-                f"least {need} steps (checkpoint.pretrain.epochs: {epochs} in a track file), or build the model "
-                f"with a larger BatchNorm momentum (a <module>:<factory> reference)")
+                f"variance 1) at {kept:.0%}, so the trained base would be evaluated with statistics of no data "
+                f"(at chance); pretrain for at least {need} steps (checkpoint.pretrain.epochs: {epochs} in a track "
+                f"file), or build the model with a larger BatchNorm momentum (a <module>:<factory> reference)")
 
 
 def _probe(track: TrackConfig, data_root: Optional[Path], data, size: int) -> None:
@@ -338,7 +338,8 @@ def resolve_track(track: Optional[str], model: Optional[str], dataset: Optional[
 
     ``track`` (an id or a file) wins; with a different ``model`` it is derived from that track with the
     model replaced. A track file's model gets the checks a derived track's gets, before any training, at the
-    track's own input size (:func:`fit_input_size` without probing other sizes): the same one-line refusals. Without ``track``: the registered track of (``model``, ``dataset``), else one derived
+    track's own input size (:func:`fit_input_size` without probing other sizes): the same one-line refusals.
+    Without ``track``: the registered track of (``model``, ``dataset``), else one derived
     from the dataset's default track (:func:`default_track`, :func:`derive_track`). A ``dataset`` that
     contradicts ``track`` is bad input.
     """

@@ -204,7 +204,8 @@ class MethodClient(ABC):
         """Serve ``other``'s run (a spare taken over before its handshake): its seed, hyperparameters and
         deadlines, the run deadline counted from now."""
         self.seed, self.hyperparameters = other.seed, other.hyperparameters
-        self.call_timeout, self.run_timeout, self.run_deadline = other.call_timeout, other.run_timeout, other.run_deadline
+        self.call_timeout, self.run_timeout = other.call_timeout, other.run_timeout
+        self.run_deadline = other.run_deadline
 
     #: whether :meth:`begin` starts the method on a thread (a runner whose start is instant, or touches
     #: the harness's own state, says False and starts at once)
