@@ -163,7 +163,7 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
         try:
             _probe(candidate, data_root, data, size)
         except Exception as e:  # (review) whatever the model's own code raises: a refusal, never a traceback
-            if isinstance(e, (WillNotLearn, CannotSave)):
+            if isinstance(e, NotTheSize):
                 raise e from None
             unprunable = isinstance(e, (Untraceable, Unprunable))
             if unprunable:
@@ -234,12 +234,16 @@ def _declared_min_size(track: TrackConfig) -> Optional[int]:
     return int(size[-1]) if size else None
 
 
-class CannotSave(HarnessError):
+class NotTheSize(HarnessError):
+    """A refusal the input size has nothing to do with: the probe stops at the first size that raises it."""
+
+
+class CannotSave(NotTheSize):
     """A run saves its pruned and retrained models whole (``torch.save`` pickles them): a model holding a lambda
     or a local function (an attribute, a hook) cannot be, whatever its input size."""
 
 
-class WillNotLearn(HarnessError):
+class WillNotLearn(NotTheSize):
     """The track's pretraining cannot give this model a base that beats chance, for a reason known before
     training (e.g. BatchNorm statistics that the recipe is too short to move)."""
 
