@@ -1,10 +1,11 @@
 """Spare method processes (:mod:`harness.runners.spares`): a sweep launches the next run's method while
 this run retrains. The run that takes it over measures what it measures with a process of its own started
 cold; a spare no run takes, or one that died while it waited, is never used and leaves nothing behind.
-About 50 s (three tiny-track runs and a few method starts)."""
+About 80 s (three tiny-track runs, a few method starts, two stopped two-worker sweeps)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -170,6 +171,84 @@ def test_a_harness_stopped_by_sigterm_leaves_no_method_process_and_no_exchange_f
     while alive(int(pid)) and time.monotonic() < deadline:  # (not our child: reaped by its parent or init)
         time.sleep(0.1)
     assert not alive(int(pid))
+
+
+SWEEP = """
+import sys
+from pathlib import Path
+import harness.cli
+from harness.methods import load_source
+from harness.orchestration.sweep import run_sweep
+from harness.protocol.run import RunSpec
+from harness.tracks import load_track
+
+def sweep():  # four runs of a method that never answers, two at a time
+    track, method, out = load_track(sys.argv[1]), load_source(sys.argv[2]), Path(sys.argv[3])
+    run_sweep([RunSpec(track=track, method=method, speedup=s, seed=0, runner="subprocess", out=out,
+                       measure_latency=False, save_models=False) for s in (2, 3, 4, 5)], out, jobs=2)
+
+if __name__ == "__main__":  # (the pool's workers are spawned: they import this file)
+    harness.cli.app = sweep
+    harness.cli.main()
+"""
+
+SLEEPY = """
+    import time
+    from specs.sdk import ImportanceMethod
+    class Method(ImportanceMethod):
+        def score_group(self, group, obs):
+            time.sleep(600)
+    """
+
+
+def method_processes(method_dir: Path) -> dict[int, Path]:
+    """The running method processes of ``method_dir``: pid -> exchange folder."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and "specs.sdk" in argv and str(method_dir) in argv and "--exchange" in argv:
+            found[int(entry.name)] = Path(argv[argv.index("--exchange") + 1])
+    return found
+
+
+@pytest.mark.parametrize("to", ["the CLI", "its process group"])
+def test_a_sweep_of_two_workers_stopped_by_sigterm_ends_its_runs_and_starts_no_other(to, make_method, tiny_track_file,
+                                                                                     tmp_path):
+    """``kill`` of ``sweep --jobs 2`` (the CLI's pid, as a queue's cancel may send it, or its whole process group,
+    as a terminal or a service manager does) stops it at once: the two runs in flight are stopped in their
+    workers, their method processes killed and exchange folders removed, and none of the runs queued behind
+    them starts. The CLI alone used to wait for every queued run to finish (the pool's exit); a worker
+    stopped by its own SIGTERM left its method process behind."""
+    sleepy = make_method(SLEEPY, resources={"memory_mb": 512, "cpus": 1, "call_timeout_s": 600})
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_track_file), str(sleepy.path), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(running := method_processes(sleepy.path)) < 2:  # both workers' runs are asking for scores
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        if to == "the CLI":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM, proc.stdout.read()
+        assert "Traceback" not in proc.stdout.read()
+        deadline = time.monotonic() + 10
+        while method_processes(sleepy.path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not method_processes(sleepy.path)  # no run started after the signal either
+        assert not any(alive(pid) for pid in running) and not any(folder.exists() for folder in running.values())
+    finally:  # (a sweep that did not stop is not left running)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not list(out.rglob("*.json"))  # no record: stopped runs run again next time
 
 
 def test_a_run_that_ends_before_its_prune_stage_leaves_no_process_behind(tiny_track, tmp_path):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,8 @@ def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, p
              next_spec: Optional[RunSpec] = None) -> ResultRecord:
     """One run; ``next_spec``: the run this process does next, whose method it launches (a spare, see
     :mod:`harness.runners.spares`) while this run retrains."""
+    if _stopping:
+        raise SystemExit(128 + signal.SIGTERM)
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -158,11 +162,44 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         return summary
     preflight(1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                             initializer=_unwind_on_sigterm) as pool:
         # a worker does not know which run it gets next; while runs remain, it bets on this run's method
         # (a plan's runs go method by method); a spare nobody takes dies with the worker
         futures = {pool.submit(_run_one, spec, threads, events, None, spec if i + jobs < len(todo) else None): spec
                    for i, spec in enumerate(todo)}
-        for future in as_completed(futures):
-            done(futures[future], future.result())
+        try:
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+        except BaseException as e:
+            _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt)))
+            raise
     return summary
+
+
+#: a pool worker got SIGTERM: it starts no other run (those already queued to it are refused)
+_stopping = False
+
+
+def _unwind_on_sigterm() -> None:
+    """A pool worker, like the CLI (:func:`harness.cli.main`), unwinds on SIGTERM: its run in flight closes
+    its method's process or container and exchange folder (and leaves no record: it runs again next time),
+    it starts no other run, and its spare is killed as the worker exits."""
+    def stop(signum, frame):
+        global _stopping
+        _stopping = True
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _stop(pool: ProcessPoolExecutor, stopped: bool) -> None:
+    """The sweep ends early: no queued run starts. ``stopped`` (SIGTERM, Ctrl-C): the runs in flight are
+    stopped too, each worker unwinding as the CLI does, before the pool's exit returns; otherwise (a run
+    raised) they finish and are recorded."""
+    # (the executor has no public way to stop its workers, and forgets them at shutdown)
+    workers = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers if stopped else ():
+        if process.is_alive():
+            process.terminate()
