@@ -25,7 +25,10 @@ Side by side, interleaved, in one run; medians. Printed, in this order:
    against Torch-Pruning's loop per step. A round trip (``score_s``) is the method's compute plus the
    harness's side of the exchange (writing observations, reading and validating scores); the protocol
    does not report the method's compute apart, so the overhead printed leaves that exchange out: it is
-   the stage's graph, observations, planning, pruning and counting.
+   the stage's graph, observations, planning, pruning and counting;
+5. what isolation costs: the same stage with the method inside the harness's process (the ``inprocess``
+   runner, for debugging: no process, no observations written or read, the method computing on the
+   harness's threads instead of the one CPU its manifest declares).
 
     python benchmarks/prune_vs_torch_pruning.py                       # CIFAR ResNet-18, 10 rounds
     python benchmarks/prune_vs_torch_pruning.py --steps 640           # ~100 rounds (the CIFAR tracks')
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -117,6 +121,7 @@ def main() -> None:
         task = task_for(track, data_root=Path(data))
         dense = Dense.of(model, example)
         ours, theirs, starts, waits, inside, spec, warm = [], [], [], [], [], None, []
+        unisolated, unisolated_score = [], []
         for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
             t2, s2, rounds = torch_pruning_loop(copy.deepcopy(model), example, args.speedup, args.steps)
             theirs.append(t2)
@@ -134,6 +139,10 @@ def main() -> None:
             taken = spares.taken
             warm.append(harness_stage(spec, task, copy.deepcopy(model), example, dense)[0])
             assert spares.taken == taken + 1, "the stage did not take the spare"
+            t, _, pruned = harness_stage(dataclasses.replace(spec, runner="inprocess"), task, copy.deepcopy(model),
+                                         example, dense)
+            unisolated.append(t)
+            unisolated_score.append(pruned.score_s)
     med = statistics.median
     stage, loop, n = med(ours), med(theirs), spec.track.pruning.rounds
     no_start = med([t - w for t, w in zip(ours, waits)])
@@ -154,6 +163,10 @@ def main() -> None:
           f"round trip {med(inside) / n:.3f} s (the method's compute and the harness's writing of observations "
           f"and reading of scores); Torch-Pruning {loop / n:.3f} s per step; overhead ratio "
           f"{overhead / loop:.3f}x (target <= 1.0x)")
+    print(f"  what isolation costs: the same stage with the method inside the harness's process (runner inprocess: "
+          f"no process, no observations written or read, the harness's {torch.get_num_threads()} threads): "
+          f"{med(unisolated) / loop:.3f}x ({med(unisolated):.2f} s; the method's compute {med(unisolated_score) / n:.3f} s "
+          f"per round)")
 
 
 if __name__ == "__main__":
