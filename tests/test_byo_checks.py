@@ -239,3 +239,58 @@ def test_what_a_models_own_code_gets_wrong_is_refused_in_one_line_before_trainin
     after the base was trained): one line, before any training."""
     line, _ = derive(tiny_track, f"odd_models:{factory}")
     assert reason in line and "\n" not in line
+
+
+def _with(track, **pruning):
+    return track.model_copy(update={"pruning": track.pruning.model_copy(update=pruning)})
+
+
+@pytest.mark.parametrize("strategy, round_to", [("protected_global", 1), ("global", 4)])
+def test_the_largest_reachable_speedup_is_known_before_training_and_is_the_prune_stages(tiny_track, tmp_path,
+                                                                                     strategy, round_to):
+    """What a freshly built model says is the most a plan reaches (every group at its floor, with the track's
+    strategy and rounding) is what the prune stage of a trained base reports when a target is out of reach."""
+    from harness.methods import find_method
+    from harness.protocol.pruning import max_speedup
+    from harness.protocol.run import RunSpec, evaluate
+    from harness.tasks import task_for
+
+    track = _with(tiny_track, strategy=strategy, round_to=round_to)
+    task = task_for(track)
+    task.base_model()  # trained (once per test session), so that the run reaches its prune stage
+    torch.manual_seed(0)
+    most = max_speedup(task.architecture().eval(), task.example_inputs(), task.prune_config, strategy,
+                       track.pruning.min_channel_fraction, round_to)
+    assert 4 < most < 1000
+    record, _ = evaluate(RunSpec(track=track, method=find_method("magnitude_l1"), speedup=round(most * 1.01, 2),
+                                 seed=0, runner="inprocess", out=tmp_path, measure_latency=False, save_models=False))
+    assert record.status == "failed" and f"unreachable with strategy {strategy}: at most {most:.2f}x" in record.error
+
+
+def test_no_base_is_trained_for_targets_no_plan_reaches(tiny_track, tmp_path, pbench_cache):
+    """``evaluate`` (one run) and a sweep (every run of a base) whose targets are all out of reach stop in one
+    line before the base is trained (it used to be trained, minutes to hours, for runs that then all failed);
+    nothing is written, and the method process launched as the run began is gone."""
+    from harness.methods import find_method
+    from harness.orchestration.sweep import run_sweep
+    from harness.protocol.checkpoints import cache_path
+    from harness.protocol.pruning import Unreachable
+    from harness.protocol.run import RunSpec, evaluate
+    from harness.runners import spares
+
+    recipe = tiny_track.checkpoint.pretrain.model_copy(update={"epochs": 3})  # a base no other test trains
+    track = tiny_track.model_copy(update={"checkpoint": tiny_track.checkpoint.model_copy(update={"pretrain": recipe})})
+    before = sorted(pbench_cache.rglob("*"))
+
+    def spec(speedup):
+        return RunSpec(track=track, method=find_method("magnitude_l1"), speedup=speedup, seed=0, runner="subprocess",
+                       out=tmp_path / "results", measure_latency=False, save_models=False)
+
+    with pytest.raises(Unreachable, match=r"^speedup 500x is unreachable on track tiny-digits with strategy "
+                                          r"protected_global: at most \d+\.\d\dx .*its base was not trained$"):
+        evaluate(spec(500))
+    assert spares.current() is None
+    with pytest.raises(Unreachable, match=r"^speedups 400x, 500x are unreachable"):
+        run_sweep([spec(500), spec(400)], tmp_path / "results")
+    assert not cache_path(track).exists() and sorted(pbench_cache.rglob("*")) == before
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))

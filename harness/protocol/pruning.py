@@ -294,6 +294,22 @@ def probe_macs(model: nn.Module, example_inputs, config_for: Callable[[nn.Module
     return count_macs_params(shadow, example_inputs)
 
 
+def max_speedup(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
+                strategy: Strategy, min_fraction: float, round_to: int = 1) -> float:
+    """The largest MACs speedup the prune stage can reach on ``model`` (its architecture: a freshly built one
+    gives its trained base's answer): every group at its floor, the plan of the last step of a planner with
+    the track's strategy, floor and rounding, which removes the same number of channels from each group
+    whatever the scores. What :func:`search_speedup` reports as "at most" when a target is unreachable."""
+    groups = describe_groups(model, example_inputs, config_for(model))
+    flat = {g.id: torch.zeros(g.n_channels) for g in groups}
+    planner = make_planner(groups, flat, {}, strategy, min_fraction, seed=0, round_to=round_to)
+    macs, _, _, meta = meta_count_exact(model, example_inputs)
+    floor = probe_macs(model, example_inputs, config_for, planner.plan(planner.t_max), meta, groups) if meta else None
+    if floor is None:
+        floor = probe_macs(model, example_inputs, config_for, planner.plan(planner.t_max))
+    return macs / floor[0]
+
+
 def materialize(model: nn.Module, example_inputs, config_for: Callable[[nn.Module], PruneConfig],
                 plan: dict[str, list[int]], t: int, probed: Optional[float], evaluations: int,
                 in_place: bool = False, graph=None, meta: bool = False) -> SearchResult:

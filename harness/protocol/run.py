@@ -35,12 +35,12 @@ from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from harness.protocol import distributed
 from harness.protocol.batchnorm import recalibrate
-from harness.protocol.checkpoints import BaseCheckpoint, BaseMismatch
+from harness.protocol.checkpoints import BaseCheckpoint, BaseMismatch, known_base_sha256
 from harness.protocol.grouping import (build_graph, check_applicable, check_groups, count_layer_macs,
                                        describe_groups, layer_channels, meta_count_exact)
 from harness.protocol.latency import measure as measure_latency
 from harness.protocol.observations import collect
-from harness.protocol.pruning import Ties, Unreachable, make_planner, prune_round
+from harness.protocol.pruning import Ties, Unreachable, make_planner, max_speedup, prune_round
 from harness.protocol.sparsify import sparsify
 from harness.protocol.train import Progress
 from harness.provenance import provenance
@@ -123,17 +123,48 @@ def with_base(spec: RunSpec, train: bool = True, verify: bool = False) -> RunSpe
 
 
 def with_bases(specs: list[RunSpec], train: bool = True, verify: bool = False) -> list[RunSpec]:
-    """:func:`with_base` for many runs, resolving each distinct base once."""
+    """:func:`with_base` for many runs, resolving each distinct base once. A base is trained only for
+    runs that can use it: when no target of its runs is reachable, :class:`Unreachable` (one line) instead."""
+    def ident(spec: RunSpec) -> tuple:
+        return spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device
+
     resolved: dict[tuple, str] = {}
     out = []
     for spec in specs:
-        ident = (spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device)
-        if spec.base_sha256 is None and ident in resolved:
-            spec = dataclasses.replace(spec, base_sha256=resolved[ident])
-        spec = with_base(spec, train, verify)
-        resolved.setdefault(ident, spec.base_sha256)
+        if spec.base_sha256 is None and ident(spec) in resolved:
+            spec = dataclasses.replace(spec, base_sha256=resolved[ident(spec)])
+        try:
+            spec = with_base(spec, False, verify)
+        except BaseNotTrained:
+            if not train:
+                raise
+            check_reachable(spec, sorted({s.speedup for s in specs if ident(s) == ident(spec)}))
+            spec = with_base(spec, True, verify)
+        resolved.setdefault(ident(spec), spec.base_sha256)
         out.append(spec)
     return out
+
+
+def check_reachable(spec: RunSpec, targets: list[float]) -> None:
+    """:class:`Unreachable` in one line when none of ``targets`` can be reached on ``spec``'s track (its
+    model's architecture, strategy, floor and rounding: :func:`~harness.protocol.pruning.max_speedup`
+    on a freshly built model), so that no base is trained for runs that would all fail. A model that
+    cannot be built or counted here is left to its runs, which report it."""
+    pruning = spec.track.pruning
+    try:
+        task = task_for(spec.track, data_root=spec.data_root, cache_dir=spec.cache_dir, device="cpu")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = task.architecture().eval()
+        most = max_speedup(model, task.example_inputs().cpu(), task.prune_config, pruning.strategy,
+                           pruning.min_channel_fraction, pruning.round_to)
+    except Exception:  # (the run's own checks name what is wrong)
+        return
+    if min(targets) > most * (1 + 1e-9):
+        listed = ", ".join(f"{t:g}x" for t in targets)
+        which = f"speedup {listed} is" if len(targets) == 1 else f"speedups {listed} are"
+        raise Unreachable(f"{which} unreachable on track {spec.track.id} with strategy {pruning.strategy}: at most "
+                          f"{most:.2f}x (every group at its floor); its base was not trained")
 
 
 def run_key_of(spec: RunSpec) -> str:
@@ -418,7 +449,10 @@ def _leave(run: _Run, record: ResultRecord, failure: Optional[BaseException]) ->
 def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
     """``(spec, base)``: the base checkpoint (loaded, or trained and cached: data and file problems are bad
     input, as ever), and ``spec`` keyed by it. A base other than the one ``spec`` was keyed by, or than the
-    track pins, raises :class:`BaseMismatch`."""
+    track pins, raises :class:`BaseMismatch`; a base that would be trained for a target no plan reaches
+    raises :class:`Unreachable` first (:func:`check_reachable`)."""
+    if spec.base_sha256 is None and known_base_sha256(spec.track, spec.cache_dir) is None:
+        check_reachable(spec, [spec.speedup])
     base = task.base_model(progress)
     if spec.base_sha256 is None:
         return dataclasses.replace(spec, base_sha256=base.sha256), base

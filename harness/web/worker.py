@@ -29,6 +29,7 @@ def _die_with(parent: int) -> None:
 
 
 def run_plan(store: Path, plan_id: str, parent: int) -> int:
+    from harness.errors import HarnessError
     from harness.orchestration.events import EventLog, SweepStopped
     from harness.plan import run_plan
     from harness.views.leaderboard import run_name
@@ -74,6 +75,9 @@ def run_plan(store: Path, plan_id: str, parent: int) -> int:
         except SweepStopped:
             print("stopped: the plan was cancelled", flush=True)
             return 3
+        except HarnessError as e:  # stopped before its runs, in one line (e.g. no target of the plan is reachable)
+            print(f"error: {e}", flush=True)
+            return 2
         print(f"ran {summary.ran}, skipped {summary.skipped} (already recorded), not ok {summary.failed}", flush=True)
         return 0
     finally:
