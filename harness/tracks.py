@@ -137,6 +137,7 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
     any training. A dataset that cannot be loaded here leaves the track as it is (each run checks it).
     """
     from harness.data import DatasetError
+    from harness.models.refs import check_kwargs, check_reference
     from harness.protocol.grouping import Unprunable, Untraceable
     from harness.tasks import task_for
 
@@ -149,6 +150,9 @@ def fit_input_size(track: TrackConfig, data_root: Optional[Path] = None,
                            f"({_short(e)}); choose a smaller dataset.image_size") from None
     if getattr(data, "task", "classification") != "classification":
         return track, "input size as the track's"
+    # what is wrong with the reference itself (a file's digest, kwargs the harness sets) is not about any size
+    check_reference(track.model.name, track.model.sha256)
+    check_kwargs(track.model.name, track.model.kwargs)
     native = data.image_size
     fixed = track.dataset.image_size is not None
     declared = _declared_min_size(track)

@@ -294,3 +294,28 @@ def test_no_base_is_trained_for_targets_no_plan_reaches(tiny_track, tmp_path, pb
         run_sweep([spec(500), spec(400)], tmp_path / "results")
     assert not cache_path(track).exists() and sorted(pbench_cache.rglob("*")) == before
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
+
+
+@pytest.mark.parametrize("model, reason", [
+    ({"name": "timm:resnet18", "kwargs": {"in_chans": 3}},
+     "model timm:resnet18: kwargs 'in_chans' is set by the harness from the dataset"),
+    ({"name": "resnet18", "kwargs": {"width": 0.25, "image_size": 16}},
+     "model resnet18: kwargs 'image_size' is set by the harness from the dataset"),
+    ({"name": "odd_models:train_only_branch", "kwargs": {"num_classes": 3}},
+     "model odd_models:train_only_branch: kwargs 'num_classes' is set by the harness"),
+    ({"name": "file:{dir}/model.pt", "sha256": "a" * 64}, "does not match the track's " + "a" * 64),
+])
+def test_what_is_wrong_with_the_reference_is_refused_as_that_not_as_its_input_size(tiny_track, tmp_path, model,
+                                                                                    reason):
+    """(review) A model file whose digest is not the track's, or kwargs that set what the harness passes the
+    builder itself, were refused as "does not run on digits at the dataset's own size (...); set
+    dataset.image_size": now as what they are, in one line, before any model is built."""
+    from harness.tracks import check_track_file
+
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), tmp_path / "model.pt")
+    model = {**model, "name": model["name"].format(dir=tmp_path)}
+    track = tiny_track.model_copy(update={"model": tiny_track.model.model_copy(update={"kwargs": {}, **model})})
+    with pytest.raises(HarnessError) as e:
+        check_track_file(track)
+    line = str(e.value)
+    assert reason in line and "\n" not in line and "image_size to a size" not in line, line

@@ -11,6 +11,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.models.names import DEFAULT_VARIANT, MODELS, PRUNE_ADAPTERS, VARIANTS, ModelFactory
+from harness.models.refs import check_kwargs
 
 if TYPE_CHECKING:
     from harness.protocol.grouping import PruneConfig
@@ -35,6 +36,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
             kwargs["variant"] = variant  # only registered names have variants: the factory decides
         return build_reference(name, num_classes, in_chans, image_size, sha256=sha256, **kwargs)
     MODELS.check(name)
+    check_kwargs(name, kwargs)
     factory = MODELS.get(name) if variant is None or variant == DEFAULT_VARIANT else VARIANTS.get(f"{name}/{variant}")
     return factory(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
 

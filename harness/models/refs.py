@@ -64,11 +64,24 @@ def _close(kind: str, name: str, known: list[str]) -> str:
     return f"unknown {kind} {name!r}{hint}"
 
 
-def _no_weights(name: str, kwargs: dict) -> None:
+#: what the harness itself passes each kind of builder, from the data (the classes, the channels, the input size)
+HARNESS_KWARGS = {"registered": ("num_classes", "in_chans", "image_size"),
+                  "factory": ("num_classes", "in_chans", "image_size"),
+                  "torchvision": ("num_classes",), "timm": ("num_classes", "in_chans"), "hf": ("num_labels",),
+                  "file": ()}
+
+
+def check_kwargs(name: str, kwargs: dict) -> None:
+    """A track's model ``kwargs`` neither load weights nor set what the harness passes the builder itself
+    (one-line :class:`HarnessError`, before anything is built)."""
     bad = sorted(set(kwargs) & set(WEIGHT_KWARGS))
     if bad:
         raise HarnessError(f"model {name}: kwargs {bad[0]!r} would load pretrained weights; the harness never "
                            f"downloads - put the weights in the track's base checkpoint (checkpoint.path + sha256)")
+    clash = sorted(set(kwargs) & set(HARNESS_KWARGS[kind_of(name)[0]]))
+    if clash:
+        raise HarnessError(f"model {name}: kwargs {clash[0]!r} is set by the harness from the dataset (its classes, "
+                           f"channels and dataset.image_size); remove it from the model's kwargs")
 
 
 def first_conv_for(model: nn.Module, in_chans: int) -> nn.Module:
@@ -262,7 +275,7 @@ def locate(name: str, sha256: Optional[str] = None) -> Builder:
 def build_reference(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,
                     sha256: Optional[str] = None, **kwargs) -> nn.Module:
     """Build a non-registered reference (see the module docstring); raises HarnessError in one line."""
-    _no_weights(name, kwargs)
+    check_kwargs(name, kwargs)
     return locate(name, sha256)(num_classes, in_chans, image_size, kwargs)
 
 
