@@ -139,6 +139,7 @@ def test_a_spare_container_is_taken_by_the_next_client_and_none_is_left(images):
     next run's client (its own seed), a spare of another image is not taken, and no container outlives it."""
     from harness.runners import spares
     from harness.runners.docker_runner import DockerClient
+    from harness.runners.socket_client import MALLOC_ENV
     from specs.messages import Group, Member
     src = find_method("magnitude_l2")
     with spares.expecting(lambda: DockerClient(src, {}, 0)):
@@ -146,6 +147,8 @@ def test_a_spare_container_is_taken_by_the_next_client_and_none_is_left(images):
     spare = spares.current()
     try:
         assert spare is not None and spare.connected(60)
+        # (its malloc settings, as a subprocess method's: tests/test_prune_overhead.py)
+        assert {f"{k}={v}" for k, v in MALLOC_ENV.items()} <= set(spare._container.attrs["Config"]["Env"])
         other = DockerClient(src, {}, 0, image=images["hostile"])
         assert spares.take(other) is other
         other.close()

@@ -77,7 +77,6 @@ class DockerClient(SocketClient):
         kwargs = {}
         if self.device == "cuda" and res.gpu:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        threads = max(1, int(res.cpus))
         scratch = min(SCRATCH_MB, res.memory_mb)
         # create, then start: a container that cannot start (an image without an entrypoint, say) is
         # still ours to remove
@@ -91,7 +90,7 @@ class DockerClient(SocketClient):
             volumes={str(self.exchange): {"bind": EXCHANGE_MOUNT, "mode": "ro" if self.inline else "rw"}},
             log_config=docker.types.LogConfig(type="json-file", config={
                 "max-size": f"{self.limits.max_log_mb}m", "max-file": "1"}),
-            environment={"PBENCH_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+            environment=self.method_env(),
             labels={"pbench.role": "method", "pbench.method": self.manifest.id}, **kwargs)
         try:
             self._container.start()

@@ -56,6 +56,14 @@ REPLY_SLACK_BYTES = 1 << 20
 WRITE_LIMIT_HINT = "raise it with --max-write-mb or the track's sandbox.max_write_mb"
 
 
+#: glibc malloc in a method's process: blocks below 32 MB come from its heap, which keeps up to 256 MB it freed.
+#: A method's temporaries are about the size of the weights it reads every request; by default glibc hands
+#: them back to the kernel after each request and the next one faults them in again, zeroed (4,000-18,000
+#: page faults per score request of ResNet-18, a third of the round trip): with these, about 75.
+#: (benchmarks/prune_vs_torch_pruning.py; images without glibc ignore them)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
+
+
 class SocketClient(MethodClient):
     """Speaks the wire protocol over a Unix socket in the exchange directory."""
 
@@ -76,6 +84,12 @@ class SocketClient(MethodClient):
         self._counter = 0
         self._deadline: Optional[float] = None  # of the call in progress (inline tensors follow its reply)
         self._own: set[str] = {SOCKET_NAME}  # what the harness put into the exchange directory (own_file)
+
+    def method_env(self) -> dict[str, str]:
+        """What every runner sets in the method's environment: its threads (the CPUs its manifest declares)
+        and glibc's malloc settings (:data:`MALLOC_ENV`)."""
+        threads = str(max(1, int(self.manifest.resources.cpus)))
+        return {"PBENCH_THREADS": threads, "OMP_NUM_THREADS": threads, **MALLOC_ENV}
 
     # -- what a runner provides ------------------------------------------------------------------
     def _exchange_root(self) -> Optional[str]:

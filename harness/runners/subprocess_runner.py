@@ -23,13 +23,11 @@ class SubprocessClient(SocketClient):
     _proc: Optional[subprocess.Popen] = None
 
     def _launch(self) -> None:
-        threads = max(1, int(self.manifest.resources.cpus))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": str(REPO_ROOT),
             "HOME": str(self.exchange),
-            "PBENCH_THREADS": str(threads),
-            "OMP_NUM_THREADS": str(threads),
+            **self.method_env(),
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
         }
