@@ -1,7 +1,7 @@
 """Spare method processes (:mod:`harness.runners.spares`): a sweep launches the next run's method while
 this run retrains. The run that takes it over measures what it measures with a process of its own started
 cold; a spare no run takes, or one that died while it waited, is never used and leaves nothing behind.
-About 80 s (three tiny-track runs, a few method starts, two stopped two-worker sweeps)."""
+About 130 s (three tiny-track runs, a few method starts, four stopped two-worker sweeps)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -173,25 +174,6 @@ def test_a_harness_stopped_by_sigterm_leaves_no_method_process_and_no_exchange_f
     assert not alive(int(pid))
 
 
-SWEEP = """
-import sys
-from pathlib import Path
-import harness.cli
-from harness.methods import load_source
-from harness.orchestration.sweep import run_sweep
-from harness.protocol.run import RunSpec
-from harness.tracks import load_track
-
-def sweep():  # four runs of a method that never answers, two at a time
-    track, method, out = load_track(sys.argv[1]), load_source(sys.argv[2]), Path(sys.argv[3])
-    run_sweep([RunSpec(track=track, method=method, speedup=s, seed=0, runner="subprocess", out=out,
-                       measure_latency=False, save_models=False) for s in (2, 3, 4, 5)], out, jobs=2)
-
-if __name__ == "__main__":  # (the pool's workers are spawned: they import this file)
-    harness.cli.app = sweep
-    harness.cli.main()
-"""
-
 SLEEPY = """
     import time
     from specs.sdk import ImportanceMethod
@@ -201,54 +183,88 @@ SLEEPY = """
     """
 
 
-def method_processes(method_dir: Path) -> dict[int, Path]:
-    """The running method processes of ``method_dir``: pid -> exchange folder."""
+def processes(*words: str, parent: Optional[int] = None) -> dict[int, list[str]]:
+    """Running processes whose command line holds every one of ``words`` (children of ``parent``): pid -> argv."""
     found = {}
     for entry in Path("/proc").iterdir():
         try:
             argv = (entry / "cmdline").read_bytes().decode().split("\0")
-        except (OSError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if entry.name.isdigit() and "specs.sdk" in argv and str(method_dir) in argv and "--exchange" in argv:
-            found[int(entry.name)] = Path(argv[argv.index("--exchange") + 1])
+        if entry.name.isdigit() and all(w in argv or any(w in a for a in argv) for w in words) \
+                and parent in (None, ppid):
+            found[int(entry.name)] = argv
     return found
 
 
-@pytest.mark.parametrize("to", ["the CLI", "its process group"])
-def test_a_sweep_of_two_workers_stopped_by_sigterm_ends_its_runs_and_starts_no_other(to, make_method, tiny_track_file,
-                                                                                     tmp_path):
-    """``kill`` of ``sweep --jobs 2`` (the CLI's pid, as a queue's cancel may send it, or its whole process group,
-    as a terminal or a service manager does) stops it at once: the two runs in flight are stopped in their
-    workers, their method processes killed and exchange folders removed, and none of the runs queued behind
-    them starts. The CLI alone used to wait for every queued run to finish (the pool's exit); a worker
-    stopped by its own SIGTERM left its method process behind."""
+def method_processes(method_dir: Path) -> dict[int, Path]:
+    """The running method processes of ``method_dir``: pid -> exchange folder."""
+    return {pid: Path(argv[argv.index("--exchange") + 1])
+            for pid, argv in processes("specs.sdk", str(method_dir), "--exchange").items()}
+
+
+def gone(pids, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM to the CLI", "SIGTERM to its process group", "SIGKILL to the CLI",
+                                  "SIGKILL to a worker"])
+def test_a_sweep_of_two_workers_stops_at_once_and_leaves_nothing_behind(stop, make_method, tiny_track_file,
+                                                                         tmp_path):
+    """``sweep --jobs 2`` stopped while both workers' runs wait for scores. SIGTERM (to the CLI's pid, as a queue's
+    cancel may send it, or to its process group, as a terminal or a service manager does): the two runs in flight
+    unwind in their workers (method processes killed, exchange folders and the runs' staging folders removed),
+    none of the runs queued behind them starts, exit 143. The CLI alone used to wait for every queued run to
+    finish, and a worker stopped by its own SIGTERM left its method process behind. (review) SIGKILL to the CLI:
+    its workers used to live on, running the runs queued to them; now they stop within seconds. SIGKILL to a
+    worker (the system's out-of-memory killer): one line and exit 2, where a traceback ended the sweep."""
     sleepy = make_method(SLEEPY, resources={"memory_mb": 512, "cpus": 1, "call_timeout_s": 600})
-    script = tmp_path / "sweep.py"
-    script.write_text(SWEEP)
-    out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(script), str(tiny_track_file), str(sleepy.path), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, log = tmp_path / "out", tmp_path / "sweep.log"  # (a file: a pipe would block while a worker held it)
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", "--track", str(tiny_track_file),
+                                 "--methods", str(sleepy.path), "--speedups", "2,3,4,5", "--seeds", "0", "--jobs",
+                                 "2", "--no-models", "--out", str(out)],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while len(running := method_processes(sleepy.path)) < 2:  # both workers' runs are asking for scores
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        if to == "the CLI":
+        workers = processes("spawn_main", parent=proc.pid)
+        assert len(workers) == 2
+        if stop == "SIGTERM to the CLI":
             proc.send_signal(signal.SIGTERM)
-        else:
+        elif stop == "SIGTERM to its process group":
             os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(60) == 128 + signal.SIGTERM, proc.stdout.read()
-        assert "Traceback" not in proc.stdout.read()
-        deadline = time.monotonic() + 10
-        while method_processes(sleepy.path) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not method_processes(sleepy.path)  # no run started after the signal either
-        assert not any(alive(pid) for pid in running) and not any(folder.exists() for folder in running.values())
+        elif stop == "SIGKILL to the CLI":
+            proc.kill()
+        else:
+            killed = min(workers)
+            running = {pid: folder for pid, folder in running.items() if pid not in processes(parent=killed)}
+            os.kill(killed, signal.SIGKILL)
+        code = {"SIGKILL to the CLI": -signal.SIGKILL, "SIGKILL to a worker": 2}.get(stop, 128 + signal.SIGTERM)
+        assert proc.wait(60) == code, log.read_text()
+        assert gone(workers) and gone(running)  # (the workers notice a CLI killed outright within a second)
+        output = log.read_text()
+        assert "Traceback" not in output, output
+        if stop == "SIGKILL to a worker":
+            assert "error: a worker process of the sweep died" in output and len(output.strip().splitlines()) == 1
+        assert not any(folder.exists() for folder in running.values())
+        leftover = set(method_processes(sleepy.path)) - set(running)  # (the killed worker's method: its call)
+        assert len(leftover) == (stop == "SIGKILL to a worker"), leftover  # no run started after the stop
+        assert not list(out.rglob("*.json"))  # no record: stopped runs run again next time
+        if stop != "SIGKILL to a worker":
+            assert not [p for p in out.rglob(".staging-*")]  # (the killed worker's run cannot remove its own)
     finally:  # (a sweep that did not stop is not left running)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        for pid in method_processes(sleepy.path):
+            os.killpg(pid, signal.SIGKILL)
         proc.wait()
-    assert not list(out.rglob("*.json"))  # no record: stopped runs run again next time
 
 
 def test_a_run_that_ends_before_its_prune_stage_leaves_no_process_behind(tiny_track, tmp_path):

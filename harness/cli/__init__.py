@@ -7,13 +7,11 @@ message and exit code 2, and failed runs into exit code 1.
 
 from __future__ import annotations
 
-import signal
-import sys
-
 import typer
 
 from harness.cli import evaluate, listing, organizers, results, submit
 from harness.cli import pretrain
+from harness import stopping
 
 app = typer.Typer(name="pbench-harness", no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
@@ -27,7 +25,5 @@ app.add_typer(organizers.app)
 
 
 def main() -> None:
-    # stopped (a kill, a queue's cancel): unwind, so that method processes, containers and their exchange
-    # folders are closed and removed (a run in flight leaves no record: it runs again next time)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    stopping.install()  # a kill or a queue's cancel unwinds: method processes and their folders closed
     app()

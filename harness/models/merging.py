@@ -20,6 +20,7 @@ import contextlib
 import types
 
 import torch
+import timm  # noqa: F401  (before Torch-Pruning: see harness.protocol.grouping)
 import torch_pruning as tp
 from torch import nn
 

@@ -6,7 +6,9 @@ finishes the missing runs only: no run is lost, none is duplicated, and no
 half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 ``jobs`` worker processes (``executor="local"``) or to Slurm, one job per run
 (``executor="slurm"``, :mod:`harness.orchestration.cluster`); one failing run never stops the
-others. No run starts while the disk is nearly full (:mod:`harness.orchestration.preflight`).
+others. No run starts while the disk is nearly full (:mod:`harness.orchestration.preflight`). A stop
+(SIGTERM, Ctrl-C: :mod:`harness.stopping`) unwinds the runs in flight, which leave no record, and starts
+no other; so does a pool worker killed outright (the system's out-of-memory killer), in one line.
 
 Every run is keyed by its base checkpoint's sha256 (:func:`harness.protocol.run.with_bases` resolves
 it once per track before any run: the local executor trains a missing base here first, a Slurm sweep
@@ -21,10 +23,13 @@ import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+from harness import stopping
+from harness.errors import HarnessError
 from harness.orchestration.preflight import check_free_space
 from harness.protocol.run import RunSpec, evaluate, next_method, with_bases
 from harness.runners import spares
@@ -53,13 +58,20 @@ def _run_one(spec: RunSpec, threads: int, events: Optional["EventLog"] = None, p
              next_spec: Optional[RunSpec] = None) -> ResultRecord:
     """One run; ``next_spec``: the run this process does next, whose method it launches (a spare, see
     :mod:`harness.runners.spares`) while this run retrains."""
-    if _stopping:
-        raise SystemExit(128 + signal.SIGTERM)
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-    with spares.expecting(next_method(next_spec) if next_spec is not None else None):
-        return events.run(spec, progress) if events is not None else evaluate(spec, progress)[0]
+    try:
+        stopping.check()  # (a stop that library code swallowed starts no other run)
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        with spares.expecting(next_method(next_spec) if next_spec is not None else None):
+            return events.run(spec, progress) if events is not None else evaluate(spec, progress)[0]
+    except BaseException:
+        if _worker and stopping.requested():  # its run has unwound: the pool worker ends here (its pool would
+            spares.discard()                  # wait for a next run forever when the sweep's process is gone)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signal.SIGTERM)
+        raise
 
 
 def _run_in_order(specs: list[RunSpec], run: Callable[[int, RunSpec, Optional[RunSpec]], None]) -> None:
@@ -162,8 +174,9 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         return summary
     preflight(1)
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    stopping.check()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                             initializer=_unwind_on_sigterm) as pool:
+                             initializer=_worker_start, initargs=(os.getpid(),)) as pool:
         # a worker does not know which run it gets next; while runs remain, it bets on this run's method
         # (a plan's runs go method by method); a spare nobody takes dies with the worker
         futures = {pool.submit(_run_one, spec, threads, events, None, spec if i + jobs < len(todo) else None): spec
@@ -172,25 +185,31 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
             for future in as_completed(futures):
                 done(futures[future], future.result())
         except BaseException as e:
-            _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt)))
+            _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt, BrokenProcessPool)))
+            if isinstance(e, BrokenProcessPool):  # (the executor has stopped the other workers' runs too)
+                raise HarnessError("a worker process of the sweep died (killed by the system: out of memory, "
+                                   "say); the runs in flight have no record: the same command resumes the sweep "
+                                   "without the runs already recorded") from None
+            if isinstance(e, SystemExit) and not stopping.requested():
+                log("a worker process of the sweep was stopped (SIGTERM): the sweep stops; the same command "
+                    "resumes it")
             raise
     return summary
 
 
-#: a pool worker got SIGTERM: it starts no other run (those already queued to it are refused)
-_stopping = False
+#: this process is a sweep's pool worker (:func:`_worker_start`)
+_worker = False
 
 
-def _unwind_on_sigterm() -> None:
+def _worker_start(parent: int) -> None:
     """A pool worker, like the CLI (:func:`harness.cli.main`), unwinds on SIGTERM: its run in flight closes
     its method's process or container and exchange folder (and leaves no record: it runs again next time),
-    it starts no other run, and its spare is killed as the worker exits."""
-    def stop(signum, frame):
-        global _stopping
-        _stopping = True
-        sys.exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    it starts no other run (:func:`~harness.stopping.check`), and its spare is killed as the worker exits.
+    It stops so when the sweep's process is gone too (killed with SIGKILL, say)."""
+    global _worker
+    _worker = True
+    stopping.die_with(parent)
+    stopping.install()
 
 
 def _stop(pool: ProcessPoolExecutor, stopped: bool) -> None:

@@ -20,6 +20,9 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+# timm before Torch-Pruning, which imports it under a bare ``except:``: a signal arriving then (a stop, say) would
+# be swallowed, and Torch-Pruning's MACs counter would leave out timm's attention for the rest of the process
+import timm  # noqa: F401
 import torch_pruning as tp
 
 from harness.errors import HarnessError

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import timm  # noqa: F401  (before Torch-Pruning: see harness.protocol.grouping)
 from torch_pruning.pruner.algorithms.base_pruner import BasePruner
 
 from harness.errors import HarnessError

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Optional
 import torch
 import torch.nn as nn
 
+from harness import stopping
 from harness.errors import HarnessError, MethodFailure
 from harness.methods import MethodSource
 from harness.protocol import distributed
@@ -409,7 +410,8 @@ def _failed(run: _Run, error: str) -> ResultRecord:
 def _settle(run: _Run, stages) -> tuple[ResultRecord, Path]:
     """The whole run's cleanup, in one place. ``stages()`` gives the ``ok`` record; the method's failure
     or an unreachable target, and a crash inside the harness, become a ``failed`` record (its files
-    removed); bad input (:class:`HarnessError`) removes the staging directory and propagates. Rank 0
+    removed); bad input (:class:`HarnessError`) removes the staging directory and propagates, and so does
+    a stop (SIGTERM, Ctrl-C, a cancel: no record, the run runs again next time). Rank 0
     publishes the record; the other ranks only clean up (see :func:`_leave`)."""
     try:
         record, failure = stages(), None
@@ -423,6 +425,9 @@ def _settle(run: _Run, stages) -> tuple[ResultRecord, Path]:
     except Exception as e:  # a crash inside the harness must not lose the sweep: record it
         error = _distributed_error(e, run.target_dir) if run.world.distributed else f"internal error: {one_line(e)}"
         record, failure = _failed(run, error), e
+    except BaseException:  # stopped (SIGTERM, Ctrl-C, a cancel): no record, and none of its files left behind
+        shutil.rmtree(run.staging, ignore_errors=True)
+        raise
     if record.status == "failed":
         for f in run.staging.iterdir():
             f.unlink()
@@ -636,6 +641,7 @@ def _prune_rounds(spec: RunSpec, task: Task, model: nn.Module, example, dense: D
     graph = build_graph(model, example, task.prune_config(model))  # valid while the model is pruned through it
     ties, layers, meta = [], {}, False
     for r in range(rounds):
+        stopping.check()
         groups = describe_groups(model, example, task.prune_config(model), graph)
         if r == 0:
             base_channels = {g.id: g.n_channels for g in groups}

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from harness import stopping
 from harness.errors import HarnessError
 from harness.models.base import logits_of
 from harness.protocol import distributed
@@ -299,6 +300,7 @@ def train(model: nn.Module, ds: Dataset, recipe: Recipe, seed: int, device: str 
         for epoch in range(recipe.epochs):
             loss_sum, n_batches = torch.zeros((), device=device), 0
             for x, y in feed.epoch(epoch):
+                stopping.check()
                 if recipe.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if mixup is not None:

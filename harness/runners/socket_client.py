@@ -364,22 +364,24 @@ class SocketClient(MethodClient):
             self._kill()  # a start waiting for the method's handshake returns at once
             self._abandon_start()
         try:
-            if self._conn is not None:  # (a method that never shook hands, a spare, is killed at once)
-                try:
-                    wire.send(self._conn, Shutdown().model_dump(mode="json"))
-                except OSError:
-                    pass
-                self._wait_exit(SHUTDOWN_TIMEOUT_S)
-        finally:  # (whatever the wait raised: the process never outlives its client)
-            self._kill()
-        for s in (self._conn, self._listener):
-            if s is not None:
-                s.close()
-        self._conn = self._listener = None
-        shutil.rmtree(self.exchange, ignore_errors=True)
-        shutil.rmtree(self._staging, ignore_errors=True)
-        if self._own_log:
-            self.log_path.unlink(missing_ok=True)
+            try:
+                if self._conn is not None:  # (a method that never shook hands, a spare, is killed at once)
+                    try:
+                        wire.send(self._conn, Shutdown().model_dump(mode="json"))
+                    except OSError:
+                        pass
+                    self._wait_exit(SHUTDOWN_TIMEOUT_S)
+            finally:  # (whatever the wait raised, a stop say: the process never outlives its client)
+                self._kill()
+        finally:  # (nor its folders)
+            for s in (self._conn, self._listener):
+                if s is not None:
+                    s.close()
+            self._conn = self._listener = None
+            shutil.rmtree(self.exchange, ignore_errors=True)
+            shutil.rmtree(self._staging, ignore_errors=True)
+            if self._own_log:
+                self.log_path.unlink(missing_ok=True)
 
 
 def dense_reply_bytes(weights: Tensors) -> int:

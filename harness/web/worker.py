@@ -12,20 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 
-
-def _die_with(parent: int) -> None:
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.killpg(os.getpgid(0), signal.SIGTERM)
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+from harness import stopping
 
 
 def run_plan(store: Path, plan_id: str, parent: int) -> int:
@@ -38,10 +28,10 @@ def run_plan(store: Path, plan_id: str, parent: int) -> int:
     from harness.web.queue import PlanRecord, plan_lock
     from harness.web.uploads import Uploads
 
-    _die_with(parent)
     # stopped (the server stops, or died): unwind, so that method processes are closed and runs in
     # flight log that they were interrupted; the plan resumes at the server's next start
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    stopping.die_with(parent, group=True)
+    stopping.install()
     cfg = ServerConfig.read(store)
     plan = PlanRecord.model_validate_json((cfg.web_dir / "plans" / f"{plan_id}.json").read_text())
     lock = plan_lock(cfg, plan_id)  # a worker of a previous server may still be finishing: wait for it
@@ -102,7 +92,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "plan":
         return run_plan(args.store, args.plan_id, args.parent)
-    _die_with(args.parent)
+    stopping.die_with(args.parent, group=True)
     if args.cmd == "check-method":
         from harness.web.config import ServerConfig
         from harness.web.uploads import Uploads
