@@ -159,7 +159,8 @@ def main() -> None:
           f"{med(warm) / loop:.3f}x  ({med(warm):.2f} s)")
     print(f"  ratio without the process start: {no_start / loop:.3f}x  (start {med(starts):.2f} s on its "
           f"thread, {med(waits):.2f} s of it waited for)")
-    print(f"  per round: harness overhead {overhead / n:.3f} s (without start and score round trips), score "
+    print(f"  per round: harness overhead {overhead / n:.3f} s (without start and score round trips, so without the "
+          f"harness's own writing of observations and reading of scores either), score "
           f"round trip {med(inside) / n:.3f} s (the method's compute and the harness's writing of observations "
           f"and reading of scores); Torch-Pruning {loop / n:.3f} s per step; overhead ratio "
           f"{overhead / loop:.3f}x (target <= 1.0x)")
