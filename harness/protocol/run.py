@@ -456,7 +456,8 @@ def _base_stage(spec: RunSpec, task: Task, progress: Optional[Progress]):
     input, as ever), and ``spec`` keyed by it. A base other than the one ``spec`` was keyed by, or than the
     track pins, raises :class:`BaseMismatch`; a base that would be trained for a target no plan reaches
     raises :class:`Unreachable` first (:func:`check_reachable`)."""
-    if spec.base_sha256 is None and known_base_sha256(spec.track, spec.cache_dir) is None:
+    if spec.base_sha256 is None and spec.track.checkpoint.path is None \
+            and known_base_sha256(spec.track, spec.cache_dir) is None:  # (a published base is never trained)
         check_reachable(spec, [spec.speedup])
     base = task.base_model(progress)
     if spec.base_sha256 is None:

@@ -59,8 +59,8 @@ WRITE_LIMIT_HINT = "raise it with --max-write-mb or the track's sandbox.max_writ
 #: glibc malloc in a method's process: blocks below 32 MB come from its heap, which keeps up to 256 MB it freed.
 #: A method's temporaries are about the size of the weights it reads every request; by default glibc hands
 #: them back to the kernel after each request and the next one faults them in again, zeroed (4,000-18,000
-#: page faults per score request of ResNet-18, a third of the round trip): with these, about 75.
-#: (benchmarks/prune_vs_torch_pruning.py; images without glibc ignore them)
+#: page faults per score request of ResNet-18, a third of the round trip): with these, a median of about 75
+#: (benchmarks/prune_vs_torch_pruning.py measures the round trip; images without glibc ignore them)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20)}
 
 
