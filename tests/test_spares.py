@@ -254,8 +254,9 @@ def test_a_sweep_of_two_workers_stops_at_once_and_leaves_nothing_behind(stop, ma
         if stop == "SIGKILL to a worker":
             assert "error: a worker process of the sweep died" in output and len(output.strip().splitlines()) == 1
         assert not any(folder.exists() for folder in running.values())
-        leftover = set(method_processes(sleepy.path)) - set(running)  # (the killed worker's method: its call)
-        assert len(leftover) == (stop == "SIGKILL to a worker"), leftover  # no run started after the stop
+        # no run started after the stop (the killed worker's method ends with its call, or at once if none)
+        leftover = set(method_processes(sleepy.path)) - set(running)
+        assert len(leftover) <= (stop == "SIGKILL to a worker"), leftover
         assert not list(out.rglob("*.json"))  # no record: stopped runs run again next time
         if stop != "SIGKILL to a worker":
             assert not [p for p in out.rglob(".staging-*")]  # (the killed worker's run cannot remove its own)
