@@ -187,12 +187,9 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         except BaseException as e:
             _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt, BrokenProcessPool)))
             if isinstance(e, BrokenProcessPool):  # (the executor has stopped the other workers' runs too)
-                raise HarnessError("a worker process of the sweep died (killed by the system: out of memory, "
+                raise HarnessError("a worker process of the sweep died (killed: by the out-of-memory killer, "
                                    "say); the runs in flight have no record: the same command resumes the sweep "
                                    "without the runs already recorded") from None
-            if isinstance(e, SystemExit) and not stopping.requested():
-                log("a worker process of the sweep was stopped (SIGTERM): the sweep stops; the same command "
-                    "resumes it")
             raise
     return summary
 
