@@ -129,19 +129,20 @@ def with_bases(specs: list[RunSpec], train: bool = True, verify: bool = False) -
     def ident(spec: RunSpec) -> tuple:
         return spec.track.hash(), str(spec.cache_dir), str(spec.data_root), spec.device
 
+    keys = [ident(spec) for spec in specs]  # (a track's hash serializes it: once per run)
     resolved: dict[tuple, str] = {}
     out = []
-    for spec in specs:
-        if spec.base_sha256 is None and ident(spec) in resolved:
-            spec = dataclasses.replace(spec, base_sha256=resolved[ident(spec)])
+    for spec, key in zip(specs, keys):
+        if spec.base_sha256 is None and key in resolved:
+            spec = dataclasses.replace(spec, base_sha256=resolved[key])
         try:
             spec = with_base(spec, False, verify)
         except BaseNotTrained:
             if not train:
                 raise
-            check_reachable(spec, sorted({s.speedup for s in specs if ident(s) == ident(spec)}))
+            check_reachable(spec, sorted({s.speedup for s, k in zip(specs, keys) if k == key}))
             spec = with_base(spec, True, verify)
-        resolved.setdefault(ident(spec), spec.base_sha256)
+        resolved.setdefault(key, spec.base_sha256)
         out.append(spec)
     return out
 
