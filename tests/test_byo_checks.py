@@ -195,6 +195,12 @@ def test_a_tied_weight_is_observed_under_both_names_and_scored():
     assert {g.id: scores[g.id].shape[0] for g in groups} == {g.id: g.n_channels for g in groups}
 
 
+def _cache_entries(cache, part):
+    """What the checkpoint cache holds for one model or base (its checkpoint, lock, temporary and metric files):
+    the cache is shared by the whole test session, so other workers' bases may appear in it meanwhile."""
+    return sorted(cache.rglob(f"*{part}*"))
+
+
 @pytest.mark.parametrize("command", ["evaluate", "pretrain"])
 @pytest.mark.parametrize("model, refusal", [
     ("odd_models:train_only_branch", "cannot prune TrainOnlyBranch at layer 'aux'"),
@@ -216,13 +222,13 @@ def test_a_track_files_model_is_refused_before_pretraining(tmp_path, pbench_cach
     track = tmp_path / "own.yaml"
     track.write_text(TINY_TRACK.replace("id: tiny-digits", "id: own-digits")
                      .replace("{name: resnet18, kwargs: {width: 0.25}}", f"{{name: '{model}'}}"))
-    before = sorted(pbench_cache.rglob("*"))
+    before = _cache_entries(pbench_cache, model.split(":")[1])
     args = (["evaluate", "--method", "magnitude_l2", "--track", str(track), "--speedup", "2", "--runner", "inprocess",
              "--out", str(tmp_path / "results")] if command == "evaluate" else ["pretrain", str(track)])
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     assert refusal in res.output and len(res.output.strip().splitlines()) == 1, res.output
-    assert sorted(pbench_cache.rglob("*")) == before and not (tmp_path / "results").exists()
+    assert _cache_entries(pbench_cache, model.split(":")[1]) == before and not (tmp_path / "results").exists()
 
 
 @pytest.mark.parametrize("factory, reason", [
@@ -280,7 +286,7 @@ def test_no_base_is_trained_for_targets_no_plan_reaches(tiny_track, tmp_path, pb
 
     recipe = tiny_track.checkpoint.pretrain.model_copy(update={"epochs": 3})  # a base no other test trains
     track = tiny_track.model_copy(update={"checkpoint": tiny_track.checkpoint.model_copy(update={"pretrain": recipe})})
-    before = sorted(pbench_cache.rglob("*"))
+    before = _cache_entries(pbench_cache, cache_path(track).stem)
 
     def spec(speedup):
         return RunSpec(track=track, method=find_method("magnitude_l1"), speedup=speedup, seed=0, runner="subprocess",
@@ -292,7 +298,7 @@ def test_no_base_is_trained_for_targets_no_plan_reaches(tiny_track, tmp_path, pb
     assert spares.current() is None
     with pytest.raises(Unreachable, match=r"^speedups 400x, 500x are unreachable"):
         run_sweep([spec(500), spec(400)], tmp_path / "results")
-    assert not cache_path(track).exists() and sorted(pbench_cache.rglob("*")) == before
+    assert not cache_path(track).exists() and _cache_entries(pbench_cache, cache_path(track).stem) == before
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.json"))
 
 
