@@ -57,3 +57,14 @@ def die_with(parent: int, group: bool = False) -> None:
         else:
             os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (another user's counts: it cannot be signalled)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from harness.errors import HarnessError
 from harness.files import atomic_write_text
 from harness.labels import label_of
+from harness.stopping import process_alive
 from specs.base import explain, sha256_json
 from specs.result import ResultRecord
 
@@ -202,16 +203,6 @@ class Store:
         return [r for r in self.records.values() if r.status == "ok"]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale_staging(root: Path, run_name: str | None = None) -> int:
     """Remove staging directories whose writer process (on this host) is gone; with ``run_name``,
     every staging directory of that run, whatever host wrote it (its job is known to be over).
@@ -224,7 +215,7 @@ def clean_stale_staging(root: Path, run_name: str | None = None) -> int:
         if run_name is not None:
             stale = path.name.startswith(f"{match.group(0)}{run_name}-") if match.group(2) else False
         else:
-            stale = (match.group(2) or here) == here and not _pid_alive(int(match.group(1)))
+            stale = (match.group(2) or here) == here and not process_alive(int(match.group(1)))
         if stale:
             shutil.rmtree(path, ignore_errors=True)
             removed += 1

@@ -163,3 +163,54 @@ def test_a_spare_container_is_taken_by_the_next_client_and_none_is_left(images):
     finally:
         spares.discard()
     assert not _leftover_containers()
+
+
+KILLED_HARNESS = """
+import sys, time, torch
+from harness.methods import load_source
+from harness.runners.docker_runner import DockerClient
+from specs.messages import Group, Member
+client = DockerClient(load_source(sys.argv[1]), {"mode": "sleep"}, 0, call_timeout=600)
+group = Group(id="g", root="fc", n_channels=2, members=[Member(layer="fc", module_type="Linear", kind="linear",
+              dim="out", idxs=[0, 1], root_idxs=[0, 1], weight="fc.weight")])
+with client.begin():
+    client.ready()
+    print(client.exchange, client._container.id, flush=True)
+    client.score(0, [group], {"weights": {"fc.weight": torch.ones(2, 3)}})  # the method sleeps in it
+"""
+
+
+def test_a_harness_killed_outright_leaves_a_container_that_ends_and_is_removed(images, tmp_path):
+    """A sweep worker killed outright (the out-of-memory killer) cannot remove its method's container nor its
+    exchange folder. The method, sleeping in a call, ends at once as the harness's end of the socket closes (it
+    used to compute on for as long as its call timeout), and ``remove_stale`` (what a sweep calls as it starts, and
+    when a worker died) removes the exited container, found by its owner label (this host, a pid gone), and the
+    folders, named by that pid."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from harness.runners.docker_runner import DockerClient
+
+    script = tmp_path / "killed_harness.py"
+    script.write_text(KILLED_HARNESS)
+    proc = subprocess.Popen([sys.executable, str(script), str(HOSTILE)], stdout=subprocess.PIPE, text=True,
+                            cwd=REPO)
+    try:
+        exchange, container_id = proc.stdout.readline().split()
+        container = ENGINE.containers.get(container_id)
+        time.sleep(2)  # (the score request is sent and the method sleeps in it)
+        container.reload()
+        assert container.status == "running"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert container.wait(timeout=20)["StatusCode"] == 0  # it ended by itself, within seconds
+        assert DockerClient.remove_stale() >= 2 and not Path(exchange).exists()
+        assert container_id not in {c.id for c in _leftover_containers()}
+    finally:
+        proc.kill()
+        for c in _leftover_containers():
+            if c.id == container_id:
+                c.remove(force=True)

@@ -8,7 +8,8 @@ half-written file is ever read (see :mod:`harness.store`). Runs go to a pool of
 (``executor="slurm"``, :mod:`harness.orchestration.cluster`); one failing run never stops the
 others. No run starts while the disk is nearly full (:mod:`harness.orchestration.preflight`). A stop
 (SIGTERM, Ctrl-C: :mod:`harness.stopping`) unwinds the runs in flight, which leave no record, and starts
-no other; so does a pool worker killed outright (the system's out-of-memory killer), in one line.
+no other. A pool worker killed outright (the system's out-of-memory killer, a crash in native code) costs
+its own run only, recorded ``failed`` with the signal; the sweep goes on.
 
 Every run is keyed by its base checkpoint's sha256 (:func:`harness.protocol.run.with_bases` resolves
 it once per track before any run: the local executor trains a missing base here first, a Slurm sweep
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 from harness import stopping
 from harness.errors import HarnessError
 from harness.orchestration.preflight import check_free_space
-from harness.protocol.run import RunSpec, evaluate, next_method, with_bases
-from harness.runners import spares
+from harness.labels import label_of
+from harness.protocol.run import RunSpec, evaluate, next_method, record_unrun, with_bases
+from harness.runners import client_class, spares
 from harness.store import run_key_of
 from harness.store import Store, clean_stale_staging
 from specs.result import ResultRecord
@@ -134,6 +136,7 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
     else:  # a mismatching base stops the sweep here, in one line, before any run
         specs = with_bases(specs, verify=True)
     clean_stale_staging(out)
+    _remove_stale(specs)
     store = Store.load(out)
     for line in other_bases(specs, store.records.values()):
         log(line)
@@ -173,38 +176,99 @@ def run_sweep(specs: list[RunSpec], out: Path, jobs: int = 1, retry_failed: bool
         _run_in_order(todo, run)
         return summary
     preflight(1)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    stopping.check()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                             initializer=_worker_start, initargs=(os.getpid(),)) as pool:
-        # a worker does not know which run it gets next; while runs remain, it bets on this run's method
-        # (a plan's runs go method by method); a spare nobody takes dies with the worker
-        futures = {pool.submit(_run_one, spec, threads, events, None, spec if i + jobs < len(todo) else None): spec
-                   for i, spec in enumerate(todo)}
-        try:
-            for future in as_completed(futures):
-                done(futures[future], future.result())
-        except BaseException as e:
-            _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt, BrokenProcessPool)))
-            if isinstance(e, BrokenProcessPool):  # (the executor has stopped the other workers' runs too)
-                raise HarnessError("a worker process of the sweep died (killed: by the out-of-memory killer, "
-                                   "say); the runs in flight have no record: the same command resumes the sweep "
-                                   "without the runs already recorded") from None
-            raise
+    _run_pool(todo, jobs, out, events, done, log)
     return summary
+
+
+def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["EventLog"],
+              done: Callable[[RunSpec, ResultRecord], None], log) -> None:
+    """``todo`` on ``jobs`` worker processes. A worker killed outright (the out-of-memory killer, a crash in
+    native code) breaks the pool, and the executor stops the other workers' runs (they unwind, unrecorded): its
+    own run is recorded ``failed`` with the signal (``--retry-failed`` runs it again), and the rest of the sweep,
+    the stopped runs included, goes on in a fresh pool."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    remaining = list(todo)
+    while remaining:
+        stopping.check()
+        context = mp.get_context("spawn")
+        claims = context.RawArray("q", len(remaining))  # run i's worker pid, set as it starts (no lock to die with)
+        with ProcessPoolExecutor(max_workers=min(jobs, len(remaining)), mp_context=context,
+                                 initializer=_worker_start, initargs=(os.getpid(), claims)) as pool:
+            # a worker does not know which run it gets next; while runs remain, it bets on this run's method
+            # (a plan's runs go method by method); a spare nobody takes dies with the worker
+            futures = {pool.submit(_pool_run, i, spec, threads, events, spec if i + jobs < len(remaining) else None):
+                       i for i, spec in enumerate(remaining)}
+            workers = dict(pool._processes or {})  # (all started by now: one per submit, up to max_workers)
+            finished: set[int] = set()
+            try:
+                for future in as_completed(futures):
+                    done(remaining[futures[future]], future.result())
+                    finished.add(futures[future])
+                remaining = []
+            except BrokenProcessPool:
+                _stop(pool, stopped=True)
+                for future, i in futures.items():  # (runs that ended before the pool broke, not yet counted)
+                    if i not in finished and future.done() and not future.cancelled() and not future.exception():
+                        done(remaining[i], future.result())
+                        finished.add(i)
+                killed = _killed_runs(workers, claims, finished)
+                if not killed or stopping.requested():
+                    raise HarnessError("a worker process of the sweep died (killed: by the out-of-memory killer, "
+                                       "say); the runs in flight have no record: the same command resumes the "
+                                       "sweep without the runs already recorded") from None
+            except BaseException as e:
+                _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt)))
+                raise
+        if remaining:  # a worker was killed: its run is recorded failed, the others run again
+            clean_stale_staging(out)  # (the killed run's own staging folder)
+            _remove_stale(remaining)  # (its exchange folders and container)
+            for i, how in killed.items():
+                record = record_unrun(remaining[i], f"its sweep worker process was {how} during the run (out of "
+                                                    "memory, say; --retry-failed runs it again)")[0]
+                done(remaining[i], record)
+                log(f"run {label_of(remaining[i])}: its worker process was {how}; recorded as failed, the sweep "
+                    f"goes on")
+            remaining = [spec for i, spec in enumerate(remaining) if i not in finished and i not in killed]
+
+
+def _remove_stale(specs: list[RunSpec]) -> None:
+    """What the method clients of processes killed outright left (:meth:`SocketClient.remove_stale`)."""
+    for runner in sorted({spec.runner for spec in specs} - {"inprocess"}):
+        client_class(runner).remove_stale()
+
+
+def _killed_runs(workers: dict, claims, finished: set[int]) -> dict[int, str]:
+    """The runs whose worker died of a signal or exit status other than a stop's (``run index -> how``)."""
+    for process in workers.values():
+        process.join(30)
+    runs = {}
+    for pid, process in workers.items():
+        code = process.exitcode
+        if code in (None, 0, 128 + signal.SIGTERM, -signal.SIGTERM):
+            continue  # stopped by the executor, as it stops every worker of a broken pool
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"ended with exit status {code}"
+        runs.update({i: how for i in range(len(claims)) if claims[i] == pid and i not in finished})
+    return runs
+
+
+def _pool_run(index: int, spec: RunSpec, threads: int, events: Optional["EventLog"],
+              next_spec: Optional[RunSpec]) -> ResultRecord:
+    _claims[index] = os.getpid()
+    return _run_one(spec, threads, events, None, next_spec)
 
 
 #: this process is a sweep's pool worker (:func:`_worker_start`)
 _worker = False
+_claims = None
 
 
-def _worker_start(parent: int) -> None:
+def _worker_start(parent: int, claims) -> None:
     """A pool worker, like the CLI (:func:`harness.cli.main`), unwinds on SIGTERM: its run in flight closes
     its method's process or container and exchange folder (and leaves no record: it runs again next time),
     it starts no other run (:func:`~harness.stopping.check`), and its spare is killed as the worker exits.
     It stops so when the sweep's process is gone too (killed with SIGKILL, say)."""
-    global _worker
-    _worker = True
+    global _worker, _claims
+    _worker, _claims = True, claims
     stopping.die_with(parent)
     stopping.install()
 

@@ -14,12 +14,17 @@ always removed. The image's content digest goes into the result record.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
+from pathlib import Path
 from typing import Optional
 
 from harness.errors import HarnessError, MethodFailure
 from harness.runners.sandbox import docker_client, tmpfs_root
 from harness.runners.socket_client import SocketClient
+from harness.stopping import process_alive
 from specs.manifest import MethodManifest
 from specs.version import SPEC_VERSION, spec_major
 
@@ -47,6 +52,11 @@ def image_digest(image: str) -> str:
                            f"(or `pbench-harness submit` for a method folder)") from None
 
 
+def _owner(pid: int) -> str:
+    """The ``pbench.owner`` label of the containers a harness process starts."""
+    return f"{socket.gethostname()}/{pid}"
+
+
 def one_line_api(err) -> str:
     """The engine's own explanation of an API error, on one line."""
     text = getattr(err, "explanation", None) or str(err)
@@ -70,6 +80,31 @@ class DockerClient(SocketClient):
     def _exchange_root(self) -> Optional[str]:
         return None if self.inline else str(tmpfs_root())
 
+    @classmethod
+    def _exchange_roots(cls) -> list[Path]:
+        try:
+            return [*super()._exchange_roots(), tmpfs_root()]
+        except HarnessError:  # (no tmpfs: no exchange folder was made there)
+            return super()._exchange_roots()
+
+    @classmethod
+    def remove_stale(cls) -> int:
+        """Also the containers of such processes (labelled with this host and their pid): a method that ended
+        stays behind as an exited container, one still running is stopped."""
+        removed = super().remove_stale()
+        host = _owner(0).rsplit("/", 1)[0]
+        try:
+            containers = docker_client().containers.list(all=True, filters={"label": "pbench.role=method"})
+        except Exception:  # (no engine: there is nothing of ours to remove)
+            return removed
+        for container in containers:
+            owner_host, _, pid = container.labels.get("pbench.owner", "").rpartition("/")
+            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+                    removed += 1
+        return removed
+
     def _launch(self) -> None:
         import docker.errors
         import docker.types
@@ -91,7 +126,8 @@ class DockerClient(SocketClient):
             log_config=docker.types.LogConfig(type="json-file", config={
                 "max-size": f"{self.limits.max_log_mb}m", "max-file": "1"}),
             environment=self.method_env(),
-            labels={"pbench.role": "method", "pbench.method": self.manifest.id}, **kwargs)
+            labels={"pbench.role": "method", "pbench.method": self.manifest.id, "pbench.owner": _owner(os.getpid())},
+            **kwargs)
         try:
             self._container.start()
         except docker.errors.APIError as e:

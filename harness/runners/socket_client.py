@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -40,6 +41,7 @@ from safetensors.torch import save_file
 
 import harness
 from harness.errors import MethodFailure
+from harness.stopping import process_alive
 from harness.runners.base import MethodClient, RegGrads, RegularizerLink, Tensors, validate_reg
 from specs import wire
 from specs.base import explain, one_line
@@ -72,11 +74,11 @@ class SocketClient(MethodClient):
         self.start_timeout = start_timeout
         #: the method answers on the socket (spec 1.3) and never needs to write the exchange directory
         self.inline = self.dialect.replies == "inline"
-        self.exchange = Path(tempfile.mkdtemp(prefix="pbx-", dir=self._exchange_root()))
+        self.exchange = Path(tempfile.mkdtemp(prefix=f"pbx-{os.getpid()}-", dir=self._exchange_root()))
         os.chmod(self.exchange, 0o755 if self.inline else 0o777)  # a container's own user reads (and writes)
         #: where the harness writes tensors before renaming them into the exchange directory: its own (0700),
         #: on the same filesystem, out of the method's reach
-        self._staging = Path(tempfile.mkdtemp(prefix="pbx-own-", dir=self._exchange_root()))
+        self._staging = Path(tempfile.mkdtemp(prefix=f"pbx-own-{os.getpid()}-", dir=self._exchange_root()))
         self._own_log = log_path is None
         self.log_path = log_path or self.exchange.with_name(self.exchange.name + ".log")
         self._listener: Optional[socket.socket] = None
@@ -90,6 +92,26 @@ class SocketClient(MethodClient):
         and glibc's malloc settings (:data:`MALLOC_ENV`)."""
         threads = str(max(1, int(self.manifest.resources.cpus)))
         return {"PBENCH_THREADS": threads, "OMP_NUM_THREADS": threads, **MALLOC_ENV}
+
+    @classmethod
+    def remove_stale(cls) -> int:
+        """Remove what clients in processes killed outright (a sweep worker killed by the out-of-memory killer,
+        a CLI killed with SIGKILL) could not: their exchange and staging folders and logs, named by the pid of
+        the process that made them, gone now (a pid in use again is left alone). Their method processes end by
+        themselves: the SDK exits when the harness's end of the socket closes. Returns how many were removed."""
+        removed = 0
+        for root in cls._exchange_roots():
+            for path in root.glob("pbx-*"):
+                match = _OWNED.match(path.name)
+                if match and not process_alive(int(match.group(1))):
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    @classmethod
+    def _exchange_roots(cls) -> list[Path]:
+        """Every folder :meth:`_exchange_root` may be."""
+        return [Path(tempfile.gettempdir())]
 
     # -- what a runner provides ------------------------------------------------------------------
     def _exchange_root(self) -> Optional[str]:
@@ -382,6 +404,10 @@ class SocketClient(MethodClient):
             shutil.rmtree(self._staging, ignore_errors=True)
             if self._own_log:
                 self.log_path.unlink(missing_ok=True)
+
+
+#: the exchange (``pbx-<pid>-``) and staging (``pbx-own-<pid>-``) folders, and exchange logs, of process ``pid``
+_OWNED = re.compile(r"pbx-(?:own-)?(\d+)-")
 
 
 def dense_reply_bytes(weights: Tensors) -> int:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import select
 import socket
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -142,9 +144,24 @@ def _answer(method: MethodBase, msg, exchange: Path, reply: _Reply):
     return ErrorReply(message=f"unexpected message {getattr(msg, 'type', '?')!r}")
 
 
+def _exit_on_hang_up(sock: socket.socket) -> None:
+    """End the process as soon as the harness's end of the socket closes, even in the middle of a call: a
+    harness killed outright (the out-of-memory killer) never sends its shutdown, and the method would
+    otherwise compute on, for as long as its call timeout, in a process or container nobody waits for."""
+    watcher = select.poll()
+    watcher.register(sock, getattr(select, "POLLRDHUP", 0))  # (POLLHUP and POLLERR are always reported)
+    while True:
+        if watcher.poll():
+            print("the harness closed its end of the socket: exiting", file=sys.stderr)
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(0)
+
+
 def serve(method_dir: Path, exchange: Path) -> int:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(exchange / SOCKET_NAME))
+    threading.Thread(target=_exit_on_hang_up, args=(sock,), daemon=True, name="pbench-hang-up").start()
     hello = harness_message.validate_python(wire.recv(sock))
     if not isinstance(hello, Hello):
         return 2
