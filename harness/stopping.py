@@ -60,11 +60,12 @@ def die_with(parent: int, group: bool = False) -> None:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host (another user's counts: it cannot be signalled)."""
+    """Whether a process ``pid`` exists on this host (another user's counts: it cannot be signalled; so does a
+    number that is no pid, which names nothing this host's processes made)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError, ValueError):
         return True
     return True

@@ -271,56 +271,105 @@ def _both_asking(proc: subprocess.Popen, method: Path, log: Path) -> tuple[dict[
     return running, workers
 
 
-SLEEPY_WHILE = """
+HELD = """
     import os, time
     from specs.sdk import ImportanceMethod
     class Method(ImportanceMethod):
-        def score_group(self, group, obs):
+        def score_group(self, group, obs):  # in its call while {hold} (or {hold}-<its pid>) exists
             open(os.path.join({asking!r}, str(os.getpid())), "w").close()
-            while os.path.exists({marker!r}):
+            while os.path.exists({hold!r}) or os.path.exists(f"{hold}-{{os.getpid()}}"):
                 time.sleep(0.1)
             return obs.weights[group.members[0].weight].abs().flatten(1).sum(1)[:group.n_channels]
     """
 
+#: a sweep with live events, as the web platform's worker runs one: argv track, method, out, [retry]
+EVENTFUL_SWEEP = """
+import sys
+from pathlib import Path
+from harness import stopping
+from harness.orchestration.events import EventLog
+from harness.plan import Plan, run_plan
+if __name__ == "__main__":  # (the pool's workers are spawned: they import this file)
+    stopping.install()
+    out = Path(sys.argv[3])
+    plan = Plan.build(track=sys.argv[1], methods=[sys.argv[2]], speedups=[2, 3, 4], seeds=[0], out=out, jobs=2,
+                      save_models=False, retry_failed=len(sys.argv) > 4)
+    summary = run_plan(plan.resolve(), log=lambda line: print(line, flush=True), events=EventLog(out))
+    sys.exit(1 if summary.failed else 0)
+"""
+
 
 def test_a_worker_killed_outright_costs_its_own_run_only(make_method, tiny_track_file, tmp_path):
-    """(review) SIGKILL to one worker of ``sweep --jobs 2`` (what the out-of-memory killer does) ended the whole
-    sweep (a traceback, then one line), and a run killed so every time stopped every resume of it. Now that run
-    alone is recorded ``failed`` with the signal, the other worker's run (stopped by the broken pool) runs again,
-    and the sweep finishes the rest: exit 1 for the failed run, and ``--retry-failed`` runs it again. The killed
-    worker's method process, blocked in its call, ends at once (the SDK exits when the harness's end of the socket
-    closes), and its exchange folders are removed."""
-    marker, asking = tmp_path / "hold", tmp_path / "asking"
-    marker.touch()
+    """(review) SIGKILL to a worker of a two-worker sweep (what the out-of-memory killer does) ended the whole
+    sweep (a traceback, then one line), and a run killed so every time stopped every resume of it. Now:
+
+    1. a worker killed in its run: that run alone is recorded ``failed`` with the signal (and its live ``end``
+       event: the web showed it running), the other worker's run (stopped by the broken pool) runs again;
+    2. (review) a worker killed while idle, holding no run, stopped the sweep (exit 2) and lost the run in flight:
+       now it costs nothing, that run runs again;
+    3. the sweep finishes the rest: exit 1 for the failed run, ``--retry-failed`` runs it again.
+
+    The killed worker's method process, blocked in its call, ends at once (the SDK exits when the harness's end
+    of the socket closes; it used to compute on for its call timeout), and its exchange folders are removed."""
+    hold, asking = tmp_path / "hold", tmp_path / "asking"
+    hold.touch()
     asking.mkdir()
-    method = make_method(SLEEPY_WHILE.format(marker=str(marker), asking=str(asking)),
+    method = make_method(HELD.format(hold=str(hold), asking=str(asking)),
                          resources={"memory_mb": 512, "cpus": 1, "call_timeout_s": 600})
-    out, log = tmp_path / "out", tmp_path / "sweep.log"
-    proc = _sweep(method.path, tiny_track_file, out, log)
-    try:
+    script, out, log = tmp_path / "eventful_sweep.py", tmp_path / "out", tmp_path / "sweep.log"
+    script.write_text(EVENTFUL_SWEEP)
+
+    def sweep(*extra):
+        with open(log, "w") as f:
+            return subprocess.Popen([sys.executable, str(script), str(tiny_track_file), str(method.path), str(out),
+                                     *extra], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def in_call(n):  # the first n method processes to enter their call (spares wait for a run: not these)
         deadline = time.monotonic() + 180
-        while len(in_call := [int(p.name) for p in asking.iterdir()]) < 2:  # (not spares: they wait for a run)
+        while len(pids := sorted(asking.iterdir(), key=lambda p: p.stat().st_mtime_ns)) < n:
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        killed = min(processes("spawn_main", parent=proc.pid))
-        its_method, = [pid for pid in in_call if pid in processes(parent=killed)]
-        its_folder = method_processes(method.path)[its_method]
+        return [int(p.name) for p in pids[:n]]
+
+    def worker_of(method_pid):
+        return next(w for w in processes("spawn_main", parent=proc.pid) if method_pid in processes(parent=w))
+
+    def records():
+        return [json.loads(p.read_text()) for p in out.rglob("result.json")]
+
+    proc = sweep()
+    try:
+        first, _ = in_call(2)
+        killed, its_folder = worker_of(first), method_processes(method.path)[first]
         os.kill(killed, signal.SIGKILL)
-        assert gone([its_method], 10)  # within its call, not at its end
-        marker.unlink()
+        assert gone([first], 10)  # within its call, not at its end
+        third, fourth = in_call(4)[2:]  # the fresh pool's two runs
+        Path(f"{hold}-{fourth}").touch()
+        hold.unlink()
+        idle = worker_of(third)
+        deadline = time.monotonic() + 120
+        while len(records()) < 2:  # the third's run is recorded: its worker idles (no run is left for it)
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.kill(idle, signal.SIGKILL)
+        Path(f"{hold}-{fourth}").unlink()
         assert proc.wait(240) == 1, log.read_text()
         output = log.read_text()
         assert "Traceback" not in output, output
-        assert "its worker process was killed by SIGKILL; recorded as failed, the sweep goes on" in output, output
-        records = [json.loads(p.read_text()) for p in out.rglob("result.json")]
-        assert sorted(r["status"] for r in records) == ["failed", "ok", "ok", "ok"], records
-        failed, = [r for r in records if r["status"] == "failed"]
-        assert "its sweep worker process was killed by SIGKILL during the run" in failed["error"]
+        assert "x seed 0: its worker process was killed by SIGKILL; recorded as failed, the sweep goes on" in output
+        assert "a worker process of the sweep died outside any run" in output, output
+        assert sorted(r["status"] for r in records()) == ["failed", "ok", "ok"], records()
+        failed, = [r for r in records() if r["status"] == "failed"]
+        assert failed["error"].startswith("its sweep worker process was killed by SIGKILL during the run")
+        events = [json.loads(line) for p in (out / ".events").iterdir() for line in p.read_text().splitlines()]
+        assert {"kind": "end", "status": "failed", "error": failed["error"], "final": None} in [
+            {k: v for k, v in e.items() if k != "t"} for e in events]
         assert not its_folder.exists() and not list(Path(tempfile.gettempdir()).glob(f"pbx-*{killed}-*"))
+        assert not list(Path(tempfile.gettempdir()).glob(f"pbx-*{idle}-*"))
         assert not list(out.rglob(".staging-*")) and not method_processes(method.path)
-        proc = _sweep(method.path, tiny_track_file, out, log, "--retry-failed")
+        proc = sweep("retry")
         assert proc.wait(240) == 0, log.read_text()
-        assert sorted(json.loads(p.read_text())["status"] for p in out.rglob("result.json")) == ["ok"] * 4
+        assert sorted(r["status"] for r in records()) == ["ok"] * 3
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -338,16 +387,78 @@ def test_a_run_that_ends_before_its_prune_stage_leaves_no_process_behind(tiny_tr
     assert record.status == "failed" and spares.current() is None
 
 
-def test_stale_exchange_folders_are_those_of_processes_gone(tmp_path, monkeypatch):
+def test_stale_exchange_folders_are_those_of_processes_gone(make_method, tmp_path, monkeypatch):
     """``remove_stale`` (a sweep's start; a sweep whose worker was killed outright) removes the exchange and
-    staging folders and logs whose maker's pid is gone, and nothing of a live process or not named by a pid."""
+    staging folders and logs whose maker's pid is gone on this host, and nothing of a live process, of another
+    host sharing the folder, or not named by a pid. (review) A name holding a number too large for a pid made
+    every sweep of every user end in a traceback before any run."""
+    from harness.runners.socket_client import _maker
+
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
-    dead, live = done.pid, os.getpid()
-    for name in (f"pbx-{dead}-a", f"pbx-own-{dead}-b", f"pbx-{live}-c", f"pbx-own-{live}-d", "pbx-x-e", "other"):
+    host = _maker().split("-")[1]
+    dead, live, other = f"{done.pid}-{host}", f"{os.getpid()}-{host}", f"{done.pid}-{'0' * 8}"
+    stale = [f"pbx-{dead}-a", f"pbx-own-{dead}-b"]
+    kept = [f"pbx-{live}-c", f"pbx-own-{live}-d", f"pbx-{other}-e", "pbx-x-f", f"pbx-{2**31}-{host}-g",
+            f"pbx-{'9' * 30}-{host}-h", "other"]
+    for name in stale + kept:
         (tmp_path / name).mkdir()
     (tmp_path / f"pbx-{dead}-a.log").write_text("log")
     assert SubprocessClient.remove_stale() == 3
-    kept = sorted([f"pbx-{live}-c", f"pbx-own-{live}-d", "other", "pbx-x-e"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    client = SubprocessClient(make_method(ECHO, **HP), {}, 0)  # (the folders a client makes are so named)
+    try:
+        assert client.exchange.name.startswith(f"pbx-{live}-") and client._staging.name.startswith(f"pbx-own-{live}-")
+    finally:
+        client.close()
+
+
+FORKY = """
+    import subprocess, time
+    from specs.sdk import ImportanceMethod
+    class Method(ImportanceMethod):
+        def score_group(self, group, obs):  # a helper process of its own, then a long call
+            child = subprocess.Popen(["sleep", "300"])
+            open({pid_file!r}, "w").write(str(child.pid))
+            time.sleep(600)
+    """
+
+KILLED_HARNESS = """
+import sys
+import torch
+from harness.methods import load_source
+from harness.runners.subprocess_runner import SubprocessClient
+from specs.messages import Group, Member
+client = SubprocessClient(load_source(sys.argv[1]), {}, 0, call_timeout=600)
+group = Group(id="g", root="fc", n_channels=2, members=[Member(layer="fc", module_type="Linear", kind="linear",
+              dim="out", idxs=[0, 1], root_idxs=[0, 1], weight="fc.weight")])
+with client.begin():
+    client.score(0, [group], {"weights": {"fc.weight": torch.ones(2, 3)}})
+"""
+
+
+def test_a_method_and_its_own_processes_end_when_the_harness_is_killed_outright(make_method, tmp_path):
+    """A harness killed outright in the middle of a call (SIGKILL: the out-of-memory killer) never sends its
+    shutdown nor kills the method's process group. The SDK notices its socket's other end close: the method
+    and (review) the processes it started end within seconds, instead of computing on for their call timeout."""
+    pid_file, script = tmp_path / "child.pid", tmp_path / "killed_harness.py"
+    method = make_method(FORKY.format(pid_file=str(pid_file)),
+                         resources={"memory_mb": 512, "cpus": 1, "call_timeout_s": 600})
+    script.write_text(KILLED_HARNESS)
+    proc = subprocess.Popen([sys.executable, str(script), str(method.path)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        (its_method, _), = method_processes(method.path).items()
+        child = int(pid_file.read_text())
+        assert alive(child)
+        proc.kill()
+        proc.wait()
+        assert gone([its_method, child], 10)
+    finally:
+        proc.kill()
+        for pid in method_processes(method.path):
+            os.killpg(pid, signal.SIGKILL)

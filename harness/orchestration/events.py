@@ -219,6 +219,11 @@ class EventLog:
     out: Path
     stop_file: Optional[Path] = None
 
+    def ended(self, spec: "RunSpec", record: "ResultRecord") -> None:
+        """The ``end`` event of a run recorded by another process than its own (its sweep worker was killed)."""
+        append_event(events_path(self.out, run_key_of(spec)), {"kind": "end", "status": record.status,
+                                                               "error": record.error, "final": record.metric.final})
+
     def run(self, spec: "RunSpec", then: Optional["Progress"] = None) -> "ResultRecord":
         """Run ``spec`` through the protocol with events; a cancelled run is recorded ``cancelled``.
         Bad input (HarnessError) and a stopped job propagate, after an ``end`` event."""

@@ -108,6 +108,7 @@ def run_each(specs: list[RunSpec], on_result: Optional[OnResult] = None, progres
     the track's pin is then that run's recorded failure, not a stop), and under torchrun every rank runs
     the same specs in step."""
     summary = SweepSummary()
+    _remove_stale(specs)
 
     def run(i: int, spec: RunSpec, next_spec: Optional[RunSpec]) -> None:
         record = _run_one(spec, 0, events, progress, next_spec)
@@ -185,9 +186,11 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
     """``todo`` on ``jobs`` worker processes. A worker killed outright (the out-of-memory killer, a crash in
     native code) breaks the pool, and the executor stops the other workers' runs (they unwind, unrecorded): its
     own run is recorded ``failed`` with the signal (``--retry-failed`` runs it again), and the rest of the sweep,
-    the stopped runs included, goes on in a fresh pool."""
+    the stopped runs included, goes on in a fresh pool. A worker that dies holding no run (killed while idle or
+    starting) or is stopped by a SIGTERM of its own costs no record: the runs in flight run again, up to
+    :data:`UNEXPLAINED_BREAKS` times in a row."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    remaining = list(todo)
+    remaining, unexplained = list(todo), 0
     while remaining:
         stopping.check()
         context = mp.get_context("spawn")
@@ -204,7 +207,7 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
                 for future in as_completed(futures):
                     done(remaining[futures[future]], future.result())
                     finished.add(futures[future])
-                remaining = []
+                return
             except BrokenProcessPool:
                 _stop(pool, stopped=True)
                 for future, i in futures.items():  # (runs that ended before the pool broke, not yet counted)
@@ -212,23 +215,53 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
                         done(remaining[i], future.result())
                         finished.add(i)
                 killed = _killed_runs(workers, claims, finished)
-                if not killed or stopping.requested():
-                    raise HarnessError("a worker process of the sweep died (killed: by the out-of-memory killer, "
-                                       "say); the runs in flight have no record: the same command resumes the "
-                                       "sweep without the runs already recorded") from None
+                unexplained = 0 if killed else unexplained + 1
+                if stopping.requested() or unexplained > UNEXPLAINED_BREAKS:
+                    raise HarnessError(f"worker processes of the sweep died {unexplained} times in a row outside any "
+                                       "run (killed while idle or starting, or stopped with SIGTERM); the runs in "
+                                       "flight have no record: the same command resumes the sweep") from None
             except BaseException as e:
                 _stop(pool, stopped=isinstance(e, (SystemExit, KeyboardInterrupt)))
                 raise
-        if remaining:  # a worker was killed: its run is recorded failed, the others run again
-            clean_stale_staging(out)  # (the killed run's own staging folder)
-            _remove_stale(remaining)  # (its exchange folders and container)
-            for i, how in killed.items():
-                record = record_unrun(remaining[i], f"its sweep worker process was {how} during the run (out of "
-                                                    "memory, say; --retry-failed runs it again)")[0]
-                done(remaining[i], record)
-                log(f"run {label_of(remaining[i])}: its worker process was {how}; recorded as failed, the sweep "
-                    f"goes on")
-            remaining = [spec for i, spec in enumerate(remaining) if i not in finished and i not in killed]
+        clean_stale_staging(out)  # (the dead worker's staging folder, its exchange folders and container)
+        _remove_stale(remaining)
+        for i, how in killed.items():
+            _record_killed(remaining[i], how, events, done, log)
+        if not killed:
+            log(f"a worker process of the sweep died outside any run ({how_it_ended(workers)}); the runs in flight "
+                f"run again")
+        remaining = [spec for i, spec in enumerate(remaining) if i not in finished and i not in killed]
+
+
+#: how many times in a row a sweep's pool may break with no run to blame before the sweep stops
+UNEXPLAINED_BREAKS = 2
+
+
+def _record_killed(spec: RunSpec, how: str, events: Optional["EventLog"], done, log) -> None:
+    """The record of a run whose worker was killed: ``failed`` (unless it had recorded ``ok``), with its end event
+    for the live view."""
+    cause = "out of memory, say" if how == "killed by SIGKILL" else "a crash, say"
+    record = record_unrun(spec, f"its sweep worker process was {how} during the run ({cause}; --retry-failed "
+                                f"runs it again)")[0]
+    if events is not None:
+        events.ended(spec, record)
+    done(spec, record)
+    name = f"{label_of(spec)} {spec.speedup:g}x seed {spec.seed}"
+    log(f"run {name}: its worker process was {how}; "
+        + ("recorded as failed, the sweep goes on" if record.status != "ok" else "it had recorded its result"))
+
+
+def how_it_ended(workers: dict) -> str:
+    """How the pool's worker processes ended, in a few words."""
+    return ", ".join(f"pid {pid} {_how(p.exitcode)}" for pid, p in workers.items())
+
+
+def _how(code: Optional[int]) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return "stopped by SIGTERM" if code == 128 + signal.SIGTERM else f"ended with exit status {code}"
 
 
 def _remove_stale(specs: list[RunSpec]) -> None:
@@ -238,16 +271,21 @@ def _remove_stale(specs: list[RunSpec]) -> None:
 
 
 def _killed_runs(workers: dict, claims, finished: set[int]) -> dict[int, str]:
-    """The runs whose worker died of a signal or exit status other than a stop's (``run index -> how``)."""
-    for process in workers.values():
+    """The runs whose worker died of a signal or an exit status other than a stop's (``run index -> how``). A
+    worker that does not end (stopped with SIGSTOP: the executor's SIGTERM waits) is killed, its run not blamed."""
+    ours = set()
+    for pid, process in workers.items():
         process.join(30)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+            ours.add(pid)
     runs = {}
     for pid, process in workers.items():
         code = process.exitcode
-        if code in (None, 0, 128 + signal.SIGTERM, -signal.SIGTERM):
+        if pid in ours or code in (None, 0, 128 + signal.SIGTERM, -signal.SIGTERM):
             continue  # stopped by the executor, as it stops every worker of a broken pool
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"ended with exit status {code}"
-        runs.update({i: how for i in range(len(claims)) if claims[i] == pid and i not in finished})
+        runs.update({i: _how(code) for i in range(len(claims)) if claims[i] == pid and i not in finished})
     return runs
 
 
@@ -271,6 +309,7 @@ def _worker_start(parent: int, claims) -> None:
     _worker, _claims = True, claims
     stopping.die_with(parent)
     stopping.install()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the sweep's process, which stops its workers
 
 
 def _stop(pool: ProcessPoolExecutor, stopped: bool) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Optional
@@ -99,7 +100,7 @@ class DockerClient(SocketClient):
             return removed
         for container in containers:
             owner_host, _, pid = container.labels.get("pbench.owner", "").rpartition("/")
-            if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
+            if owner_host == host and re.fullmatch("[0-9]+", pid) and not process_alive(int(pid)):
                 with contextlib.suppress(Exception):
                     container.remove(force=True)
                     removed += 1

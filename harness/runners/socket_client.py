@@ -19,6 +19,7 @@ is killed at its next message.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -74,11 +75,11 @@ class SocketClient(MethodClient):
         self.start_timeout = start_timeout
         #: the method answers on the socket (spec 1.3) and never needs to write the exchange directory
         self.inline = self.dialect.replies == "inline"
-        self.exchange = Path(tempfile.mkdtemp(prefix=f"pbx-{os.getpid()}-", dir=self._exchange_root()))
+        self.exchange = Path(tempfile.mkdtemp(prefix=f"pbx-{_maker()}-", dir=self._exchange_root()))
         os.chmod(self.exchange, 0o755 if self.inline else 0o777)  # a container's own user reads (and writes)
         #: where the harness writes tensors before renaming them into the exchange directory: its own (0700),
         #: on the same filesystem, out of the method's reach
-        self._staging = Path(tempfile.mkdtemp(prefix=f"pbx-own-{os.getpid()}-", dir=self._exchange_root()))
+        self._staging = Path(tempfile.mkdtemp(prefix=f"pbx-own-{_maker()}-", dir=self._exchange_root()))
         self._own_log = log_path is None
         self.log_path = log_path or self.exchange.with_name(self.exchange.name + ".log")
         self._listener: Optional[socket.socket] = None
@@ -97,13 +98,14 @@ class SocketClient(MethodClient):
     def remove_stale(cls) -> int:
         """Remove what clients in processes killed outright (a sweep worker killed by the out-of-memory killer,
         a CLI killed with SIGKILL) could not: their exchange and staging folders and logs, named by the pid of
-        the process that made them, gone now (a pid in use again is left alone). Their method processes end by
-        themselves: the SDK exits when the harness's end of the socket closes. Returns how many were removed."""
-        removed = 0
+        the process that made them (and a tag of its host: a temporary folder may be shared), gone now (a pid in
+        use again is left alone). Their method processes end by themselves: the SDK exits when the harness's end
+        of the socket closes. Returns how many were removed."""
+        removed, host = 0, _maker().split("-")[1]
         for root in cls._exchange_roots():
             for path in root.glob("pbx-*"):
                 match = _OWNED.match(path.name)
-                if match and not process_alive(int(match.group(1))):
+                if match and match.group(2) == host and not process_alive(int(match.group(1))):
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     removed += 1
         return removed
@@ -406,8 +408,15 @@ class SocketClient(MethodClient):
                 self.log_path.unlink(missing_ok=True)
 
 
-#: the exchange (``pbx-<pid>-``) and staging (``pbx-own-<pid>-``) folders, and exchange logs, of process ``pid``
-_OWNED = re.compile(r"pbx-(?:own-)?(\d+)-")
+#: the exchange (``pbx-<pid>-<host tag>-``) and staging (``pbx-own-<pid>-<host tag>-``) folders, and exchange logs,
+#: of process ``pid`` on the host of that tag
+_OWNED = re.compile(r"pbx-(?:own-)?([0-9]+)-([0-9a-f]{8})-")
+
+
+def _maker() -> str:
+    """``<pid>-<host tag>``: who makes an exchange folder (the tag, of the host's name, keeps the path short: a
+    Unix socket's path is at most 107 bytes)."""
+    return f"{os.getpid()}-{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
 
 
 def dense_reply_bytes(weights: Tensors) -> int:

@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -147,15 +148,18 @@ def _answer(method: MethodBase, msg, exchange: Path, reply: _Reply):
 def _exit_on_hang_up(sock: socket.socket) -> None:
     """End the process as soon as the harness's end of the socket closes, even in the middle of a call: a
     harness killed outright (the out-of-memory killer) never sends its shutdown, and the method would
-    otherwise compute on, for as long as its call timeout, in a process or container nobody waits for."""
+    otherwise compute on, for as long as its call timeout, in a process or container nobody waits for. The
+    processes it started go too when it leads its process group (as the runners start it)."""
     watcher = select.poll()
     watcher.register(sock, getattr(select, "POLLRDHUP", 0))  # (POLLHUP and POLLERR are always reported)
-    while True:
-        if watcher.poll():
-            print("the harness closed its end of the socket: exiting", file=sys.stderr)
-            sys.stderr.flush()
-            sys.stdout.flush()
-            os._exit(0)
+    while not watcher.poll():
+        pass
+    print("the harness closed its end of the socket: exiting", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(0)
 
 
 def serve(method_dir: Path, exchange: Path) -> int:
