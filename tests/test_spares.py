@@ -392,12 +392,12 @@ def test_stale_exchange_folders_are_those_of_processes_gone(make_method, tmp_pat
     staging folders and logs whose maker's pid is gone on this host, and nothing of a live process, of another
     host sharing the folder, or not named by a pid. (review) A name holding a number too large for a pid made
     every sweep of every user end in a traceback before any run."""
-    from harness.runners.socket_client import _maker
+    from harness.runners.socket_client import _host_tag
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     done = subprocess.Popen([sys.executable, "-c", "pass"])
     done.wait()
-    host = _maker().split("-")[1]
+    host = _host_tag()
     dead, live, other = f"{done.pid}-{host}", f"{os.getpid()}-{host}", f"{done.pid}-{'0' * 8}"
     stale = [f"pbx-{dead}-a", f"pbx-own-{dead}-b"]
     kept = [f"pbx-{live}-c", f"pbx-own-{live}-d", f"pbx-{other}-e", "pbx-x-f", f"pbx-{2**31}-{host}-g",

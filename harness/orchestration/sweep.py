@@ -216,7 +216,8 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
                         finished.add(i)
                 killed = _killed_runs(workers, claims, finished)
                 unexplained = 0 if killed else unexplained + 1
-                if stopping.requested() or unexplained > UNEXPLAINED_BREAKS:
+                stopping.check()  # (a stop that came meanwhile: the sweep stops as it would have)
+                if unexplained > UNEXPLAINED_BREAKS:
                     raise HarnessError(f"worker processes of the sweep died {unexplained} times in a row outside any "
                                        "run (killed while idle or starting, or stopped with SIGTERM); the runs in "
                                        "flight have no record: the same command resumes the sweep") from None
@@ -228,7 +229,7 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
         for i, how in killed.items():
             _record_killed(remaining[i], how, events, done, log)
         if not killed:
-            log(f"a worker process of the sweep died outside any run ({how_it_ended(workers)}); the runs in flight "
+            log(f"a worker process of the sweep died outside any run ({_how_it_ended(workers)}); the runs in flight "
                 f"run again")
         remaining = [spec for i, spec in enumerate(remaining) if i not in finished and i not in killed]
 
@@ -251,7 +252,7 @@ def _record_killed(spec: RunSpec, how: str, events: Optional["EventLog"], done, 
         + ("recorded as failed, the sweep goes on" if record.status != "ok" else "it had recorded its result"))
 
 
-def how_it_ended(workers: dict) -> str:
+def _how_it_ended(workers: dict) -> str:
     """How the pool's worker processes ended, in a few words."""
     return ", ".join(f"pid {pid} {_how(p.exitcode)}" for pid, p in workers.items())
 
@@ -260,7 +261,10 @@ def _how(code: Optional[int]) -> str:
     if code is None:
         return "still running"
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:  # (a real-time signal, say)
+            return f"killed by signal {-code}"
     return "stopped by SIGTERM" if code == 128 + signal.SIGTERM else f"ended with exit status {code}"
 
 

@@ -101,7 +101,7 @@ class SocketClient(MethodClient):
         the process that made them (and a tag of its host: a temporary folder may be shared), gone now (a pid in
         use again is left alone). Their method processes end by themselves: the SDK exits when the harness's end
         of the socket closes. Returns how many were removed."""
-        removed, host = 0, _maker().split("-")[1]
+        removed, host = 0, _host_tag()
         for root in cls._exchange_roots():
             for path in root.glob("pbx-*"):
                 match = _OWNED.match(path.name)
@@ -414,9 +414,13 @@ _OWNED = re.compile(r"pbx-(?:own-)?([0-9]+)-([0-9a-f]{8})-")
 
 
 def _maker() -> str:
-    """``<pid>-<host tag>``: who makes an exchange folder (the tag, of the host's name, keeps the path short: a
-    Unix socket's path is at most 107 bytes)."""
-    return f"{os.getpid()}-{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
+    """``<pid>-<host tag>``: who makes an exchange folder."""
+    return f"{os.getpid()}-{_host_tag()}"
+
+
+def _host_tag() -> str:
+    """This host's name, hashed short (a Unix socket's path is at most 107 bytes)."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def dense_reply_bytes(weights: Tensors) -> int:
