@@ -226,8 +226,8 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
                 raise
         clean_stale_staging(out)  # (the dead worker's staging folder, its exchange folders and container)
         _remove_stale(remaining)
-        for i, how in killed.items():
-            _record_killed(remaining[i], how, events, done, log)
+        for i, code in killed.items():
+            _record_killed(remaining[i], code, events, done, log)
         if not killed:
             log(f"a worker process of the sweep died outside any run ({_how_it_ended(workers)}); the runs in flight "
                 f"run again")
@@ -238,10 +238,10 @@ def _run_pool(todo: list[RunSpec], jobs: int, out: Path, events: Optional["Event
 UNEXPLAINED_BREAKS = 2
 
 
-def _record_killed(spec: RunSpec, how: str, events: Optional["EventLog"], done, log) -> None:
-    """The record of a run whose worker was killed: ``failed`` (unless it had recorded ``ok``), with its end event
-    for the live view."""
-    cause = "out of memory, say" if how == "killed by SIGKILL" else "a crash, say"
+def _record_killed(spec: RunSpec, code: int, events: Optional["EventLog"], done, log) -> None:
+    """The record of a run whose worker was killed (its exit ``code``): ``failed`` (unless it had recorded ``ok``),
+    with its end event for the live view."""
+    how, cause = _how(code), "out of memory, say" if code == -signal.SIGKILL else "a crash, say"
     record = record_unrun(spec, f"its sweep worker process was {how} during the run ({cause}; --retry-failed "
                                 f"runs it again)")[0]
     if events is not None:
@@ -274,8 +274,9 @@ def _remove_stale(specs: list[RunSpec]) -> None:
         client_class(runner).remove_stale()
 
 
-def _killed_runs(workers: dict, claims, finished: set[int]) -> dict[int, str]:
-    """The runs whose worker died of a signal or an exit status other than a stop's (``run index -> how``). A
+def _killed_runs(workers: dict, claims, finished: set[int]) -> dict[int, int]:
+    """The runs whose worker died of a signal or an exit status other than a stop's (``run index -> its worker's
+    exit code``). A
     worker that does not end (stopped with SIGSTOP: the executor's SIGTERM waits) is killed, its run not blamed."""
     ours = set()
     for pid, process in workers.items():
@@ -289,7 +290,7 @@ def _killed_runs(workers: dict, claims, finished: set[int]) -> dict[int, str]:
         code = process.exitcode
         if pid in ours or code in (None, 0, 128 + signal.SIGTERM, -signal.SIGTERM):
             continue  # stopped by the executor, as it stops every worker of a broken pool
-        runs.update({i: _how(code) for i in range(len(claims)) if claims[i] == pid and i not in finished})
+        runs.update({i: code for i in range(len(claims)) if claims[i] == pid and i not in finished})
     return runs
 
 

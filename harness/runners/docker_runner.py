@@ -93,7 +93,7 @@ class DockerClient(SocketClient):
         """Also the containers of such processes (labelled with this host and their pid): a method that ended
         stays behind as an exited container, one still running is stopped."""
         removed = super().remove_stale()
-        host = _owner(0).rsplit("/", 1)[0]
+        host = socket.gethostname()  # (as in :func:`_owner`)
         try:
             containers = docker_client().containers.list(all=True, filters={"label": "pbench.role=method"})
         except Exception:  # (no engine: there is nothing of ours to remove)
